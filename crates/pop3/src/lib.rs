@@ -1,0 +1,1 @@
+//! pop3 (in progress)

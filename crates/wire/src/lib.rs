@@ -1,0 +1,26 @@
+//! What SMTP and POP3 share on the wire, written once.
+//!
+//! - [`LineFramer`] cuts a byte stream into CRLF-terminated lines under a length
+//!   limit, reporting lines that carry a bare CR or LF, and skipping over-long lines
+//!   without buffering them.
+//! - [`DotDecoder`] and [`DotEncoder`] are the streaming dot-stuffing codecs used by
+//!   SMTP `DATA` and POP3 multi-line responses. The decoder ends only at
+//!   `CRLF . CRLF`, however the input is split.
+//! - [`Secret`] keeps credentials out of `Debug` output.
+//! - [`sasl`] decodes SASL PLAIN and LOGIN exchanges (RFC 4616, the LOGIN draft)
+//!   for servers and encodes them for clients.
+//!
+//! Nothing here performs I/O: every type is fed bytes and writes bytes.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod dot;
+mod error;
+mod line;
+pub mod sasl;
+mod secret;
+
+pub use dot::{BareLineEndings, Decoded, DotDecoder, DotEncoder};
+pub use error::SaslError;
+pub use line::{Frame, LineFramer};
+pub use secret::Secret;

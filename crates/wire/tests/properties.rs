@@ -1,0 +1,142 @@
+//! Properties of the shared codecs over arbitrary bytes and arbitrary splits.
+
+use postamt_wire::{BareLineEndings, Decoded, DotDecoder, DotEncoder, Frame, LineFramer};
+use proptest::prelude::*;
+
+/// What the encoder promises to preserve: the bytes with every line end made CRLF,
+/// and a CRLF added at the end when missing.
+fn normalized(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'\r' if input.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 2;
+                continue;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn splits(len: usize, cuts: &[usize]) -> Vec<usize> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (len + 1)).collect();
+    points.push(0);
+    points.push(len);
+    points.sort_unstable();
+    points.dedup();
+    points
+}
+
+fn bytes_with_line_ends() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => any::<u8>(),
+            2 => Just(b'.'),
+            2 => Just(b'\r'),
+            2 => Just(b'\n'),
+        ],
+        0..400,
+    )
+}
+
+proptest! {
+    #[test]
+    fn stuff_then_decode_is_identity(
+        input in bytes_with_line_ends(),
+        enc_cuts in prop::collection::vec(any::<usize>(), 0..8),
+        dec_cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let mut encoder = DotEncoder::new();
+        let mut wire = Vec::new();
+        let points = splits(input.len(), &enc_cuts);
+        for w in points.windows(2) {
+            encoder.encode(&input[w[0]..w[1]], &mut wire);
+        }
+        encoder.finish(&mut wire);
+        let marker = wire.len();
+        wire.extend_from_slice(b"NEXT\r\n");
+
+        let mut decoder = DotDecoder::new(BareLineEndings::Reject, usize::MAX);
+        let mut out = Vec::new();
+        let mut end = None;
+        let points = splits(wire.len(), &dec_cuts);
+        for w in points.windows(2) {
+            match decoder.decode(&wire[w[0]..w[1]], &mut out) {
+                Decoded::Incomplete => {}
+                Decoded::Complete { consumed } => {
+                    end = Some(w[0] + consumed);
+                    break;
+                }
+            }
+        }
+        prop_assert_eq!(end, Some(marker));
+        prop_assert!(!decoder.saw_bare_line_ending());
+        prop_assert_eq!(out, normalized(&input));
+    }
+
+    #[test]
+    fn decoder_output_does_not_depend_on_splits(
+        input in bytes_with_line_ends(),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+        normalize in any::<bool>(),
+    ) {
+        let policy = if normalize { BareLineEndings::Normalize } else { BareLineEndings::Reject };
+        let mut whole = DotDecoder::new(policy, 80);
+        let mut expected = Vec::new();
+        let expected_end = whole.decode(&input, &mut expected);
+
+        let mut split = DotDecoder::new(policy, 80);
+        let mut out = Vec::new();
+        let mut end = Decoded::Incomplete;
+        let points = splits(input.len(), &cuts);
+        for w in points.windows(2) {
+            if let Decoded::Complete { consumed } = split.decode(&input[w[0]..w[1]], &mut out) {
+                end = Decoded::Complete { consumed: w[0] + consumed };
+                break;
+            }
+        }
+        prop_assert_eq!(end, expected_end);
+        prop_assert_eq!(out, expected);
+        prop_assert_eq!(split.saw_bare_line_ending(), whole.saw_bare_line_ending());
+        prop_assert_eq!(split.saw_long_line(), whole.saw_long_line());
+    }
+
+    #[test]
+    fn framer_never_buffers_past_its_limit(
+        input in bytes_with_line_ends(),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+        limit in 2usize..40,
+    ) {
+        let mut framer = LineFramer::new(limit);
+        let mut buf = Vec::new();
+        let points = splits(input.len(), &cuts);
+        let mut consumed_total = 0;
+        for w in points.windows(2) {
+            buf.extend_from_slice(&input[w[0]..w[1]]);
+            loop {
+                let used = match framer.next(&buf) {
+                    Frame::Incomplete => break,
+                    Frame::Line { line, consumed, .. } => {
+                        prop_assert!(consumed <= limit);
+                        prop_assert_eq!(&buf[line.len()..consumed], b"\r\n");
+                        consumed
+                    }
+                    Frame::Discarded { consumed } | Frame::TooLong { consumed } => consumed,
+                };
+                prop_assert!(used > 0);
+                consumed_total += used;
+                buf.drain(..used);
+            }
+            prop_assert!(buf.len() < limit.max(1) + 1);
+        }
+        prop_assert_eq!(consumed_total + buf.len(), input.len());
+    }
+}
