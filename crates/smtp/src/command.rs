@@ -1,0 +1,832 @@
+//! SMTP commands (RFC 5321 §4.1 and the ESMTP extensions): types, parser, renderer.
+//!
+//! [`Command::parse`] takes one complete line without its CRLF, as the line
+//! framer hands it over, and borrows from it. Verbs and parameter keywords are
+//! case-insensitive. Every command renders back to the strict wire form with
+//! [`Command::render`].
+
+use std::borrow::Cow;
+
+use nom::bytes::complete::take_while1;
+
+use crate::address::{self, Domain, ForwardPath, ReversePath};
+use crate::error::CommandError;
+use crate::reply::push_decimal;
+
+/// The body type a client declares with `BODY=` (RFC 6152, RFC 3030).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Body {
+    /// `7BIT`: plain ASCII lines.
+    SevenBit,
+    /// `8BITMIME`: octets above 127 in lines of text.
+    EightBitMime,
+    /// `BINARYMIME`: arbitrary octets; only BDAT can carry it.
+    BinaryMime,
+}
+
+impl Body {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::SevenBit => "7BIT",
+            Self::EightBitMime => "8BITMIME",
+            Self::BinaryMime => "BINARYMIME",
+        }
+    }
+}
+
+/// How much of a message a delivery status notification returns (RFC 3461 `RET=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ret {
+    /// The whole message.
+    Full,
+    /// Only the headers.
+    Headers,
+}
+
+/// When the client wants a delivery status notification (RFC 3461 `NOTIFY=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Notify {
+    /// `NEVER`.
+    Never,
+    /// A combination of `SUCCESS`, `FAILURE` and `DELAY` (at least one).
+    On {
+        /// Notify on delivery.
+        success: bool,
+        /// Notify on failure.
+        failure: bool,
+        /// Notify on delay.
+        delay: bool,
+    },
+}
+
+/// The original recipient of RFC 3461 `ORCPT=addr-type;xtext`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OriginalRecipient<'a> {
+    /// The address type, such as `rfc822` or `utf-8`.
+    pub addr_type: Cow<'a, str>,
+    /// The address, still xtext-encoded as on the wire ([`decode_xtext`]).
+    pub address: Cow<'a, str>,
+}
+
+/// An ESMTP parameter this crate does not interpret, exposed as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Parameter<'a> {
+    /// The keyword as sent (compare case-insensitively).
+    pub keyword: Cow<'a, str>,
+    /// The value after `=`, if any.
+    pub value: Option<Cow<'a, str>>,
+}
+
+/// The parameters of MAIL FROM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct MailParameters<'a> {
+    /// `SIZE=`: the declared message size in octets (RFC 1870).
+    pub size: Option<u64>,
+    /// `BODY=` (RFC 6152, RFC 3030).
+    pub body: Option<Body>,
+    /// `SMTPUTF8` (RFC 6531).
+    pub smtputf8: bool,
+    /// `AUTH=`: the authenticated submitter, xtext-encoded, or `<>` (RFC 4954 §5).
+    pub auth: Option<Cow<'a, str>>,
+    /// `RET=` (RFC 3461).
+    pub ret: Option<Ret>,
+    /// `ENVID=`, xtext-encoded (RFC 3461).
+    pub envid: Option<Cow<'a, str>>,
+    /// Any other parameter, in the order sent.
+    pub other: Vec<Parameter<'a>>,
+}
+
+/// The parameters of RCPT TO.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct RcptParameters<'a> {
+    /// `NOTIFY=` (RFC 3461).
+    pub notify: Option<Notify>,
+    /// `ORCPT=` (RFC 3461).
+    pub orcpt: Option<OriginalRecipient<'a>>,
+    /// Any other parameter, in the order sent.
+    pub other: Vec<Parameter<'a>>,
+}
+
+/// A command from client to server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Command<'a> {
+    /// `HELO domain`.
+    Helo(Domain<'a>),
+    /// `EHLO domain`.
+    Ehlo(Domain<'a>),
+    /// `LHLO domain` (LMTP, RFC 2033).
+    Lhlo(Domain<'a>),
+    /// `MAIL FROM:<path> [parameters]`.
+    Mail {
+        /// The sender.
+        from: ReversePath<'a>,
+        /// The ESMTP parameters.
+        params: MailParameters<'a>,
+    },
+    /// `RCPT TO:<path> [parameters]`.
+    Rcpt {
+        /// The recipient.
+        to: ForwardPath<'a>,
+        /// The ESMTP parameters.
+        params: RcptParameters<'a>,
+    },
+    /// `DATA`.
+    Data,
+    /// `BDAT size [LAST]` (RFC 3030).
+    Bdat {
+        /// Octets of message data that follow the command line.
+        size: u64,
+        /// Whether this is the last chunk.
+        last: bool,
+    },
+    /// `RSET`.
+    Rset,
+    /// `NOOP [string]`.
+    Noop(Option<&'a str>),
+    /// `QUIT`.
+    Quit,
+    /// `VRFY string`.
+    Vrfy(&'a str),
+    /// `EXPN string`.
+    Expn(&'a str),
+    /// `HELP [string]`.
+    Help(Option<&'a str>),
+    /// `STARTTLS` (RFC 3207).
+    StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    Auth {
+        /// The SASL mechanism name as sent.
+        mechanism: &'a str,
+        /// The base64 initial response (`=` for an empty one).
+        initial: Option<&'a str>,
+    },
+}
+
+impl<'a> Command<'a> {
+    /// Parses one command line (without its CRLF).
+    pub fn parse(line: &'a [u8]) -> Result<Self, CommandError> {
+        let verb_len = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+        let (verb, args) = line.split_at(verb_len);
+        let is = |name: &str| verb.eq_ignore_ascii_case(name.as_bytes());
+        match verb.len() {
+            4 => match verb[0].to_ascii_uppercase() {
+                b'M' if is("MAIL") => parse_mail(args),
+                b'R' if is("RCPT") => parse_rcpt(args),
+                b'R' if is("RSET") => no_args(args, Self::Rset),
+                b'D' if is("DATA") => no_args(args, Self::Data),
+                b'Q' if is("QUIT") => no_args(args, Self::Quit),
+                b'N' if is("NOOP") => Ok(Self::Noop(optional_text(args)?)),
+                b'E' if is("EHLO") => Ok(Self::Ehlo(hello_domain(args)?)),
+                b'E' if is("EXPN") => Ok(Self::Expn(required_text(args)?)),
+                b'H' if is("HELO") => Ok(Self::Helo(hello_domain(args)?)),
+                b'H' if is("HELP") => Ok(Self::Help(optional_text(args)?)),
+                b'L' if is("LHLO") => Ok(Self::Lhlo(hello_domain(args)?)),
+                b'V' if is("VRFY") => Ok(Self::Vrfy(required_text(args)?)),
+                b'A' if is("AUTH") => parse_auth(args),
+                b'B' if is("BDAT") => parse_bdat(args),
+                _ => Err(CommandError::UnknownCommand),
+            },
+            8 if is("STARTTLS") => no_args(args, Self::StartTls),
+            _ => Err(CommandError::UnknownCommand),
+        }
+    }
+
+    /// The command verb in upper case.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::Helo(_) => "HELO",
+            Self::Ehlo(_) => "EHLO",
+            Self::Lhlo(_) => "LHLO",
+            Self::Mail { .. } => "MAIL",
+            Self::Rcpt { .. } => "RCPT",
+            Self::Data => "DATA",
+            Self::Bdat { .. } => "BDAT",
+            Self::Rset => "RSET",
+            Self::Noop(_) => "NOOP",
+            Self::Quit => "QUIT",
+            Self::Vrfy(_) => "VRFY",
+            Self::Expn(_) => "EXPN",
+            Self::Help(_) => "HELP",
+            Self::StartTls => "STARTTLS",
+            Self::Auth { .. } => "AUTH",
+        }
+    }
+
+    /// Appends the command in strict wire form, CRLF included.
+    pub fn render(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.verb().as_bytes());
+        let mut arg = |s: &str| {
+            out.push(b' ');
+            out.extend_from_slice(s.as_bytes());
+        };
+        match self {
+            Self::Helo(d) | Self::Ehlo(d) | Self::Lhlo(d) => arg(d.as_str()),
+            Self::Vrfy(s) | Self::Expn(s) => arg(s),
+            Self::Noop(s) | Self::Help(s) => {
+                if let Some(s) = s {
+                    arg(s);
+                }
+            }
+            Self::Auth { mechanism, initial } => {
+                arg(mechanism);
+                if let Some(i) = initial {
+                    arg(i);
+                }
+            }
+            Self::Mail { from, params } => {
+                out.extend_from_slice(b" FROM:");
+                render_path(out, from.mailbox().map(|m| m.as_str()), "<>");
+                params.render(out);
+            }
+            Self::Rcpt { to, params } => {
+                out.extend_from_slice(b" TO:");
+                render_path(out, to.mailbox().map(|m| m.as_str()), "<Postmaster>");
+                params.render(out);
+            }
+            Self::Bdat { size, last } => {
+                out.push(b' ');
+                push_decimal(out, *size);
+                if *last {
+                    out.extend_from_slice(b" LAST");
+                }
+            }
+            Self::Data | Self::Rset | Self::Quit | Self::StartTls => {}
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn render_path(out: &mut Vec<u8>, mailbox: Option<&str>, otherwise: &str) {
+    match mailbox {
+        Some(m) => {
+            out.push(b'<');
+            out.extend_from_slice(m.as_bytes());
+            out.push(b'>');
+        }
+        None => out.extend_from_slice(otherwise.as_bytes()),
+    }
+}
+
+fn render_param(out: &mut Vec<u8>, keyword: &str, value: Option<&str>) {
+    out.push(b' ');
+    out.extend_from_slice(keyword.as_bytes());
+    if let Some(v) = value {
+        out.push(b'=');
+        out.extend_from_slice(v.as_bytes());
+    }
+}
+
+impl MailParameters<'_> {
+    /// A copy that owns its text.
+    pub fn into_owned(self) -> MailParameters<'static> {
+        MailParameters {
+            size: self.size,
+            body: self.body,
+            smtputf8: self.smtputf8,
+            auth: self.auth.map(owned),
+            ret: self.ret,
+            envid: self.envid.map(owned),
+            other: self.other.into_iter().map(Parameter::into_owned).collect(),
+        }
+    }
+
+    fn render(&self, out: &mut Vec<u8>) {
+        if let Some(size) = self.size {
+            out.extend_from_slice(b" SIZE=");
+            push_decimal(out, size);
+        }
+        if let Some(body) = self.body {
+            render_param(out, "BODY", Some(body.as_str()));
+        }
+        if self.smtputf8 {
+            render_param(out, "SMTPUTF8", None);
+        }
+        if let Some(auth) = &self.auth {
+            render_param(out, "AUTH", Some(auth));
+        }
+        if let Some(ret) = self.ret {
+            render_param(out, "RET", Some(if ret == Ret::Full { "FULL" } else { "HDRS" }));
+        }
+        if let Some(envid) = &self.envid {
+            render_param(out, "ENVID", Some(envid));
+        }
+        for p in &self.other {
+            render_param(out, &p.keyword, p.value.as_deref());
+        }
+    }
+}
+
+impl RcptParameters<'_> {
+    /// A copy that owns its text.
+    pub fn into_owned(self) -> RcptParameters<'static> {
+        RcptParameters {
+            notify: self.notify,
+            orcpt: self.orcpt.map(|o| OriginalRecipient {
+                addr_type: owned(o.addr_type),
+                address: owned(o.address),
+            }),
+            other: self.other.into_iter().map(Parameter::into_owned).collect(),
+        }
+    }
+
+    fn render(&self, out: &mut Vec<u8>) {
+        match self.notify {
+            None => {}
+            Some(Notify::Never) => render_param(out, "NOTIFY", Some("NEVER")),
+            Some(Notify::On {
+                success,
+                failure,
+                delay,
+            }) => {
+                out.extend_from_slice(b" NOTIFY=");
+                let mut first = true;
+                for (on, name) in [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")] {
+                    if on {
+                        if !first {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(name.as_bytes());
+                        first = false;
+                    }
+                }
+            }
+        }
+        if let Some(o) = &self.orcpt {
+            out.extend_from_slice(b" ORCPT=");
+            out.extend_from_slice(o.addr_type.as_bytes());
+            out.push(b';');
+            out.extend_from_slice(o.address.as_bytes());
+        }
+        for p in &self.other {
+            render_param(out, &p.keyword, p.value.as_deref());
+        }
+    }
+}
+
+impl Parameter<'_> {
+    /// A copy that owns its text.
+    pub fn into_owned(self) -> Parameter<'static> {
+        Parameter {
+            keyword: owned(self.keyword),
+            value: self.value.map(owned),
+        }
+    }
+}
+
+fn owned(c: Cow<'_, str>) -> Cow<'static, str> {
+    Cow::Owned(c.into_owned())
+}
+
+/// Decodes xtext (RFC 3461 §4): `+XX` stands for the octet with hex value XX.
+/// Returns `None` for malformed xtext or a result that is not UTF-8.
+pub fn decode_xtext(xtext: &str) -> Option<String> {
+    let bytes = xtext.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'+' {
+            let hex = xtext.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Encodes text as xtext: `+`, `=`, and octets outside 33..=126 become `+XX`.
+pub fn encode_xtext(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+fn is_xtext(s: &[u8]) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'+' => {
+                let hex = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
+                if !hex(s.get(i + 1)) || !hex(s.get(i + 2)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'=' => return false,
+            b if (33..=126).contains(&b) || b >= 0x80 => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn no_args<'a>(args: &[u8], command: Command<'a>) -> Result<Command<'a>, CommandError> {
+    if args.iter().all(|&b| b == b' ') {
+        Ok(command)
+    } else {
+        Err(CommandError::UnexpectedArguments)
+    }
+}
+
+fn trim_spaces(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| b != b' ').unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| b != b' ').map_or(start, |e| e + 1);
+    &s[start..end.max(start)]
+}
+
+fn text(s: &[u8]) -> Result<&str, CommandError> {
+    if s.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(CommandError::InvalidCharacters);
+    }
+    std::str::from_utf8(s).map_err(|_| CommandError::InvalidCharacters)
+}
+
+fn optional_text(args: &[u8]) -> Result<Option<&str>, CommandError> {
+    let t = trim_spaces(args);
+    if t.is_empty() { Ok(None) } else { text(t).map(Some) }
+}
+
+fn required_text(args: &[u8]) -> Result<&str, CommandError> {
+    optional_text(args)?.ok_or(CommandError::BadArguments)
+}
+
+fn hello_domain(args: &[u8]) -> Result<Domain<'_>, CommandError> {
+    let t = trim_spaces(args);
+    if t.is_empty() {
+        return Err(CommandError::BadArguments);
+    }
+    Domain::parse_bytes(t)
+}
+
+/// Strips `" FROM:"` or `" TO:"` (any case) and the spaces people type after it.
+fn after_keyword<'a>(args: &'a [u8], keyword: &[u8]) -> Option<&'a [u8]> {
+    let rest = args.strip_prefix(b" ")?;
+    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = &rest[keyword.len()..];
+    let skip = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    Some(&rest[skip..])
+}
+
+/// Splits `*(SP esmtp-param)` into keyword/value pairs, calling `each` on them.
+fn parameters<'a>(
+    mut rest: &'a [u8],
+    mut each: impl FnMut(&'a str, Option<&'a str>) -> Result<(), CommandError>,
+) -> Result<(), CommandError> {
+    loop {
+        let skip = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+        if skip == 0 && !rest.is_empty() {
+            return Err(CommandError::BadArguments);
+        }
+        rest = &rest[skip..];
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let keyword: nom::IResult<&[u8], &[u8]> =
+            take_while1(|b: u8| b.is_ascii_alphanumeric() || b == b'-')(rest);
+        let Ok((after, keyword)) = keyword else {
+            return Err(CommandError::BadArguments);
+        };
+        if keyword[0] == b'-' {
+            return Err(CommandError::BadArguments);
+        }
+        let (after, value) = match after.first() {
+            Some(b'=') => {
+                let v = &after[1..];
+                let len = v
+                    .iter()
+                    .position(|&b| b == b' ')
+                    .unwrap_or(v.len());
+                let value = &v[..len];
+                if value.is_empty()
+                    || value
+                        .iter()
+                        .any(|&b| b == b'=' || b < 33 || b == 127)
+                {
+                    return Err(CommandError::BadParameter);
+                }
+                let value = std::str::from_utf8(value).map_err(|_| CommandError::BadParameter)?;
+                (&v[len..], Some(value))
+            }
+            None | Some(b' ') => (after, None),
+            Some(_) => return Err(CommandError::BadArguments),
+        };
+        // The keyword is ASCII alphanumerics and hyphens, checked above.
+        let keyword = std::str::from_utf8(keyword).map_err(|_| CommandError::BadArguments)?;
+        each(keyword, value)?;
+        rest = after;
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), CommandError> {
+    if slot.is_some() {
+        return Err(CommandError::BadParameter);
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn parse_mail(args: &[u8]) -> Result<Command<'_>, CommandError> {
+    let rest = after_keyword(args, b"FROM:").ok_or(CommandError::BadArguments)?;
+    let (rest, from) = address::reverse_path(rest).map_err(|_| CommandError::BadSender)?;
+    if !rest.is_empty() && rest[0] != b' ' {
+        return Err(CommandError::BadSender);
+    }
+    let mut params = MailParameters::default();
+    let mut smtputf8 = None;
+    parameters(rest, |keyword, value| {
+        let is = |k: &str| keyword.eq_ignore_ascii_case(k);
+        if is("SIZE") {
+            let v = value.ok_or(CommandError::BadParameter)?;
+            if v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(CommandError::BadParameter);
+            }
+            set_once(&mut params.size, v.parse().map_err(|_| CommandError::BadParameter)?)
+        } else if is("BODY") {
+            let v = value.ok_or(CommandError::BadParameter)?;
+            let body = if v.eq_ignore_ascii_case("7BIT") {
+                Body::SevenBit
+            } else if v.eq_ignore_ascii_case("8BITMIME") {
+                Body::EightBitMime
+            } else if v.eq_ignore_ascii_case("BINARYMIME") {
+                Body::BinaryMime
+            } else {
+                return Err(CommandError::BadParameter);
+            };
+            set_once(&mut params.body, body)
+        } else if is("SMTPUTF8") {
+            if value.is_some() {
+                return Err(CommandError::BadParameter);
+            }
+            set_once(&mut smtputf8, ())
+        } else if is("AUTH") {
+            let v = value.ok_or(CommandError::BadParameter)?;
+            if v != "<>" && !is_xtext(v.as_bytes()) {
+                return Err(CommandError::BadParameter);
+            }
+            set_once(&mut params.auth, Cow::Borrowed(v))
+        } else if is("RET") {
+            let v = value.ok_or(CommandError::BadParameter)?;
+            let ret = if v.eq_ignore_ascii_case("FULL") {
+                Ret::Full
+            } else if v.eq_ignore_ascii_case("HDRS") {
+                Ret::Headers
+            } else {
+                return Err(CommandError::BadParameter);
+            };
+            set_once(&mut params.ret, ret)
+        } else if is("ENVID") {
+            let v = value.ok_or(CommandError::BadParameter)?;
+            if v.len() > 100 || !is_xtext(v.as_bytes()) {
+                return Err(CommandError::BadParameter);
+            }
+            set_once(&mut params.envid, Cow::Borrowed(v))
+        } else {
+            params.other.push(Parameter {
+                keyword: Cow::Borrowed(keyword),
+                value: value.map(Cow::Borrowed),
+            });
+            Ok(())
+        }
+    })?;
+    params.smtputf8 = smtputf8.is_some();
+    Ok(Command::Mail { from, params })
+}
+
+fn parse_rcpt(args: &[u8]) -> Result<Command<'_>, CommandError> {
+    let rest = after_keyword(args, b"TO:").ok_or(CommandError::BadArguments)?;
+    let (rest, to) = address::forward_path(rest).map_err(|_| CommandError::BadRecipient)?;
+    if !rest.is_empty() && rest[0] != b' ' {
+        return Err(CommandError::BadRecipient);
+    }
+    let mut params = RcptParameters::default();
+    parameters(rest, |keyword, value| {
+        if keyword.eq_ignore_ascii_case("NOTIFY") {
+            let v = value.ok_or(CommandError::BadParameter)?;
+            set_once(&mut params.notify, parse_notify(v)?)
+        } else if keyword.eq_ignore_ascii_case("ORCPT") {
+            let v = value.ok_or(CommandError::BadParameter)?;
+            let (addr_type, address) = v.split_once(';').ok_or(CommandError::BadParameter)?;
+            let type_ok = !addr_type.is_empty() && addr_type.bytes().all(address::is_atext);
+            if !type_ok || address.is_empty() || !is_xtext(address.as_bytes()) {
+                return Err(CommandError::BadParameter);
+            }
+            set_once(
+                &mut params.orcpt,
+                OriginalRecipient {
+                    addr_type: Cow::Borrowed(addr_type),
+                    address: Cow::Borrowed(address),
+                },
+            )
+        } else {
+            params.other.push(Parameter {
+                keyword: Cow::Borrowed(keyword),
+                value: value.map(Cow::Borrowed),
+            });
+            Ok(())
+        }
+    })?;
+    Ok(Command::Rcpt { to, params })
+}
+
+fn parse_notify(v: &str) -> Result<Notify, CommandError> {
+    if v.eq_ignore_ascii_case("NEVER") {
+        return Ok(Notify::Never);
+    }
+    let (mut success, mut failure, mut delay) = (false, false, false);
+    for item in v.split(',') {
+        let flag = if item.eq_ignore_ascii_case("SUCCESS") {
+            &mut success
+        } else if item.eq_ignore_ascii_case("FAILURE") {
+            &mut failure
+        } else if item.eq_ignore_ascii_case("DELAY") {
+            &mut delay
+        } else {
+            return Err(CommandError::BadParameter);
+        };
+        if *flag {
+            return Err(CommandError::BadParameter);
+        }
+        *flag = true;
+    }
+    Ok(Notify::On {
+        success,
+        failure,
+        delay,
+    })
+}
+
+fn parse_auth(args: &[u8]) -> Result<Command<'_>, CommandError> {
+    let t = trim_spaces(args);
+    if args.first() != Some(&b' ') || t.is_empty() {
+        return Err(CommandError::BadArguments);
+    }
+    let (mechanism, initial) = match t.iter().position(|&b| b == b' ') {
+        Some(sp) => (&t[..sp], Some(trim_spaces(&t[sp..]))),
+        None => (t, None),
+    };
+    let mech_ok = mechanism.len() <= 20
+        && mechanism
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+    if !mech_ok {
+        return Err(CommandError::BadArguments);
+    }
+    if let Some(i) = initial {
+        let b64 = i == b"=" || i.iter().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b));
+        if !b64 {
+            return Err(CommandError::BadArguments);
+        }
+    }
+    Ok(Command::Auth {
+        mechanism: ascii(mechanism)?,
+        initial: initial.map(ascii).transpose()?,
+    })
+}
+
+/// Text already checked to be ASCII.
+fn ascii(s: &[u8]) -> Result<&str, CommandError> {
+    std::str::from_utf8(s).map_err(|_| CommandError::BadArguments)
+}
+
+fn parse_bdat(args: &[u8]) -> Result<Command<'_>, CommandError> {
+    let t = trim_spaces(args);
+    if args.first() != Some(&b' ') || t.is_empty() {
+        return Err(CommandError::BadArguments);
+    }
+    let (size, last) = match t.iter().position(|&b| b == b' ') {
+        Some(sp) => (&t[..sp], Some(trim_spaces(&t[sp..]))),
+        None => (t, None),
+    };
+    if size.is_empty() || size.len() > 20 || !size.iter().all(u8::is_ascii_digit) {
+        return Err(CommandError::BadArguments);
+    }
+    let size = size
+        .iter()
+        .try_fold(0u64, |v, b| v.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+        .ok_or(CommandError::BadArguments)?;
+    let last = match last {
+        None => false,
+        Some(l) if l.eq_ignore_ascii_case(b"LAST") => true,
+        Some(_) => return Err(CommandError::BadArguments),
+    };
+    Ok(Command::Bdat { size, last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Command<'_>, CommandError> {
+        Command::parse(s.as_bytes())
+    }
+
+    fn round_trip(s: &str) -> String {
+        let mut out = Vec::new();
+        parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}")).render(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn verbs_are_case_insensitive() {
+        assert_eq!(parse("noop"), Ok(Command::Noop(None)));
+        assert_eq!(parse("QuIt"), Ok(Command::Quit));
+        assert_eq!(parse("starttls"), Ok(Command::StartTls));
+        assert_eq!(parse("DATA  "), Ok(Command::Data));
+        assert_eq!(parse("DATA x"), Err(CommandError::UnexpectedArguments));
+        assert_eq!(parse("FOO"), Err(CommandError::UnknownCommand));
+        assert_eq!(parse(""), Err(CommandError::UnknownCommand));
+        assert_eq!(parse("MAILX FROM:<>"), Err(CommandError::UnknownCommand));
+    }
+
+    #[test]
+    fn hello() {
+        assert_eq!(round_trip("helo server"), "HELO server\r\n");
+        assert_eq!(round_trip("EHLO [127.0.0.1]"), "EHLO [127.0.0.1]\r\n");
+        assert_eq!(round_trip("LHLO mx.example"), "LHLO mx.example\r\n");
+        assert_eq!(parse("EHLO"), Err(CommandError::BadArguments));
+        assert_eq!(parse("EHLO bad_host"), Err(CommandError::BadDomain));
+    }
+
+    #[test]
+    fn mail_forms() {
+        assert_eq!(round_trip("MAIL FROM:<a@b.example>"), "MAIL FROM:<a@b.example>\r\n");
+        assert_eq!(round_trip("mail from: bar@example.org"), "MAIL FROM:<bar@example.org>\r\n");
+        assert_eq!(round_trip("MAIL FROM:<>"), "MAIL FROM:<>\r\n");
+        assert_eq!(
+            round_trip("MAIL FROM:<a@b> size=1000 body=8bitmime SMTPUTF8 RET=HDRS ENVID=QQ+2B1 AUTH=<> X-FOO XY=z"),
+            "MAIL FROM:<a@b> SIZE=1000 BODY=8BITMIME SMTPUTF8 AUTH=<> RET=HDRS ENVID=QQ+2B1 X-FOO XY=z\r\n"
+        );
+        assert_eq!(parse("MAIL FROM:<a@b>SIZE=1"), Err(CommandError::BadSender));
+        assert_eq!(parse("MAIL FROM:"), Err(CommandError::BadSender));
+        assert_eq!(parse("MAIL TO:<a@b>"), Err(CommandError::BadArguments));
+        assert_eq!(parse("MAIL FROM:<a@b> SIZE=x"), Err(CommandError::BadParameter));
+        assert_eq!(parse("MAIL FROM:<a@b> SIZE=1 SIZE=2"), Err(CommandError::BadParameter));
+        assert_eq!(parse("MAIL FROM:<a@b> SIZE=99999999999999999999"), Err(CommandError::BadParameter));
+        assert_eq!(parse("MAIL FROM:<a@b> BODY=9BIT"), Err(CommandError::BadParameter));
+        assert_eq!(parse("MAIL FROM:<a@b> SMTPUTF8=yes"), Err(CommandError::BadParameter));
+        assert_eq!(parse("MAIL FROM:<a@b> ENVID=a=b"), Err(CommandError::BadParameter));
+        assert_eq!(parse("MAIL FROM:<a@b> =x"), Err(CommandError::BadArguments));
+    }
+
+    #[test]
+    fn rcpt_forms() {
+        assert_eq!(round_trip("RCPT TO: foo@example.com"), "RCPT TO:<foo@example.com>\r\n");
+        assert_eq!(round_trip("rcpt to:<postmaster>"), "RCPT TO:<Postmaster>\r\n");
+        assert_eq!(
+            round_trip("RCPT TO:<a@b> NOTIFY=failure,delay ORCPT=rfc822;a+40b"),
+            "RCPT TO:<a@b> NOTIFY=FAILURE,DELAY ORCPT=rfc822;a+40b\r\n"
+        );
+        assert_eq!(round_trip("RCPT TO:<a@b> NOTIFY=NEVER"), "RCPT TO:<a@b> NOTIFY=NEVER\r\n");
+        assert_eq!(parse("RCPT TO:<a@b> NOTIFY=NEVER,DELAY"), Err(CommandError::BadParameter));
+        assert_eq!(parse("RCPT TO:<a@b> NOTIFY=DELAY,DELAY"), Err(CommandError::BadParameter));
+        assert_eq!(parse("RCPT TO:<a@b> ORCPT=rfc822"), Err(CommandError::BadParameter));
+        assert_eq!(parse("RCPT TO:<>"), Err(CommandError::BadRecipient));
+        assert_eq!(parse("RCPT TO:<a@@b>"), Err(CommandError::BadRecipient));
+        let Ok(Command::Rcpt { params, .. }) = parse("RCPT TO:<a@b> SIZE=10") else {
+            panic!()
+        };
+        assert_eq!(params.other[0].keyword, "SIZE");
+    }
+
+    #[test]
+    fn other_commands() {
+        assert_eq!(round_trip("BDAT 100 last"), "BDAT 100 LAST\r\n");
+        assert_eq!(round_trip("BDAT 0"), "BDAT 0\r\n");
+        assert_eq!(parse("BDAT"), Err(CommandError::BadArguments));
+        assert_eq!(parse("BDAT -1"), Err(CommandError::BadArguments));
+        assert_eq!(parse("BDAT 1 FIRST"), Err(CommandError::BadArguments));
+        assert_eq!(parse("BDAT 99999999999999999999"), Err(CommandError::BadArguments));
+        assert_eq!(round_trip("AUTH plain AGJvYgB0b3BTZWNyZXQ="), "AUTH plain AGJvYgB0b3BTZWNyZXQ=\r\n");
+        assert_eq!(round_trip("AUTH LOGIN"), "AUTH LOGIN\r\n");
+        assert_eq!(parse("AUTH"), Err(CommandError::BadArguments));
+        assert_eq!(parse("AUTH PLAIN a!b"), Err(CommandError::BadArguments));
+        assert_eq!(round_trip("VRFY Bob Smith"), "VRFY Bob Smith\r\n");
+        assert_eq!(parse("VRFY"), Err(CommandError::BadArguments));
+        assert_eq!(round_trip("HELP mail"), "HELP mail\r\n");
+        assert_eq!(round_trip("NOOP hello there"), "NOOP hello there\r\n");
+        assert_eq!(parse("NOOP \x01"), Err(CommandError::InvalidCharacters));
+        assert_eq!(round_trip("expn staff"), "EXPN staff\r\n");
+    }
+
+    #[test]
+    fn xtext() {
+        assert_eq!(decode_xtext("a+2Bb+3D"), Some("a+b=".to_string()));
+        assert_eq!(decode_xtext("a+2"), None);
+        assert_eq!(decode_xtext("a+2b"), None);
+        assert_eq!(encode_xtext("a+b= c"), "a+2Bb+3D+20c");
+    }
+}

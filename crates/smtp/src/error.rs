@@ -1,0 +1,98 @@
+//! Errors: the peer's (each knows the reply it becomes) and the caller's.
+
+use thiserror::Error;
+
+use crate::reply::{EnhancedCode, Reply};
+
+/// Why a command line could not be parsed. Each variant knows its reply
+/// ([`CommandError::reply`]), so a server never invents one ad hoc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The verb is not an SMTP command.
+    #[error("command unrecognized")]
+    UnknownCommand,
+    /// The command line is not valid UTF-8 or holds control characters.
+    #[error("invalid characters in command")]
+    InvalidCharacters,
+    /// The arguments do not fit the command's grammar.
+    #[error("syntax error in arguments")]
+    BadArguments,
+    /// The command takes no arguments but got some.
+    #[error("command takes no arguments")]
+    UnexpectedArguments,
+    /// The reverse-path of MAIL is malformed.
+    #[error("bad sender address syntax")]
+    BadSender,
+    /// The forward-path of RCPT is malformed.
+    #[error("bad recipient address syntax")]
+    BadRecipient,
+    /// A known ESMTP parameter has a malformed value, or appears twice.
+    #[error("invalid parameter value")]
+    BadParameter,
+    /// The HELO/EHLO/LHLO argument is not a domain or address literal.
+    #[error("invalid domain")]
+    BadDomain,
+}
+
+impl CommandError {
+    /// The reply a server sends for this error (RFC 5321 §4.2.4, RFC 3463).
+    pub fn reply(self) -> Reply {
+        let (code, enhanced, text) = self.parts();
+        Reply::new(code, Some(enhanced), text)
+    }
+
+    /// Code, enhanced code and text, for writing the reply without building it.
+    pub(crate) fn parts(self) -> (u16, EnhancedCode, &'static str) {
+        match self {
+            Self::UnknownCommand => (500, EnhancedCode::INVALID_COMMAND, "Command unrecognized"),
+            Self::InvalidCharacters => (500, EnhancedCode::SYNTAX_ERROR, "Invalid characters in command"),
+            Self::BadArguments => (501, EnhancedCode::INVALID_ARGUMENTS, "Syntax error in arguments"),
+            Self::UnexpectedArguments => (501, EnhancedCode::INVALID_ARGUMENTS, "This command takes no arguments"),
+            Self::BadSender => (501, EnhancedCode::BAD_SENDER_SYNTAX, "Bad sender address syntax"),
+            Self::BadRecipient => (501, EnhancedCode::BAD_RECIPIENT_SYNTAX, "Bad recipient address syntax"),
+            Self::BadParameter => (501, EnhancedCode::INVALID_ARGUMENTS, "Invalid parameter value"),
+            Self::BadDomain => (501, EnhancedCode::INVALID_ARGUMENTS, "Invalid domain name"),
+        }
+    }
+}
+
+/// Why a reply could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ReplyError {
+    /// A line did not start with a code in 200..=599.
+    #[error("reply line without a valid three-digit code")]
+    BadCode,
+    /// The lines of one reply carry different codes.
+    #[error("multi-line reply with different codes")]
+    MixedCodes,
+    /// The code is followed by something other than space, `-` or CRLF.
+    #[error("reply code followed by an invalid separator")]
+    BadSeparator,
+    /// A line ended in a bare LF.
+    #[error("reply line not terminated by CRLF")]
+    BareLineEnding,
+    /// The text is not UTF-8.
+    #[error("reply text is not UTF-8")]
+    NotUtf8,
+    /// A string was not an enhanced status code.
+    #[error("invalid enhanced status code")]
+    BadEnhancedCode,
+}
+
+/// The caller used the session in a way the contract does not allow; the peer
+/// did nothing wrong and nothing was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// A decision method was called while no decision is pending.
+    #[error("no decision is pending")]
+    NoDecisionPending,
+    /// `accept_with` got a reply that is not 2yz, or `reject` one that is not 4yz/5yz.
+    #[error("reply code {0} does not fit this decision")]
+    WrongReplyClass(u16),
+    /// The session has closed.
+    #[error("the session is closed")]
+    Closed,
+}
