@@ -43,7 +43,7 @@ impl<'a> Domain<'a> {
     /// Parses a whole string as a domain or address literal.
     pub(crate) fn parse_bytes(input: &'a [u8]) -> Result<Self, CommandError> {
         match domain_or_literal(input) {
-            Ok((rest, d)) if rest.is_empty() => Ok(d),
+            Ok((b"", d)) => Ok(d),
             _ => Err(CommandError::BadDomain),
         }
     }
@@ -118,7 +118,7 @@ impl FromStr for Mailbox<'static> {
     /// Parses `local@domain` (no angle brackets).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match mailbox(s.as_bytes()) {
-            Ok((rest, m)) if rest.is_empty() => Ok(m.into_owned()),
+            Ok((b"", m)) => Ok(m.into_owned()),
             _ => Err(CommandError::BadArguments),
         }
     }
@@ -247,7 +247,11 @@ fn domain_name(input: &[u8]) -> IResult<&[u8], &[u8]> {
         return Err(fail(input));
     }
     for label in d.split(|&b| b == b'.') {
-        if label.is_empty() || label.len() > 63 || label[0] == b'-' || label[label.len() - 1] == b'-' {
+        if label.is_empty()
+            || label.len() > 63
+            || label[0] == b'-'
+            || label[label.len() - 1] == b'-'
+        {
             return Err(fail(input));
         }
     }
@@ -259,14 +263,19 @@ fn address_literal(input: &[u8]) -> IResult<&[u8], &[u8]> {
     let (rest, _) = tag(&b"["[..])(input)?;
     let end = memchr::memchr(b']', rest).ok_or_else(|| fail(input))?;
     let inner = std::str::from_utf8(&rest[..end]).map_err(|_| fail(input))?;
-    let valid = if inner.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("IPv6:")) {
+    let valid = if inner
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("IPv6:"))
+    {
         inner[5..].parse::<std::net::Ipv6Addr>().is_ok()
     } else if let Some((tag, content)) = inner.split_once(':') {
         !tag.is_empty()
             && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !tag.ends_with('-')
             && !content.is_empty()
-            && content.bytes().all(|b| (33..=90).contains(&b) || (94..=126).contains(&b))
+            && content
+                .bytes()
+                .all(|b| (33..=90).contains(&b) || (94..=126).contains(&b))
     } else {
         inner.parse::<std::net::Ipv4Addr>().is_ok()
     };
@@ -348,7 +357,9 @@ pub(crate) fn reverse_path(input: &[u8]) -> IResult<&[u8], ReversePath<'_>> {
 
 /// The argument of RCPT TO: (after the colon and any spaces).
 pub(crate) fn forward_path(input: &[u8]) -> IResult<&[u8], ForwardPath<'_>> {
-    if let Ok((rest, _)) = tag_no_case::<_, _, nom::error::Error<&[u8]>>(&b"<postmaster>"[..])(input) {
+    if let Ok((rest, _)) =
+        tag_no_case::<_, _, nom::error::Error<&[u8]>>(&b"<postmaster>"[..])(input)
+    {
         return Ok((rest, ForwardPath::Postmaster));
     }
     let (rest, m) = path(input)?;
@@ -371,8 +382,14 @@ mod tests {
 
     #[test]
     fn mailboxes() {
-        assert_eq!(mb("bob@kolleg.de"), Some(("bob".into(), "kolleg.de".into())));
-        assert_eq!(mb("a.b+c@x-y.example"), Some(("a.b+c".into(), "x-y.example".into())));
+        assert_eq!(
+            mb("bob@kolleg.de"),
+            Some(("bob".into(), "kolleg.de".into()))
+        );
+        assert_eq!(
+            mb("a.b+c@x-y.example"),
+            Some(("a.b+c".into(), "x-y.example".into()))
+        );
         assert_eq!(mb("\"john doe\"@example.org").unwrap().0, "\"john doe\"");
         assert_eq!(mb("\"a\\\"b\"@x").unwrap().0, "\"a\\\"b\"");
         assert_eq!(mb("u@[192.0.2.1]").unwrap().1, "[192.0.2.1]");
@@ -380,8 +397,23 @@ mod tests {
         assert_eq!(mb("u@[x-tag:stuff]").unwrap().1, "[x-tag:stuff]");
         assert_eq!(mb("jörg@bücher.example").unwrap().0, "jörg");
         for bad in [
-            "", "a", "@x", "a@", ".a@x", "a.@x", "a..b@x", "a@-x", "a@x-", "a@x..y", "a b@x",
-            "a@[300.1.1.1]", "a@[IPv6:zz]", "a@[1.2.3.4", "\"a@x", "a@x.", "a@.x",
+            "",
+            "a",
+            "@x",
+            "a@",
+            ".a@x",
+            "a.@x",
+            "a..b@x",
+            "a@-x",
+            "a@x-",
+            "a@x..y",
+            "a b@x",
+            "a@[300.1.1.1]",
+            "a@[IPv6:zz]",
+            "a@[1.2.3.4",
+            "\"a@x",
+            "a@x.",
+            "a@.x",
         ] {
             assert_eq!(mb(bad), None, "{bad:?}");
         }
@@ -410,7 +442,12 @@ mod tests {
     #[test]
     fn domains() {
         assert!("mail.kolleg.de".parse::<Domain>().is_ok());
-        assert!("[127.0.0.1]".parse::<Domain>().unwrap().is_address_literal());
+        assert!(
+            "[127.0.0.1]"
+                .parse::<Domain>()
+                .unwrap()
+                .is_address_literal()
+        );
         assert!("server".parse::<Domain>().is_ok());
         assert!("bad_name".parse::<Domain>().is_err());
         assert!(format!("{}.x", "a".repeat(260)).parse::<Domain>().is_err());

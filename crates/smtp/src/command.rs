@@ -306,7 +306,11 @@ impl MailParameters<'_> {
             render_param(out, "AUTH", Some(auth));
         }
         if let Some(ret) = self.ret {
-            render_param(out, "RET", Some(if ret == Ret::Full { "FULL" } else { "HDRS" }));
+            render_param(
+                out,
+                "RET",
+                Some(if ret == Ret::Full { "FULL" } else { "HDRS" }),
+            );
         }
         if let Some(envid) = &self.envid {
             render_param(out, "ENVID", Some(envid));
@@ -387,7 +391,10 @@ pub fn decode_xtext(xtext: &str) -> Option<String> {
     while i < bytes.len() {
         if bytes[i] == b'+' {
             let hex = xtext.get(i + 1..i + 3)?;
-            if !hex.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
+            if !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+            {
                 return None;
             }
             out.push(u8::from_str_radix(hex, 16).ok()?);
@@ -418,7 +425,9 @@ fn is_xtext(s: &[u8]) -> bool {
     while i < s.len() {
         match s[i] {
             b'+' => {
-                let hex = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
+                let hex = |b: Option<&u8>| {
+                    b.is_some_and(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b))
+                };
                 if !hex(s.get(i + 1)) || !hex(s.get(i + 2)) {
                     return false;
                 }
@@ -455,7 +464,11 @@ fn text(s: &[u8]) -> Result<&str, CommandError> {
 
 fn optional_text(args: &[u8]) -> Result<Option<&str>, CommandError> {
     let t = trim_spaces(args);
-    if t.is_empty() { Ok(None) } else { text(t).map(Some) }
+    if t.is_empty() {
+        Ok(None)
+    } else {
+        text(t).map(Some)
+    }
 }
 
 fn required_text(args: &[u8]) -> Result<&str, CommandError> {
@@ -506,16 +519,9 @@ fn parameters<'a>(
         let (after, value) = match after.first() {
             Some(b'=') => {
                 let v = &after[1..];
-                let len = v
-                    .iter()
-                    .position(|&b| b == b' ')
-                    .unwrap_or(v.len());
+                let len = v.iter().position(|&b| b == b' ').unwrap_or(v.len());
                 let value = &v[..len];
-                if value.is_empty()
-                    || value
-                        .iter()
-                        .any(|&b| b == b'=' || b < 33 || b == 127)
-                {
+                if value.is_empty() || value.iter().any(|&b| b == b'=' || b < 33 || b == 127) {
                     return Err(CommandError::BadParameter);
                 }
                 let value = std::str::from_utf8(value).map_err(|_| CommandError::BadParameter)?;
@@ -554,7 +560,10 @@ fn parse_mail(args: &[u8]) -> Result<Command<'_>, CommandError> {
             if v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(CommandError::BadParameter);
             }
-            set_once(&mut params.size, v.parse().map_err(|_| CommandError::BadParameter)?)
+            set_once(
+                &mut params.size,
+                v.parse().map_err(|_| CommandError::BadParameter)?,
+            )
         } else if is("BODY") {
             let v = value.ok_or(CommandError::BadParameter)?;
             let body = if v.eq_ignore_ascii_case("7BIT") {
@@ -686,7 +695,9 @@ fn parse_auth(args: &[u8]) -> Result<Command<'_>, CommandError> {
         return Err(CommandError::BadArguments);
     }
     if let Some(i) = initial {
-        let b64 = i == b"=" || i.iter().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b));
+        let b64 = i == b"="
+            || i.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b));
         if !b64 {
             return Err(CommandError::BadArguments);
         }
@@ -716,7 +727,9 @@ fn parse_bdat(args: &[u8]) -> Result<Command<'_>, CommandError> {
     }
     let size = size
         .iter()
-        .try_fold(0u64, |v, b| v.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+        .try_fold(0u64, |v, b| {
+            v.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        })
         .ok_or(CommandError::BadArguments)?;
     let last = match last {
         None => false,
@@ -736,7 +749,9 @@ mod tests {
 
     fn round_trip(s: &str) -> String {
         let mut out = Vec::new();
-        parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}")).render(&mut out);
+        parse(s)
+            .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+            .render(&mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -763,37 +778,81 @@ mod tests {
 
     #[test]
     fn mail_forms() {
-        assert_eq!(round_trip("MAIL FROM:<a@b.example>"), "MAIL FROM:<a@b.example>\r\n");
-        assert_eq!(round_trip("mail from: bar@example.org"), "MAIL FROM:<bar@example.org>\r\n");
+        assert_eq!(
+            round_trip("MAIL FROM:<a@b.example>"),
+            "MAIL FROM:<a@b.example>\r\n"
+        );
+        assert_eq!(
+            round_trip("mail from: bar@example.org"),
+            "MAIL FROM:<bar@example.org>\r\n"
+        );
         assert_eq!(round_trip("MAIL FROM:<>"), "MAIL FROM:<>\r\n");
         assert_eq!(
-            round_trip("MAIL FROM:<a@b> size=1000 body=8bitmime SMTPUTF8 RET=HDRS ENVID=QQ+2B1 AUTH=<> X-FOO XY=z"),
+            round_trip(
+                "MAIL FROM:<a@b> size=1000 body=8bitmime SMTPUTF8 RET=HDRS ENVID=QQ+2B1 AUTH=<> X-FOO XY=z"
+            ),
             "MAIL FROM:<a@b> SIZE=1000 BODY=8BITMIME SMTPUTF8 AUTH=<> RET=HDRS ENVID=QQ+2B1 X-FOO XY=z\r\n"
         );
         assert_eq!(parse("MAIL FROM:<a@b>SIZE=1"), Err(CommandError::BadSender));
         assert_eq!(parse("MAIL FROM:"), Err(CommandError::BadSender));
         assert_eq!(parse("MAIL TO:<a@b>"), Err(CommandError::BadArguments));
-        assert_eq!(parse("MAIL FROM:<a@b> SIZE=x"), Err(CommandError::BadParameter));
-        assert_eq!(parse("MAIL FROM:<a@b> SIZE=1 SIZE=2"), Err(CommandError::BadParameter));
-        assert_eq!(parse("MAIL FROM:<a@b> SIZE=99999999999999999999"), Err(CommandError::BadParameter));
-        assert_eq!(parse("MAIL FROM:<a@b> BODY=9BIT"), Err(CommandError::BadParameter));
-        assert_eq!(parse("MAIL FROM:<a@b> SMTPUTF8=yes"), Err(CommandError::BadParameter));
-        assert_eq!(parse("MAIL FROM:<a@b> ENVID=a=b"), Err(CommandError::BadParameter));
+        assert_eq!(
+            parse("MAIL FROM:<a@b> SIZE=x"),
+            Err(CommandError::BadParameter)
+        );
+        assert_eq!(
+            parse("MAIL FROM:<a@b> SIZE=1 SIZE=2"),
+            Err(CommandError::BadParameter)
+        );
+        assert_eq!(
+            parse("MAIL FROM:<a@b> SIZE=99999999999999999999"),
+            Err(CommandError::BadParameter)
+        );
+        assert_eq!(
+            parse("MAIL FROM:<a@b> BODY=9BIT"),
+            Err(CommandError::BadParameter)
+        );
+        assert_eq!(
+            parse("MAIL FROM:<a@b> SMTPUTF8=yes"),
+            Err(CommandError::BadParameter)
+        );
+        assert_eq!(
+            parse("MAIL FROM:<a@b> ENVID=a=b"),
+            Err(CommandError::BadParameter)
+        );
         assert_eq!(parse("MAIL FROM:<a@b> =x"), Err(CommandError::BadArguments));
     }
 
     #[test]
     fn rcpt_forms() {
-        assert_eq!(round_trip("RCPT TO: foo@example.com"), "RCPT TO:<foo@example.com>\r\n");
-        assert_eq!(round_trip("rcpt to:<postmaster>"), "RCPT TO:<Postmaster>\r\n");
+        assert_eq!(
+            round_trip("RCPT TO: foo@example.com"),
+            "RCPT TO:<foo@example.com>\r\n"
+        );
+        assert_eq!(
+            round_trip("rcpt to:<postmaster>"),
+            "RCPT TO:<Postmaster>\r\n"
+        );
         assert_eq!(
             round_trip("RCPT TO:<a@b> NOTIFY=failure,delay ORCPT=rfc822;a+40b"),
             "RCPT TO:<a@b> NOTIFY=FAILURE,DELAY ORCPT=rfc822;a+40b\r\n"
         );
-        assert_eq!(round_trip("RCPT TO:<a@b> NOTIFY=NEVER"), "RCPT TO:<a@b> NOTIFY=NEVER\r\n");
-        assert_eq!(parse("RCPT TO:<a@b> NOTIFY=NEVER,DELAY"), Err(CommandError::BadParameter));
-        assert_eq!(parse("RCPT TO:<a@b> NOTIFY=DELAY,DELAY"), Err(CommandError::BadParameter));
-        assert_eq!(parse("RCPT TO:<a@b> ORCPT=rfc822"), Err(CommandError::BadParameter));
+        assert_eq!(
+            round_trip("RCPT TO:<a@b> NOTIFY=NEVER"),
+            "RCPT TO:<a@b> NOTIFY=NEVER\r\n"
+        );
+        assert_eq!(
+            parse("RCPT TO:<a@b> NOTIFY=NEVER,DELAY"),
+            Err(CommandError::BadParameter)
+        );
+        assert_eq!(
+            parse("RCPT TO:<a@b> NOTIFY=DELAY,DELAY"),
+            Err(CommandError::BadParameter)
+        );
+        assert_eq!(
+            parse("RCPT TO:<a@b> ORCPT=rfc822"),
+            Err(CommandError::BadParameter)
+        );
         assert_eq!(parse("RCPT TO:<>"), Err(CommandError::BadRecipient));
         assert_eq!(parse("RCPT TO:<a@@b>"), Err(CommandError::BadRecipient));
         let Ok(Command::Rcpt { params, .. }) = parse("RCPT TO:<a@b> SIZE=10") else {
@@ -809,8 +868,14 @@ mod tests {
         assert_eq!(parse("BDAT"), Err(CommandError::BadArguments));
         assert_eq!(parse("BDAT -1"), Err(CommandError::BadArguments));
         assert_eq!(parse("BDAT 1 FIRST"), Err(CommandError::BadArguments));
-        assert_eq!(parse("BDAT 99999999999999999999"), Err(CommandError::BadArguments));
-        assert_eq!(round_trip("AUTH plain AGJvYgB0b3BTZWNyZXQ="), "AUTH plain AGJvYgB0b3BTZWNyZXQ=\r\n");
+        assert_eq!(
+            parse("BDAT 99999999999999999999"),
+            Err(CommandError::BadArguments)
+        );
+        assert_eq!(
+            round_trip("AUTH plain AGJvYgB0b3BTZWNyZXQ="),
+            "AUTH plain AGJvYgB0b3BTZWNyZXQ=\r\n"
+        );
         assert_eq!(round_trip("AUTH LOGIN"), "AUTH LOGIN\r\n");
         assert_eq!(parse("AUTH"), Err(CommandError::BadArguments));
         assert_eq!(parse("AUTH PLAIN a!b"), Err(CommandError::BadArguments));

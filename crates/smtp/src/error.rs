@@ -46,12 +46,36 @@ impl CommandError {
     pub(crate) fn parts(self) -> (u16, EnhancedCode, &'static str) {
         match self {
             Self::UnknownCommand => (500, EnhancedCode::INVALID_COMMAND, "Command unrecognized"),
-            Self::InvalidCharacters => (500, EnhancedCode::SYNTAX_ERROR, "Invalid characters in command"),
-            Self::BadArguments => (501, EnhancedCode::INVALID_ARGUMENTS, "Syntax error in arguments"),
-            Self::UnexpectedArguments => (501, EnhancedCode::INVALID_ARGUMENTS, "This command takes no arguments"),
-            Self::BadSender => (501, EnhancedCode::BAD_SENDER_SYNTAX, "Bad sender address syntax"),
-            Self::BadRecipient => (501, EnhancedCode::BAD_RECIPIENT_SYNTAX, "Bad recipient address syntax"),
-            Self::BadParameter => (501, EnhancedCode::INVALID_ARGUMENTS, "Invalid parameter value"),
+            Self::InvalidCharacters => (
+                500,
+                EnhancedCode::SYNTAX_ERROR,
+                "Invalid characters in command",
+            ),
+            Self::BadArguments => (
+                501,
+                EnhancedCode::INVALID_ARGUMENTS,
+                "Syntax error in arguments",
+            ),
+            Self::UnexpectedArguments => (
+                501,
+                EnhancedCode::INVALID_ARGUMENTS,
+                "This command takes no arguments",
+            ),
+            Self::BadSender => (
+                501,
+                EnhancedCode::BAD_SENDER_SYNTAX,
+                "Bad sender address syntax",
+            ),
+            Self::BadRecipient => (
+                501,
+                EnhancedCode::BAD_RECIPIENT_SYNTAX,
+                "Bad recipient address syntax",
+            ),
+            Self::BadParameter => (
+                501,
+                EnhancedCode::INVALID_ARGUMENTS,
+                "Invalid parameter value",
+            ),
             Self::BadDomain => (501, EnhancedCode::INVALID_ARGUMENTS, "Invalid domain name"),
         }
     }

@@ -1,8 +1,27 @@
-//! Sans-IO SMTP (in progress).
+//! Sans-IO SMTP (RFC 5321) and LMTP (RFC 2033).
+//!
+//! Commands and replies as types with parsers and renderers, and a
+//! [`ServerSession`] state machine that turns bytes from a client into events
+//! for the application and bytes to send back. Nothing here touches a socket,
+//! a thread or a clock: the caller moves bytes and passes the time in, so the
+//! same session runs on `std::net`, on an async runtime, or in a test.
+//!
+//! See [`ServerSession`] for the driving contract and a complete example.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod address;
 pub mod command;
+mod config;
 pub mod error;
 pub mod reply;
+mod server;
+
+pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
+pub use command::{Body, Command, MailParameters, Notify, RcptParameters, Ret};
+pub use config::{Extensions, Limits, Protocol, ReplyTexts, ServerConfig};
+pub use error::{CommandError, ReplyError, UsageError};
+pub use postamt_wire::BareLineEndings;
+pub use postamt_wire::sasl::{Credentials, Mechanism};
+pub use reply::{EnhancedCode, Reply};
+pub use server::{AbortReason, Decision, Event, Hello, ServerSession};

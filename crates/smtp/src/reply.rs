@@ -78,7 +78,11 @@ impl EnhancedCode {
 }
 
 fn parse_number(text: &[u8]) -> Option<(u16, usize)> {
-    let digits = text.iter().take(4).take_while(|b| b.is_ascii_digit()).count();
+    let digits = text
+        .iter()
+        .take(4)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     if digits == 0 || digits > 3 {
         return None;
     }
@@ -167,7 +171,11 @@ impl Reply {
     /// # Panics
     /// If `code` is not within 200..=599: reply codes are chosen by the program,
     /// never by the peer, so a wrong one is a bug to find at once.
-    pub fn new(code: u16, enhanced: Option<EnhancedCode>, text: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(
+        code: u16,
+        enhanced: Option<EnhancedCode>,
+        text: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self::multiline(code, enhanced, vec![text.into()])
     }
 
@@ -176,8 +184,15 @@ impl Reply {
     /// # Panics
     /// As [`Reply::new`]; also if a line contains CR or LF, which would let
     /// a text forge further replies.
-    pub fn multiline(code: u16, enhanced: Option<EnhancedCode>, lines: Vec<Cow<'static, str>>) -> Self {
-        assert!((200..=599).contains(&code), "reply code {code} out of range");
+    pub fn multiline(
+        code: u16,
+        enhanced: Option<EnhancedCode>,
+        lines: Vec<Cow<'static, str>>,
+    ) -> Self {
+        assert!(
+            (200..=599).contains(&code),
+            "reply code {code} out of range"
+        );
         assert!(
             lines.iter().all(|l| !l.contains(['\r', '\n'])),
             "reply text must not contain CR or LF"
@@ -267,7 +282,9 @@ impl Reply {
             if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
                 return Err(ReplyError::BadCode);
             }
-            let this_code = line[..3].iter().fold(0u16, |v, b| v * 10 + u16::from(b - b'0'));
+            let this_code = line[..3]
+                .iter()
+                .fold(0u16, |v, b| v * 10 + u16::from(b - b'0'));
             if !(200..=599).contains(&this_code) {
                 return Err(ReplyError::BadCode);
             }
@@ -283,12 +300,10 @@ impl Reply {
                 Some(_) => return Err(ReplyError::BadSeparator),
             };
             let first = lines.is_empty();
-            if first {
-                if let Some((e, len)) = EnhancedCode::parse_prefix(text) {
-                    let ends = text.len() == len || text[len] == b' ';
-                    if ends && u16::from(e.class) == this_code / 100 {
-                        enhanced = Some((e, len));
-                    }
+            if let (true, Some((e, len))) = (first, EnhancedCode::parse_prefix(text)) {
+                let ends = text.len() == len || text[len] == b' ';
+                if ends && u16::from(e.class) == this_code / 100 {
+                    enhanced = Some((e, len));
                 }
             }
             let text = match enhanced {
@@ -327,7 +342,13 @@ impl fmt::Display for Reply {
 }
 
 /// Writes one reply line; used for replies that are never built as values.
-pub(crate) fn write_line(out: &mut Vec<u8>, code: u16, last: bool, enhanced: Option<EnhancedCode>, text: &str) {
+pub(crate) fn write_line(
+    out: &mut Vec<u8>,
+    code: u16,
+    last: bool,
+    enhanced: Option<EnhancedCode>,
+    text: &str,
+) {
     push_decimal(out, u64::from(code));
     out.push(if last { b' ' } else { b'-' });
     if let Some(e) = enhanced {
@@ -354,8 +375,15 @@ mod tests {
     fn renders_single_and_multi_line() {
         let r = Reply::new(550, Some(EnhancedCode::UNKNOWN_USER), "No such user here");
         assert_eq!(render(&r), "550 5.1.1 No such user here\r\n");
-        let r = Reply::multiline(250, None, vec!["mx.example".into(), "PIPELINING".into(), "SIZE 100".into()]);
-        assert_eq!(render(&r), "250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n");
+        let r = Reply::multiline(
+            250,
+            None,
+            vec!["mx.example".into(), "PIPELINING".into(), "SIZE 100".into()],
+        );
+        assert_eq!(
+            render(&r),
+            "250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n"
+        );
         let r = Reply::new(354, None, "");
         assert_eq!(render(&r), "354 \r\n");
         let mut out = Vec::new();
@@ -379,7 +407,10 @@ mod tests {
         assert_eq!(Reply::parse(b""), Ok(None));
         assert_eq!(Reply::parse(b"250 ok\n"), Err(ReplyError::BareLineEnding));
         assert_eq!(Reply::parse(b"25x ok\r\n"), Err(ReplyError::BadCode));
-        assert_eq!(Reply::parse(b"250-a\r\n251 b\r\n"), Err(ReplyError::MixedCodes));
+        assert_eq!(
+            Reply::parse(b"250-a\r\n251 b\r\n"),
+            Err(ReplyError::MixedCodes)
+        );
         assert_eq!(Reply::parse(b"250_a\r\n"), Err(ReplyError::BadSeparator));
         assert_eq!(Reply::parse(b"600 a\r\n"), Err(ReplyError::BadCode));
     }

@@ -418,7 +418,13 @@ mod tests {
             16,
             true,
         );
-        check(BareLineEndings::Normalize, b".\rx\r\n.\r\n", b"\r\nx\r\n", 8, true);
+        check(
+            BareLineEndings::Normalize,
+            b".\rx\r\n.\r\n",
+            b"\r\nx\r\n",
+            8,
+            true,
+        );
     }
 
     #[test]
@@ -427,7 +433,10 @@ mod tests {
         input.extend_from_slice(b"\r\n.\r\n");
         let mut d = DotDecoder::new(BareLineEndings::Reject, 1000);
         let mut out = Vec::new();
-        assert_eq!(d.decode(&input, &mut out), Decoded::Complete { consumed: 1003 });
+        assert_eq!(
+            d.decode(&input, &mut out),
+            Decoded::Complete { consumed: 1003 }
+        );
         assert!(!d.saw_long_line());
         let mut input = vec![b'x'; 999];
         input.extend_from_slice(b"\r\n.\r\n");

@@ -190,7 +190,12 @@ mod tests {
         all_splits(
             512,
             b"HELO a\r\nNOOP\r\n\r\nQUIT\r\npartial",
-            &["line \"HELO a\"", "line \"NOOP\"", "line \"\"", "line \"QUIT\""],
+            &[
+                "line \"HELO a\"",
+                "line \"NOOP\"",
+                "line \"\"",
+                "line \"QUIT\"",
+            ],
         );
     }
 
@@ -199,7 +204,11 @@ mod tests {
         all_splits(
             512,
             b"NOOP\nNOOP\r\nA\rB\r\n\n\r\n",
-            &["line \"NOOP\\nNOOP\" bare", "line \"A\\rB\" bare", "line \"\\n\" bare"],
+            &[
+                "line \"NOOP\\nNOOP\" bare",
+                "line \"A\\rB\" bare",
+                "line \"\\n\" bare",
+            ],
         );
     }
 

@@ -205,7 +205,11 @@ pub fn decode_plain(message: &[u8]) -> Result<Credentials, SaslError> {
     else {
         return Err(SaslError::MalformedPlain);
     };
-    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).map_err(|_| SaslError::NotUtf8);
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| SaslError::NotUtf8)
+    };
     let username = text(username)?;
     let password = text(password)?;
     if username.is_empty() || password.is_empty() {
@@ -266,9 +270,15 @@ mod tests {
     fn login_prompts_twice() {
         let (mut ex, step) = Exchange::start(Mechanism::Login, None);
         assert_eq!(step, Step::Challenge(LOGIN_USER_PROMPT));
-        assert_eq!(ex.respond(b"YW5uYQ=="), Step::Challenge(LOGIN_PASSWORD_PROMPT));
+        assert_eq!(
+            ex.respond(b"YW5uYQ=="),
+            Step::Challenge(LOGIN_PASSWORD_PROMPT)
+        );
         let c = done(ex.respond(b"Z2VoZWlt"));
-        assert_eq!((c.username.as_str(), c.password.expose().as_str()), ("anna", "geheim"));
+        assert_eq!(
+            (c.username.as_str(), c.password.expose().as_str()),
+            ("anna", "geheim")
+        );
     }
 
     #[test]
@@ -288,7 +298,10 @@ mod tests {
         assert_eq!(ex.respond(b"YWJj"), Step::Failed(SaslError::MalformedPlain));
         let (_, step) = Exchange::start(Mechanism::Plain, Some(b"="));
         assert_eq!(step, Step::Failed(SaslError::MalformedPlain));
-        let (_, step) = Exchange::start(Mechanism::Plain, Some(encode_plain(None, "", "x").as_bytes()));
+        let (_, step) = Exchange::start(
+            Mechanism::Plain,
+            Some(encode_plain(None, "", "x").as_bytes()),
+        );
         assert_eq!(step, Step::Failed(SaslError::Empty));
         assert_eq!("login".parse(), Ok(Mechanism::Login));
         assert_eq!("CRAM-MD5".parse::<Mechanism>(), Err(UnknownMechanism));
