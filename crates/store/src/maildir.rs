@@ -1,0 +1,526 @@
+//! Mailboxes as Maildir folders that Dovecot, mutt and neomutt share with us.
+//!
+//! Layout: `ROOT/<mailbox>/{tmp,new,cur}` plus the lock file
+//! `ROOT/<mailbox>/postamt.lock`. File names follow the convention Dovecot
+//! writes, `<secs>.M<usecs>P<pid>Q<seq>.<host>,S=<size>,W=<crlf size>`, so a
+//! listing needs no file reads; in `cur/` they carry the `:2,<flags>` info.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::crlf::{CrlfCounter, CrlfReader, crlf_size_of};
+use crate::store::{check_indices, unique_recipients};
+use crate::{Delivery, MailStore, MailboxName, Maildrop, MessageInfo, StoreError, Uid};
+
+/// Files in `tmp/` older than this are leftovers of crashed deliveries; the
+/// Maildir convention says to remove them after 36 hours.
+pub const STALE_TMP_AGE: Duration = Duration::from_secs(36 * 60 * 60);
+
+/// The lock file's name inside each mailbox folder. It sits beside `tmp/`,
+/// `new/` and `cur/`, where Maildir readers do not look for mail.
+pub const LOCK_FILE_NAME: &str = "postamt.lock";
+
+/// A [`MailStore`] over a root folder that holds one Maildir per mailbox.
+///
+/// Folders are created when first needed. Deliveries are durable when
+/// [`Delivery::commit`] returns: the file is written in `tmp/`, fsynced,
+/// linked into each recipient's `new/`, and `new/` is fsynced.
+#[derive(Clone, Debug)]
+pub struct Maildir {
+    root: PathBuf,
+}
+
+impl Maildir {
+    /// A store under `root`. Nothing is touched until mail is delivered or a
+    /// maildrop is opened.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The Maildir folder of `mailbox` (the one holding `tmp/`, `new/`, `cur/`).
+    pub fn mailbox_path(&self, mailbox: &MailboxName) -> PathBuf {
+        self.root.join(mailbox.as_str())
+    }
+
+    /// Creates the mailbox's folders if they are missing, fsyncing the
+    /// parents so that a message committed into them survives a crash.
+    fn ensure_layout(&self, mailbox: &MailboxName) -> Result<PathBuf, StoreError> {
+        let dir = self.mailbox_path(mailbox);
+        if dir.join("cur").is_dir() && dir.join("new").is_dir() && dir.join("tmp").is_dir() {
+            return Ok(dir);
+        }
+        for sub in ["tmp", "new", "cur"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(|e| StoreError::io("create", &path, e))?;
+        }
+        sync_dir(&dir)?;
+        sync_dir(&self.root)?;
+        Ok(dir)
+    }
+}
+
+impl MailStore for Maildir {
+    fn begin_delivery(&self, recipients: &[MailboxName]) -> Result<Box<dyn Delivery>, StoreError> {
+        let dirs = unique_recipients(recipients)?
+            .iter()
+            .map(|mailbox| self.ensure_layout(mailbox))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tmp = dirs[0].join("tmp");
+        let (base, tmp_path, file) = create_unique(&tmp)?;
+        Ok(Box::new(MaildirDelivery {
+            dirs,
+            base,
+            tmp_path,
+            file: Some(BufWriter::with_capacity(64 * 1024, file)),
+            counter: CrlfCounter::default(),
+        }))
+    }
+
+    fn open_maildrop(&self, mailbox: &MailboxName) -> Result<Box<dyn Maildrop>, StoreError> {
+        let dir = self.ensure_layout(mailbox)?;
+        let key = fs::canonicalize(&dir).map_err(|e| StoreError::io("resolve", &dir, e))?;
+        let process_lock =
+            ProcessLock::acquire(key).ok_or_else(|| StoreError::Locked(mailbox.clone()))?;
+        let lock_path = dir.join(LOCK_FILE_NAME);
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io("open", &lock_path, e))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(StoreError::Locked(mailbox.clone())),
+            Err(TryLockError::Error(e)) => return Err(StoreError::io("lock", &lock_path, e)),
+        }
+        remove_stale_tmp(&dir.join("tmp"), SystemTime::now());
+        move_new_to_cur(&dir)?;
+        let cur = dir.join("cur");
+        let entries = list_cur(&cur)?;
+        Ok(Box::new(MaildirMaildrop {
+            mailbox: mailbox.clone(),
+            cur,
+            infos: entries.iter().map(|e| e.info.clone()).collect(),
+            entries,
+            _lock_file: lock_file,
+            _process_lock: process_lock,
+        }))
+    }
+}
+
+/// Fsyncs a directory, so that entries created or renamed in it are durable.
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| StoreError::io("sync", path, e))
+}
+
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// A new unique base name: time, pid and per-process sequence, host.
+fn unique_base() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{}.M{}P{}Q{}.{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        seq,
+        hostname()
+    )
+}
+
+/// The host name as Maildir wants it in a file name: `/` and `:` (and `,`,
+/// which starts our size fields) replaced by octal escapes.
+fn hostname() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let raw = fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| fs::read_to_string("/etc/hostname"))
+            .unwrap_or_default();
+        let raw = raw.trim();
+        let raw = if raw.is_empty() { "localhost" } else { raw };
+        let mut host = String::with_capacity(raw.len());
+        for c in raw.chars() {
+            match c {
+                '/' => host.push_str("\\057"),
+                ':' => host.push_str("\\072"),
+                ',' => host.push_str("\\054"),
+                c if c.is_ascii_graphic() => host.push(c),
+                _ => host.push('_'),
+            }
+        }
+        host
+    })
+}
+
+/// Creates a new file in `tmp` under a fresh unique name.
+fn create_unique(tmp: &Path) -> Result<(String, PathBuf, File), StoreError> {
+    let mut attempts = 0;
+    loop {
+        let base = unique_base();
+        let path = tmp.join(&base);
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => return Ok((base, path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 10 => attempts += 1,
+            Err(e) => return Err(StoreError::io("create", &path, e)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MaildirDelivery {
+    /// Each recipient's Maildir folder; the file is written in the first's tmp/.
+    dirs: Vec<PathBuf>,
+    base: String,
+    tmp_path: PathBuf,
+    file: Option<BufWriter<File>>,
+    counter: CrlfCounter,
+}
+
+impl Delivery for MaildirDelivery {
+    fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(StoreError::io(
+                "write",
+                &self.tmp_path,
+                io::ErrorKind::BrokenPipe.into(),
+            ));
+        };
+        file.write_all(chunk)
+            .map_err(|e| StoreError::io("write", &self.tmp_path, e))?;
+        self.counter.update(chunk);
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let tmp = self.tmp_path.clone();
+        let writer = self
+            .file
+            .take()
+            .ok_or_else(|| StoreError::io("write", &tmp, io::ErrorKind::BrokenPipe.into()))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| StoreError::io("write", &tmp, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| StoreError::io("sync", &tmp, e))?;
+        drop(file);
+        let name = format!(
+            "{},S={},W={}",
+            self.base,
+            self.counter.raw_size(),
+            self.counter.crlf_size()
+        );
+        let mut placed: Vec<PathBuf> = Vec::with_capacity(self.dirs.len());
+        let result = self.dirs.iter().try_for_each(|dir| {
+            let dest = dir.join("new").join(&name);
+            place(&tmp, dir, &name, &dest)?;
+            placed.push(dest);
+            sync_dir(&dir.join("new"))
+        });
+        if let Err(e) = result {
+            for path in &placed {
+                let _ = fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        // The tmp file is removed when `self` drops; it is no longer needed.
+        Ok(())
+    }
+}
+
+/// Puts the finished tmp file at `dest`: a hard link where the file system
+/// allows, else a copy written in the recipient's own tmp/ and renamed.
+fn place(tmp: &Path, dir: &Path, name: &str, dest: &Path) -> Result<(), StoreError> {
+    if fs::hard_link(tmp, dest).is_ok() {
+        return Ok(());
+    }
+    let copy = dir.join("tmp").join(name);
+    let copied = fs::copy(tmp, &copy)
+        .and_then(|_| File::open(&copy)?.sync_all())
+        .map_err(|e| StoreError::io("copy", &copy, e))
+        .and_then(|()| fs::rename(&copy, dest).map_err(|e| StoreError::io("rename", dest, e)));
+    if copied.is_err() {
+        let _ = fs::remove_file(&copy);
+    }
+    copied
+}
+
+impl Drop for MaildirDelivery {
+    fn drop(&mut self) {
+        // Aborted or committed, the tmp file has served its purpose. Close it
+        // first; an error here can only leave a stray tmp file, which the
+        // next maildrop open removes after 36 hours.
+        self.file = None;
+        let _ = fs::remove_file(&self.tmp_path);
+    }
+}
+
+/// Maildrops held open in this process, by canonical folder path. The OS lock
+/// alone may not exclude a second open in the same process on every file
+/// system (NFS emulates flock with per-process locks).
+static OPEN_MAILDROPS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+#[derive(Debug)]
+struct ProcessLock {
+    key: PathBuf,
+}
+
+impl ProcessLock {
+    fn acquire(key: PathBuf) -> Option<Self> {
+        let mut open = OPEN_MAILDROPS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        open.insert(key.clone()).then_some(Self { key })
+    }
+}
+
+impl Drop for ProcessLock {
+    fn drop(&mut self) {
+        OPEN_MAILDROPS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// Removes files in `tmp` last modified more than [`STALE_TMP_AGE`] before
+/// `now`. Best effort: a file that cannot be removed is tried again next time.
+fn remove_stale_tmp(tmp: &Path, now: SystemTime) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        let stale = meta.is_file()
+            && meta.modified().is_ok_and(|mtime| {
+                now.duration_since(mtime)
+                    .is_ok_and(|age| age > STALE_TMP_AGE)
+            });
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Moves every message in new/ to cur/ with an empty `:2,` info, as a
+/// Maildir reader does when it has seen a message.
+fn move_new_to_cur(dir: &Path) -> Result<(), StoreError> {
+    let new = dir.join("new");
+    let cur = dir.join("cur");
+    let mut moved = false;
+    for entry in fs::read_dir(&new).map_err(|e| StoreError::io("read", &new, e))? {
+        let entry = entry.map_err(|e| StoreError::io("read", &new, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let target = if name.contains(':') {
+            name.to_owned()
+        } else {
+            format!("{name}:2,")
+        };
+        let to = cur.join(target);
+        match fs::rename(entry.path(), &to) {
+            Ok(()) => moved = true,
+            // Another reader moved it first; it will be listed from cur/.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("rename", entry.path(), e)),
+        }
+    }
+    if moved {
+        sync_dir(&cur)?;
+        sync_dir(&new)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The file name in cur/, as it was when the maildrop opened.
+    name: String,
+    /// The part before the `:2,` info, which other readers keep when they
+    /// change flags.
+    base: String,
+    info: MessageInfo,
+}
+
+/// Lists cur/ in a stable order: by the delivery time at the start of the
+/// name, then by name.
+fn list_cur(cur: &Path) -> Result<Vec<Entry>, StoreError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(cur).map_err(|e| StoreError::io("read", cur, e))? {
+        let entry = entry.map_err(|e| StoreError::io("read", cur, e))?;
+        // Names that are not UTF-8 were not written by a Maildir tool.
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        found.push(name);
+    }
+    found.sort_by(|a, b| (leading_number(a), a).cmp(&(leading_number(b), b)));
+    let mut seen = HashSet::new();
+    let mut entries = Vec::with_capacity(found.len());
+    for name in found {
+        let base = base_name(&name).to_owned();
+        let mut uid = Uid::from_name(&base);
+        if !seen.insert(uid.clone()) {
+            uid = Uid::hashed(&name);
+            seen.insert(uid.clone());
+        }
+        let size = match crlf_size_field(&base) {
+            Some(size) => size,
+            None => {
+                let path = cur.join(&name);
+                File::open(&path)
+                    .and_then(crlf_size_of)
+                    .map_err(|e| StoreError::io("read", &path, e))?
+            }
+        };
+        entries.push(Entry {
+            name,
+            base,
+            info: MessageInfo { uid, size },
+        });
+    }
+    Ok(entries)
+}
+
+fn leading_number(name: &str) -> u64 {
+    let digits = name
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap_or("");
+    digits.parse().unwrap_or(u64::MAX)
+}
+
+/// The name without the `:2,<flags>` info.
+fn base_name(name: &str) -> &str {
+    name.split_once(':').map_or(name, |(base, _)| base)
+}
+
+/// The `W=` field of a base name: the size with CRLF line ends.
+fn crlf_size_field(base: &str) -> Option<u64> {
+    base.split(',')
+        .skip(1)
+        .find_map(|field| field.strip_prefix("W=")?.parse().ok())
+}
+
+#[derive(Debug)]
+struct MaildirMaildrop {
+    mailbox: MailboxName,
+    cur: PathBuf,
+    infos: Vec<MessageInfo>,
+    entries: Vec<Entry>,
+    // Field order matters: the OS lock is released before this process's
+    // record of it, so a waiting open never sees a stale OS lock.
+    _lock_file: File,
+    _process_lock: ProcessLock,
+}
+
+impl MaildirMaildrop {
+    /// The message's current path: its listed name, or, if another reader
+    /// renamed it to change flags meanwhile, the name with the same base.
+    fn locate(&self, entry: &Entry) -> Result<Option<PathBuf>, StoreError> {
+        let path = self.cur.join(&entry.name);
+        if path.exists() {
+            return Ok(Some(path));
+        }
+        let read_err = |e| StoreError::io("read", &self.cur, e);
+        for found in fs::read_dir(&self.cur).map_err(read_err)? {
+            let found = found.map_err(read_err)?;
+            if let Ok(name) = found.file_name().into_string()
+                && base_name(&name) == entry.base
+            {
+                return Ok(Some(found.path()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Maildrop for MaildirMaildrop {
+    fn mailbox(&self) -> &MailboxName {
+        &self.mailbox
+    }
+
+    fn messages(&self) -> &[MessageInfo] {
+        &self.infos
+    }
+
+    fn read_message(&self, index: usize) -> Result<Box<dyn Read + Send>, StoreError> {
+        check_indices(&[index], self.entries.len())?;
+        let entry = &self.entries[index];
+        let path = self
+            .locate(entry)?
+            .unwrap_or_else(|| self.cur.join(&entry.name));
+        let file = File::open(&path).map_err(|e| StoreError::io("open", &path, e))?;
+        Ok(Box::new(CrlfReader::new(file)))
+    }
+
+    fn commit_deletions(self: Box<Self>, indices: &[usize]) -> Result<(), StoreError> {
+        check_indices(indices, self.entries.len())?;
+        let unique: BTreeSet<usize> = indices.iter().copied().collect();
+        let mut removed = false;
+        for index in unique {
+            // Already gone (deleted by another reader) counts as deleted.
+            let Some(path) = self.locate(&self.entries[index])? else {
+                continue;
+            };
+            match fs::remove_file(&path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("remove", &path, e)),
+            }
+        }
+        if removed {
+            sync_dir(&self.cur)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_name_fields() {
+        let name = "1700000000.M5P6Q7.host,S=10,W=12:2,S";
+        assert_eq!(base_name(name), "1700000000.M5P6Q7.host,S=10,W=12");
+        assert_eq!(crlf_size_field(base_name(name)), Some(12));
+        assert_eq!(crlf_size_field("1700000000.M5P6Q7.host,S=10"), None);
+        assert_eq!(crlf_size_field("1700000000.M5P6Q7.host,W=x"), None);
+        assert_eq!(crlf_size_field("W=5.host"), None);
+        assert_eq!(leading_number(name), 1_700_000_000);
+        assert_eq!(leading_number("abc"), u64::MAX);
+    }
+
+    #[test]
+    fn unique_bases_differ_and_have_no_separators() {
+        let a = unique_base();
+        let b = unique_base();
+        assert_ne!(a, b);
+        for base in [a, b] {
+            assert!(!base.contains(['/', ':', ',']), "{base}");
+            assert!(base.bytes().all(|c| c.is_ascii_graphic()), "{base}");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The traits a server uses to deliver mail and to serve a maildrop.
+//!
+//! They are synchronous on purpose: file-system work blocks anyway, and an
+//! async server calls them from its blocking pool. Every trait is object-safe
+//! and every value they return is owned (`'static`), so a delivery or a
+//! maildrop can move into a blocking task and live as long as the session.
+
+use std::io::Read;
+
+use crate::{MailboxName, StoreError, Uid};
+
+/// A place where mail is delivered and from which it is fetched.
+pub trait MailStore: Send + Sync {
+    /// Starts writing one message for every mailbox in `recipients`
+    /// (duplicates are delivered once). Fails with
+    /// [`StoreError::NoRecipients`] when the list is empty.
+    fn begin_delivery(&self, recipients: &[MailboxName]) -> Result<Box<dyn Delivery>, StoreError>;
+
+    /// Opens `mailbox` for one POP3 session, exclusively: while the returned
+    /// maildrop lives, another open of the same mailbox fails with
+    /// [`StoreError::Locked`]. A mailbox that never received mail opens empty.
+    fn open_maildrop(&self, mailbox: &MailboxName) -> Result<Box<dyn Maildrop>, StoreError>;
+}
+
+/// One message being delivered, written in chunks of any size so that it
+/// never has to fit in memory.
+///
+/// Dropping it without [`commit`](Delivery::commit) aborts: nothing of it
+/// is left in any mailbox.
+pub trait Delivery: Send {
+    /// Appends the next bytes of the message, as they will be stored (the SMTP
+    /// side hands over CRLF line ends, after removing the dot-stuffing).
+    fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError>;
+
+    /// Makes the message part of every recipient's mailbox. When this returns
+    /// `Ok`, the message is durable (SMTP may send its 250); on `Err`, no
+    /// recipient has it.
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// What a listing says about one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// The same id in every session, usable as the POP3 UIDL.
+    pub uid: Uid,
+    /// Octets as POP3 counts them: with CRLF line ends.
+    pub size: u64,
+}
+
+/// One mailbox opened exclusively for one POP3 session.
+///
+/// The listing is fixed when the maildrop opens: mail delivered meanwhile
+/// shows up in the next session. Dropping the maildrop without
+/// [`commit_deletions`](Maildrop::commit_deletions) changes nothing and
+/// releases the lock.
+pub trait Maildrop: Send {
+    /// The mailbox this maildrop holds.
+    fn mailbox(&self) -> &MailboxName;
+
+    /// The messages, in a stable order. POP3 message number `n` is index
+    /// `n - 1` here.
+    fn messages(&self) -> &[MessageInfo];
+
+    /// Streams message `index` with CRLF line ends, exactly
+    /// `messages()[index].size` octets, without loading it whole.
+    fn read_message(&self, index: usize) -> Result<Box<dyn Read + Send>, StoreError>;
+
+    /// Deletes the messages at `indices` (out-of-range indices are an error
+    /// and delete nothing; repeats are harmless), then releases the lock.
+    /// When this returns `Ok`, the deletions are durable.
+    fn commit_deletions(self: Box<Self>, indices: &[usize]) -> Result<(), StoreError>;
+}
+
+/// Checks every index against a listing of `count` messages.
+pub(crate) fn check_indices(indices: &[usize], count: usize) -> Result<(), StoreError> {
+    match indices.iter().find(|&&index| index >= count) {
+        Some(&index) => Err(StoreError::NoSuchMessage { index, count }),
+        None => Ok(()),
+    }
+}
+
+/// The recipients without repeats, in their first order.
+pub(crate) fn unique_recipients(
+    recipients: &[MailboxName],
+) -> Result<Vec<MailboxName>, StoreError> {
+    if recipients.is_empty() {
+        return Err(StoreError::NoRecipients);
+    }
+    let mut unique: Vec<MailboxName> = Vec::with_capacity(recipients.len());
+    for mailbox in recipients {
+        if !unique.contains(mailbox) {
+            unique.push(mailbox.clone());
+        }
+    }
+    Ok(unique)
+}
