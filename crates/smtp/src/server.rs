@@ -772,11 +772,18 @@ impl ServerSession {
                 EnhancedCode::MEDIA_ERROR,
                 "Message refused: bare CR or LF found; lines must end with CRLF",
             ),
-            AbortReason::LineTooLong => self.reply(
-                554,
-                EnhancedCode::MEDIA_ERROR,
-                "Message refused: a line is longer than the limit of 1000 octets",
-            ),
+            AbortReason::LineTooLong => {
+                let enhanced = self.enhanced();
+                let mut digits = [0; 20];
+                let limit = decimal(self.config.limits.max_text_line as u64, &mut digits);
+                say(
+                    &mut self.out,
+                    enhanced,
+                    554,
+                    Some(EnhancedCode::MEDIA_ERROR),
+                    &["Message refused: a line is longer than ", limit, " octets"],
+                );
+            }
             _ => {}
         }
     }
