@@ -1,0 +1,237 @@
+//! The driving contract of `ServerSession`, beyond what transcripts show:
+//! decisions hold input back, the 250 waits for the store, limits hold.
+
+use std::time::{Duration, Instant};
+
+use postamt_smtp::{
+    AbortReason, Decision, EnhancedCode, Event, Reply, ServerConfig, ServerSession, UsageError,
+};
+
+fn output(session: &mut ServerSession) -> String {
+    let mut out = Vec::new();
+    session.poll_transmit(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+fn events(session: &mut ServerSession) -> Vec<Event> {
+    std::iter::from_fn(|| session.poll_event()).collect()
+}
+
+fn greeted() -> (ServerSession, Instant) {
+    let now = Instant::now();
+    let mut s = ServerSession::new(ServerConfig::new("mx.example"), now);
+    s.receive(now, b"EHLO c.example\r\n");
+    events(&mut s);
+    output(&mut s);
+    (s, now)
+}
+
+#[test]
+fn a_pending_decision_holds_pipelined_commands_and_replies_stay_in_order() {
+    let (mut s, now) = greeted();
+    s.receive(
+        now,
+        b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nNOOP\r\n",
+    );
+    let ev = events(&mut s);
+    assert!(matches!(ev.as_slice(), [Event::Mail { .. }]), "{ev:?}");
+    assert_eq!(s.pending_decision(), Some(Decision::Sender));
+    assert_eq!(output(&mut s), "");
+    assert_eq!(
+        s.poll_timeout(),
+        None,
+        "no timer while the application decides"
+    );
+    s.accept().unwrap();
+    let ev = events(&mut s);
+    assert!(matches!(ev.as_slice(), [Event::Rcpt { .. }]), "{ev:?}");
+    assert_eq!(output(&mut s), "250 2.1.0 Sender OK\r\n");
+    s.reject(Reply::new(450, Some("4.2.1".parse().unwrap()), "Try later"))
+        .unwrap();
+    assert_eq!(output(&mut s), "450 4.2.1 Try later\r\n250 2.0.0 OK\r\n");
+    assert_eq!(s.pending_decision(), None);
+}
+
+#[test]
+fn the_250_after_data_waits_for_the_store() {
+    let (mut s, now) = greeted();
+    s.receive(now, b"MAIL FROM:<a@b.example>\r\n");
+    events(&mut s);
+    s.accept().unwrap();
+    s.receive(now, b"RCPT TO:<c@d.example>\r\n");
+    events(&mut s);
+    s.accept().unwrap();
+    s.receive(now, b"DATA\r\n");
+    events(&mut s);
+    s.receive(now, b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    let ev = events(&mut s);
+    assert_eq!(
+        ev,
+        [
+            Event::MessageData(bytes::Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n")),
+            Event::MessageEnd
+        ]
+    );
+    assert_eq!(
+        output(&mut s),
+        "250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    assert!(!s.is_closed(), "QUIT must wait behind the pending message");
+    s.accept_with(Reply::new(
+        250,
+        Some(EnhancedCode::OK),
+        "Ok: queued as 4F2A",
+    ))
+    .unwrap();
+    assert_eq!(
+        output(&mut s),
+        "250 2.0.0 Ok: queued as 4F2A\r\n221 2.0.0 mx.example See you later\r\n"
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn decision_methods_check_their_use() {
+    let (mut s, now) = greeted();
+    assert_eq!(s.accept(), Err(UsageError::NoDecisionPending));
+    s.receive(now, b"MAIL FROM:<a@b.example>\r\n");
+    events(&mut s);
+    assert_eq!(
+        s.accept_with(Reply::unknown_user()),
+        Err(UsageError::WrongReplyClass(550))
+    );
+    assert_eq!(
+        s.reject(Reply::new(250, None, "fine")),
+        Err(UsageError::WrongReplyClass(250))
+    );
+    assert_eq!(
+        s.pending_decision(),
+        Some(Decision::Sender),
+        "a refused call changes nothing"
+    );
+    s.accept().unwrap();
+    s.receive_eof(now);
+    assert_eq!(events(&mut s), [Event::Reset]);
+    assert_eq!(s.accept(), Err(UsageError::Closed));
+}
+
+#[test]
+fn input_piling_up_behind_a_decision_is_bounded() {
+    let now = Instant::now();
+    let mut config = ServerConfig::new("mx.example");
+    config.limits.max_buffered_input = 1024;
+    let mut s = ServerSession::new(config, now);
+    s.receive(now, b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\n");
+    output(&mut s);
+    events(&mut s);
+    // The application sits on the decision while the client floods.
+    for _ in 0..100 {
+        s.receive(now, b"NOOP\r\n");
+    }
+    assert!(!s.is_closed());
+    for _ in 0..100 {
+        s.receive(now, b"NOOP\r\n");
+    }
+    assert!(s.is_closed());
+    assert_eq!(
+        output(&mut s),
+        "421 4.7.0 mx.example Too much pipelined input, closing connection\r\n"
+    );
+    assert_eq!(s.accept(), Err(UsageError::Closed));
+}
+
+#[test]
+fn a_partial_command_line_is_never_buffered_past_the_limit() {
+    let (mut s, now) = greeted();
+    for _ in 0..10_000 {
+        s.receive(
+            now,
+            b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        );
+    }
+    assert_eq!(output(&mut s), "");
+    s.receive(now, b"\r\nNOOP\r\n");
+    assert_eq!(
+        output(&mut s),
+        "500 5.5.2 Line too long\r\n250 2.0.0 OK\r\n"
+    );
+}
+
+#[test]
+fn a_slow_client_is_cut_off_at_the_data_deadline() {
+    let (mut s, mut now) = greeted();
+    s.receive(now, b"MAIL FROM:<a@b.example>\r\n");
+    events(&mut s);
+    s.accept().unwrap();
+    s.receive(now, b"RCPT TO:<c@d.example>\r\n");
+    events(&mut s);
+    s.accept().unwrap();
+    s.receive(now, b"DATA\r\n");
+    events(&mut s);
+    output(&mut s);
+    // One byte a minute keeps the data deadline (3 minutes) moving...
+    for _ in 0..10 {
+        now += Duration::from_secs(60);
+        s.handle_timeout(now);
+        s.receive(now, b"x");
+    }
+    assert!(!s.is_closed());
+    let deadline = s.poll_timeout().unwrap();
+    assert_eq!(deadline, now + Duration::from_secs(180));
+    // ...calling early changes nothing, silence past it closes the session.
+    s.handle_timeout(deadline - Duration::from_secs(1));
+    assert!(!s.is_closed());
+    s.handle_timeout(deadline);
+    assert!(s.is_closed());
+    assert_eq!(
+        events(&mut s).last(),
+        Some(&Event::MessageAborted(AbortReason::Timeout))
+    );
+    assert_eq!(
+        output(&mut s),
+        "421 4.4.2 mx.example Timeout, closing connection\r\n"
+    );
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn a_refused_session_says_421_and_closes() {
+    let now = Instant::now();
+    let mut s = ServerSession::new_refused(
+        ServerConfig::new("mx.example"),
+        now,
+        "Too many connections, try later",
+    );
+    assert!(s.is_closed());
+    assert_eq!(
+        output(&mut s),
+        "421 mx.example Too many connections, try later\r\n"
+    );
+    s.receive(now, b"EHLO c.example\r\n");
+    assert_eq!(output(&mut s), "");
+}
+
+#[test]
+fn expects_sasl_response_marks_secret_lines() {
+    let now = Instant::now();
+    let mut config = ServerConfig::new("mx.example");
+    config.extensions.auth_without_tls = true;
+    let mut s = ServerSession::new(config, now);
+    s.receive(now, b"EHLO c.example\r\nAUTH LOGIN\r\n");
+    assert!(s.expects_sasl_response());
+    s.receive(now, b"YW5uYQ==\r\n");
+    assert!(s.expects_sasl_response());
+    s.receive(now, b"Z2VoZWlt\r\n");
+    assert!(!s.expects_sasl_response());
+    let auth = events(&mut s).pop().unwrap();
+    let Event::Auth { credentials, .. } = auth else {
+        panic!("{auth:?}")
+    };
+    assert!(
+        !format!("{credentials:?}").contains("geheim"),
+        "password in Debug output"
+    );
+    s.reject(Reply::auth_failed()).unwrap();
+    assert!(output(&mut s).ends_with("535 5.7.8 Authentication credentials invalid\r\n"));
+    assert!(!s.is_authenticated());
+}
