@@ -1,1 +1,87 @@
-//! pop3 (in progress)
+//! Sans-IO POP3 (RFC 1939) with CAPA and response codes (RFC 2449), STLS
+//! (RFC 2595), SASL AUTH (RFC 5034) and UTF8 (RFC 6856).
+//!
+//! - [`command`]: the client's commands, a nom parser for one line and the
+//!   renderer.
+//! - [`response`]: `+OK` / `-ERR` lines with response codes, multi-line
+//!   responses and their streaming codec ([`MultilineEncoder`],
+//!   [`MultilineDecoder`]).
+//! - [`ServerSession`]: the server's state machine. It owns no socket, reads no
+//!   clock and blocks on nothing; its doc comment is the driving contract.
+//!
+//! # A whole session over in-memory bytes
+//!
+//! ```
+//! use std::time::Instant;
+//! use postamt_pop3::{Event, Maildrop, MessageFlow, ServerConfig, ServerSession};
+//!
+//! let now = Instant::now();
+//! let message: &[u8] = b"Subject: hi\r\n\r\n.a line with a dot\r\nbye\r\n";
+//! let mut session = ServerSession::new(ServerConfig::default(), now);
+//! let mut wire = Vec::new();
+//!
+//! // The client pipelines its whole session; the session answers in order.
+//! session.receive(now, b"USER bob\r\nPASS topSecret\r\nSTAT\r\nRETR 1\r\nDELE 1\r\nQUIT\r\n");
+//! loop {
+//!     while let Some(event) = session.poll_event() {
+//!         match event {
+//!             Event::Login { user, password } => {
+//!                 if user == "bob" && password.expose() == "topSecret" {
+//!                     let mut maildrop = Maildrop::new();
+//!                     maildrop.push(message.len() as u64, "msg-1").unwrap();
+//!                     session.accept_login(maildrop).unwrap();
+//!                 } else {
+//!                     session.reject_login().unwrap();
+//!                 }
+//!             }
+//!             Event::Retrieve { message: n, .. } => {
+//!                 assert_eq!(n.get(), 1);
+//!                 // Chunks of any size; here 7 bytes at a time.
+//!                 for chunk in message.chunks(7) {
+//!                     assert!(session.wants_message_bytes());
+//!                     assert_eq!(session.message_chunk(chunk).unwrap(), MessageFlow::Continue);
+//!                 }
+//!                 session.message_end().unwrap();
+//!             }
+//!             Event::Commit { deletions } => {
+//!                 assert_eq!(deletions[0].unique_id, "msg-1");
+//!                 session.commit_done().unwrap();
+//!             }
+//!             other => panic!("unexpected {other:?}"),
+//!         }
+//!     }
+//!     if session.poll_transmit(&mut wire) == 0 {
+//!         break;
+//!     }
+//! }
+//! assert!(session.is_closed());
+//! assert_eq!(
+//!     String::from_utf8(wire).unwrap(),
+//!     "+OK POP3 server ready\r\n\
+//!      +OK Now send your password with PASS\r\n\
+//!      +OK Logged in, 1 message (40 octets)\r\n\
+//!      +OK 1 40\r\n\
+//!      +OK 40 octets\r\n\
+//!      Subject: hi\r\n\r\n..a line with a dot\r\nbye\r\n.\r\n\
+//!      +OK Message deleted\r\n\
+//!      +OK Goodbye\r\n"
+//! );
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod command;
+mod config;
+pub mod error;
+pub mod response;
+mod server;
+
+pub use command::{Command, MessageNumber};
+pub use config::{Capabilities, Limits, ServerConfig, Texts};
+pub use error::{CommandError, ResponseError, UsageError};
+pub use postamt_wire::sasl::{Credentials, Mechanism};
+pub use postamt_wire::{Decoded, Secret};
+pub use response::{MultiLine, MultilineDecoder, MultilineEncoder, Response, ResponseCode, Status};
+pub use server::{
+    Deletion, Event, Maildrop, MessageFlow, ServerSession, apop_digest, apop_timestamp, verify_apop,
+};
