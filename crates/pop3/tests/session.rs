@@ -177,7 +177,7 @@ fn a_large_message_streams_through_bounded_memory() {
     let mut message = Vec::new();
     let mut i = 0u32;
     while message.len() < 10 * 1024 * 1024 {
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             message.extend_from_slice(b".");
         }
         message.extend_from_slice(format!("line {i} ").as_bytes());
@@ -270,7 +270,7 @@ fn a_message_that_fails_midway_closes_the_session() {
     let mut s = logged_in(ServerConfig::default(), now, &[30]);
     s.receive(now, b"RETR 1\r\n");
     let _ = s.poll_event();
-    s.message_chunk(b"Subject: x\r\n").unwrap();
+    assert_eq!(s.message_chunk(b"Subject: x\r\n"), Ok(MessageFlow::Continue));
     s.message_unavailable().unwrap();
     assert!(s.is_closed());
     let out = take(&mut s);
