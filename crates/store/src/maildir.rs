@@ -285,7 +285,9 @@ impl ProcessLock {
         let mut open = OPEN_MAILDROPS
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        open.insert(key.clone()).then_some(Self { key })
+        // `then`, not `then_some`: a lock built eagerly and dropped on the
+        // refusal path would take this mutex again while it is held.
+        open.insert(key.clone()).then(|| Self { key })
     }
 }
 
