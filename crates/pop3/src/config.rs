@@ -112,6 +112,8 @@ pub struct Texts {
     pub no_such_message: Cow<'static, str>,
     /// `-ERR` for a message marked as deleted.
     pub already_deleted: Cow<'static, str>,
+    /// `+OK` to RSET, before `N messages (M octets)`.
+    pub maildrop: Cow<'static, str>,
     /// `+OK` after DELE.
     pub deleted: Cow<'static, str>,
     /// `+OK` before the text of TOP.
@@ -162,6 +164,7 @@ impl Default for Texts {
             tls_required: "Use STLS first".into(),
             no_such_message: "No such message".into(),
             already_deleted: "Message already deleted".into(),
+            maildrop: "Maildrop has".into(),
             deleted: "Message deleted".into(),
             top: "Top of message follows".into(),
             uidl: "Unique-ID listing follows".into(),

@@ -502,7 +502,7 @@ impl ServerSession {
 
     /// Hands the session bytes that arrived from the client.
     pub fn receive(&mut self, now: Instant, mut data: &[u8]) {
-        if self.closed {
+        if self.closed || data.is_empty() {
             return;
         }
         self.last_now = now;
@@ -1139,7 +1139,8 @@ impl ServerSession {
                     .as_ref()
                     .map_or((0, 0), |d| (d.live, d.live_octets));
                 let mut text = Vec::with_capacity(64);
-                text.extend_from_slice(b"Maildrop has ");
+                text.extend_from_slice(texts.maildrop.as_bytes());
+                text.push(b' ');
                 write_count(&mut text, drop.0, drop.1);
                 self.line(Status::Ok, None, &[&text]);
             }
