@@ -1,0 +1,16 @@
+//! The toy server: SMTP and POP3 from the postamt crates on `std::net` and
+//! threads, one thread per connection. The binary is `toy-server`
+//! (`cargo run --release --example toy-server -- --help`); this library is
+//! what it and the integration tests start.
+#![forbid(unsafe_code)]
+
+mod conn;
+pub mod domains;
+mod pop3;
+mod server;
+mod smtp;
+pub mod tls;
+mod trace;
+
+pub use server::{BindError, Options, Server};
+pub use smtp::{OUTBOUND_MAILBOX, POSTMASTER_MAILBOX};

@@ -1,0 +1,293 @@
+//! The listeners: one thread per connection, a connection cap, a clean stop.
+
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use postamt_store::{Directory, MailStore};
+
+use crate::conn::STOP_GRACE;
+
+/// What the server needs to run.
+pub struct Options {
+    /// Address to listen on (127.0.0.1, or 0.0.0.0 for a classroom).
+    pub listen: IpAddr,
+    /// SMTP port (0 picks a free one).
+    pub smtp_port: u16,
+    /// POP3 port (0 picks a free one).
+    pub pop3_port: u16,
+    /// Name in greetings and `Received:` headers.
+    pub hostname: String,
+    /// Where mail is kept.
+    pub store: Arc<dyn MailStore>,
+    /// Who the users are.
+    pub directory: Arc<dyn Directory>,
+    /// TLS for STARTTLS and STLS; `None` means neither is offered.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Print each session's dialogue.
+    pub trace: bool,
+    /// Connections per protocol beyond which new ones are turned away.
+    pub max_connections: usize,
+}
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub(crate) smtp: Arc<postamt_smtp::ServerConfig>,
+    pub(crate) pop3: Arc<postamt_pop3::ServerConfig>,
+    pub(crate) store: Arc<dyn MailStore>,
+    pub(crate) directory: Arc<dyn Directory>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) hostname: String,
+    pub(crate) trace: bool,
+    pub(crate) max_connections: usize,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("listen", &self.listen)
+            .field("smtp_port", &self.smtp_port)
+            .field("pop3_port", &self.pop3_port)
+            .field("hostname", &self.hostname)
+            .field("tls", &self.tls.is_some())
+            .field("trace", &self.trace)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running server; dropping it does not stop it, [`Server::stop`] does.
+#[derive(Debug)]
+pub struct Server {
+    smtp_addr: SocketAddr,
+    pop3_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    active: Arc<AtomicUsize>,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+/// Binding failed; the message says why and what to do.
+#[derive(Debug)]
+pub struct BindError {
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The underlying error.
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+fn bind(ip: IpAddr, port: u16, what: &str, flag: &str) -> Result<TcpListener, BindError> {
+    TcpListener::bind((ip, port)).map_err(|source| {
+        let hint = match source.kind() {
+            io::ErrorKind::PermissionDenied => format!(
+                "ports below 1024 need root or the capability CAP_NET_BIND_SERVICE \
+                 (sudo setcap cap_net_bind_service=+ep on the binary); or pick a port \
+                 above 1024 with {flag}"
+            ),
+            io::ErrorKind::AddrInUse => format!(
+                "another program already listens there (maybe another mail server, \
+                 or this one still running); stop it or choose another port with {flag}"
+            ),
+            io::ErrorKind::AddrNotAvailable => {
+                "this machine has no such address; use 127.0.0.1 or 0.0.0.0 with --listen"
+                    .to_string()
+            }
+            _ => "check the address and port".to_string(),
+        };
+        BindError {
+            message: format!("cannot listen for {what} on {ip}:{port}: {source}\n  {hint}"),
+            source,
+        }
+    })
+}
+
+impl Server {
+    /// Binds both ports and starts accepting connections.
+    pub fn start(options: Options) -> Result<Self, BindError> {
+        let smtp_listener = bind(options.listen, options.smtp_port, "SMTP", "--smtp-port")?;
+        let pop3_listener = bind(options.listen, options.pop3_port, "POP3", "--pop3-port")?;
+        let local = |l: &TcpListener| {
+            l.local_addr().map_err(|source| BindError {
+                message: format!("cannot read the listening address: {source}"),
+                source,
+            })
+        };
+        let smtp_addr = local(&smtp_listener)?;
+        let pop3_addr = local(&pop3_listener)?;
+
+        let tls = options.tls.is_some();
+        let mut smtp = postamt_smtp::ServerConfig::new(options.hostname.clone());
+        smtp.extensions.starttls = tls;
+        // Without TLS, AUTH runs in the clear, as POP3's USER/PASS does: this
+        // is a classroom server. With TLS it waits for STARTTLS.
+        smtp.extensions.auth_without_tls = !tls;
+        let mut pop3 = postamt_pop3::ServerConfig::default();
+        pop3.capabilities.stls = tls;
+        let shared = Arc::new(Shared {
+            smtp: Arc::new(smtp),
+            pop3: Arc::new(pop3),
+            store: options.store,
+            directory: options.directory,
+            tls: options.tls,
+            hostname: options.hostname,
+            trace: options.trace,
+            max_connections: options.max_connections,
+            next_id: AtomicU64::new(1),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut listeners = Vec::new();
+        for (listener, kind) in [(smtp_listener, Kind::Smtp), (pop3_listener, Kind::Pop3)] {
+            listener.set_nonblocking(true).map_err(|source| BindError {
+                message: format!("cannot configure the listener: {source}"),
+                source,
+            })?;
+            let (shared, stop, active) =
+                (Arc::clone(&shared), Arc::clone(&stop), Arc::clone(&active));
+            listeners.push(thread::spawn(move || {
+                accept_loop(listener, kind, &shared, &stop, &active)
+            }));
+        }
+        Ok(Self {
+            smtp_addr,
+            pop3_addr,
+            stop,
+            active,
+            listeners,
+        })
+    }
+
+    /// Where SMTP listens.
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.smtp_addr
+    }
+
+    /// Where POP3 listens.
+    pub fn pop3_addr(&self) -> SocketAddr {
+        self.pop3_addr
+    }
+
+    /// Connections being served now.
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting, lets sessions finish for a few seconds, then returns.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for l in self.listeners {
+            let _ = l.join();
+        }
+        let deadline = Instant::now() + STOP_GRACE + Duration::from_secs(1);
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Smtp,
+    Pop3,
+}
+
+/// Decrements the active count when a connection thread ends, however it ends.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    kind: Kind,
+    shared: &Arc<Shared>,
+    stop: &Arc<AtomicBool>,
+    active: &Arc<AtomicUsize>,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    while !stop.load(Ordering::SeqCst) {
+        let (tcp, peer) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        if tcp.set_nonblocking(false).is_err() {
+            continue;
+        }
+        if open.load(Ordering::SeqCst) >= shared.max_connections {
+            refuse(tcp, kind, shared);
+            eprintln!(
+                "#{id} {peer}: turned away, {} connections open",
+                shared.max_connections
+            );
+            continue;
+        }
+        open.fetch_add(1, Ordering::SeqCst);
+        active.fetch_add(1, Ordering::SeqCst);
+        let guards = (Active(Arc::clone(&open)), Active(Arc::clone(active)));
+        let (shared, stop) = (Arc::clone(shared), Arc::clone(stop));
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{id}"))
+            .spawn(move || {
+                let _guards = guards;
+                let result = match kind {
+                    Kind::Smtp => crate::smtp::serve(tcp, peer, id, &shared, &stop),
+                    Kind::Pop3 => crate::pop3::serve(tcp, peer, id, &shared, &stop),
+                };
+                if let Err(e) = result {
+                    eprintln!("#{id} {peer}: connection ended with an error: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("#{id} {peer}: cannot start a thread: {e}");
+        }
+    }
+}
+
+/// Answers a connection over the cap and closes it.
+fn refuse(mut tcp: TcpStream, kind: Kind, shared: &Shared) {
+    let _ = tcp.set_write_timeout(Some(Duration::from_secs(2)));
+    let mut out = Vec::new();
+    match kind {
+        Kind::Smtp => {
+            let mut s = postamt_smtp::ServerSession::new_refused(
+                Arc::clone(&shared.smtp),
+                Instant::now(),
+                "Too many connections, try again later",
+            );
+            s.poll_transmit(&mut out);
+        }
+        Kind::Pop3 => postamt_pop3::Response::err_with(
+            postamt_pop3::ResponseCode::SysTemp,
+            "Too many connections, try again later",
+        )
+        .render(&mut out),
+    }
+    let _ = tcp.write_all(&out);
+}

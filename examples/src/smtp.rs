@@ -1,0 +1,219 @@
+//! The SMTP side of the toy server: what the application decides for each
+//! event of a `postamt_smtp::ServerSession`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant, SystemTime};
+
+use postamt_smtp::{Event, ForwardPath, Hello, Reply, ServerSession};
+use postamt_store::{Delivery, MailboxName};
+
+use crate::conn::{Next, drive};
+use crate::server::Shared;
+use crate::trace::{Protocol, Trace};
+
+/// Where mail for other domains from authenticated clients is kept: this
+/// server does not relay, and nothing it accepted may be lost.
+pub const OUTBOUND_MAILBOX: &str = "outbound";
+/// Where mail to `<Postmaster>` goes when no user has that address.
+pub const POSTMASTER_MAILBOX: &str = "postmaster";
+/// Pause after a failed AUTH, against password guessing.
+pub(crate) const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
+
+struct Transaction {
+    helo: String,
+    peer: SocketAddr,
+    from: String,
+    recipients: Vec<MailboxName>,
+    delivery: Option<Box<dyn Delivery>>,
+    failed: bool,
+}
+
+pub(crate) fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: &Shared,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let mut trace = Trace::new(id, Protocol::Smtp, shared.trace);
+    trace.note(&format!("connection from {peer}"));
+    let session = ServerSession::new(Arc::clone(&shared.smtp), Instant::now());
+    let mut tx = Transaction {
+        helo: String::new(),
+        peer,
+        from: String::new(),
+        recipients: Vec::new(),
+        delivery: None,
+        failed: false,
+    };
+    drive(
+        tcp,
+        session,
+        shared.tls.clone(),
+        stop,
+        &mut trace,
+        |session, trace| {
+            let mut next = Next::Continue;
+            while let Some(event) = session.poll_event() {
+                if let Event::StartTls = event {
+                    next = Next::StartTls;
+                } else {
+                    handle(session, event, &mut tx, shared, trace);
+                }
+            }
+            next
+        },
+    )
+}
+
+fn handle(
+    session: &mut ServerSession,
+    event: Event,
+    tx: &mut Transaction,
+    shared: &Shared,
+    trace: &Trace,
+) {
+    // Decisions are answered at once, so these calls cannot fail.
+    let decided = match event {
+        Event::Hello { domain, .. } => {
+            tx.helo = domain.to_string();
+            Ok(())
+        }
+        Event::Auth { credentials, .. } => {
+            let password = credentials.password.expose().as_bytes();
+            if shared
+                .directory
+                .verify_password(&credentials.username, password)
+                .is_some()
+            {
+                trace.note(&format!("authenticated as {}", credentials.username));
+                session.accept()
+            } else {
+                std::thread::sleep(FAILED_LOGIN_DELAY);
+                session.reject(Reply::auth_failed())
+            }
+        }
+        Event::Mail { from, .. } => {
+            tx.from = from.to_string();
+            tx.recipients.clear();
+            session.accept()
+        }
+        Event::Rcpt { to, .. } => {
+            match recipient_mailbox(&to, session.is_authenticated(), shared) {
+                Ok(mailbox) => {
+                    tx.recipients.push(mailbox);
+                    session.accept()
+                }
+                Err(reply) => session.reject(reply),
+            }
+        }
+        Event::MessageStart => {
+            tx.failed = false;
+            tx.delivery = match shared.store.begin_delivery(&tx.recipients) {
+                Ok(mut delivery) => {
+                    let header = trace_header(tx, session, shared);
+                    match delivery.write_chunk(header.as_bytes()) {
+                        Ok(()) => Some(delivery),
+                        Err(e) => {
+                            eprintln!("smtp: writing the trace header failed: {e}");
+                            tx.failed = true;
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("smtp: cannot begin delivery: {e}");
+                    tx.failed = true;
+                    None
+                }
+            };
+            Ok(())
+        }
+        Event::MessageData(bytes) => {
+            if let Some(delivery) = tx.delivery.as_mut()
+                && let Err(e) = delivery.write_chunk(&bytes)
+            {
+                eprintln!("smtp: delivery failed while writing: {e}");
+                tx.delivery = None;
+                tx.failed = true;
+            }
+            Ok(())
+        }
+        Event::MessageEnd => {
+            let stored = match tx.delivery.take() {
+                Some(delivery) if !tx.failed => delivery.commit(),
+                _ => Err(postamt_store::StoreError::NoRecipients),
+            };
+            tx.recipients.clear();
+            match stored {
+                Ok(()) => {
+                    trace.note("message stored");
+                    session.accept()
+                }
+                Err(e) => {
+                    eprintln!("smtp: message from {} not stored: {e}", tx.from);
+                    session.reject(Reply::local_error())
+                }
+            }
+        }
+        Event::MessageAborted(_) | Event::Reset => {
+            tx.delivery = None;
+            tx.recipients.clear();
+            Ok(())
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = decided {
+        eprintln!("smtp: session refused a decision: {e}");
+    }
+}
+
+/// Where mail for `to` goes, or the reply refusing it.
+fn recipient_mailbox(
+    to: &ForwardPath<'_>,
+    authenticated: bool,
+    shared: &Shared,
+) -> Result<MailboxName, Reply> {
+    let postmaster = || MailboxName::new(POSTMASTER_MAILBOX).map_err(|_| Reply::local_error());
+    let Some(mailbox) = to.mailbox() else {
+        return postmaster();
+    };
+    if shared.directory.is_local_domain(mailbox.domain()) {
+        if let Some(local) = shared.directory.resolve(mailbox.as_str()) {
+            return Ok(local);
+        }
+        if mailbox.local_part().eq_ignore_ascii_case("postmaster") {
+            return postmaster();
+        }
+        return Err(Reply::unknown_user());
+    }
+    if authenticated {
+        return MailboxName::new(OUTBOUND_MAILBOX).map_err(|_| Reply::local_error());
+    }
+    Err(Reply::relay_denied())
+}
+
+/// `Return-Path:` and `Received:` (RFC 5321 §4.4), with the RFC 3848 protocol.
+fn trace_header(tx: &Transaction, session: &ServerSession, shared: &Shared) -> String {
+    let mut with = String::from(if session.hello() == Some(Hello::Helo) {
+        "SMTP"
+    } else {
+        "ESMTP"
+    });
+    if session.is_tls() {
+        with.push('S');
+    }
+    if session.is_authenticated() {
+        with.push('A');
+    }
+    let date = httpdate::fmt_http_date(SystemTime::now()).replace("GMT", "+0000");
+    format!(
+        "Return-Path: {}\r\nReceived: from {} ([{}])\r\n\tby {} (postamt) with {with};\r\n\t{date}\r\n",
+        tx.from,
+        tx.helo,
+        tx.peer.ip(),
+        shared.smtp.hostname,
+    )
+}

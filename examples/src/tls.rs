@@ -1,0 +1,61 @@
+//! TLS for STARTTLS and STLS: rustls with the ring provider, from PEM files or
+//! a self-signed certificate made at start.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug)]
+pub struct TlsError(String);
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+fn build(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(format!("TLS versions: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError(format!("certificate and key do not fit: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// A server configuration from a PEM certificate chain and a PEM private key.
+pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError(format!("{}: {e}", key.display())))?;
+    build(certs, key)
+}
+
+/// A server configuration with a certificate for `hostname` signed by itself:
+/// enough for a classroom, where clients are told to skip verification.
+pub fn self_signed(hostname: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let names = vec![hostname.to_string(), "localhost".to_string()];
+    let certified = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError(format!("self-signed certificate: {e}")))?;
+    let cert = certified.cert.der().clone();
+    let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    build(vec![cert], PrivateKeyDer::Pkcs8(key))
+}

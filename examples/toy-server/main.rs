@@ -1,0 +1,200 @@
+//! A working SMTP + POP3 mail server in one command, for a classroom or for
+//! catching mail in tests.
+//!
+//! ```text
+//! cargo run --release --example toy-server
+//! cargo run --release --example toy-server -- --listen 0.0.0.0 --smtp-port 25 --pop3-port 110 --trace
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use clap::Parser;
+use postamt_examples::domains::ExtraDomains;
+use postamt_examples::{Options, Server, tls};
+use postamt_store::{Directory, MailStore, Maildir, MemoryStore, StaticDirectory};
+
+/// The accounts of the classic exercise, used when no users file is given.
+const DEMO_ACCOUNTS: [(&str, &str); 2] =
+    [("anna@kolleg.de", "geheim"), ("bob@kolleg.de", "topSecret")];
+
+/// A small SMTP and POP3 server: students send mail with SMTP and fetch it with
+/// POP3, by hand over telnet or with any mail client.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address to listen on; 0.0.0.0 lets the whole classroom connect.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: IpAddr,
+    /// SMTP port (25 is the standard one and needs root).
+    #[arg(long, default_value_t = 2525)]
+    smtp_port: u16,
+    /// POP3 port (110 is the standard one and needs root).
+    #[arg(long, default_value_t = 1100)]
+    pop3_port: u16,
+    /// Keep mail in this Maildir folder (one subfolder per mailbox).
+    #[arg(long, default_value = "./postamt-mail")]
+    maildir: PathBuf,
+    /// Keep mail in memory only; it is gone when the server stops.
+    #[arg(long, conflicts_with = "maildir")]
+    memory: bool,
+    /// Users file: one user per line, `address password [aliases...]`,
+    /// `#` starts a comment. Default: anna@kolleg.de (geheim) and
+    /// bob@kolleg.de (topSecret).
+    #[arg(long)]
+    users: Option<PathBuf>,
+    /// Another local domain whose mail this server accepts (repeatable);
+    /// users of the users file are reachable under it too.
+    #[arg(long = "domain")]
+    domains: Vec<String>,
+    /// The server's name in greetings and Received: headers.
+    #[arg(long, default_value = "mail.kolleg.de")]
+    hostname: String,
+    /// Print every session's dialogue (C: and S: lines), passwords masked.
+    #[arg(long)]
+    trace: bool,
+    /// PEM certificate chain for STARTTLS and STLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Make a self-signed certificate at start for STARTTLS and STLS.
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
+    /// Connections per protocol; more are turned away with 421 / -ERR [SYS/TEMP].
+    #[arg(long, default_value_t = 200)]
+    max_connections: usize,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(message) = run(args) {
+        eprintln!("toy-server: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let directory = match &args.users {
+        Some(path) => StaticDirectory::from_file(path).map_err(|e| e.to_string())?,
+        None => {
+            let mut demo = StaticDirectory::new();
+            for (address, password) in DEMO_ACCOUNTS {
+                demo.add_user(address, password, &[])
+                    .map_err(|e| e.to_string())?;
+            }
+            demo
+        }
+    };
+    let own: Vec<String> = directory.domains().map(str::to_string).collect();
+    let mut domains = own.clone();
+    domains.extend(args.domains.iter().cloned());
+    let directory: Arc<dyn Directory> =
+        Arc::new(ExtraDomains::new(directory, own, args.domains.clone()));
+    let store: Arc<dyn MailStore> = if args.memory {
+        Arc::new(MemoryStore::new())
+    } else {
+        std::fs::create_dir_all(&args.maildir)
+            .map_err(|e| format!("{}: {e}", args.maildir.display()))?;
+        Arc::new(Maildir::new(&args.maildir))
+    };
+    let tls = match (&args.tls_cert, &args.tls_key, args.tls_self_signed) {
+        (Some(cert), Some(key), _) => {
+            Some(tls::from_pem_files(cert, key).map_err(|e| e.to_string())?)
+        }
+        (_, _, true) => Some(tls::self_signed(&args.hostname).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let server = Server::start(Options {
+        listen: args.listen,
+        smtp_port: args.smtp_port,
+        pop3_port: args.pop3_port,
+        hostname: args.hostname.clone(),
+        store,
+        directory,
+        tls: tls.clone(),
+        trace: args.trace,
+        max_connections: args.max_connections,
+    })
+    .map_err(|e| e.to_string())?;
+
+    println!("postamt toy server is running. Connect to:");
+    for ip in addresses(args.listen) {
+        println!("  SMTP  telnet {ip} {}", server.smtp_addr().port());
+        println!("  POP3  telnet {ip} {}", server.pop3_addr().port());
+    }
+    match &args.users {
+        Some(path) => println!("Accounts: from {}", path.display()),
+        None => {
+            println!("Accounts (POP3 login with the name before @ or the full address):");
+            for (address, password) in DEMO_ACCOUNTS {
+                println!("  {address:<20} password {password}");
+            }
+        }
+    }
+    println!("Local domains: {}", domains.join(", "));
+    if args.memory {
+        println!("Mail is kept in memory (gone when the server stops).");
+    } else {
+        println!(
+            "Mail is kept in the Maildir folder {}",
+            args.maildir.display()
+        );
+    }
+    match tls {
+        Some(_) if args.tls_self_signed => {
+            println!("STARTTLS and STLS: on (self-signed certificate)")
+        }
+        Some(_) => println!("STARTTLS and STLS: on"),
+        None => println!("STARTTLS and STLS: off (use --tls-self-signed to try them)"),
+    }
+    println!("Stop with Ctrl-C.");
+
+    let (tx, rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
+    let _ = rx.recv();
+    println!("Stopping: no new connections; open sessions get a few seconds to finish.");
+    server.stop();
+    Ok(())
+}
+
+/// The addresses students type: the listening address, or every
+/// non-loopback address of this machine when listening on all of them.
+fn addresses(listen: IpAddr) -> Vec<IpAddr> {
+    if !listen.is_unspecified() {
+        return vec![listen];
+    }
+    let mut found = interface_addresses();
+    if found.is_empty() {
+        found.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    found
+}
+
+/// Non-loopback IPv4 addresses, read from the kernel where it offers them
+/// (Linux: /proc/net/fib_trie).
+fn interface_addresses() -> Vec<IpAddr> {
+    let mut found: Vec<IpAddr> = Vec::new();
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let lines: Vec<&str> = trie.lines().collect();
+        for pair in lines.windows(2) {
+            if pair[1].contains("/32 host LOCAL")
+                && let Some(ip) = pair[0]
+                    .split_whitespace()
+                    .last()
+                    .and_then(|s| s.parse::<IpAddr>().ok())
+                && !ip.is_loopback()
+                && !found.contains(&ip)
+            {
+                found.push(ip);
+            }
+        }
+    }
+    found
+}
