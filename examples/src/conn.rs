@@ -83,7 +83,7 @@ pub(crate) trait Session {
     fn handle_timeout(&mut self, now: Instant);
     fn is_closed(&self) -> bool;
     /// The TLS handshake after STARTTLS/STLS completed.
-    fn tls_established(&mut self);
+    fn tls_established(&mut self) -> Result<(), String>;
 }
 
 impl Session for postamt_smtp::ServerSession {
@@ -105,8 +105,9 @@ impl Session for postamt_smtp::ServerSession {
     fn is_closed(&self) -> bool {
         self.is_closed()
     }
-    fn tls_established(&mut self) {
+    fn tls_established(&mut self) -> Result<(), String> {
         // The SMTP session counts TLS as active from its StartTls event on.
+        Ok(())
     }
 }
 
@@ -166,7 +167,9 @@ pub(crate) fn drive<S: Session>(
                     .clone()
                     .ok_or_else(|| io::Error::other("STARTTLS without a TLS configuration"))?;
                 stream = stream.start_tls(config)?;
-                session.tls_established();
+                if let Err(e) = session.tls_established() {
+                    trace.error(&e);
+                }
                 trace.note("TLS handshake complete");
                 next = app(&mut session, trace);
                 continue;

@@ -37,10 +37,8 @@ impl Session for ServerSession {
     fn is_closed(&self) -> bool {
         self.is_closed()
     }
-    fn tls_established(&mut self) {
-        if let Err(e) = self.tls_established() {
-            eprintln!("pop3: {e}");
-        }
+    fn tls_established(&mut self) -> Result<(), String> {
+        self.tls_established().map_err(|e| e.to_string())
     }
 }
 
@@ -80,7 +78,7 @@ pub(crate) fn serve(
 
 fn step(session: &mut ServerSession, state: &mut State, shared: &Shared, trace: &Trace) -> Next {
     if state.reading.is_some() {
-        return stream_message(session, state);
+        return stream_message(session, state, trace);
     }
     while let Some(event) = session.poll_event() {
         let decided = match event {
@@ -130,10 +128,10 @@ fn step(session: &mut ServerSession, state: &mut State, shared: &Shared, trace: 
                 match opened {
                     Some(Ok(reader)) => {
                         state.reading = Some(reader);
-                        return stream_message(session, state);
+                        return stream_message(session, state, trace);
                     }
                     Some(Err(e)) => {
-                        eprintln!("pop3: cannot read message {}: {e}", message.get());
+                        trace.error(&format!("cannot read message {}: {e}", message.get()));
                         session.message_unavailable()
                     }
                     None => session.message_unavailable(),
@@ -151,7 +149,7 @@ fn step(session: &mut ServerSession, state: &mut State, shared: &Shared, trace: 
                         session.commit_done()
                     }
                     Err(e) => {
-                        eprintln!("pop3: deletions not committed: {e}");
+                        trace.error(&format!("deletions not committed: {e}"));
                         session.commit_failed()
                     }
                 }
@@ -160,7 +158,7 @@ fn step(session: &mut ServerSession, state: &mut State, shared: &Shared, trace: 
             _ => Ok(()),
         };
         if let Err(e) = decided {
-            eprintln!("pop3: session refused a decision: {e}");
+            trace.error(&format!("session refused a decision: {e}"));
         }
     }
     Next::Continue
@@ -183,7 +181,7 @@ fn login(
             let mut listing = postamt_pop3::Maildrop::new();
             for m in maildrop.messages() {
                 if let Err(e) = listing.push(m.size, m.uid.as_str()) {
-                    eprintln!("pop3: cannot list {}: {e}", m.uid.as_str());
+                    trace.error(&format!("cannot list {}: {e}", m.uid.as_str()));
                     return session.reject_login_with(Response::err_with(
                         ResponseCode::SysTemp,
                         "Maildrop cannot be listed",
@@ -196,7 +194,7 @@ fn login(
         }
         Err(StoreError::Locked(_)) => session.maildrop_locked(),
         Err(e) => {
-            eprintln!("pop3: cannot open the maildrop of {user}: {e}");
+            trace.error(&format!("cannot open the maildrop of {user}: {e}"));
             session.reject_login_with(Response::err_with(
                 ResponseCode::SysTemp,
                 "Maildrop not available, try later",
@@ -206,7 +204,7 @@ fn login(
 }
 
 /// Feeds the message to the session while it wants bytes.
-fn stream_message(session: &mut ServerSession, state: &mut State) -> Next {
+fn stream_message(session: &mut ServerSession, state: &mut State, trace: &Trace) -> Next {
     let Some(reader) = state.reading.as_mut() else {
         return Next::Continue;
     };
@@ -216,7 +214,7 @@ fn stream_message(session: &mut ServerSession, state: &mut State) -> Next {
             Ok(0) => {
                 state.reading = None;
                 if let Err(e) = session.message_end() {
-                    eprintln!("pop3: {e}");
+                    trace.error(&format!("{e}"));
                 }
                 return Next::Again;
             }
@@ -229,7 +227,7 @@ fn stream_message(session: &mut ServerSession, state: &mut State) -> Next {
             },
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                eprintln!("pop3: reading a message failed: {e}");
+                trace.error(&format!("reading a message failed: {e}"));
                 state.reading = None;
                 let _ = session.message_unavailable();
                 return Next::Again;

@@ -117,14 +117,14 @@ fn handle(
                     match delivery.write_chunk(header.as_bytes()) {
                         Ok(()) => Some(delivery),
                         Err(e) => {
-                            eprintln!("smtp: writing the trace header failed: {e}");
+                            trace.error(&format!("writing the trace header failed: {e}"));
                             tx.failed = true;
                             None
                         }
                     }
                 }
                 Err(e) => {
-                    eprintln!("smtp: cannot begin delivery: {e}");
+                    trace.error(&format!("cannot begin delivery: {e}"));
                     tx.failed = true;
                     None
                 }
@@ -135,7 +135,7 @@ fn handle(
             if let Some(delivery) = tx.delivery.as_mut()
                 && let Err(e) = delivery.write_chunk(&bytes)
             {
-                eprintln!("smtp: delivery failed while writing: {e}");
+                trace.error(&format!("delivery failed while writing: {e}"));
                 tx.delivery = None;
                 tx.failed = true;
             }
@@ -153,7 +153,7 @@ fn handle(
                     session.accept()
                 }
                 Err(e) => {
-                    eprintln!("smtp: message from {} not stored: {e}", tx.from);
+                    trace.error(&format!("message from {} not stored: {e}", tx.from));
                     session.reject(Reply::local_error())
                 }
             }
@@ -166,7 +166,7 @@ fn handle(
         _ => Ok(()),
     };
     if let Err(e) = decided {
-        eprintln!("smtp: session refused a decision: {e}");
+        trace.error(&format!("session refused a decision: {e}"));
     }
 }
 

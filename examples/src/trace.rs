@@ -49,6 +49,11 @@ impl Trace {
         }
     }
 
+    /// A failure worth a log line, printed whether tracing is on or not.
+    pub(crate) fn error(&self, text: &str) {
+        eprintln!("{} error: {text}", self.tag());
+    }
+
     pub(crate) fn client(&mut self, bytes: &[u8]) {
         if !self.enabled {
             return;

@@ -37,6 +37,7 @@ with smtplib.SMTP(HOST, smtp_port, timeout=10) as smtp:
     check("EHLO is answered 250", code == 250)
     check("PIPELINING is offered", smtp.has_extn("pipelining"))
     check("SIZE is offered", smtp.has_extn("size"))
+    check("STARTTLS is not offered without a certificate", not smtp.has_extn("starttls"))
     refused = smtp.sendmail("anna@kolleg.de", ["bob@kolleg.de"], MESSAGE)
     check("sendmail accepted for bob", refused == {})
     try:

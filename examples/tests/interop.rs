@@ -13,6 +13,14 @@ use postamt_examples::{Options, Server};
 use postamt_store::{MailStore, Maildir, MemoryStore, StaticDirectory};
 
 fn start(store: Arc<dyn MailStore>) -> Server {
+    start_with(store, None, 20)
+}
+
+fn start_with(
+    store: Arc<dyn MailStore>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    max_connections: usize,
+) -> Server {
     Server::start(Options {
         listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
         smtp_port: 0,
@@ -20,9 +28,9 @@ fn start(store: Arc<dyn MailStore>) -> Server {
         hostname: "mail.kolleg.de".to_string(),
         store,
         directory: Arc::new(StaticDirectory::demo()),
-        tls: None,
+        tls,
         trace: false,
-        max_connections: 20,
+        max_connections,
     })
     .expect("server starts on ephemeral ports")
 }
@@ -60,6 +68,87 @@ fn python_smtplib_and_poplib() {
         .flat_map(|d| std::fs::read_dir(bob.join(d)).unwrap())
         .collect();
     assert_eq!(files.len(), 1, "bob keeps exactly one message");
+    server.stop();
+}
+
+fn run_script(name: &str, server: &Server) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(name);
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(server.smtp_addr().port().to_string())
+        .arg(server.pop3_addr().port().to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{name} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.ends_with("all checks passed\n"), "{stdout}");
+}
+
+#[test]
+fn python_starttls_and_stls() {
+    let tls = postamt_examples::tls::self_signed("mail.kolleg.de").unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let server = start_with(store.clone(), Some(tls), 20);
+    run_script("tls_clients.py", &server);
+    // The relayed message is kept, not lost: this server does not relay.
+    let outbound = postamt_store::MailboxName::new(postamt_examples::OUTBOUND_MAILBOX).unwrap();
+    assert_eq!(store.open_maildrop(&outbound).unwrap().messages().len(), 1);
+    server.stop();
+}
+
+#[test]
+fn connections_over_the_cap_are_turned_away() {
+    let server = start_with(Arc::new(MemoryStore::new()), None, 2);
+    let first = TcpStream::connect(server.smtp_addr()).unwrap();
+    let second = TcpStream::connect(server.smtp_addr()).unwrap();
+    for s in [&first, &second] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(reply(&mut BufReader::new(s.try_clone().unwrap())).starts_with("220 "));
+    }
+    let third = TcpStream::connect(server.smtp_addr()).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut r = BufReader::new(third);
+    assert_eq!(
+        reply(&mut r),
+        "421 mail.kolleg.de Too many connections, try again later\r\n"
+    );
+    let mut rest = String::new();
+    r.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "");
+    let pop_a = TcpStream::connect(server.pop3_addr()).unwrap();
+    let pop_b = TcpStream::connect(server.pop3_addr()).unwrap();
+    let pop_c = TcpStream::connect(server.pop3_addr()).unwrap();
+    for s in [&pop_a, &pop_b, &pop_c] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    assert!(pop_line(&mut BufReader::new(pop_a.try_clone().unwrap())).starts_with("+OK"));
+    assert!(pop_line(&mut BufReader::new(pop_b.try_clone().unwrap())).starts_with("+OK"));
+    assert_eq!(
+        pop_line(&mut BufReader::new(pop_c)),
+        "-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+    );
+    // Once one leaves, a new client is served again.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = TcpStream::connect(server.smtp_addr()).unwrap();
+        again
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        if reply(&mut BufReader::new(again)).starts_with("220 ") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the freed slot was never reused"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     server.stop();
 }
 
