@@ -1,0 +1,468 @@
+//! One suite, run against every store: `MemoryStore` and `Maildir` must
+//! behave the same through the traits.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+use std::thread;
+
+use postamt_store::{MailStore, MailboxName, Maildir, Maildrop, MemoryStore, StoreError, Uid};
+
+/// A store under test, with whatever keeps it alive and a way to look for
+/// leftovers of aborted deliveries.
+trait Harness: Sized {
+    type Store: MailStore + Clone + 'static;
+    fn new() -> Self;
+    fn store(&self) -> &Self::Store;
+    /// Files a delivery may have left outside the listing (none for memory).
+    fn stray_files(&self, mailbox: &MailboxName) -> Vec<String>;
+}
+
+struct Memory(MemoryStore);
+
+impl Harness for Memory {
+    type Store = MemoryStore;
+    fn new() -> Self {
+        Self(MemoryStore::new())
+    }
+    fn store(&self) -> &MemoryStore {
+        &self.0
+    }
+    fn stray_files(&self, _: &MailboxName) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+struct OnDisk {
+    store: Maildir,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness for OnDisk {
+    type Store = Maildir;
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            store: Maildir::new(dir.path()),
+            _dir: dir,
+        }
+    }
+    fn store(&self) -> &Maildir {
+        &self.store
+    }
+    fn stray_files(&self, mailbox: &MailboxName) -> Vec<String> {
+        let root = self.store.mailbox_path(mailbox);
+        let mut found = Vec::new();
+        for sub in ["tmp", "new"] {
+            found.extend(
+                list(&root.join(sub))
+                    .into_iter()
+                    .map(|name| format!("{sub}/{name}")),
+            );
+        }
+        found
+    }
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn mailbox(name: &str) -> MailboxName {
+    MailboxName::new(name).unwrap()
+}
+
+fn deliver(store: &impl MailStore, to: &[&str], chunks: &[&[u8]]) {
+    let recipients: Vec<MailboxName> = to.iter().map(|name| mailbox(name)).collect();
+    let mut delivery = store.begin_delivery(&recipients).unwrap();
+    for chunk in chunks {
+        delivery.write_chunk(chunk).unwrap();
+    }
+    delivery.commit().unwrap();
+}
+
+fn read_all(maildrop: &dyn Maildrop, index: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    maildrop
+        .read_message(index)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+/// Every message in `name`, read back in listing order.
+fn contents(store: &impl MailStore, name: &str) -> Vec<Vec<u8>> {
+    let maildrop = store.open_maildrop(&mailbox(name)).unwrap();
+    (0..maildrop.messages().len())
+        .map(|i| read_all(&*maildrop, i))
+        .collect()
+}
+
+fn uids(maildrop: &dyn Maildrop) -> Vec<Uid> {
+    maildrop.messages().iter().map(|m| m.uid.clone()).collect()
+}
+
+const FIRST: &[u8] = b"From: anna@kolleg.de\r\nSubject: eins\r\n\r\nHallo\r\n";
+const SECOND: &[u8] = b"From: bob@kolleg.de\r\nSubject: zwei\r\n\r\nServus\r\n.dot\r\n";
+
+fn delivers_lists_and_reads<H: Harness>() {
+    let h = H::new();
+    deliver(h.store(), &["anna"], &[FIRST]);
+    deliver(
+        h.store(),
+        &["anna"],
+        &[&SECOND[..10], &SECOND[10..11], &SECOND[11..]],
+    );
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    assert_eq!(maildrop.mailbox().as_str(), "anna");
+    let sizes: Vec<u64> = maildrop.messages().iter().map(|m| m.size).collect();
+    assert_eq!(sizes, [FIRST.len() as u64, SECOND.len() as u64]);
+    let ids = uids(&*maildrop);
+    assert_ne!(ids[0], ids[1]);
+    for uid in &ids {
+        assert!(Uid::new(uid.as_str()).is_some(), "{uid}");
+    }
+    assert_eq!(read_all(&*maildrop, 0), FIRST);
+    assert_eq!(read_all(&*maildrop, 1), SECOND);
+    assert_eq!(
+        read_all(&*maildrop, 1),
+        SECOND,
+        "a message can be read twice"
+    );
+}
+
+fn serves_bare_lf_as_crlf<H: Harness>() {
+    let h = H::new();
+    // A CRLF split across chunks must not be counted as a bare LF.
+    deliver(
+        h.store(),
+        &["anna"],
+        &[b"Subject: lf\n\nline\r", b"\nlast\n"],
+    );
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    let expected = b"Subject: lf\r\n\r\nline\r\nlast\r\n";
+    assert_eq!(maildrop.messages()[0].size, expected.len() as u64);
+    assert_eq!(read_all(&*maildrop, 0), expected);
+}
+
+fn large_message_in_many_chunks<H: Harness>() {
+    let h = H::new();
+    let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n";
+    let message: Vec<u8> = line
+        .iter()
+        .copied()
+        .cycle()
+        .take(line.len() * 40_000)
+        .collect();
+    let chunks: Vec<&[u8]> = message.chunks(8191).collect();
+    deliver(h.store(), &["anna"], &chunks);
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    assert_eq!(maildrop.messages()[0].size, message.len() as u64);
+    let mut reader = maildrop.read_message(0).unwrap();
+    let mut buf = vec![0; 1000];
+    let mut total = Vec::with_capacity(message.len());
+    loop {
+        let n = reader.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total.extend_from_slice(&buf[..n]);
+    }
+    assert!(total == message, "large message differs");
+}
+
+fn empty_mailbox_opens_empty<H: Harness>() {
+    let h = H::new();
+    let maildrop = h.store().open_maildrop(&mailbox("nobody")).unwrap();
+    assert!(maildrop.messages().is_empty());
+    assert!(matches!(
+        maildrop.read_message(0),
+        Err(StoreError::NoSuchMessage { index: 0, count: 0 })
+    ));
+    maildrop.commit_deletions(&[]).unwrap();
+}
+
+fn commit_deletes_only_the_marked<H: Harness>() {
+    let h = H::new();
+    deliver(h.store(), &["anna"], &[FIRST]);
+    deliver(h.store(), &["anna"], &[SECOND]);
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    let second_uid = maildrop.messages()[1].uid.clone();
+    maildrop.commit_deletions(&[0, 0]).unwrap();
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    assert_eq!(uids(&*maildrop), [second_uid]);
+    assert_eq!(read_all(&*maildrop, 0), SECOND);
+    maildrop.commit_deletions(&[0]).unwrap();
+    assert!(contents(h.store(), "anna").is_empty());
+}
+
+fn bad_index_deletes_nothing<H: Harness>() {
+    let h = H::new();
+    deliver(h.store(), &["anna"], &[FIRST]);
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    assert!(matches!(
+        maildrop.read_message(1),
+        Err(StoreError::NoSuchMessage { index: 1, count: 1 })
+    ));
+    let err = maildrop.commit_deletions(&[0, 1]).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NoSuchMessage { index: 1, count: 1 }),
+        "{err:?}"
+    );
+    assert_eq!(contents(h.store(), "anna"), [FIRST]);
+}
+
+fn drop_without_commit_keeps_everything<H: Harness>() {
+    let h = H::new();
+    deliver(h.store(), &["anna"], &[FIRST]);
+    deliver(h.store(), &["anna"], &[SECOND]);
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    let before = uids(&*maildrop);
+    drop(maildrop);
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    assert_eq!(uids(&*maildrop), before, "uids are stable across sessions");
+    drop(maildrop);
+    assert_eq!(contents(h.store(), "anna"), [FIRST, SECOND]);
+}
+
+fn maildrop_is_exclusive_across_threads<H: Harness>() {
+    let h = H::new();
+    deliver(h.store(), &["anna"], &[FIRST]);
+    let held = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    let store = h.store().clone();
+    let result = thread::spawn(move || store.open_maildrop(&mailbox("anna")).map(|_| ()))
+        .join()
+        .unwrap();
+    match result {
+        Err(StoreError::Locked(name)) => assert_eq!(name.as_str(), "anna"),
+        other => panic!("second open gave {other:?}"),
+    }
+    // Other mailboxes are not affected, and neither is delivery.
+    h.store().open_maildrop(&mailbox("bob")).unwrap();
+    deliver(h.store(), &["anna"], &[SECOND]);
+    drop(held);
+    let store = h.store().clone();
+    let count = thread::spawn(move || {
+        store
+            .open_maildrop(&mailbox("anna"))
+            .map(|m| m.messages().len())
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(count, 2);
+    // A committed maildrop releases its lock too.
+    h.store()
+        .open_maildrop(&mailbox("anna"))
+        .unwrap()
+        .commit_deletions(&[])
+        .unwrap();
+    h.store().open_maildrop(&mailbox("anna")).unwrap();
+}
+
+fn only_one_of_many_concurrent_opens_wins<H: Harness>() {
+    let h = H::new();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let store = h.store().clone();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let opened = store.open_maildrop(&mailbox("anna"));
+                // Keep a winner open until every thread has tried.
+                barrier.wait();
+                match opened {
+                    Ok(_) => true,
+                    Err(StoreError::Locked(_)) => false,
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        })
+        .collect();
+    let winners = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|&won| won)
+        .count();
+    assert_eq!(winners, 1);
+}
+
+fn delivery_during_session_shows_up_next_time<H: Harness>() {
+    let h = H::new();
+    deliver(h.store(), &["anna"], &[FIRST]);
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    deliver(h.store(), &["anna"], &[SECOND]);
+    assert_eq!(
+        maildrop.messages().len(),
+        1,
+        "the open listing stays as it was"
+    );
+    assert_eq!(read_all(&*maildrop, 0), FIRST);
+    maildrop.commit_deletions(&[0]).unwrap();
+    assert_eq!(contents(h.store(), "anna"), [SECOND]);
+}
+
+fn delivers_to_several_recipients<H: Harness>() {
+    let h = H::new();
+    deliver(h.store(), &["anna", "bob", "anna"], &[FIRST]);
+    assert_eq!(
+        contents(h.store(), "anna"),
+        [FIRST],
+        "a repeated recipient gets one copy"
+    );
+    let maildrop = h.store().open_maildrop(&mailbox("bob")).unwrap();
+    assert_eq!(read_all(&*maildrop, 0), FIRST);
+    maildrop.commit_deletions(&[0]).unwrap();
+    assert!(contents(h.store(), "bob").is_empty());
+    assert_eq!(
+        contents(h.store(), "anna"),
+        [FIRST],
+        "deleting bob's copy keeps anna's"
+    );
+}
+
+fn aborted_delivery_leaves_nothing<H: Harness>() {
+    let h = H::new();
+    let recipients = [mailbox("anna"), mailbox("bob")];
+    let mut delivery = h.store().begin_delivery(&recipients).unwrap();
+    delivery.write_chunk(FIRST).unwrap();
+    drop(delivery);
+    let never_written = h.store().begin_delivery(&recipients).unwrap();
+    drop(never_written);
+    for name in &recipients {
+        assert_eq!(h.stray_files(name), Vec::<String>::new());
+        assert!(contents(h.store(), name.as_str()).is_empty());
+    }
+}
+
+fn delivery_needs_a_recipient<H: Harness>() {
+    let h = H::new();
+    assert!(matches!(
+        h.store().begin_delivery(&[]),
+        Err(StoreError::NoRecipients)
+    ));
+}
+
+fn concurrent_deliveries_all_arrive<H: Harness>() {
+    let h = H::new();
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let store = h.store().clone();
+            thread::spawn(move || {
+                for i in 0..10 {
+                    let body = format!("Subject: {t}/{i}\r\n\r\nx\r\n");
+                    deliver(&store, &["anna"], &[body.as_bytes()]);
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    let distinct: HashSet<Uid> = uids(&*maildrop).into_iter().collect();
+    assert_eq!(distinct.len(), 40);
+    let bodies: HashSet<Vec<u8>> = (0..40).map(|i| read_all(&*maildrop, i)).collect();
+    assert_eq!(bodies.len(), 40);
+}
+
+macro_rules! suite {
+    ($module:ident, $harness:ty) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn delivers_lists_and_reads() {
+                super::delivers_lists_and_reads::<$harness>();
+            }
+            #[test]
+            fn serves_bare_lf_as_crlf() {
+                super::serves_bare_lf_as_crlf::<$harness>();
+            }
+            #[test]
+            fn large_message_in_many_chunks() {
+                super::large_message_in_many_chunks::<$harness>();
+            }
+            #[test]
+            fn empty_mailbox_opens_empty() {
+                super::empty_mailbox_opens_empty::<$harness>();
+            }
+            #[test]
+            fn commit_deletes_only_the_marked() {
+                super::commit_deletes_only_the_marked::<$harness>();
+            }
+            #[test]
+            fn bad_index_deletes_nothing() {
+                super::bad_index_deletes_nothing::<$harness>();
+            }
+            #[test]
+            fn drop_without_commit_keeps_everything() {
+                super::drop_without_commit_keeps_everything::<$harness>();
+            }
+            #[test]
+            fn maildrop_is_exclusive_across_threads() {
+                super::maildrop_is_exclusive_across_threads::<$harness>();
+            }
+            #[test]
+            fn only_one_of_many_concurrent_opens_wins() {
+                super::only_one_of_many_concurrent_opens_wins::<$harness>();
+            }
+            #[test]
+            fn delivery_during_session_shows_up_next_time() {
+                super::delivery_during_session_shows_up_next_time::<$harness>();
+            }
+            #[test]
+            fn delivers_to_several_recipients() {
+                super::delivers_to_several_recipients::<$harness>();
+            }
+            #[test]
+            fn aborted_delivery_leaves_nothing() {
+                super::aborted_delivery_leaves_nothing::<$harness>();
+            }
+            #[test]
+            fn delivery_needs_a_recipient() {
+                super::delivery_needs_a_recipient::<$harness>();
+            }
+            #[test]
+            fn concurrent_deliveries_all_arrive() {
+                super::concurrent_deliveries_all_arrive::<$harness>();
+            }
+        }
+    };
+}
+
+suite!(memory, Memory);
+suite!(maildir, OnDisk);
+
+#[test]
+fn stores_are_usable_as_trait_objects_across_threads() {
+    let h = OnDisk::new();
+    let stores: Vec<std::sync::Arc<dyn MailStore>> = vec![
+        std::sync::Arc::new(MemoryStore::new()),
+        std::sync::Arc::new(h.store().clone()),
+    ];
+    for store in stores {
+        let delivery = store.begin_delivery(&[mailbox("anna")]).unwrap();
+        let mut delivery = thread::spawn(move || delivery).join().unwrap();
+        delivery.write_chunk(FIRST).unwrap();
+        delivery.commit().unwrap();
+        let maildrop = store.open_maildrop(&mailbox("anna")).unwrap();
+        let reader = maildrop.read_message(0).unwrap();
+        let bytes = thread::spawn(move || {
+            let mut reader = reader;
+            let mut bytes = Vec::new();
+            reader.read_to_end(&mut bytes).unwrap();
+            bytes
+        })
+        .join()
+        .unwrap();
+        assert_eq!(bytes, FIRST);
+    }
+}
