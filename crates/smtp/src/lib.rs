@@ -25,3 +25,8 @@ pub use postamt_wire::BareLineEndings;
 pub use postamt_wire::sasl::{Credentials, Mechanism};
 pub use reply::{EnhancedCode, Reply};
 pub use server::{AbortReason, Decision, Event, Hello, ServerSession};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
