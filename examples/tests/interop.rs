@@ -326,3 +326,118 @@ fn the_handout_session_over_telnet() {
     assert_eq!(rest, "", "the server closes after QUIT");
     server.stop();
 }
+
+/// swaks sends (pipelined, and with AUTH), fetchmail fetches and deletes.
+/// Both are Debian packages; `.ci/run` installs them, elsewhere the test says
+/// it was skipped.
+#[test]
+fn swaks_and_fetchmail() {
+    if !have_any("swaks", "--version") || !have_any("fetchmail", "--version") {
+        eprintln!("swaks_and_fetchmail skipped: swaks or fetchmail not installed");
+        return;
+    }
+    let server = start(Arc::new(MemoryStore::new()));
+    let smtp_port = server.smtp_addr().port().to_string();
+    let swaks = |extra: &[&str]| {
+        Command::new("swaks")
+            .args([
+                "--server",
+                "127.0.0.1",
+                "--port",
+                &smtp_port,
+                "--helo",
+                "client.example",
+            ])
+            .args(["--from", "anna@kolleg.de", "--timeout", "10"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = swaks(&[
+        "--to",
+        "bob@kolleg.de",
+        "--pipeline",
+        "--header",
+        "Subject: swaks",
+        "--body",
+        "hi from swaks",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("<** 250-PIPELINING") || text.contains("<-  250-PIPELINING"),
+        "{text}"
+    );
+    let out = swaks(&["--to", "carl@elsewhere.example"]);
+    assert!(!out.status.success(), "relay without AUTH must fail");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("550 5.7.1"));
+    let out = swaks(&[
+        "--to",
+        "carl@elsewhere.example",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "anna",
+        "--auth-password",
+        "geheim",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let rc = dir.path().join("fetchmailrc");
+    let bsmtp = dir.path().join("out.bsmtp");
+    std::fs::write(
+        &rc,
+        format!(
+            "poll 127.0.0.1 with protocol POP3 and port {}:\n  user \"bob\" there with password \"topSecret\" is \"bob\" here\n  sslproto ''\n  bsmtp \"{}\"\n",
+            server.pop3_addr().port(),
+            bsmtp.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new("fetchmail")
+        .arg("-f")
+        .arg(&rc)
+        .args(["--nosyslog", "--pidfile"])
+        .arg(dir.path().join("pid"))
+        .env("FETCHMAILHOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fetchmail: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fetched = std::fs::read_to_string(&bsmtp).unwrap();
+    assert!(
+        fetched.contains("Subject: swaks\r\n") || fetched.contains("Subject: swaks\n"),
+        "{fetched}"
+    );
+    assert!(fetched.contains("hi from swaks"), "{fetched}");
+    // fetchmail deleted what it fetched: the maildrop is empty now.
+    let tcp = TcpStream::connect(server.pop3_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = tcp.try_clone().unwrap();
+    let mut r = BufReader::new(tcp);
+    pop_line(&mut r);
+    w.write_all(b"USER bob\r\nPASS topSecret\r\nSTAT\r\nQUIT\r\n")
+        .unwrap();
+    pop_line(&mut r);
+    pop_line(&mut r);
+    assert_eq!(pop_line(&mut r), "+OK 0 0\r\n");
+    server.stop();
+}
+
+fn have_any(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).output().is_ok()
+}
