@@ -377,7 +377,7 @@ fn list_cur(cur: &Path) -> Result<Vec<Entry>, StoreError> {
         }
         found.push(name);
     }
-    found.sort_by(|a, b| (leading_number(a), a).cmp(&(leading_number(b), b)));
+    found.sort_by_cached_key(|name| (delivery_time(name), name.clone()));
     let mut seen = HashSet::new();
     let mut entries = Vec::with_capacity(found.len());
     for name in found {
@@ -405,12 +405,20 @@ fn list_cur(cur: &Path) -> Result<Vec<Entry>, StoreError> {
     Ok(entries)
 }
 
-fn leading_number(name: &str) -> u64 {
-    let digits = name
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap_or("");
-    digits.parse().unwrap_or(u64::MAX)
+/// When the message was delivered, as its name says: the seconds before the
+/// first dot and, in Dovecot-style names, the microseconds after `M`. Names
+/// without a time sort last.
+fn delivery_time(name: &str) -> (u64, u64) {
+    let (secs, rest) = name.split_once('.').unwrap_or((name, ""));
+    let Ok(secs) = secs.parse() else {
+        return (u64::MAX, u64::MAX);
+    };
+    let micros = rest
+        .strip_prefix('M')
+        .and_then(|m| m.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(0);
+    (secs, micros)
 }
 
 /// The name without the `:2,<flags>` info.
@@ -511,8 +519,26 @@ mod tests {
         assert_eq!(crlf_size_field("1700000000.M5P6Q7.host,S=10"), None);
         assert_eq!(crlf_size_field("1700000000.M5P6Q7.host,W=x"), None);
         assert_eq!(crlf_size_field("W=5.host"), None);
-        assert_eq!(leading_number(name), 1_700_000_000);
-        assert_eq!(leading_number("abc"), u64::MAX);
+        assert_eq!(delivery_time(name), (1_700_000_000, 5));
+        assert_eq!(delivery_time("1700000000.P1.host"), (1_700_000_000, 0));
+        assert_eq!(delivery_time("1700000000"), (1_700_000_000, 0));
+        assert_eq!(delivery_time("abc.M5"), (u64::MAX, u64::MAX));
+        let mut names = [
+            "1700000001.M1P1.h",
+            "x",
+            "1700000000.M12P1.h",
+            "1700000000.M5P1.h",
+        ];
+        names.sort_by_key(|name| (delivery_time(name), *name));
+        assert_eq!(
+            names,
+            [
+                "1700000000.M5P1.h",
+                "1700000000.M12P1.h",
+                "1700000001.M1P1.h",
+                "x"
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A store that keeps everything in memory, for tests and demos.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::io::{Cursor, Read};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -12,22 +13,39 @@ use crate::{Delivery, MailStore, MailboxName, Maildrop, MessageInfo, StoreError,
 ///
 /// Messages are kept as delivered and served with CRLF line ends, like
 /// [`Maildir`](crate::Maildir) does.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct MemoryStore {
     shared: Arc<Mutex<Shared>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Shared {
     mailboxes: HashMap<MailboxName, Vec<Stored>>,
     locked: HashSet<MailboxName>,
     next_uid: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Stored {
     info: MessageInfo,
     bytes: Arc<[u8]>,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Counts, not contents: a store may hold megabytes of mail.
+        let shared = self.lock();
+        let mut mailboxes: Vec<(&str, usize)> = shared
+            .mailboxes
+            .iter()
+            .map(|(name, messages)| (name.as_str(), messages.len()))
+            .collect();
+        mailboxes.sort_unstable();
+        f.debug_struct("MemoryStore")
+            .field("mailboxes", &mailboxes)
+            .field("locked", &shared.locked.len())
+            .finish()
+    }
 }
 
 impl MemoryStore {
@@ -72,7 +90,6 @@ impl MailStore for MemoryStore {
     }
 }
 
-#[derive(Debug)]
 struct MemoryDelivery {
     shared: Arc<Mutex<Shared>>,
     recipients: Vec<MailboxName>,
@@ -105,7 +122,6 @@ impl Delivery for MemoryDelivery {
     }
 }
 
-#[derive(Debug)]
 struct MemoryMaildrop {
     shared: Arc<Mutex<Shared>>,
     mailbox: MailboxName,
@@ -146,5 +162,25 @@ impl Maildrop for MemoryMaildrop {
 impl Drop for MemoryMaildrop {
     fn drop(&mut self) {
         lock(&self.shared).locked.remove(&self.mailbox);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_counts_not_mail() {
+        let store = MemoryStore::new();
+        let anna = MailboxName::new("anna").unwrap();
+        let mut delivery = store.begin_delivery(std::slice::from_ref(&anna)).unwrap();
+        delivery.write_chunk(b"Subject: geheim\r\n").unwrap();
+        delivery.commit().unwrap();
+        let _held = store.open_maildrop(&anna).unwrap();
+        let debug = format!("{store:?}");
+        assert_eq!(
+            debug,
+            r#"MemoryStore { mailboxes: [("anna", 1)], locked: 1 }"#
+        );
     }
 }
