@@ -14,7 +14,9 @@
 //!   ignored. A `#` elsewhere is part of a field (passwords may contain it).
 //! - The address is `local@domain`; its mailbox is named after the address in
 //!   lower case (`anna@kolleg.de`). Passwords cannot contain whitespace.
-//! - Aliases deliver to the user's mailbox. No address may appear twice.
+//! - The password is also the user's APOP shared secret.
+//! - Aliases deliver to the user's mailbox; one logs in with the address (or
+//!   its local part), not with an alias. No address may appear twice.
 //! - The local domains are the domains of all addresses and aliases.
 //!
 //! Addresses compare case-insensitively, in the domain and, for our own

@@ -195,24 +195,22 @@ struct MaildirDelivery {
 impl Delivery for MaildirDelivery {
     fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         let Some(file) = self.file.as_mut() else {
-            return Err(StoreError::io(
-                "write",
-                &self.tmp_path,
-                io::ErrorKind::BrokenPipe.into(),
-            ));
+            return Err(self.earlier_failure());
         };
-        file.write_all(chunk)
-            .map_err(|e| StoreError::io("write", &self.tmp_path, e))?;
+        if let Err(e) = file.write_all(chunk) {
+            // A partly written chunk must never be committed: give up the file.
+            self.file = None;
+            return Err(StoreError::io("write", &self.tmp_path, e));
+        }
         self.counter.update(chunk);
         Ok(())
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         let tmp = self.tmp_path.clone();
-        let writer = self
-            .file
-            .take()
-            .ok_or_else(|| StoreError::io("write", &tmp, io::ErrorKind::BrokenPipe.into()))?;
+        let Some(writer) = self.file.take() else {
+            return Err(self.earlier_failure());
+        };
         let file = writer
             .into_inner()
             .map_err(|e| StoreError::io("write", &tmp, e.into_error()))?;
@@ -240,6 +238,16 @@ impl Delivery for MaildirDelivery {
         }
         // The tmp file is removed when `self` drops; it is no longer needed.
         Ok(())
+    }
+}
+
+impl MaildirDelivery {
+    fn earlier_failure(&self) -> StoreError {
+        StoreError::io(
+            "write",
+            &self.tmp_path,
+            io::Error::other("an earlier write failed; the delivery is void"),
+        )
     }
 }
 
@@ -286,7 +294,8 @@ impl ProcessLock {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // `then`, not `then_some`: a lock built eagerly and dropped on the
-        // refusal path would take this mutex again while it is held.
+        // refusal path would take this mutex again while it is held (and
+        // would release the key its rightful holder owns).
         open.insert(key.clone()).then(|| Self { key })
     }
 }
@@ -539,6 +548,35 @@ mod tests {
                 "x"
             ]
         );
+    }
+
+    #[test]
+    fn a_failed_write_voids_the_delivery() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Maildir::new(root.path());
+        let anna = MailboxName::new("anna").unwrap();
+        let dir = store.ensure_layout(&anna).unwrap();
+        let tmp_path = dir.join("tmp/1.M1P1Q1.test");
+        fs::write(&tmp_path, b"").unwrap();
+        // Opened read-only, so every write that reaches the file fails.
+        let file = File::open(&tmp_path).unwrap();
+        let mut delivery = Box::new(MaildirDelivery {
+            dirs: vec![dir.clone()],
+            base: "1.M1P1Q1.test".to_owned(),
+            tmp_path: tmp_path.clone(),
+            file: Some(BufWriter::with_capacity(16, file)),
+            counter: CrlfCounter::default(),
+        });
+        let err = delivery.write_chunk(&[b'x'; 100]).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Io { path, .. } if *path == tmp_path),
+            "{err:?}"
+        );
+        assert!(delivery.write_chunk(b"more").is_err());
+        let err = delivery.commit().unwrap_err();
+        assert!(err.to_string().contains("earlier write failed"), "{err}");
+        assert!(!tmp_path.exists());
+        assert!(fs::read_dir(dir.join("new")).unwrap().next().is_none());
     }
 
     #[test]
