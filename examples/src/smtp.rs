@@ -142,11 +142,12 @@ fn handle(
             Ok(())
         }
         Event::MessageEnd => {
-            let stored = match tx.delivery.take() {
-                Some(delivery) if !tx.failed => delivery.commit(),
-                _ => Err(postamt_store::StoreError::NoRecipients),
-            };
             tx.recipients.clear();
+            let stored = match tx.delivery.take() {
+                Some(delivery) if !tx.failed => delivery.commit().map_err(|e| e.to_string()),
+                // The delivery failed earlier and was dropped; that was logged.
+                _ => Err("the delivery failed earlier".to_string()),
+            };
             match stored {
                 Ok(()) => {
                     trace.note("message stored");

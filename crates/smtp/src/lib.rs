@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod address;
+mod client;
 pub mod command;
 mod config;
 pub mod error;
@@ -18,6 +19,10 @@ pub mod reply;
 mod server;
 
 pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
+pub use client::{
+    Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeouts,
+    ClientUsageError, Envelope, Failure, Report,
+};
 pub use command::{Body, Command, MailParameters, Notify, RcptParameters, Ret};
 pub use config::{Extensions, Limits, Protocol, ReplyTexts, ServerConfig};
 pub use error::{CommandError, ReplyError, UsageError};

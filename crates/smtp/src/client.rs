@@ -1,0 +1,1036 @@
+//! The client side of an SMTP session, as a state machine without I/O.
+
+use std::collections::VecDeque;
+use std::mem;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use postamt_wire::DotEncoder;
+use postamt_wire::sasl::{self, Mechanism};
+
+use crate::address::{Domain, ForwardPath, ReversePath};
+use crate::command::{Command, MailParameters, RcptParameters};
+use crate::error::ReplyError;
+use crate::reply::{Reply, push_decimal};
+
+/// What a client needs to know up front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The name the client gives in EHLO/HELO.
+    pub hostname: String,
+    /// Send messages with BDAT when the server offers CHUNKING (RFC 3030).
+    /// BDAT sends the bytes as given: they must already end lines in CRLF.
+    pub prefer_chunking: bool,
+    /// Timeouts of RFC 5321 §4.5.3.2.
+    pub timeouts: ClientTimeouts,
+    /// Longest reply the client keeps while it arrives: 64 KiB. A server
+    /// sending more in one reply is treated as broken.
+    pub max_reply: usize,
+    /// Output kept before the caller writes it, after which
+    /// [`ClientSession::wants_message_bytes`] says no: 256 KiB.
+    pub output_high_water: usize,
+}
+
+impl ClientConfig {
+    /// A configuration with the RFC's timeouts.
+    pub fn new(hostname: impl Into<String>) -> Self {
+        Self {
+            hostname: hostname.into(),
+            prefer_chunking: false,
+            timeouts: ClientTimeouts::default(),
+            max_reply: 64 * 1024,
+            output_high_water: 256 * 1024,
+        }
+    }
+}
+
+/// How long the client waits for each reply (RFC 5321 §4.5.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientTimeouts {
+    /// The 220 greeting: 5 minutes.
+    pub greeting: Duration,
+    /// Replies to EHLO, MAIL, RCPT and other commands: 5 minutes.
+    pub command: Duration,
+    /// The 354 after DATA: 2 minutes.
+    pub data_start: Duration,
+    /// The reply after the final dot or the last BDAT: 10 minutes.
+    pub data_end: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        Self {
+            greeting: Duration::from_secs(5 * 60),
+            command: Duration::from_secs(5 * 60),
+            data_start: Duration::from_secs(2 * 60),
+            data_end: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// What a server offered in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The server's name from the first line.
+    pub greeting: String,
+    /// Whether EHLO worked; after a HELO fallback nothing else is offered.
+    pub extended: bool,
+    /// PIPELINING (RFC 2920).
+    pub pipelining: bool,
+    /// SIZE (RFC 1870): `Some(0)` means no fixed limit.
+    pub size: Option<u64>,
+    /// 8BITMIME (RFC 6152).
+    pub eight_bit_mime: bool,
+    /// SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// ENHANCEDSTATUSCODES (RFC 2034).
+    pub enhanced_status_codes: bool,
+    /// CHUNKING (RFC 3030).
+    pub chunking: bool,
+    /// BINARYMIME (RFC 3030).
+    pub binary_mime: bool,
+    /// DSN (RFC 3461).
+    pub dsn: bool,
+    /// STARTTLS (RFC 3207).
+    pub starttls: bool,
+    /// AUTH mechanisms as advertised (RFC 4954), upper case.
+    pub auth: Vec<String>,
+    /// Every other keyword line, as sent.
+    pub other: Vec<String>,
+}
+
+impl Capabilities {
+    /// Reads the lines of a 250 reply to EHLO.
+    pub fn from_ehlo(reply: &Reply) -> Self {
+        let mut caps = Self {
+            extended: true,
+            ..Self::default()
+        };
+        let mut lines = reply.lines().iter();
+        caps.greeting = lines.next().map(|l| l.to_string()).unwrap_or_default();
+        for line in lines {
+            let mut words = line.split_ascii_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            let upper = keyword.to_ascii_uppercase();
+            match upper.as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                "CHUNKING" => caps.chunking = true,
+                "BINARYMIME" => caps.binary_mime = true,
+                "DSN" => caps.dsn = true,
+                "STARTTLS" => caps.starttls = true,
+                "AUTH" => caps.add_auth(words),
+                _ if upper.starts_with("AUTH=") => {
+                    // The pre-standard form some servers still send.
+                    let first = &keyword[5..];
+                    caps.add_auth(std::iter::once(first).chain(words));
+                }
+                _ => caps.other.push(line.to_string()),
+            }
+        }
+        caps
+    }
+
+    fn add_auth<'a>(&mut self, names: impl Iterator<Item = &'a str>) {
+        for name in names {
+            let name = name.to_ascii_uppercase();
+            if !name.is_empty() && !self.auth.contains(&name) {
+                self.auth.push(name);
+            }
+        }
+    }
+
+    /// Whether AUTH with `mechanism` is offered.
+    pub fn offers_auth(&self, mechanism: Mechanism) -> bool {
+        self.auth.iter().any(|m| m == mechanism.as_str())
+    }
+}
+
+/// Sender, recipients and parameters of one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The reverse-path (`<>` for bounces).
+    pub from: ReversePath<'static>,
+    /// MAIL parameters. SIZE is filled in by the client when the message
+    /// length is known and the server offers SIZE.
+    pub params: MailParameters<'static>,
+    /// The recipients, each with its RCPT parameters.
+    pub recipients: Vec<(ForwardPath<'static>, RcptParameters<'static>)>,
+}
+
+impl Envelope {
+    /// An envelope from `from` with no recipients yet.
+    pub fn new(from: ReversePath<'static>) -> Self {
+        Self {
+            from,
+            params: MailParameters::default(),
+            recipients: Vec::new(),
+        }
+    }
+
+    /// Adds a recipient.
+    pub fn to(mut self, recipient: ForwardPath<'static>) -> Self {
+        self.recipients.push((recipient, RcptParameters::default()));
+        self
+    }
+}
+
+/// Why a transaction did not deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The server refused the sender.
+    Sender(Reply),
+    /// Every recipient was refused (see the report's `refused`).
+    NoRecipients,
+    /// The server refused DATA or a BDAT chunk.
+    Data(Reply),
+    /// The server refused the message after it was sent.
+    Message(Reply),
+    /// The message is larger than the server's SIZE; nothing was sent.
+    TooBig {
+        /// The message size in octets.
+        size: u64,
+        /// The server's limit.
+        limit: u64,
+    },
+}
+
+/// The outcome of one transaction, recipient by recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Recipients the server accepted, with its replies.
+    pub accepted: Vec<(ForwardPath<'static>, Reply)>,
+    /// Recipients the server refused, with its replies.
+    pub refused: Vec<(ForwardPath<'static>, Reply)>,
+    /// The final reply, or why there was none worth having.
+    pub outcome: Result<Reply, Failure>,
+}
+
+/// What the application must know, in protocol order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The server greeted and answered EHLO (or HELO): transactions, AUTH and
+    /// STARTTLS may start. Comes again after STARTTLS.
+    Ready(Capabilities),
+    /// The server said 220 to STARTTLS: run the TLS handshake, then call
+    /// [`ClientSession::tls_established`]. Anything the server sent after its
+    /// 220 in plaintext has been discarded.
+    StartTls,
+    /// AUTH succeeded.
+    Authenticated,
+    /// AUTH failed with this reply.
+    AuthFailed(Reply),
+    /// [`ClientSession::start_message`] was accepted by the server (354, or
+    /// BDAT in use): feed the message while
+    /// [`ClientSession::wants_message_bytes`] is true, then call
+    /// [`ClientSession::end_message`].
+    SendMessage,
+    /// A transaction ended.
+    Done(Report),
+    /// The session ended: after QUIT, or for the reason given.
+    Closed(Option<ClientError>),
+}
+
+/// Why a session ended early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server refused the connection or a command the session needs.
+    #[error("server refused: {0}")]
+    Refused(Reply),
+    /// The server sent something that is not an SMTP reply.
+    #[error("malformed reply: {0}")]
+    Malformed(ReplyError),
+    /// A reply was longer than [`ClientConfig::max_reply`].
+    #[error("reply too long")]
+    ReplyTooLong,
+    /// No reply within the RFC's time.
+    #[error("timeout waiting for the server")]
+    Timeout,
+    /// The server closed the connection.
+    #[error("connection closed by the server")]
+    ConnectionClosed,
+}
+
+/// The caller asked for something the session cannot do now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientUsageError {
+    /// The session is busy (not [`ClientEvent::Ready`] yet, or a transaction
+    /// or exchange is running).
+    #[error("the session is not ready for that now")]
+    Busy,
+    /// The server does not offer what was asked (STARTTLS, an AUTH mechanism).
+    #[error("the server does not offer this")]
+    NotOffered,
+    /// No message is being sent.
+    #[error("no message is being sent")]
+    NoMessage,
+    /// The envelope has no recipients.
+    #[error("the envelope has no recipients")]
+    NoRecipients,
+    /// The session has closed.
+    #[error("the session is closed")]
+    Closed,
+}
+
+/// A reply the client waits for, in the order the commands went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    Auth,
+    Mail,
+    Rcpt(usize),
+    Data,
+    DataEnd,
+    Bdat { last: bool },
+    Rset,
+    Quit,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Before the first Ready, or during EHLO again.
+    Starting,
+    Ready,
+    /// Waiting for STARTTLS's reply or the handshake.
+    Tls {
+        handshake: bool,
+    },
+    Auth(AuthStep),
+    Transaction,
+    Quitting,
+    Closed,
+}
+
+#[derive(Debug)]
+enum AuthStep {
+    /// PLAIN sent without initial response, waiting for 334.
+    PlainPrompt(String),
+    /// LOGIN: waiting for the user prompt, then the password prompt.
+    LoginUser(String, String),
+    LoginPassword(String),
+    /// Waiting for 235.
+    Final,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// Given whole; sent when the server is ready for it.
+    Whole(Bytes),
+    /// Given in pieces by the caller.
+    Streamed,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    envelope: Envelope,
+    body: Body,
+    chunking: bool,
+    pipelining: bool,
+    /// Commands not sent yet (without PIPELINING, one per reply).
+    queue: VecDeque<(Vec<u8>, Expect)>,
+    mail_ok: bool,
+    sender_failure: Option<Reply>,
+    accepted: Vec<(ForwardPath<'static>, Reply)>,
+    refused: Vec<(ForwardPath<'static>, Reply)>,
+    /// The server takes message bytes now.
+    sending: bool,
+    /// The caller has ended the message.
+    ended: bool,
+    encoder: DotEncoder,
+    failure: Option<Failure>,
+}
+
+/// One client-side SMTP session, driven by the caller.
+///
+/// The contract mirrors [`ServerSession`](crate::ServerSession): hand it
+/// received bytes with [`receive`](Self::receive), drain
+/// [`poll_event`](Self::poll_event), write what
+/// [`poll_transmit`](Self::poll_transmit) gives, and keep time with
+/// [`poll_timeout`](Self::poll_timeout) and
+/// [`handle_timeout`](Self::handle_timeout). Replies may arrive split
+/// anywhere.
+///
+/// After [`ClientEvent::Ready`], run transactions with
+/// [`send_message`](Self::send_message) (the whole message at once) or
+/// [`start_message`](Self::start_message) and the streaming calls. With
+/// PIPELINING the client sends MAIL, every RCPT and DATA in one write; it goes
+/// on with the accepted recipients and reports the refused ones.
+#[derive(Debug)]
+pub struct ClientSession {
+    config: ClientConfig,
+    phase: Phase,
+    input: Vec<u8>,
+    out: Vec<u8>,
+    events: VecDeque<ClientEvent>,
+    expect: VecDeque<Expect>,
+    caps: Option<Capabilities>,
+    tls: bool,
+    tx: Option<Transaction>,
+    now: Instant,
+    deadline: Option<Instant>,
+}
+
+impl ClientSession {
+    /// A session on a fresh connection, waiting for the server's greeting.
+    pub fn new(config: ClientConfig, now: Instant) -> Self {
+        let deadline = Some(now + config.timeouts.greeting);
+        Self {
+            config,
+            phase: Phase::Starting,
+            input: Vec::new(),
+            out: Vec::new(),
+            events: VecDeque::new(),
+            expect: VecDeque::from([Expect::Greeting]),
+            caps: None,
+            tls: false,
+            tx: None,
+            now,
+            deadline,
+        }
+    }
+
+    /// What the server offered, once it answered EHLO.
+    pub fn capabilities(&self) -> Option<&Capabilities> {
+        self.caps.as_ref()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Appends the bytes to send to `buf`.
+    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&self.out);
+        self.out.clear();
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should be called; `None`
+    /// while no reply is awaited.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.expect.is_empty() {
+            None
+        } else {
+            self.deadline
+        }
+    }
+
+    /// Tells the session the time; past a reply deadline it closes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if !self.expect.is_empty() && self.deadline.is_some_and(|d| now >= d) {
+            self.fail(ClientError::Timeout);
+        }
+    }
+
+    /// Hands the session bytes from the server.
+    pub fn receive(&mut self, now: Instant, data: &[u8]) {
+        self.now = self.now.max(now);
+        if self.is_closed() {
+            return;
+        }
+        self.input.extend_from_slice(data);
+        let mut used = 0;
+        while !self.is_closed() {
+            if matches!(self.phase, Phase::Tls { handshake: true }) {
+                // Plaintext after the 220 to STARTTLS is never obeyed.
+                used = self.input.len();
+                break;
+            }
+            match Reply::parse(&self.input[used..]) {
+                Ok(Some((reply, n))) => {
+                    used += n;
+                    self.reply(reply);
+                }
+                Ok(None) => {
+                    if self.input.len() - used > self.config.max_reply {
+                        self.fail(ClientError::ReplyTooLong);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.fail(ClientError::Malformed(e));
+                    break;
+                }
+            }
+        }
+        self.input.drain(..used.min(self.input.len()));
+    }
+
+    /// Tells the session the server closed the connection.
+    pub fn receive_eof(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if !self.is_closed() {
+            if matches!(self.phase, Phase::Quitting) {
+                self.close(None);
+            } else {
+                self.fail(ClientError::ConnectionClosed);
+            }
+        }
+    }
+
+    /// Asks for STARTTLS; [`ClientEvent::StartTls`] says when to handshake.
+    pub fn starttls(&mut self) -> Result<(), ClientUsageError> {
+        self.ready()?;
+        if self.tls || !self.caps.as_ref().is_some_and(|c| c.starttls) {
+            return Err(ClientUsageError::NotOffered);
+        }
+        self.phase = Phase::Tls { handshake: false };
+        self.send(Command::StartTls, Expect::StartTls);
+        Ok(())
+    }
+
+    /// The TLS handshake is done: the client says EHLO again (RFC 3207 §4.2).
+    pub fn tls_established(&mut self) -> Result<(), ClientUsageError> {
+        if !matches!(self.phase, Phase::Tls { handshake: true }) {
+            return Err(ClientUsageError::Busy);
+        }
+        self.tls = true;
+        self.caps = None;
+        self.input.clear();
+        self.phase = Phase::Starting;
+        self.ehlo();
+        Ok(())
+    }
+
+    /// Authenticates with PLAIN or LOGIN (RFC 4954).
+    pub fn authenticate(
+        &mut self,
+        mechanism: Mechanism,
+        username: &str,
+        password: &str,
+    ) -> Result<(), ClientUsageError> {
+        self.ready()?;
+        if !self.caps.as_ref().is_some_and(|c| c.offers_auth(mechanism)) {
+            return Err(ClientUsageError::NotOffered);
+        }
+        match mechanism {
+            Mechanism::Plain => {
+                let response = sasl::encode_plain(None, username, password);
+                // RFC 4954 §4: no initial response if the line would be too long.
+                if response.len() + 13 <= 512 {
+                    self.send_line(&["AUTH PLAIN ", &response], Expect::Auth);
+                    self.phase = Phase::Auth(AuthStep::Final);
+                } else {
+                    self.send_line(&["AUTH PLAIN"], Expect::Auth);
+                    self.phase = Phase::Auth(AuthStep::PlainPrompt(response));
+                }
+            }
+            _ => {
+                self.send_line(&["AUTH LOGIN"], Expect::Auth);
+                let user = sasl::encode_base64(username.as_bytes());
+                let pass = sasl::encode_base64(password.as_bytes());
+                self.phase = Phase::Auth(AuthStep::LoginUser(user, pass));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a whole message. Line ends are made CRLF and dots stuffed for
+    /// DATA; with BDAT the bytes go as they are.
+    pub fn send_message(
+        &mut self,
+        envelope: Envelope,
+        message: Bytes,
+    ) -> Result<(), ClientUsageError> {
+        let size = message.len() as u64;
+        self.begin(envelope, Body::Whole(message), Some(size))
+    }
+
+    /// Starts a transaction whose message the caller streams after
+    /// [`ClientEvent::SendMessage`]. `size`, when known, is declared with
+    /// SIZE and checked against the server's limit first.
+    pub fn start_message(
+        &mut self,
+        envelope: Envelope,
+        size: Option<u64>,
+    ) -> Result<(), ClientUsageError> {
+        self.begin(envelope, Body::Streamed, size)
+    }
+
+    /// Whether the session takes message bytes now (the server is ready and
+    /// the output is below the high-water mark).
+    pub fn wants_message_bytes(&self) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|t| t.sending && !t.ended && matches!(t.body, Body::Streamed))
+            && self.out.len() < self.config.output_high_water
+    }
+
+    /// The next piece of the message, split anywhere.
+    pub fn message_chunk(&mut self, chunk: &[u8]) -> Result<(), ClientUsageError> {
+        let tx = self.tx.as_mut().ok_or(ClientUsageError::NoMessage)?;
+        if !tx.sending || tx.ended || !matches!(tx.body, Body::Streamed) {
+            return Err(ClientUsageError::NoMessage);
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if tx.chunking {
+            write_bdat(&mut self.out, chunk.len() as u64, false);
+            self.out.extend_from_slice(chunk);
+            self.expect.push_back(Expect::Bdat { last: false });
+        } else {
+            tx.encoder.encode(chunk, &mut self.out);
+        }
+        Ok(())
+    }
+
+    /// The message is complete.
+    pub fn end_message(&mut self) -> Result<(), ClientUsageError> {
+        let tx = self.tx.as_mut().ok_or(ClientUsageError::NoMessage)?;
+        if !tx.sending || tx.ended || !matches!(tx.body, Body::Streamed) {
+            return Err(ClientUsageError::NoMessage);
+        }
+        self.finish_body();
+        Ok(())
+    }
+
+    /// Says QUIT; [`ClientEvent::Closed`] follows the server's 221.
+    pub fn quit(&mut self) -> Result<(), ClientUsageError> {
+        if self.is_closed() {
+            return Err(ClientUsageError::Closed);
+        }
+        if self.tx.is_some() || !self.expect.is_empty() && !matches!(self.phase, Phase::Ready) {
+            return Err(ClientUsageError::Busy);
+        }
+        self.phase = Phase::Quitting;
+        self.send(Command::Quit, Expect::Quit);
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), ClientUsageError> {
+        match self.phase {
+            Phase::Ready if self.tx.is_none() => Ok(()),
+            Phase::Closed => Err(ClientUsageError::Closed),
+            _ => Err(ClientUsageError::Busy),
+        }
+    }
+
+    fn begin(
+        &mut self,
+        mut envelope: Envelope,
+        body: Body,
+        size: Option<u64>,
+    ) -> Result<(), ClientUsageError> {
+        self.ready()?;
+        if envelope.recipients.is_empty() {
+            return Err(ClientUsageError::NoRecipients);
+        }
+        let caps = self.caps.clone().unwrap_or_default();
+        if let (Some(size), Some(limit)) = (size, caps.size.filter(|&l| l > 0))
+            && size > limit
+        {
+            self.events.push_back(ClientEvent::Done(Report {
+                accepted: Vec::new(),
+                refused: Vec::new(),
+                outcome: Err(Failure::TooBig { size, limit }),
+            }));
+            return Ok(());
+        }
+        if caps.size.is_some() && envelope.params.size.is_none() {
+            envelope.params.size = size;
+        }
+        let chunking = self.config.prefer_chunking && caps.chunking;
+        let mut queue = VecDeque::new();
+        let mut line = Vec::new();
+        Command::Mail {
+            from: envelope.from.clone(),
+            params: envelope.params.clone(),
+        }
+        .render(&mut line);
+        queue.push_back((mem::take(&mut line), Expect::Mail));
+        for (i, (to, params)) in envelope.recipients.iter().enumerate() {
+            Command::Rcpt {
+                to: to.clone(),
+                params: params.clone(),
+            }
+            .render(&mut line);
+            queue.push_back((mem::take(&mut line), Expect::Rcpt(i)));
+        }
+        if !chunking {
+            queue.push_back((b"DATA\r\n".to_vec(), Expect::Data));
+        }
+        self.tx = Some(Transaction {
+            envelope,
+            body,
+            chunking,
+            pipelining: caps.pipelining,
+            queue,
+            mail_ok: false,
+            sender_failure: None,
+            accepted: Vec::new(),
+            refused: Vec::new(),
+            sending: false,
+            ended: false,
+            encoder: DotEncoder::new(),
+            failure: None,
+        });
+        self.phase = Phase::Transaction;
+        self.flush_queue();
+        Ok(())
+    }
+
+    /// Sends queued transaction commands: all of them with PIPELINING, else
+    /// the next one when nothing is awaited.
+    fn flush_queue(&mut self) {
+        let Some(tx) = self.tx.as_mut() else { return };
+        while let Some((line, expect)) = tx.queue.front() {
+            if !tx.pipelining && !self.expect.is_empty() {
+                break;
+            }
+            self.out.extend_from_slice(line);
+            self.expect.push_back(*expect);
+            tx.queue.pop_front();
+        }
+        self.arm(self.config.timeouts.command);
+        // With CHUNKING, the message starts once the envelope is through (or
+        // at once with PIPELINING: RFC 3030 lets BDAT follow RCPT unanswered).
+        let tx = self.tx.as_mut().expect("transaction checked above");
+        if tx.chunking
+            && tx.queue.is_empty()
+            && !tx.sending
+            && (tx.pipelining || self.expect.is_empty())
+        {
+            self.start_sending();
+        }
+    }
+
+    fn start_sending(&mut self) {
+        let Some(tx) = self.tx.as_mut() else { return };
+        if tx.sending {
+            return;
+        }
+        tx.sending = true;
+        match &tx.body {
+            Body::Whole(_) => self.finish_body(),
+            Body::Streamed => self.events.push_back(ClientEvent::SendMessage),
+        }
+    }
+
+    /// Writes the rest of the message and its end (final dot or BDAT LAST).
+    fn finish_body(&mut self) {
+        let Some(tx) = self.tx.as_mut() else { return };
+        tx.ended = true;
+        let whole = match mem::replace(&mut tx.body, Body::Streamed) {
+            Body::Whole(b) => Some(b),
+            Body::Streamed => None,
+        };
+        if tx.chunking {
+            let bytes = whole.unwrap_or_default();
+            write_bdat(&mut self.out, bytes.len() as u64, true);
+            self.out.extend_from_slice(&bytes);
+            self.expect.push_back(Expect::Bdat { last: true });
+        } else {
+            if let Some(bytes) = whole {
+                tx.encoder.encode(&bytes, &mut self.out);
+            }
+            tx.encoder.finish(&mut self.out);
+            self.expect.push_back(Expect::DataEnd);
+        }
+        self.arm(self.config.timeouts.data_end);
+    }
+
+    fn arm(&mut self, timeout: Duration) {
+        self.deadline = Some(self.now + timeout);
+    }
+
+    fn send(&mut self, command: Command<'_>, expect: Expect) {
+        command.render(&mut self.out);
+        self.expect.push_back(expect);
+        self.arm(self.config.timeouts.command);
+    }
+
+    fn send_line(&mut self, parts: &[&str], expect: Expect) {
+        for p in parts {
+            self.out.extend_from_slice(p.as_bytes());
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.expect.push_back(expect);
+        self.arm(self.config.timeouts.command);
+    }
+
+    fn ehlo(&mut self) {
+        let name = self.config.hostname.clone();
+        match Domain::parse_bytes(name.as_bytes()) {
+            Ok(d) => self.send(Command::Ehlo(d), Expect::Ehlo),
+            Err(_) => self.send_line(&["EHLO ", &name], Expect::Ehlo),
+        }
+    }
+
+    fn fail(&mut self, error: ClientError) {
+        if let Some(tx) = self.tx.take() {
+            let failure = tx.failure.unwrap_or(Failure::Message(Reply::new(
+                451,
+                None,
+                "Connection lost before the transaction completed",
+            )));
+            self.events.push_back(ClientEvent::Done(Report {
+                accepted: tx.accepted,
+                refused: tx.refused,
+                outcome: Err(failure),
+            }));
+        }
+        self.close(Some(error));
+    }
+
+    fn close(&mut self, error: Option<ClientError>) {
+        self.phase = Phase::Closed;
+        self.expect.clear();
+        self.deadline = None;
+        self.input.clear();
+        self.events.push_back(ClientEvent::Closed(error));
+    }
+
+    fn ready_again(&mut self) {
+        self.phase = Phase::Ready;
+        self.deadline = None;
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        let Some(expect) = self.expect.pop_front() else {
+            // A reply nobody asked for: a 421 announcing shutdown, or noise.
+            if reply.code() == 421 {
+                self.fail(ClientError::Refused(reply));
+            } else {
+                self.fail(ClientError::Malformed(ReplyError::BadCode));
+            }
+            return;
+        };
+        if reply.code() == 421 && expect != Expect::Quit {
+            // RFC 5321 §3.8: the server is closing, whatever was asked.
+            if let Some(tx) = self.tx.as_mut() {
+                tx.failure.get_or_insert(Failure::Message(reply.clone()));
+            }
+            self.fail(ClientError::Refused(reply));
+            return;
+        }
+        match expect {
+            Expect::Greeting => {
+                if reply.code() == 220 {
+                    self.ehlo();
+                } else {
+                    self.fail(ClientError::Refused(reply));
+                }
+            }
+            Expect::Ehlo => {
+                if reply.is_positive() {
+                    self.caps = Some(Capabilities::from_ehlo(&reply));
+                    self.ready_again();
+                    let caps = self.caps.clone().unwrap_or_default();
+                    self.events.push_back(ClientEvent::Ready(caps));
+                } else if matches!(reply.code(), 500 | 502) {
+                    let name = self.config.hostname.clone();
+                    self.send_line(&["HELO ", &name], Expect::Helo);
+                } else {
+                    self.fail(ClientError::Refused(reply));
+                }
+            }
+            Expect::Helo => {
+                if reply.is_positive() {
+                    let caps = Capabilities {
+                        greeting: reply
+                            .lines()
+                            .first()
+                            .map(|l| l.to_string())
+                            .unwrap_or_default(),
+                        ..Capabilities::default()
+                    };
+                    self.caps = Some(caps.clone());
+                    self.ready_again();
+                    self.events.push_back(ClientEvent::Ready(caps));
+                } else {
+                    self.fail(ClientError::Refused(reply));
+                }
+            }
+            Expect::StartTls => {
+                if reply.code() == 220 {
+                    self.phase = Phase::Tls { handshake: true };
+                    self.deadline = None;
+                    self.events.push_back(ClientEvent::StartTls);
+                } else {
+                    // The caller asked for TLS; going on in plaintext is not
+                    // the session's choice to make.
+                    self.fail(ClientError::Refused(reply));
+                }
+            }
+            Expect::Auth => self.auth_reply(reply),
+            Expect::Quit => self.close(None),
+            Expect::Rset => {
+                if self.expect.is_empty() && self.tx.is_none() {
+                    self.ready_again();
+                }
+            }
+            Expect::Mail
+            | Expect::Rcpt(_)
+            | Expect::Data
+            | Expect::DataEnd
+            | Expect::Bdat { .. } => {
+                self.transaction_reply(expect, reply);
+            }
+        }
+    }
+
+    fn auth_reply(&mut self, reply: Reply) {
+        let Phase::Auth(step) = mem::replace(&mut self.phase, Phase::Ready) else {
+            return;
+        };
+        if reply.code() == 235 {
+            self.ready_again();
+            self.events.push_back(ClientEvent::Authenticated);
+            return;
+        }
+        if reply.code() != 334 {
+            self.ready_again();
+            self.events.push_back(ClientEvent::AuthFailed(reply));
+            return;
+        }
+        let next = match step {
+            AuthStep::PlainPrompt(response) => {
+                self.send_line(&[&response], Expect::Auth);
+                AuthStep::Final
+            }
+            AuthStep::LoginUser(user, pass) => {
+                self.send_line(&[&user], Expect::Auth);
+                AuthStep::LoginPassword(pass)
+            }
+            AuthStep::LoginPassword(pass) => {
+                self.send_line(&[&pass], Expect::Auth);
+                AuthStep::Final
+            }
+            AuthStep::Final => {
+                // A challenge where none is due: cancel the exchange.
+                self.send_line(&["*"], Expect::Auth);
+                AuthStep::Final
+            }
+        };
+        self.phase = Phase::Auth(next);
+    }
+
+    fn transaction_reply(&mut self, expect: Expect, reply: Reply) {
+        let Some(tx) = self.tx.as_mut() else { return };
+        match expect {
+            Expect::Mail => {
+                if reply.is_positive() {
+                    tx.mail_ok = true;
+                } else {
+                    tx.failure.get_or_insert(Failure::Sender(reply.clone()));
+                    tx.sender_failure = Some(reply);
+                    // Without PIPELINING nothing else was sent: give up now.
+                    tx.queue.clear();
+                }
+            }
+            Expect::Rcpt(i) => {
+                let to = tx.envelope.recipients[i].0.clone();
+                if reply.is_positive() {
+                    tx.accepted.push((to, reply));
+                } else {
+                    tx.refused.push((to, reply));
+                }
+                let last = i + 1 == tx.envelope.recipients.len();
+                if last && tx.accepted.is_empty() {
+                    tx.failure.get_or_insert(Failure::NoRecipients);
+                    // DATA is pointless; unsent, it is dropped.
+                    tx.queue.clear();
+                }
+            }
+            Expect::Data => {
+                if reply.code() == 354 {
+                    if tx.failure.is_some() {
+                        // Pipelined DATA was accepted although nothing can be
+                        // delivered (RFC 2920 §3.1): end it with a lone dot.
+                        tx.ended = true;
+                        self.out.extend_from_slice(b".\r\n");
+                        self.expect.push_back(Expect::DataEnd);
+                    } else {
+                        self.start_sending();
+                        self.arm(self.config.timeouts.data_end);
+                    }
+                } else {
+                    tx.failure.get_or_insert(Failure::Data(reply));
+                }
+            }
+            Expect::Bdat { last } => {
+                if !reply.is_positive() {
+                    tx.failure.get_or_insert(Failure::Data(reply.clone()));
+                }
+                if last {
+                    tx.failure.get_or_insert(Failure::Message(reply.clone()));
+                    self.finish_transaction(Some(reply));
+                    return;
+                }
+            }
+            Expect::DataEnd => {
+                self.finish_transaction(Some(reply));
+                return;
+            }
+            _ => {}
+        }
+        // Nothing more will be asked: a failed transaction ends here.
+        let tx = self.tx.as_ref().expect("transaction checked above");
+        if tx.failure.is_some() && tx.queue.is_empty() && self.expect.is_empty() && !tx.sending {
+            self.finish_transaction(None);
+            return;
+        }
+        if tx.chunking && tx.failure.is_none() && self.expect.is_empty() && tx.queue.is_empty() {
+            self.start_sending();
+            return;
+        }
+        self.flush_queue();
+    }
+
+    /// Reports the transaction; RSET after a failure so the next one starts clean.
+    fn finish_transaction(&mut self, final_reply: Option<Reply>) {
+        let Some(tx) = self.tx.take() else { return };
+        let outcome = match (tx.failure, final_reply) {
+            (Some(Failure::Message(_)), Some(r)) if r.is_positive() => Ok(r),
+            (None, Some(r)) if r.is_positive() => Ok(r),
+            (None, Some(r)) => Err(Failure::Message(r)),
+            (Some(f), _) => Err(f),
+            (None, None) => Err(Failure::NoRecipients),
+        };
+        let failed = outcome.is_err();
+        self.events.push_back(ClientEvent::Done(Report {
+            accepted: tx.accepted,
+            refused: tx.refused,
+            outcome,
+        }));
+        if failed && tx.mail_ok {
+            self.send(Command::Rset, Expect::Rset);
+            self.phase = Phase::Ready;
+        } else if self.expect.is_empty() {
+            self.ready_again();
+        } else {
+            self.phase = Phase::Ready;
+        }
+    }
+}
+
+fn write_bdat(out: &mut Vec<u8>, size: u64, last: bool) {
+    out.extend_from_slice(b"BDAT ");
+    push_decimal(out, size);
+    if last {
+        out.extend_from_slice(b" LAST");
+    }
+    out.extend_from_slice(b"\r\n");
+}
