@@ -1,0 +1,108 @@
+//! A blocking socket for the client examples: plain TCP, upgraded to TLS
+//! after STARTTLS/STLS.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
+
+/// A client's connection to a server.
+#[derive(Debug)]
+pub enum ClientStream {
+    /// Before TLS.
+    Plain(TcpStream),
+    /// After the handshake.
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl ClientStream {
+    /// Connects with a timeout.
+    pub fn connect(addr: &str, timeout: Duration) -> io::Result<Self> {
+        use std::net::ToSocketAddrs;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"));
+        for a in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&a, timeout) {
+                Ok(s) => {
+                    s.set_write_timeout(Some(timeout))?;
+                    return Ok(Self::Plain(s));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(s) => &s.sock,
+        }
+    }
+
+    /// Runs the TLS handshake, checking the certificate against `server_name`.
+    pub fn start_tls(
+        self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<Self> {
+        let Self::Plain(tcp) = self else {
+            return Err(io::Error::other("TLS is already active"));
+        };
+        let name = ServerName::try_from(server_name.to_string()).map_err(io::Error::other)?;
+        let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        tls.sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(Self::Tls(Box::new(tls)))
+    }
+
+    /// Writes all of `bytes`.
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Plain(s) => s.write_all(bytes),
+            Self::Tls(s) => {
+                s.write_all(bytes)?;
+                s.flush()
+            }
+        }
+    }
+
+    /// Reads what arrives before `deadline`: `Ok(None)` when it passed,
+    /// `Ok(Some(0))` when the server closed.
+    pub fn read_until(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> io::Result<Option<usize>> {
+        let wait = deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        });
+        self.tcp().set_read_timeout(wait)?;
+        let result = match self {
+            Self::Plain(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
+        };
+        match result {
+            Ok(n) => Ok(Some(n)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(0)),
+            Err(e) => Err(e),
+        }
+    }
+}
