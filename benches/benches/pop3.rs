@@ -152,6 +152,23 @@ fn retr_through_session(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("postamt ServerSession RETR", name), |b| {
             b.iter(|| retr(&mut s, now, black_box(&text), &mut buf))
         });
+        // The stuffing encoder alone, on the same reads, to show what the
+        // session adds to it.
+        let mut out = Vec::with_capacity(stuffed);
+        g.bench_function(
+            BenchmarkId::new("postamt-wire DotEncoder alone", name),
+            |b| {
+                b.iter(|| {
+                    out.clear();
+                    let mut encoder = MultilineEncoder::new();
+                    for chunk in black_box(&text).chunks(READ) {
+                        encoder.encode(chunk, &mut out);
+                    }
+                    encoder.finish(&mut out);
+                    black_box(out.len())
+                })
+            },
+        );
     }
     g.finish();
 }
