@@ -877,7 +877,11 @@ impl ClientSession {
             Expect::Auth => self.auth_reply(reply),
             Expect::Quit => self.close(None),
             Expect::Rset => {
-                if self.expect.is_empty() && self.tx.is_none() {
+                if self.tx.is_some() {
+                    // A transaction started while RSET was in flight: without
+                    // PIPELINING its MAIL waited for this reply.
+                    self.flush_queue();
+                } else if self.expect.is_empty() {
                     self.ready_again();
                 }
             }
