@@ -640,7 +640,7 @@ impl ServerSession {
     /// Accepts the login: the client enters the TRANSACTION state with this
     /// maildrop, whose lock the application now holds.
     pub fn accept_login(&mut self, maildrop: Maildrop) -> Result<(), UsageError> {
-        self.take_decision(Decision::Login)?;
+        self.check_decision(Decision::Login)?;
         let drop = OpenMaildrop::new(maildrop);
         let mut text = Vec::with_capacity(64);
         text.extend_from_slice(self.config.texts.logged_in.as_bytes());
@@ -657,7 +657,7 @@ impl ServerSession {
     /// user as for a wrong password. To slow down guessing, wait a while
     /// before calling this.
     pub fn reject_login(&mut self) -> Result<(), UsageError> {
-        self.take_decision(Decision::Login)?;
+        self.check_decision(Decision::Login)?;
         let text = self.config.texts.auth_failed.clone();
         self.line(Status::Err, Some(&ResponseCode::Auth), &[text.as_bytes()]);
         self.login_failed();
@@ -667,7 +667,7 @@ impl ServerSession {
     /// Refuses the login with `-ERR [IN-USE]`: the maildrop is locked by
     /// another session (RFC 2449 §8.1.1).
     pub fn maildrop_locked(&mut self) -> Result<(), UsageError> {
-        self.take_decision(Decision::Login)?;
+        self.check_decision(Decision::Login)?;
         let text = self.config.texts.in_use.clone();
         self.line(Status::Err, Some(&ResponseCode::InUse), &[text.as_bytes()]);
         self.login_failed();
@@ -682,7 +682,6 @@ impl ServerSession {
         if response.status() != Status::Err {
             return Err(UsageError::NotAnError);
         }
-        self.take_decision(Decision::Login)?;
         response.render(&mut self.out);
         self.login_failed();
         Ok(())
@@ -757,7 +756,8 @@ impl ServerSession {
     /// The deletions are committed and the maildrop released: `+OK`, and the
     /// session closes.
     pub fn commit_done(&mut self) -> Result<(), UsageError> {
-        self.take_decision(Decision::Commit)?;
+        self.check_decision(Decision::Commit)?;
+        self.pending = None;
         let text = self.config.texts.quit.clone();
         self.line(Status::Ok, None, &[text.as_bytes()]);
         self.close();
@@ -767,7 +767,8 @@ impl ServerSession {
     /// The deletions could not be committed: `-ERR [SYS/TEMP]`, and the
     /// session closes (RFC 1939 §6).
     pub fn commit_failed(&mut self) -> Result<(), UsageError> {
-        self.take_decision(Decision::Commit)?;
+        self.check_decision(Decision::Commit)?;
+        self.pending = None;
         let text = self.config.texts.commit_failed.clone();
         self.line(
             Status::Err,
@@ -781,7 +782,7 @@ impl ServerSession {
     /// The TLS handshake after STLS succeeded: the session forgets what the
     /// client said before (RFC 2595 §4) and waits for commands over TLS.
     pub fn tls_established(&mut self) -> Result<(), UsageError> {
-        self.take_decision(Decision::Tls)?;
+        self.check_decision(Decision::Tls)?;
         self.tls = true;
         self.utf8 = false;
         self.phase = Phase::Authorization { user: None };
@@ -816,14 +817,6 @@ impl ServerSession {
             Some(d) if d == decision => Ok(()),
             Some(d) => Err(UsageError::OtherDecisionPending(d.name())),
         }
-    }
-
-    fn take_decision(&mut self, decision: Decision) -> Result<(), UsageError> {
-        self.check_decision(decision)?;
-        if decision == Decision::Commit {
-            self.pending = None;
-        }
-        Ok(())
     }
 
     /// The pending decision is answered: the timer restarts at the next

@@ -270,7 +270,10 @@ fn a_message_that_fails_midway_closes_the_session() {
     let mut s = logged_in(ServerConfig::default(), now, &[30]);
     s.receive(now, b"RETR 1\r\n");
     let _ = s.poll_event();
-    assert_eq!(s.message_chunk(b"Subject: x\r\n"), Ok(MessageFlow::Continue));
+    assert_eq!(
+        s.message_chunk(b"Subject: x\r\n"),
+        Ok(MessageFlow::Continue)
+    );
     s.message_unavailable().unwrap();
     assert!(s.is_closed());
     let out = take(&mut s);
@@ -305,4 +308,12 @@ fn poll_transmit_appends_to_a_non_empty_buffer() {
     assert_eq!(s.poll_transmit(&mut out), 23);
     assert_eq!(out, b"before|+OK POP3 server ready\r\n");
     assert_eq!(s.poll_transmit(&mut out), 0);
+}
+
+#[test]
+fn sessions_and_events_can_move_between_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<ServerSession>();
+    assert_send_sync::<Event>();
+    assert_send_sync::<UsageError>();
 }
