@@ -176,6 +176,18 @@ impl Response {
         &self.text
     }
 
+    /// The APOP timestamp a greeting carries (`<...>`, RFC 1939 §7), if any:
+    /// what a client hands to [`apop_digest`](crate::apop_digest).
+    pub fn apop_timestamp(&self) -> Option<&str> {
+        if self.status != Status::Ok {
+            return None;
+        }
+        let start = self.text.find('<')?;
+        let end = start + self.text[start..].find('>')?;
+        let timestamp = &self.text[start..=end];
+        (timestamp.len() > 2 && !timestamp[1..].contains(['<', ' '])).then_some(timestamp)
+    }
+
     /// Appends the line, CRLF included, to `out`.
     pub fn render(&self, out: &mut Vec<u8>) {
         write_line(
@@ -474,6 +486,22 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(r.code(), Some(&ResponseCode::Other("x-custom/Sub".into())));
+    }
+
+    #[test]
+    fn greeting_timestamp() {
+        let (greeting, _) =
+            Response::parse(b"+OK POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            greeting.apop_timestamp(),
+            Some("<1896.697170952@dbc.mtview.ca.us>")
+        );
+        assert_eq!(Response::ok("ready").apop_timestamp(), None);
+        assert_eq!(Response::ok("a <> b").apop_timestamp(), None);
+        assert_eq!(Response::ok("a <x y> b").apop_timestamp(), None);
+        assert_eq!(Response::err("<1.2@h>").apop_timestamp(), None);
     }
 
     #[test]
