@@ -485,7 +485,8 @@ impl ServerSession {
             apop_timestamp,
             config,
         };
-        let greeting = session.config.texts.greeting.clone();
+        let config = Arc::clone(&session.config);
+        let greeting = &config.texts.greeting;
         match &session.apop_timestamp {
             Some(ts) => {
                 let ts = ts.clone();
@@ -516,7 +517,8 @@ impl ServerSession {
             }
             let room = cap.saturating_sub(self.input.len());
             if room == 0 {
-                let text = self.config.texts.too_much_input.clone();
+                let config = Arc::clone(&self.config);
+                let text = &config.texts.too_much_input;
                 self.line(Status::Err, None, &[text.as_bytes()]);
                 self.close();
                 return;
@@ -658,7 +660,8 @@ impl ServerSession {
     /// before calling this.
     pub fn reject_login(&mut self) -> Result<(), UsageError> {
         self.check_decision(Decision::Login)?;
-        let text = self.config.texts.auth_failed.clone();
+        let config = Arc::clone(&self.config);
+        let text = &config.texts.auth_failed;
         self.line(Status::Err, Some(&ResponseCode::Auth), &[text.as_bytes()]);
         self.login_failed();
         Ok(())
@@ -668,7 +671,8 @@ impl ServerSession {
     /// another session (RFC 2449 §8.1.1).
     pub fn maildrop_locked(&mut self) -> Result<(), UsageError> {
         self.check_decision(Decision::Login)?;
-        let text = self.config.texts.in_use.clone();
+        let config = Arc::clone(&self.config);
+        let text = &config.texts.in_use;
         self.line(Status::Err, Some(&ResponseCode::InUse), &[text.as_bytes()]);
         self.login_failed();
         Ok(())
@@ -743,7 +747,8 @@ impl ServerSession {
             self.close();
             return Ok(());
         }
-        let text = self.config.texts.message_unavailable.clone();
+        let config = Arc::clone(&self.config);
+        let text = &config.texts.message_unavailable;
         self.line(
             Status::Err,
             Some(&ResponseCode::SysTemp),
@@ -758,7 +763,8 @@ impl ServerSession {
     pub fn commit_done(&mut self) -> Result<(), UsageError> {
         self.check_decision(Decision::Commit)?;
         self.pending = None;
-        let text = self.config.texts.quit.clone();
+        let config = Arc::clone(&self.config);
+        let text = &config.texts.quit;
         self.line(Status::Ok, None, &[text.as_bytes()]);
         self.close();
         Ok(())
@@ -769,7 +775,8 @@ impl ServerSession {
     pub fn commit_failed(&mut self) -> Result<(), UsageError> {
         self.check_decision(Decision::Commit)?;
         self.pending = None;
-        let text = self.config.texts.commit_failed.clone();
+        let config = Arc::clone(&self.config);
+        let text = &config.texts.commit_failed;
         self.line(
             Status::Err,
             Some(&ResponseCode::SysTemp),
@@ -869,8 +876,9 @@ impl ServerSession {
     fn peer_error(&mut self, text: &str) {
         self.errors += 1;
         if self.errors >= self.config.limits.max_errors {
-            let text = self.config.texts.too_many_errors.clone();
-            self.err(&text);
+            let config = Arc::clone(&self.config);
+            let text = &config.texts.too_many_errors;
+            self.err(text);
             self.close();
         } else {
             self.err(text);
@@ -883,8 +891,9 @@ impl ServerSession {
         }
         self.errors += 1;
         if self.errors >= self.config.limits.max_errors {
-            let text = self.config.texts.too_many_errors.clone();
-            self.err(&text);
+            let config = Arc::clone(&self.config);
+            let text = &config.texts.too_many_errors;
+            self.err(text);
             self.close();
         }
     }
@@ -1152,13 +1161,15 @@ impl ServerSession {
         match found {
             Ok(()) => self.drop.as_ref().map(|d| &d.messages[n.index()]),
             Err(Lookup::NoSuchMessage) => {
-                let text = self.config.texts.no_such_message.clone();
-                self.err(&text);
+                let config = Arc::clone(&self.config);
+                let text = &config.texts.no_such_message;
+                self.err(text);
                 None
             }
             Err(Lookup::Deleted) => {
-                let text = self.config.texts.already_deleted.clone();
-                self.err(&text);
+                let config = Arc::clone(&self.config);
+                let text = &config.texts.already_deleted;
+                self.err(text);
                 None
             }
         }
@@ -1263,12 +1274,14 @@ impl ServerSession {
                 );
             }
             Step::Failed(SaslError::Cancelled) => {
-                let text = self.config.texts.auth_cancelled.clone();
-                self.peer_error(&text);
+                let config = Arc::clone(&self.config);
+                let text = &config.texts.auth_cancelled;
+                self.peer_error(text);
             }
             Step::Failed(_) => {
-                let text = self.config.texts.auth_malformed.clone();
-                self.peer_error(&text);
+                let config = Arc::clone(&self.config);
+                let text = &config.texts.auth_malformed;
+                self.peer_error(text);
             }
         }
     }
