@@ -693,6 +693,13 @@ impl ServerSession {
 
     /// The next bytes of the message being retrieved, in any split. The
     /// `+OK` line goes out before the first of them.
+    ///
+    /// The bytes are stuffed into the output at once, so the output grows by
+    /// about the chunk's size: read in moderate chunks (say 64 KiB) and only
+    /// while [`wants_message_bytes`](Self::wants_message_bytes) is true, and
+    /// the session's memory stays near [`Limits::output_high_water`].
+    ///
+    /// [`Limits::output_high_water`]: crate::Limits::output_high_water
     pub fn message_chunk(&mut self, chunk: &[u8]) -> Result<MessageFlow, UsageError> {
         self.check_decision(Decision::Message)?;
         let Some(streaming) = self.streaming.as_mut() else {
