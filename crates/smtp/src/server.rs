@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use postamt_wire::sasl::{Credentials, Exchange, Mechanism, Step};
-use postamt_wire::{BareLineEndings, Decoded, DotDecoder, Frame, LineFramer, SaslError};
+use postamt_wire::{Checked, Decoded, DotDecoder, Frame, LineFramer, SaslError, Violation};
 
 use crate::address::{Domain, ForwardPath, ReversePath};
 use crate::command::{Body, Command, MailParameters, RcptParameters};
@@ -661,28 +661,35 @@ impl ServerSession {
                     }
                 },
                 Input::Data(ref mut decoder) => {
-                    let aborted = self.tx.aborted.is_some();
-                    let result = if aborted {
-                        decoder.skip(rest)
+                    let result = if self.tx.aborted.is_some() {
+                        Checked::Decoded(decoder.skip(rest))
                     } else {
-                        decoder.decode(rest, &mut self.data)
+                        decoder.decode_checked(rest, &mut self.data)
                     };
-                    let bare = decoder.saw_bare_line_ending();
-                    let long = decoder.saw_long_line();
-                    used += match result {
-                        Decoded::Incomplete => rest.len(),
-                        Decoded::Complete { consumed } => consumed,
-                    };
-                    if !aborted {
-                        if bare && self.config.bare_line_endings == BareLineEndings::Reject {
-                            self.abort_message(AbortReason::BareLineEnding);
-                        } else if long {
-                            self.abort_message(AbortReason::LineTooLong);
-                        } else {
+                    let complete = match result {
+                        Checked::Decoded(Decoded::Incomplete) => {
+                            used += rest.len();
                             self.message_data();
+                            false
                         }
-                    }
-                    if let Decoded::Complete { .. } = result {
+                        Checked::Decoded(Decoded::Complete { consumed }) => {
+                            used += consumed;
+                            self.message_data();
+                            true
+                        }
+                        Checked::Violation { consumed, kind } => {
+                            used += consumed;
+                            // What came before the broken rule is handed out
+                            // first, so the events do not depend on the split.
+                            self.message_data();
+                            self.abort_message(match kind {
+                                Violation::LineTooLong => AbortReason::LineTooLong,
+                                _ => AbortReason::BareLineEnding,
+                            });
+                            false
+                        }
+                    };
+                    if complete {
                         self.input = Input::Command;
                         self.message_complete();
                     }
@@ -738,12 +745,22 @@ impl ServerSession {
 
     /// Hands decoded message bytes to the application, enforcing the size limit.
     fn message_data(&mut self) {
-        if self.data.is_empty() {
+        if self.data.is_empty() || self.tx.aborted.is_some() {
+            self.data.clear();
             return;
         }
+        let max = self.config.limits.max_message_size;
+        let room = max.saturating_sub(self.tx.size);
         self.tx.size += self.data.len() as u64;
-        if self.tx.size > self.config.limits.max_message_size {
-            self.data.clear();
+        if self.tx.size > max {
+            // Hand out exactly the octets up to the limit, however the input
+            // was split, then drop the message.
+            self.data
+                .truncate(usize::try_from(room).unwrap_or(usize::MAX));
+            if !self.data.is_empty() {
+                let chunk = Bytes::from(mem::take(&mut self.data));
+                self.events.push_back(Event::MessageData(chunk));
+            }
             self.abort_message(AbortReason::TooBig);
             return;
         }

@@ -212,6 +212,7 @@ fn drive(input: &[u8], points: &[usize], accept_mask: u64) -> (Vec<u8>, Vec<Stri
     config.extensions.auth_without_tls = true;
     config.extensions.starttls = true;
     config.limits.max_message_size = 300;
+    config.limits.max_text_line = 40;
     let mut s = ServerSession::new(config, now);
     let mut out = Vec::new();
     let mut events = Vec::new();
@@ -237,7 +238,10 @@ fn drive(input: &[u8], points: &[usize], accept_mask: u64) -> (Vec<u8>, Vec<Stri
                     data.clear();
                     events.push("start".to_string());
                 }
-                Event::MessageAborted(reason) => events.push(format!("aborted {reason:?}")),
+                Event::MessageAborted(reason) => {
+                    events.push(format!("data {data:?}"));
+                    events.push(format!("aborted {reason:?}"));
+                }
                 Event::StartTls => {
                     handshake = true;
                     events.push("starttls".to_string());

@@ -235,3 +235,41 @@ fn expects_sasl_response_marks_secret_lines() {
     assert!(output(&mut s).ends_with("535 5.7.8 Authentication credentials invalid\r\n"));
     assert!(!s.is_authenticated());
 }
+
+/// Found by fuzzing: which rule a message broke, and so the reply, must not
+/// depend on where the input was cut.
+#[test]
+fn the_first_broken_rule_decides_the_reply_however_split() {
+    let mut input = b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 1001));
+    let cut = input.len();
+    input.extend_from_slice(b"\nmore\r\n.\r\nNOOP\r\n");
+    let run = |pieces: &[&[u8]]| {
+        let (mut s, now) = greeted();
+        let mut data = Vec::new();
+        let mut aborted = None;
+        for piece in pieces {
+            s.receive(now, piece);
+            while let Some(e) = s.poll_event() {
+                match e {
+                    Event::Mail { .. } | Event::Rcpt { .. } => s.accept().unwrap(),
+                    Event::MessageData(b) => data.extend_from_slice(&b),
+                    Event::MessageAborted(r) => aborted = Some(r),
+                    _ => {}
+                }
+            }
+        }
+        (output(&mut s), data, aborted)
+    };
+    let whole = run(&[&input]);
+    assert_eq!(whole, run(&[&input[..cut], &input[cut..]]));
+    assert_eq!(whole.2, Some(AbortReason::LineTooLong));
+    assert_eq!(
+        whole.1.len(),
+        999,
+        "the octets before the one that made the line too long"
+    );
+    assert!(whole.0.ends_with(
+        "554 5.6.0 Message refused: a line is longer than 1000 octets\r\n250 2.0.0 OK\r\n"
+    ));
+}

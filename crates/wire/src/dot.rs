@@ -83,8 +83,39 @@ pub struct DotDecoder {
     policy: BareLineEndings,
     bare_seen: bool,
     max_line: usize,
+    /// Octets of the current line so far, its line end not counted.
     line_len: usize,
     long_line: bool,
+    /// A violation was reported by `decode_checked`.
+    stopped: bool,
+}
+
+/// The first rule a message broke, found by [`DotDecoder::decode_checked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A CR or LF outside a CRLF pair, under [`BareLineEndings::Reject`].
+    BareLineEnding,
+    /// A line longer than the decoder's limit.
+    LineTooLong,
+}
+
+/// What [`DotDecoder::decode_checked`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Checked {
+    /// No rule was broken in this input.
+    Decoded(Decoded),
+    /// A rule was broken: `consumed` bytes were read, up to and including the
+    /// byte that settled it, and the output holds what decoded before that.
+    /// The position does not depend on how the input was split. Read the
+    /// rest of the message with [`DotDecoder::skip`].
+    Violation {
+        /// Bytes of the input read.
+        consumed: usize,
+        /// Which rule.
+        kind: Violation,
+    },
 }
 
 impl DotDecoder {
@@ -100,6 +131,7 @@ impl DotDecoder {
             max_line,
             line_len: 0,
             long_line: false,
+            stopped: false,
         }
     }
 
@@ -118,30 +150,66 @@ impl DotDecoder {
         self.state == State::Done
     }
 
-    /// Decodes `input`, appending message bytes to `out`.
+    /// Decodes `input`, appending message bytes to `out`. Broken rules only
+    /// set the flags; see [`DotDecoder::decode_checked`] to stop at them.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Decoded {
-        self.run(input, out)
+        match self.run::<_, false>(input, out) {
+            Checked::Decoded(d) => d,
+            // Without stopping, `run` reports no violation.
+            Checked::Violation { .. } => Decoded::Incomplete,
+        }
+    }
+
+    /// Decodes `input` like [`DotDecoder::decode`], but stops at the first
+    /// byte that breaks a rule (a bare CR or LF under
+    /// [`BareLineEndings::Reject`], a line over the limit), so a server can
+    /// refuse the message at the same point however its bytes arrive.
+    /// Reported once; afterwards it decodes as `decode` does.
+    pub fn decode_checked(&mut self, input: &[u8], out: &mut Vec<u8>) -> Checked {
+        self.run::<_, true>(input, out)
     }
 
     /// Reads past `input` looking only for the end, for a message already refused.
     pub fn skip(&mut self, input: &[u8]) -> Decoded {
-        self.run(input, &mut Nowhere)
-    }
-
-    /// A line ended; `total` is its length with its line ending.
-    #[inline]
-    fn end_line(&mut self, total: usize) {
-        if total > self.max_line {
-            self.long_line = true;
+        match self.run::<_, false>(input, &mut Nowhere) {
+            Checked::Decoded(d) => d,
+            Checked::Violation { .. } => Decoded::Incomplete,
         }
-        self.line_len = 0;
     }
 
-    fn run<S: Sink>(&mut self, input: &[u8], out: &mut S) -> Decoded {
+    /// Counts `n` content bytes that start at input index `from`. Returns the
+    /// index just past the byte that made the line too long, when one did.
+    #[inline]
+    fn count(&mut self, from: usize, n: usize) -> Option<usize> {
+        // Content of `max_line - 1` octets plus CRLF is one too many.
+        let limit = self.max_line.max(2) - 1;
+        let before = self.line_len;
+        self.line_len += n;
+        if before < limit && self.line_len >= limit {
+            self.long_line = true;
+            Some(from + (limit - before))
+        } else {
+            None
+        }
+    }
+
+    fn run<S: Sink, const STOP: bool>(&mut self, input: &[u8], out: &mut S) -> Checked {
+        let stop = STOP && !self.stopped;
         let len = input.len();
         let mut i = 0;
         // Start of the bytes that are to be copied out but have not been yet.
         let mut run = 0;
+        macro_rules! violation {
+            ($past:expr, $kind:expr) => {{
+                let past = $past;
+                out.put(&input[run..past]);
+                self.stopped = true;
+                return Checked::Violation {
+                    consumed: past,
+                    kind: $kind,
+                };
+            }};
+        }
         while i < len {
             match self.state {
                 State::LineStart => {
@@ -149,8 +217,10 @@ impl DotDecoder {
                         out.put(&input[run..i]);
                         i += 1;
                         run = i;
-                        self.line_len = 1;
                         self.state = State::Dot;
+                        if self.count(i - 1, 1).is_some() && stop {
+                            violation!(i, Violation::LineTooLong);
+                        }
                     } else {
                         self.state = State::Text;
                     }
@@ -167,83 +237,108 @@ impl DotDecoder {
                 State::DotCr => {
                     if input[i] == b'\n' {
                         self.state = State::Done;
-                        return Decoded::Complete { consumed: i + 1 };
+                        return Checked::Decoded(Decoded::Complete { consumed: i + 1 });
                     }
                     // "." CR x: the dot stays dropped, the held-back CR was bare.
                     out.put(b"\r");
-                    self.line_len += 1;
                     self.state = State::Text;
-                    self.bare_cr(input, out, &mut run, i);
+                    if self.bare_cr(input, out, &mut run, i) && stop {
+                        violation!(i, Violation::BareLineEnding);
+                    }
                 }
                 State::Cr => {
                     if input[i] == b'\n' {
                         i += 1;
-                        self.end_line(self.line_len + 1);
+                        self.line_len = 0;
                         self.state = State::LineStart;
                     } else {
                         self.state = State::Text;
-                        self.bare_cr(input, out, &mut run, i);
+                        if self.bare_cr(input, out, &mut run, i) && stop {
+                            violation!(i, Violation::BareLineEnding);
+                        }
                     }
                 }
                 State::Text => {
                     let rest = &input[i..];
                     match memchr2(b'\r', b'\n', rest) {
                         None => {
-                            self.line_len += rest.len();
+                            if let Some(past) = self.count(i, rest.len())
+                                && stop
+                            {
+                                self.line_len = self.max_line.max(2) - 1;
+                                violation!(past, Violation::LineTooLong);
+                            }
                             i = len;
                         }
                         Some(off) => {
                             let at = i + off;
-                            self.line_len += off;
+                            if let Some(past) = self.count(i, off)
+                                && stop
+                            {
+                                self.line_len = self.max_line.max(2) - 1;
+                                violation!(past, Violation::LineTooLong);
+                            }
                             if input[at] == b'\r' {
-                                self.line_len += 1;
                                 i = at + 1;
                                 match input.get(i) {
                                     Some(b'\n') => {
                                         i += 1;
-                                        self.end_line(self.line_len + 1);
+                                        self.line_len = 0;
                                         self.state = State::LineStart;
                                     }
-                                    Some(_) => self.bare_cr(input, out, &mut run, i),
+                                    Some(_) => {
+                                        if self.bare_cr(input, out, &mut run, i) && stop {
+                                            violation!(i, Violation::BareLineEnding);
+                                        }
+                                    }
                                     None => self.state = State::Cr,
                                 }
                             } else {
                                 // LF without CR.
                                 self.bare_seen = true;
+                                i = at + 1;
                                 match self.policy {
-                                    BareLineEndings::Reject => self.line_len += 1,
+                                    BareLineEndings::Reject => {
+                                        let _ = self.count(at, 1);
+                                        if stop {
+                                            violation!(i, Violation::BareLineEnding);
+                                        }
+                                    }
                                     BareLineEndings::Normalize => {
                                         out.put(&input[run..at]);
                                         out.put(b"\r\n");
-                                        run = at + 1;
-                                        self.end_line(self.line_len + 2);
+                                        run = i;
+                                        self.line_len = 0;
                                     }
                                 }
-                                i = at + 1;
                             }
                         }
                     }
                 }
-                State::Done => return Decoded::Complete { consumed: 0 },
+                State::Done => return Checked::Decoded(Decoded::Complete { consumed: 0 }),
             }
         }
-        if self.line_len > self.max_line {
-            self.long_line = true;
-        }
         out.put(&input[run..len]);
-        Decoded::Incomplete
+        Checked::Decoded(Decoded::Incomplete)
     }
 
     /// The CR just before `at` (already output, or pending in `input[run..at]`)
-    /// is not followed by LF.
+    /// is not followed by LF. Returns whether that breaks the policy.
     #[inline]
-    fn bare_cr<S: Sink>(&mut self, input: &[u8], out: &mut S, run: &mut usize, at: usize) {
+    fn bare_cr<S: Sink>(&mut self, input: &[u8], out: &mut S, run: &mut usize, at: usize) -> bool {
         self.bare_seen = true;
-        if self.policy == BareLineEndings::Normalize {
-            out.put(&input[*run..at]);
-            out.put(b"\n");
-            *run = at;
-            self.end_line(self.line_len + 1);
+        match self.policy {
+            BareLineEndings::Reject => {
+                let _ = self.count(at, 1);
+                true
+            }
+            BareLineEndings::Normalize => {
+                out.put(&input[*run..at]);
+                out.put(b"\n");
+                *run = at;
+                self.line_len = 0;
+                false
+            }
         }
     }
 }
@@ -447,6 +542,71 @@ mod tests {
             }
             assert!(d.is_done());
             assert!(d.saw_long_line(), "step {step}");
+        }
+    }
+
+    #[test]
+    fn decode_checked_stops_at_the_breaking_byte() {
+        // Input, line limit, output before the stop, stop position, rule.
+        type Case = (&'static [u8], usize, &'static [u8], usize, Violation);
+        let cases: [Case; 5] = [
+            (
+                b"ab\ncd\r\n.\r\n",
+                1000,
+                b"ab\n",
+                3,
+                Violation::BareLineEnding,
+            ),
+            (
+                b"ab\rcd\r\n.\r\n",
+                1000,
+                b"ab\r",
+                3,
+                Violation::BareLineEnding,
+            ),
+            (
+                b"x\r\n.\rz\r\n.\r\n",
+                1000,
+                b"x\r\n\r",
+                5,
+                Violation::BareLineEnding,
+            ),
+            // max_line 6: four octets and CRLF fit, five do not.
+            (
+                b"abcd\r\nabcdef\r\n.\r\n",
+                6,
+                b"abcd\r\nabcde",
+                11,
+                Violation::LineTooLong,
+            ),
+            // The bare LF is the fifth octet too: the bare line end is reported.
+            (
+                b"abcd\n\r\n.\r\n",
+                6,
+                b"abcd\n",
+                5,
+                Violation::BareLineEnding,
+            ),
+        ];
+        for (input, max_line, output, at, kind) in cases {
+            for step in 1..=input.len() {
+                let mut d = DotDecoder::new(BareLineEndings::Reject, max_line);
+                let mut out = Vec::new();
+                let mut offset = 0;
+                let mut found = None;
+                for chunk in input.chunks(step) {
+                    match d.decode_checked(chunk, &mut out) {
+                        Checked::Violation { consumed, kind } => {
+                            found = Some((offset + consumed, kind));
+                            break;
+                        }
+                        Checked::Decoded(Decoded::Incomplete) => offset += chunk.len(),
+                        Checked::Decoded(Decoded::Complete { .. }) => break,
+                    }
+                }
+                assert_eq!(found, Some((at, kind)), "{input:?} step {step}");
+                assert_eq!(out, output, "{input:?} step {step}");
+            }
         }
     }
 

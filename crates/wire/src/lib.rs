@@ -20,7 +20,7 @@ mod line;
 pub mod sasl;
 mod secret;
 
-pub use dot::{BareLineEndings, Decoded, DotDecoder, DotEncoder};
+pub use dot::{BareLineEndings, Checked, Decoded, DotDecoder, DotEncoder, Violation};
 pub use error::SaslError;
 pub use line::{Frame, LineFramer};
 pub use secret::Secret;

@@ -140,3 +140,38 @@ proptest! {
         prop_assert_eq!(consumed_total + buf.len(), input.len());
     }
 }
+
+/// Runs `decode_checked` over `input` cut at `points`; returns the output, and
+/// where it stopped (absolute position and why) or where the message ended.
+fn checked(input: &[u8], points: &[usize], max_line: usize) -> (Vec<u8>, String) {
+    use postamt_wire::Checked;
+    let mut d = DotDecoder::new(BareLineEndings::Reject, max_line);
+    let mut out = Vec::new();
+    for w in points.windows(2) {
+        match d.decode_checked(&input[w[0]..w[1]], &mut out) {
+            Checked::Decoded(Decoded::Incomplete) => {}
+            Checked::Decoded(Decoded::Complete { consumed }) => {
+                return (out, format!("end at {}", w[0] + consumed));
+            }
+            Checked::Violation { consumed, kind } => {
+                return (out, format!("{kind:?} at {}", w[0] + consumed));
+            }
+        }
+    }
+    (out, "incomplete".to_string())
+}
+
+proptest! {
+    #[test]
+    fn violations_are_found_at_the_same_byte_however_split(
+        input in bytes_with_line_ends(),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+        max_line in 2usize..30,
+    ) {
+        let whole = checked(&input, &[0, input.len()], max_line);
+        let bytewise: Vec<usize> = (0..=input.len()).collect();
+        prop_assert_eq!(&checked(&input, &bytewise, max_line), &whole);
+        let points = splits(input.len(), &cuts);
+        prop_assert_eq!(&checked(&input, &points, max_line), &whole);
+    }
+}

@@ -286,8 +286,9 @@ impl App {
                 self.data.clear();
             }
             Event::MessageAborted(reason) => {
-                // What arrived before the abort depends on how input was split,
-                // and is thrown away anyway: only the reason is recorded.
+                // What arrived before the abort is the same however the input
+                // was split: the octets before the byte that broke a rule.
+                self.events.push(format!("data \"{}\"", escape(&self.data)));
                 self.events.push(format!("aborted {reason:?}"));
                 self.data.clear();
             }
