@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use nom::IResult;
 use nom::Parser;
-use nom::bytes::complete::{tag, tag_no_case, take_while1};
+use nom::bytes::complete::{tag, tag_no_case};
 use nom::combinator::opt;
 
 use crate::error::CommandError;
@@ -41,9 +41,9 @@ impl<'a> Domain<'a> {
     }
 
     /// Parses a whole string as a domain or address literal.
-    pub(crate) fn parse_bytes(input: &'a [u8]) -> Result<Self, CommandError> {
+    pub(crate) fn parse_str(input: &'a str) -> Result<Self, CommandError> {
         match domain_or_literal(input) {
-            Ok((b"", d)) => Ok(d),
+            Ok(("", d)) => Ok(d),
             _ => Err(CommandError::BadDomain),
         }
     }
@@ -59,7 +59,7 @@ impl FromStr for Domain<'static> {
     type Err = CommandError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Domain::parse_bytes(s.as_bytes()).map(Domain::into_owned)
+        Domain::parse_str(s).map(Domain::into_owned)
     }
 }
 
@@ -117,8 +117,8 @@ impl FromStr for Mailbox<'static> {
 
     /// Parses `local@domain` (no angle brackets).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match mailbox(s.as_bytes()) {
-            Ok((b"", m)) => Ok(m.into_owned()),
+        match mailbox(s) {
+            Ok(("", m)) => Ok(m.into_owned()),
             _ => Err(CommandError::BadArguments),
         }
     }
@@ -199,37 +199,119 @@ impl fmt::Display for ForwardPath<'_> {
     }
 }
 
-/// RFC 5322 atext, plus any non-ASCII byte (RFC 6531; UTF-8 is checked once the
-/// whole mailbox is known).
+/// Byte classes for the address grammar, looked up once per byte.
+const ATEXT: u8 = 1;
+const DOMAIN: u8 = 2;
+/// esmtp-value: any CHAR but `=`, SP and controls, or UTF-8 (RFC 6531).
+pub(crate) const VALUE: u8 = 4;
+/// xchar of xtext (RFC 3461 §4) other than `+`.
+pub(crate) const XCHAR: u8 = 8;
+
+const fn classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let alnum = c.is_ascii_alphanumeric();
+        let special = matches!(
+            c,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'/'
+                | b'='
+                | b'?'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'{'
+                | b'|'
+                | b'}'
+                | b'~'
+        );
+        // Any non-ASCII byte: UTF-8 under SMTPUTF8 (RFC 6531); the line was
+        // checked to be UTF-8 before parsing.
+        let high = c >= 0x80;
+        if alnum || special || high {
+            table[b] |= ATEXT;
+        }
+        if alnum || high || c == b'-' {
+            table[b] |= DOMAIN;
+        }
+        if (c >= 33 && c != b'=' && c != 127) || high {
+            table[b] |= VALUE;
+            if c != b'+' {
+                table[b] |= XCHAR;
+            }
+        }
+        b += 1;
+    }
+    table
+}
+
+pub(crate) static CLASS: [u8; 256] = classes();
+
+/// RFC 5322 atext, plus any non-ASCII byte (RFC 6531).
 #[inline]
 pub(crate) fn is_atext(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || b >= 0x80
+    CLASS[b as usize] & ATEXT != 0
 }
 
+type Parsed<'a, T> = IResult<&'a str, T>;
+
+fn fail(input: &str) -> nom::Err<nom::error::Error<&str>> {
+    nom::Err::Error(nom::error::Error::new(input, nom::error::ErrorKind::Verify))
+}
+
+/// Splits `input` after `n` bytes, which end at a character boundary.
 #[inline]
-fn is_domain_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b >= 0x80
+fn split(input: &str, n: usize) -> Parsed<'_, &str> {
+    match (input.get(..n), input.get(n..)) {
+        (Some(taken), Some(rest)) => Ok((rest, taken)),
+        _ => Err(fail(input)),
+    }
 }
 
-/// Dot-string: atoms separated by single dots.
-fn dot_string(input: &[u8]) -> IResult<&[u8], &[u8]> {
-    let (rest, s) = take_while1(|b| is_atext(b) || b == b'.')(input)?;
-    if s[0] == b'.' || s[s.len() - 1] == b'.' || memchr::memmem::find(s, b"..").is_some() {
+/// Dot-string: atoms separated by single dots, in one pass.
+fn dot_string(input: &str) -> Parsed<'_, &str> {
+    let bytes = input.as_bytes();
+    let mut i = 0;
+    let mut after_dot = true;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'.' {
+            if after_dot {
+                return Err(fail(input));
+            }
+            after_dot = true;
+        } else if is_atext(b) {
+            after_dot = false;
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    if i == 0 || after_dot {
         return Err(fail(input));
     }
-    Ok((rest, s))
+    split(input, i)
 }
 
 /// Quoted-string (RFC 5321): qtextSMTP or backslash pairs, in double quotes.
-fn quoted_string(input: &[u8]) -> IResult<&[u8], &[u8]> {
-    if input.first() != Some(&b'"') {
+fn quoted_string(input: &str) -> Parsed<'_, &str> {
+    let bytes = input.as_bytes();
+    if bytes.first() != Some(&b'"') {
         return Err(fail(input));
     }
     let mut i = 1;
-    while i < input.len() {
-        match input[i] {
-            b'"' => return Ok((&input[i + 1..], &input[..=i])),
-            b'\\' => match input.get(i + 1) {
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => return split(input, i + 1),
+            b'\\' => match bytes.get(i + 1) {
                 Some(&c) if (32..=126).contains(&c) => i += 2,
                 _ => return Err(fail(input)),
             },
@@ -240,29 +322,44 @@ fn quoted_string(input: &[u8]) -> IResult<&[u8], &[u8]> {
     Err(fail(input))
 }
 
-/// Domain: sub-domains of letters, digits and inner hyphens, joined by dots.
-fn domain_name(input: &[u8]) -> IResult<&[u8], &[u8]> {
-    let (rest, d) = take_while1(is_domain_byte)(input)?;
-    if d.len() > MAX_DOMAIN {
+/// Domain: sub-domains of letters, digits and inner hyphens, joined by dots,
+/// checked in one pass.
+fn domain_name(input: &str) -> Parsed<'_, &str> {
+    let bytes = input.as_bytes();
+    let mut i = 0;
+    let mut label = 0usize;
+    let mut prev = b'.';
+    while let Some(&b) = bytes.get(i) {
+        if b == b'.' {
+            if label == 0 || prev == b'-' {
+                return Err(fail(input));
+            }
+            label = 0;
+        } else if CLASS[b as usize] & DOMAIN != 0 {
+            if label == 0 && b == b'-' {
+                return Err(fail(input));
+            }
+            label += 1;
+            if label > 63 {
+                return Err(fail(input));
+            }
+        } else {
+            break;
+        }
+        prev = b;
+        i += 1;
+    }
+    if label == 0 || prev == b'-' || i > MAX_DOMAIN {
         return Err(fail(input));
     }
-    for label in d.split(|&b| b == b'.') {
-        if label.is_empty()
-            || label.len() > 63
-            || label[0] == b'-'
-            || label[label.len() - 1] == b'-'
-        {
-            return Err(fail(input));
-        }
-    }
-    Ok((rest, d))
+    split(input, i)
 }
 
 /// address-literal: `[` IPv4 / `IPv6:` IPv6 / tag `:` dcontent `]`.
-fn address_literal(input: &[u8]) -> IResult<&[u8], &[u8]> {
-    let (rest, _) = tag(&b"["[..])(input)?;
-    let end = memchr::memchr(b']', rest).ok_or_else(|| fail(input))?;
-    let inner = std::str::from_utf8(&rest[..end]).map_err(|_| fail(input))?;
+fn address_literal(input: &str) -> Parsed<'_, &str> {
+    let (rest, _) = tag("[")(input)?;
+    let end = rest.find(']').ok_or_else(|| fail(input))?;
+    let inner = &rest[..end];
     let valid = if inner
         .get(..5)
         .is_some_and(|p| p.eq_ignore_ascii_case("IPv6:"))
@@ -282,22 +379,21 @@ fn address_literal(input: &[u8]) -> IResult<&[u8], &[u8]> {
     if !valid {
         return Err(fail(input));
     }
-    Ok((&rest[end + 1..], &input[..end + 2]))
+    split(input, end + 2)
 }
 
-fn domain_or_literal(input: &[u8]) -> IResult<&[u8], Domain<'_>> {
-    let (rest, d) = if input.first() == Some(&b'[') {
+fn domain_or_literal(input: &str) -> Parsed<'_, Domain<'_>> {
+    let (rest, d) = if input.starts_with('[') {
         address_literal(input)?
     } else {
         domain_name(input)?
     };
-    let d = std::str::from_utf8(d).map_err(|_| fail(input))?;
     Ok((rest, Domain(Cow::Borrowed(d))))
 }
 
 /// Mailbox = Local-part "@" ( Domain / address-literal ).
-pub(crate) fn mailbox(input: &[u8]) -> IResult<&[u8], Mailbox<'_>> {
-    let (rest, local) = if input.first() == Some(&b'"') {
+pub(crate) fn mailbox(input: &str) -> Parsed<'_, Mailbox<'_>> {
+    let (rest, local) = if input.starts_with('"') {
         quoted_string(input)?
     } else {
         dot_string(input)?
@@ -305,10 +401,9 @@ pub(crate) fn mailbox(input: &[u8]) -> IResult<&[u8], Mailbox<'_>> {
     if local.len() > MAX_LOCAL_PART {
         return Err(fail(input));
     }
-    let (rest, _) = tag(&b"@"[..])(rest)?;
+    let (rest, _) = tag("@")(rest)?;
     let (rest, _) = domain_or_literal(rest)?;
-    let len = input.len() - rest.len();
-    let text = std::str::from_utf8(&input[..len]).map_err(|_| fail(input))?;
+    let (_, text) = split(input, input.len() - rest.len())?;
     Ok((
         rest,
         Mailbox {
@@ -319,12 +414,12 @@ pub(crate) fn mailbox(input: &[u8]) -> IResult<&[u8], Mailbox<'_>> {
 }
 
 /// A-d-l ":" (a source route, accepted and ignored as RFC 5321 §4.1.2 allows).
-fn source_route(input: &[u8]) -> IResult<&[u8], ()> {
+fn source_route(input: &str) -> Parsed<'_, ()> {
     let mut rest = input;
     loop {
-        let (r, _) = tag(&b"@"[..])(rest)?;
+        let (r, _) = tag("@")(rest)?;
         let (r, _) = domain_or_literal(r)?;
-        match r.first() {
+        match r.as_bytes().first() {
             Some(b',') => rest = &r[1..],
             Some(b':') => return Ok((&r[1..], ())),
             _ => return Err(fail(input)),
@@ -334,12 +429,11 @@ fn source_route(input: &[u8]) -> IResult<&[u8], ()> {
 
 /// Path = "<" [ A-d-l ":" ] Mailbox ">", or a bare mailbox as people type it
 /// in telnet (`MAIL FROM: bar@example.org`), which Postfix accepts too.
-fn path(input: &[u8]) -> IResult<&[u8], Mailbox<'_>> {
-    if input.first() == Some(&b'<') {
-        let rest = &input[1..];
+fn path(input: &str) -> Parsed<'_, Mailbox<'_>> {
+    if let Some(rest) = input.strip_prefix('<') {
         let (rest, _) = opt(source_route).parse(rest)?;
         let (rest, m) = mailbox(rest)?;
-        let (rest, _) = tag(&b">"[..])(rest)?;
+        let (rest, _) = tag(">")(rest)?;
         Ok((rest, m))
     } else {
         mailbox(input)
@@ -347,8 +441,8 @@ fn path(input: &[u8]) -> IResult<&[u8], Mailbox<'_>> {
 }
 
 /// The argument of MAIL FROM: (after the colon and any spaces).
-pub(crate) fn reverse_path(input: &[u8]) -> IResult<&[u8], ReversePath<'_>> {
-    if let Some(rest) = input.strip_prefix(b"<>") {
+pub(crate) fn reverse_path(input: &str) -> Parsed<'_, ReversePath<'_>> {
+    if let Some(rest) = input.strip_prefix("<>") {
         return Ok((rest, ReversePath::Null));
     }
     let (rest, m) = path(input)?;
@@ -356,18 +450,18 @@ pub(crate) fn reverse_path(input: &[u8]) -> IResult<&[u8], ReversePath<'_>> {
 }
 
 /// The argument of RCPT TO: (after the colon and any spaces).
-pub(crate) fn forward_path(input: &[u8]) -> IResult<&[u8], ForwardPath<'_>> {
-    if let Ok((rest, _)) =
-        tag_no_case::<_, _, nom::error::Error<&[u8]>>(&b"<postmaster>"[..])(input)
+pub(crate) fn forward_path(input: &str) -> Parsed<'_, ForwardPath<'_>> {
+    // Checked byte-wise before nom's tag: most recipients are not this one.
+    if input
+        .as_bytes()
+        .get(1)
+        .is_some_and(|b| b.eq_ignore_ascii_case(&b'p'))
+        && let Ok((rest, _)) = tag_no_case::<_, _, nom::error::Error<&str>>("<postmaster>")(input)
     {
         return Ok((rest, ForwardPath::Postmaster));
     }
     let (rest, m) = path(input)?;
     Ok((rest, ForwardPath::Mailbox(m)))
-}
-
-pub(crate) fn fail(input: &[u8]) -> nom::Err<nom::error::Error<&[u8]>> {
-    nom::Err::Error(nom::error::Error::new(input, nom::error::ErrorKind::Verify))
 }
 
 #[cfg(test)]
@@ -425,18 +519,18 @@ mod tests {
 
     #[test]
     fn paths() {
-        let (rest, p) = reverse_path(b"<> SIZE=1").unwrap();
-        assert_eq!((p, rest), (ReversePath::Null, &b" SIZE=1"[..]));
-        let (_, p) = reverse_path(b"<@a.example,@b.example:u@c.example>").unwrap();
+        let (rest, p) = reverse_path("<> SIZE=1").unwrap();
+        assert_eq!((p, rest), (ReversePath::Null, " SIZE=1"));
+        let (_, p) = reverse_path("<@a.example,@b.example:u@c.example>").unwrap();
         assert_eq!(p.to_string(), "<u@c.example>");
-        let (_, p) = reverse_path(b"bar@example.org").unwrap();
+        let (_, p) = reverse_path("bar@example.org").unwrap();
         assert_eq!(p.to_string(), "<bar@example.org>");
-        let (_, p) = forward_path(b"<POSTMASTER>").unwrap();
+        let (_, p) = forward_path("<POSTMASTER>").unwrap();
         assert_eq!(p, ForwardPath::Postmaster);
-        let (_, p) = forward_path(b"<postmaster@x.example>").unwrap();
+        let (_, p) = forward_path("<postmaster@x.example>").unwrap();
         assert_eq!(p.to_string(), "<postmaster@x.example>");
-        assert!(reverse_path(b"<u@x").is_err());
-        assert!(forward_path(b"<>").is_err());
+        assert!(reverse_path("<u@x").is_err());
+        assert!(forward_path("<>").is_err());
     }
 
     #[test]

@@ -772,7 +772,7 @@ impl ClientSession {
 
     fn ehlo(&mut self) {
         let name = self.config.hostname.clone();
-        match Domain::parse_bytes(name.as_bytes()) {
+        match Domain::parse_str(&name) {
             Ok(d) => self.send(Command::Ehlo(d), Expect::Ehlo),
             Err(_) => self.send_line(&["EHLO ", &name], Expect::Ehlo),
         }

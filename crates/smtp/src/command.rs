@@ -7,9 +7,7 @@
 
 use std::borrow::Cow;
 
-use nom::bytes::complete::take_while1;
-
-use crate::address::{self, Domain, ForwardPath, ReversePath};
+use crate::address::{self, CLASS, Domain, ForwardPath, ReversePath, VALUE, XCHAR};
 use crate::error::CommandError;
 use crate::reply::push_decimal;
 
@@ -166,11 +164,13 @@ pub enum Command<'a> {
 impl<'a> Command<'a> {
     /// Parses one command line (without its CRLF).
     pub fn parse(line: &'a [u8]) -> Result<Self, CommandError> {
-        let verb_len = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+        // Checked once here, so every part below is sliced from a `str`.
+        let line = std::str::from_utf8(line).map_err(|_| CommandError::InvalidCharacters)?;
+        let verb_len = line.bytes().position(|b| b == b' ').unwrap_or(line.len());
         let (verb, args) = line.split_at(verb_len);
-        let is = |name: &str| verb.eq_ignore_ascii_case(name.as_bytes());
+        let is = |name: &str| verb.eq_ignore_ascii_case(name);
         match verb.len() {
-            4 => match verb[0].to_ascii_uppercase() {
+            4 => match verb.as_bytes()[0].to_ascii_uppercase() {
                 b'M' if is("MAIL") => parse_mail(args),
                 b'R' if is("RCPT") => parse_rcpt(args),
                 b'R' if is("RSET") => no_args(args, Self::Rset),
@@ -441,28 +441,26 @@ fn is_xtext(s: &[u8]) -> bool {
     true
 }
 
-fn no_args<'a>(args: &[u8], command: Command<'a>) -> Result<Command<'a>, CommandError> {
-    if args.iter().all(|&b| b == b' ') {
+fn no_args<'a>(args: &str, command: Command<'a>) -> Result<Command<'a>, CommandError> {
+    if args.bytes().all(|b| b == b' ') {
         Ok(command)
     } else {
         Err(CommandError::UnexpectedArguments)
     }
 }
 
-fn trim_spaces(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|&b| b != b' ').unwrap_or(s.len());
-    let end = s.iter().rposition(|&b| b != b' ').map_or(start, |e| e + 1);
-    &s[start..end.max(start)]
+fn trim_spaces(s: &str) -> &str {
+    s.trim_matches(' ')
 }
 
-fn text(s: &[u8]) -> Result<&str, CommandError> {
-    if s.iter().any(|&b| b < 0x20 || b == 0x7f) {
+fn text(s: &str) -> Result<&str, CommandError> {
+    if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(CommandError::InvalidCharacters);
     }
-    std::str::from_utf8(s).map_err(|_| CommandError::InvalidCharacters)
+    Ok(s)
 }
 
-fn optional_text(args: &[u8]) -> Result<Option<&str>, CommandError> {
+fn optional_text(args: &str) -> Result<Option<&str>, CommandError> {
     let t = trim_spaces(args);
     if t.is_empty() {
         Ok(None)
@@ -471,69 +469,69 @@ fn optional_text(args: &[u8]) -> Result<Option<&str>, CommandError> {
     }
 }
 
-fn required_text(args: &[u8]) -> Result<&str, CommandError> {
+fn required_text(args: &str) -> Result<&str, CommandError> {
     optional_text(args)?.ok_or(CommandError::BadArguments)
 }
 
-fn hello_domain(args: &[u8]) -> Result<Domain<'_>, CommandError> {
+fn hello_domain(args: &str) -> Result<Domain<'_>, CommandError> {
     let t = trim_spaces(args);
     if t.is_empty() {
         return Err(CommandError::BadArguments);
     }
-    Domain::parse_bytes(t)
+    Domain::parse_str(t)
 }
 
 /// Strips `" FROM:"` or `" TO:"` (any case) and the spaces people type after it.
-fn after_keyword<'a>(args: &'a [u8], keyword: &[u8]) -> Option<&'a [u8]> {
-    let rest = args.strip_prefix(b" ")?;
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+fn after_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
+    let rest = args.strip_prefix(' ')?;
+    let head = rest.get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword) {
         return None;
     }
-    let rest = &rest[keyword.len()..];
-    let skip = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
-    Some(&rest[skip..])
+    Some(rest[keyword.len()..].trim_start_matches(' '))
 }
 
-/// Splits `*(SP esmtp-param)` into keyword/value pairs, calling `each` on them.
+/// Splits `*(SP esmtp-param)` into keyword/value pairs, calling `each` on
+/// them; each byte is looked at once.
 fn parameters<'a>(
-    mut rest: &'a [u8],
+    mut rest: &'a str,
     mut each: impl FnMut(&'a str, Option<&'a str>) -> Result<(), CommandError>,
 ) -> Result<(), CommandError> {
     loop {
-        let skip = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
-        if skip == 0 && !rest.is_empty() {
+        let trimmed = rest.trim_start_matches(' ');
+        if trimmed.len() == rest.len() && !rest.is_empty() {
             return Err(CommandError::BadArguments);
         }
-        rest = &rest[skip..];
+        rest = trimmed;
         if rest.is_empty() {
             return Ok(());
         }
-        let keyword: nom::IResult<&[u8], &[u8]> =
-            take_while1(|b: u8| b.is_ascii_alphanumeric() || b == b'-')(rest);
-        let Ok((after, keyword)) = keyword else {
-            return Err(CommandError::BadArguments);
-        };
-        if keyword[0] == b'-' {
+        let bytes = rest.as_bytes();
+        if !bytes[0].is_ascii_alphanumeric() {
             return Err(CommandError::BadArguments);
         }
-        let (after, value) = match after.first() {
+        let mut i = 1;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'-') {
+            i += 1;
+        }
+        let keyword = &rest[..i];
+        let value = match bytes.get(i) {
+            None | Some(b' ') => None,
             Some(b'=') => {
-                let v = &after[1..];
-                let len = v.iter().position(|&b| b == b' ').unwrap_or(v.len());
-                let value = &v[..len];
-                if value.is_empty() || value.iter().any(|&b| b == b'=' || b < 33 || b == 127) {
+                let start = i + 1;
+                i = start;
+                while i < bytes.len() && CLASS[bytes[i] as usize] & VALUE != 0 {
+                    i += 1;
+                }
+                if i == start || bytes.get(i).is_some_and(|&b| b != b' ') {
                     return Err(CommandError::BadParameter);
                 }
-                let value = std::str::from_utf8(value).map_err(|_| CommandError::BadParameter)?;
-                (&v[len..], Some(value))
+                Some(&rest[start..i])
             }
-            None | Some(b' ') => (after, None),
             Some(_) => return Err(CommandError::BadArguments),
         };
-        // The keyword is ASCII alphanumerics and hyphens, checked above.
-        let keyword = std::str::from_utf8(keyword).map_err(|_| CommandError::BadArguments)?;
         each(keyword, value)?;
-        rest = after;
+        rest = &rest[i..];
     }
 }
 
@@ -545,10 +543,10 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), CommandError> {
     Ok(())
 }
 
-fn parse_mail(args: &[u8]) -> Result<Command<'_>, CommandError> {
-    let rest = after_keyword(args, b"FROM:").ok_or(CommandError::BadArguments)?;
+fn parse_mail(args: &str) -> Result<Command<'_>, CommandError> {
+    let rest = after_keyword(args, "FROM:").ok_or(CommandError::BadArguments)?;
     let (rest, from) = address::reverse_path(rest).map_err(|_| CommandError::BadSender)?;
-    if !rest.is_empty() && rest[0] != b' ' {
+    if !rest.is_empty() && !rest.starts_with(' ') {
         return Err(CommandError::BadSender);
     }
     let mut params = MailParameters::default();
@@ -615,10 +613,10 @@ fn parse_mail(args: &[u8]) -> Result<Command<'_>, CommandError> {
     Ok(Command::Mail { from, params })
 }
 
-fn parse_rcpt(args: &[u8]) -> Result<Command<'_>, CommandError> {
-    let rest = after_keyword(args, b"TO:").ok_or(CommandError::BadArguments)?;
+fn parse_rcpt(args: &str) -> Result<Command<'_>, CommandError> {
+    let rest = after_keyword(args, "TO:").ok_or(CommandError::BadArguments)?;
     let (rest, to) = address::forward_path(rest).map_err(|_| CommandError::BadRecipient)?;
-    if !rest.is_empty() && rest[0] != b' ' {
+    if !rest.is_empty() && !rest.starts_with(' ') {
         return Err(CommandError::BadRecipient);
     }
     let mut params = RcptParameters::default();
@@ -678,62 +676,51 @@ fn parse_notify(v: &str) -> Result<Notify, CommandError> {
     })
 }
 
-fn parse_auth(args: &[u8]) -> Result<Command<'_>, CommandError> {
+fn parse_auth(args: &str) -> Result<Command<'_>, CommandError> {
     let t = trim_spaces(args);
-    if args.first() != Some(&b' ') || t.is_empty() {
+    if !args.starts_with(' ') || t.is_empty() {
         return Err(CommandError::BadArguments);
     }
-    let (mechanism, initial) = match t.iter().position(|&b| b == b' ') {
-        Some(sp) => (&t[..sp], Some(trim_spaces(&t[sp..]))),
+    let (mechanism, initial) = match t.split_once(' ') {
+        Some((m, i)) => (m, Some(trim_spaces(i))),
         None => (t, None),
     };
     let mech_ok = mechanism.len() <= 20
         && mechanism
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !mech_ok {
         return Err(CommandError::BadArguments);
     }
     if let Some(i) = initial {
-        let b64 = i == b"="
-            || i.iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b));
+        let b64 = i == "="
+            || i.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
         if !b64 {
             return Err(CommandError::BadArguments);
         }
     }
-    Ok(Command::Auth {
-        mechanism: ascii(mechanism)?,
-        initial: initial.map(ascii).transpose()?,
-    })
+    Ok(Command::Auth { mechanism, initial })
 }
 
-/// Text already checked to be ASCII.
-fn ascii(s: &[u8]) -> Result<&str, CommandError> {
-    std::str::from_utf8(s).map_err(|_| CommandError::BadArguments)
-}
-
-fn parse_bdat(args: &[u8]) -> Result<Command<'_>, CommandError> {
+fn parse_bdat(args: &str) -> Result<Command<'_>, CommandError> {
     let t = trim_spaces(args);
-    if args.first() != Some(&b' ') || t.is_empty() {
+    if !args.starts_with(' ') || t.is_empty() {
         return Err(CommandError::BadArguments);
     }
-    let (size, last) = match t.iter().position(|&b| b == b' ') {
-        Some(sp) => (&t[..sp], Some(trim_spaces(&t[sp..]))),
+    let (size, last) = match t.split_once(' ') {
+        Some((s, l)) => (s, Some(trim_spaces(l))),
         None => (t, None),
     };
-    if size.is_empty() || size.len() > 20 || !size.iter().all(u8::is_ascii_digit) {
+    if size.is_empty() || size.len() > 20 || !size.bytes().all(|b| b.is_ascii_digit()) {
         return Err(CommandError::BadArguments);
     }
     let size = size
-        .iter()
-        .try_fold(0u64, |v, b| {
-            v.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        })
-        .ok_or(CommandError::BadArguments)?;
+        .parse::<u64>()
+        .map_err(|_| CommandError::BadArguments)?;
     let last = match last {
         None => false,
-        Some(l) if l.eq_ignore_ascii_case(b"LAST") => true,
+        Some(l) if l.eq_ignore_ascii_case("LAST") => true,
         Some(_) => return Err(CommandError::BadArguments),
     };
     Ok(Command::Bdat { size, last })
