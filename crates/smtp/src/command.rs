@@ -421,24 +421,18 @@ pub fn encode_xtext(text: &str) -> String {
 }
 
 fn is_xtext(s: &[u8]) -> bool {
+    let hex = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
     let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'+' => {
-                let hex = |b: Option<&u8>| {
-                    b.is_some_and(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b))
-                };
-                if !hex(s.get(i + 1)) || !hex(s.get(i + 2)) {
-                    return false;
-                }
-                i += 3;
-            }
-            b'=' => return false,
-            b if (33..=126).contains(&b) || b >= 0x80 => i += 1,
-            _ => return false,
+    loop {
+        while s.get(i).is_some_and(|&b| CLASS[b as usize] & XCHAR != 0) {
+            i += 1;
+        }
+        match s.get(i) {
+            None => return true,
+            Some(b'+') if hex(s.get(i + 1)) && hex(s.get(i + 2)) => i += 3,
+            Some(_) => return false,
         }
     }
-    true
 }
 
 fn no_args<'a>(args: &str, command: Command<'a>) -> Result<Command<'a>, CommandError> {
