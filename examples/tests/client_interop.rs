@@ -160,3 +160,88 @@ fn client_against_aiosmtpd() {
     let second = std::fs::read(dir.path().join("2.eml")).unwrap();
     assert_eq!(second, b"Subject: two\r\n\r\nsecond\r\n");
 }
+
+/// Kills a child process when the test ends, however it ends.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Postfix's smtp-sink (Debian package `postfix`; `.ci/run` installs it):
+/// many pipelined transactions on one connection, all accepted.
+#[test]
+fn client_against_smtp_sink() {
+    let sink = "/usr/sbin/smtp-sink";
+    if !Path::new(sink).exists() {
+        eprintln!(
+            "client_against_smtp_sink skipped: {sink} not installed (Debian package postfix)"
+        );
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _sink = Reaper(
+        Command::new(sink)
+            .args(["-u", "nobody", &format!("127.0.0.1:{port}"), "64"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match ClientStream::connect(&addr, Duration::from_secs(5)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "smtp-sink did not start: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    let mut session = ClientSession::new(ClientConfig::new("client.example"), Instant::now());
+    pump(&mut stream, &mut session, |_, e| match e {
+        ClientEvent::Ready(caps) => {
+            assert!(
+                caps.pipelining && caps.dsn && caps.enhanced_status_codes,
+                "{caps:?}"
+            );
+            true
+        }
+        other => panic!("{other:?}"),
+    });
+    let body = Bytes::from(
+        (0..200)
+            .map(|i| {
+                format!("line {i} of a message; .dots. at the start of the next line\r\n.{i}\r\n")
+            })
+            .collect::<String>(),
+    );
+    for round in 0..50 {
+        session
+            .send_message(
+                envelope(&["bob@kolleg.de", "carl@kolleg.de", "dora@kolleg.de"]),
+                body.clone(),
+            )
+            .unwrap();
+        pump(&mut stream, &mut session, |_, e| match e {
+            ClientEvent::Done(report) => {
+                assert_eq!(report.accepted.len(), 3, "round {round}: {report:?}");
+                assert!(report.outcome.is_ok(), "round {round}: {report:?}");
+                true
+            }
+            other => panic!("round {round}: {other:?}"),
+        });
+    }
+    session.quit().unwrap();
+    pump(&mut stream, &mut session, |_, e| {
+        e == ClientEvent::Closed(None) || panic!("{e:?}")
+    });
+}
