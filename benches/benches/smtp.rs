@@ -222,8 +222,64 @@ fn data_decode(c: &mut Criterion) {
     }
 }
 
+/// 5. A whole transaction from our client to our server in memory: MAIL,
+/// RCPT and DATA pipelined, a 2 KiB message, the 250 (transactions per second).
+fn client_transaction(c: &mut Criterion) {
+    use bytes::Bytes;
+    use postamt_smtp::{
+        ClientConfig, ClientEvent, ClientSession, Envelope, ForwardPath, ReversePath,
+    };
+
+    let now = Instant::now();
+    let mut client = ClientSession::new(ClientConfig::new("client.example"), now);
+    let mut server = ServerSession::new(Arc::new(ServerConfig::new("mx.example")), now);
+    let mut wire = Vec::new();
+    let mut pump = |client: &mut ClientSession, server: &mut ServerSession| {
+        let mut done = false;
+        loop {
+            wire.clear();
+            client.poll_transmit(&mut wire);
+            server.receive(now, &wire);
+            while let Some(e) = server.poll_event() {
+                if matches!(
+                    e,
+                    Event::Mail { .. } | Event::Rcpt { .. } | Event::MessageEnd
+                ) {
+                    server.accept().unwrap();
+                }
+            }
+            wire.clear();
+            server.poll_transmit(&mut wire);
+            if wire.is_empty() {
+                return done;
+            }
+            client.receive(now, &wire);
+            while let Some(e) = client.poll_event() {
+                done |= matches!(e, ClientEvent::Done(ref r) if r.outcome.is_ok());
+            }
+        }
+    };
+    pump(&mut client, &mut server);
+    let envelope = Envelope::new(ReversePath::Mailbox("anna@example.org".parse().unwrap()))
+        .to(ForwardPath::Mailbox("bob@mx.example".parse().unwrap()));
+    let body = Bytes::from(
+        "Subject: benchmark\r\n\r\n".to_string()
+            + &"0123456789abcdef .. some text, 60 octets of it ......\r\n".repeat(36),
+    );
+    let mut g = c.benchmark_group("smtp_client_transaction_in_memory");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("postamt ClientSession -> ServerSession", |b| {
+        b.iter(|| {
+            client.send_message(envelope.clone(), body.clone()).unwrap();
+            assert!(pump(&mut client, &mut server));
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    client_transaction,
     command_parse,
     pipelined_session,
     ehlo_reply,
