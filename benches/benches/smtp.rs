@@ -222,8 +222,8 @@ fn data_decode(c: &mut Criterion) {
     }
 }
 
-/// 5. A whole transaction from our client to our server in memory: MAIL,
-/// RCPT and DATA pipelined, a 2 KiB message, the 250 (transactions per second).
+/// A whole transaction from our client to our server in memory: MAIL, RCPT
+/// and DATA pipelined, a 2 KiB message, the 250 (transactions per second).
 fn client_transaction(c: &mut Criterion) {
     use bytes::Bytes;
     use postamt_smtp::{
