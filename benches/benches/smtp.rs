@@ -120,7 +120,7 @@ fn ehlo_reply(c: &mut Criterion) {
     let input = EHLO_REPLY.as_bytes();
     let (reply, used) = Reply::parse(input).unwrap().unwrap();
     assert_eq!(
-        (reply.code(), reply.lines().len(), used),
+        (reply.code(), reply.lines().count(), used),
         (250, 10, input.len())
     );
     let theirs = ResponseReceiver::default()

@@ -109,7 +109,7 @@ impl Capabilities {
             extended: true,
             ..Self::default()
         };
-        let mut lines = reply.lines().iter();
+        let mut lines = reply.lines();
         caps.greeting = lines.next().map(|l| l.to_string()).unwrap_or_default();
         for line in lines {
             let mut words = line.split_ascii_whitespace();
@@ -851,7 +851,7 @@ impl ClientSession {
                     let caps = Capabilities {
                         greeting: reply
                             .lines()
-                            .first()
+                            .next()
                             .map(|l| l.to_string())
                             .unwrap_or_default(),
                         ..Capabilities::default()

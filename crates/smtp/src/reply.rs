@@ -156,51 +156,70 @@ impl EnhancedCode {
 /// A reply: a three-digit code, an optional enhanced status code and one or
 /// more lines of text.
 ///
-/// Texts are `Cow<'static, str>` so that the constant replies a server sends
-/// most often cost no allocation to build.
+/// The text is one `Cow<'static, str>`, its lines joined by `\n` (a reply
+/// line can hold neither CR nor LF), so a constant reply costs no allocation
+/// and a parsed one costs one, however many lines it has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     code: u16,
     enhanced: Option<EnhancedCode>,
-    lines: Vec<Cow<'static, str>>,
+    text: Cow<'static, str>,
 }
 
 impl Reply {
     /// A one-line reply.
     ///
     /// # Panics
-    /// If `code` is not within 200..=599: reply codes are chosen by the program,
-    /// never by the peer, so a wrong one is a bug to find at once.
+    /// If `code` is not within 200..=599, or the text holds CR or LF: reply
+    /// codes and texts are chosen by the program, never by the peer, so a
+    /// wrong one is a bug to find at once (a line break would let a text
+    /// forge further replies).
     pub fn new(
         code: u16,
         enhanced: Option<EnhancedCode>,
         text: impl Into<Cow<'static, str>>,
     ) -> Self {
-        Self::multiline(code, enhanced, vec![text.into()])
+        let text = text.into();
+        assert!(
+            (200..=599).contains(&code),
+            "reply code {code} out of range"
+        );
+        assert!(
+            !text.contains(['\r', '\n']),
+            "reply text must not contain CR or LF"
+        );
+        Self {
+            code,
+            enhanced,
+            text,
+        }
     }
 
     /// A reply of several lines; an empty list renders as one empty line.
     ///
     /// # Panics
-    /// As [`Reply::new`]; also if a line contains CR or LF, which would let
-    /// a text forge further replies.
+    /// As [`Reply::new`].
     pub fn multiline(
         code: u16,
         enhanced: Option<EnhancedCode>,
         lines: Vec<Cow<'static, str>>,
     ) -> Self {
         assert!(
-            (200..=599).contains(&code),
-            "reply code {code} out of range"
-        );
-        assert!(
             lines.iter().all(|l| !l.contains(['\r', '\n'])),
             "reply text must not contain CR or LF"
         );
+        assert!(
+            (200..=599).contains(&code),
+            "reply code {code} out of range"
+        );
+        let text = match <[Cow<'static, str>; 1]>::try_from(lines) {
+            Ok([one]) => one,
+            Err(lines) => Cow::Owned(lines.join("\n")),
+        };
         Self {
             code,
             enhanced,
-            lines,
+            text,
         }
     }
 
@@ -215,8 +234,13 @@ impl Reply {
     }
 
     /// The text lines, without code or enhanced code.
-    pub fn lines(&self) -> &[Cow<'static, str>] {
-        &self.lines
+    pub fn lines(&self) -> std::str::Split<'_, char> {
+        self.text.split('\n')
+    }
+
+    /// All the text, lines joined by `\n`.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// 2yz: the command was accepted.
@@ -248,13 +272,9 @@ impl Reply {
     /// (a server sends them only to clients that said EHLO, RFC 2034 §3).
     pub fn render_with(&self, out: &mut Vec<u8>, enhanced: bool) {
         let enhanced = if enhanced { self.enhanced } else { None };
-        if self.lines.is_empty() {
-            write_line(out, self.code, true, enhanced, "");
-            return;
-        }
-        let last = self.lines.len() - 1;
-        for (i, line) in self.lines.iter().enumerate() {
-            write_line(out, self.code, i == last, enhanced, line);
+        let mut lines = self.lines().peekable();
+        while let Some(line) = lines.next() {
+            write_line(out, self.code, lines.peek().is_none(), enhanced, line);
         }
     }
 
@@ -268,7 +288,7 @@ impl Reply {
         let mut pos = 0;
         let mut code = None;
         let mut enhanced: Option<(EnhancedCode, usize)> = None;
-        let mut lines = Vec::new();
+        let mut text = String::new();
         loop {
             let rest = &input[pos..];
             let Some(lf) = memchr::memchr(b'\n', rest) else {
@@ -288,38 +308,48 @@ impl Reply {
             if !(200..=599).contains(&this_code) {
                 return Err(ReplyError::BadCode);
             }
+            let first = code.is_none();
             match code {
                 None => code = Some(this_code),
                 Some(c) if c != this_code => return Err(ReplyError::MixedCodes),
                 Some(_) => {}
             }
-            let (last, text) = match line.get(3) {
+            let (last, line_text) = match line.get(3) {
                 None => (true, &line[3..]),
                 Some(b' ') => (true, &line[4..]),
                 Some(b'-') => (false, &line[4..]),
                 Some(_) => return Err(ReplyError::BadSeparator),
             };
-            let first = lines.is_empty();
-            if let (true, Some((e, len))) = (first, EnhancedCode::parse_prefix(text)) {
-                let ends = text.len() == len || text[len] == b' ';
+            let mut line_text = line_text;
+            if first && let Some((e, len)) = EnhancedCode::parse_prefix(line_text) {
+                let ends = line_text.len() == len || line_text[len] == b' ';
                 if ends && u16::from(e.class) == this_code / 100 {
                     enhanced = Some((e, len));
                 }
             }
-            let text = match enhanced {
-                Some((e, len)) if EnhancedCode::parse_prefix(text).map(|p| p.0) == Some(e) => {
-                    let rest = &text[len..];
-                    rest.strip_prefix(b" ").unwrap_or(rest)
+            if let Some((e, len)) = enhanced {
+                // Strip the code from every line that repeats it.
+                if line_text.len() >= len
+                    && (line_text.len() == len || line_text[len] == b' ')
+                    && EnhancedCode::parse_prefix(&line_text[..len]).map(|p| p.0) == Some(e)
+                {
+                    line_text = &line_text[len..];
+                    line_text = line_text.strip_prefix(b" ").unwrap_or(line_text);
                 }
-                _ => text,
-            };
-            let text = std::str::from_utf8(text).map_err(|_| ReplyError::NotUtf8)?;
-            lines.push(Cow::Owned(text.to_owned()));
+            }
+            let line_text = std::str::from_utf8(line_text).map_err(|_| ReplyError::NotUtf8)?;
+            if !first {
+                text.push('\n');
+            } else {
+                // One allocation for every line of a typical reply.
+                text.reserve(input.len().min(4096));
+            }
+            text.push_str(line_text);
             if last {
                 let reply = Self {
                     code: this_code,
                     enhanced: enhanced.map(|e| e.0),
-                    lines,
+                    text: Cow::Owned(text),
                 };
                 return Ok(Some((reply, pos)));
             }
@@ -334,7 +364,7 @@ impl fmt::Display for Reply {
         if let Some(e) = self.enhanced {
             write!(f, " {e}")?;
         }
-        for line in &self.lines {
+        for line in self.lines() {
             write!(f, " {line}")?;
         }
         Ok(())
@@ -398,7 +428,7 @@ mod tests {
         assert_eq!(used, input.len() - 4);
         assert_eq!(r.code(), 550);
         assert_eq!(r.enhanced(), Some(EnhancedCode::UNKNOWN_USER));
-        assert_eq!(r.lines(), ["first", "second", "third"]);
+        assert_eq!(r.lines().collect::<Vec<_>>(), ["first", "second", "third"]);
     }
 
     #[test]
@@ -419,10 +449,10 @@ mod tests {
     fn enhanced_code_class_must_match() {
         let (r, _) = Reply::parse(b"250 5.1.1 odd\r\n").unwrap().unwrap();
         assert_eq!(r.enhanced(), None);
-        assert_eq!(r.lines(), ["5.1.1 odd"]);
+        assert_eq!(r.lines().collect::<Vec<_>>(), ["5.1.1 odd"]);
         let (r, _) = Reply::parse(b"220 2.0.0\r\n").unwrap().unwrap();
         assert_eq!(r.enhanced(), Some(EnhancedCode::OK));
-        assert_eq!(r.lines(), [""]);
+        assert_eq!(r.lines().collect::<Vec<_>>(), [""]);
         assert_eq!("4.4.2".parse(), Ok(EnhancedCode::TIMEOUT));
         assert!("4.4".parse::<EnhancedCode>().is_err());
         assert!("3.0.0".parse::<EnhancedCode>().is_err());
