@@ -444,3 +444,33 @@ fn a_421_ends_the_session() {
     };
     assert_eq!(r.code(), 421);
 }
+
+#[test]
+fn plaintext_after_the_starttls_reply_is_discarded() {
+    let now = Instant::now();
+    let mut c = ClientSession::new(ClientConfig::new("client.example"), now);
+    c.receive(now, b"220 mx\r\n250-mx\r\n250 STARTTLS\r\n");
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Ready(caps)) if caps.starttls));
+    let mut out = Vec::new();
+    c.poll_transmit(&mut out);
+    assert_eq!(out, b"EHLO client.example\r\n");
+    out.clear();
+    c.starttls().unwrap();
+    c.poll_transmit(&mut out);
+    assert_eq!(out, b"STARTTLS\r\n");
+    // A man in the middle appends a reply to the 220; it must not count.
+    c.receive(now, b"220 2.0.0 go ahead\r\n250-mx\r\n250 AUTH PLAIN\r\n");
+    assert_eq!(c.poll_event(), Some(ClientEvent::StartTls));
+    assert_eq!(c.poll_event(), None);
+    c.receive(now, b"250 more injected\r\n");
+    assert_eq!(c.poll_event(), None);
+    c.tls_established().unwrap();
+    out.clear();
+    c.poll_transmit(&mut out);
+    assert_eq!(out, b"EHLO client.example\r\n");
+    c.receive(now, b"250-mx\r\n250 8BITMIME\r\n");
+    let Some(ClientEvent::Ready(caps)) = c.poll_event() else {
+        panic!()
+    };
+    assert!(caps.eight_bit_mime && caps.auth.is_empty() && !caps.starttls);
+}
