@@ -119,6 +119,18 @@ fn bind(ip: IpAddr, port: u16, what: &str, flag: &str) -> Result<TcpListener, Bi
 impl Server {
     /// Binds both ports and starts accepting connections.
     pub fn start(options: Options) -> Result<Self, BindError> {
+        Self::start_with_configs(options, None, None)
+    }
+
+    /// [`Server::start`] with the protocol sessions' configurations given
+    /// (limits, timeouts, texts) instead of the crates' defaults. The host
+    /// name, STARTTLS/STLS and the AUTH-without-TLS rule still come from
+    /// `options`, on top of what is given here.
+    pub fn start_with_configs(
+        options: Options,
+        smtp: Option<postamt_smtp::ServerConfig>,
+        pop3: Option<postamt_pop3::ServerConfig>,
+    ) -> Result<Self, BindError> {
         let smtp_listener = bind(options.listen, options.smtp_port, "SMTP", "--smtp-port")?;
         let pop3_listener = bind(options.listen, options.pop3_port, "POP3", "--pop3-port")?;
         let local = |l: &TcpListener| {
@@ -131,12 +143,14 @@ impl Server {
         let pop3_addr = local(&pop3_listener)?;
 
         let tls = options.tls.is_some();
-        let mut smtp = postamt_smtp::ServerConfig::new(options.hostname.clone());
+        let mut smtp =
+            smtp.unwrap_or_else(|| postamt_smtp::ServerConfig::new(options.hostname.clone()));
+        smtp.hostname.clone_from(&options.hostname);
         smtp.extensions.starttls = tls;
         // Without TLS, AUTH runs in the clear, as POP3's USER/PASS does: this
         // is a classroom server. With TLS it waits for STARTTLS.
         smtp.extensions.auth_without_tls = !tls;
-        let mut pop3 = postamt_pop3::ServerConfig::default();
+        let mut pop3 = pop3.unwrap_or_default();
         pop3.capabilities.stls = tls;
         let shared = Arc::new(Shared {
             smtp: Arc::new(smtp),
