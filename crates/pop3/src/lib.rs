@@ -8,6 +8,9 @@
 //!   [`MultilineDecoder`]).
 //! - [`ServerSession`]: the server's state machine. It owns no socket, reads no
 //!   clock and blocks on nothing; its doc comment is the driving contract.
+//! - [`ClientSession`]: the client's state machine, driven the same way: it
+//!   reads the greeting and CAPA, logs in (USER/PASS, APOP, AUTH PLAIN), runs
+//!   STLS, and pipelines maildrop commands, streaming message text out.
 //!
 //! # A whole session over in-memory bytes
 //!
@@ -70,12 +73,16 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod client;
 pub mod command;
 mod config;
 pub mod error;
 pub mod response;
 mod server;
 
+pub use client::{
+    ClientConfig, ClientError, ClientEvent, ClientSession, ClientUsageError, ServerCapabilities,
+};
 pub use command::{Command, MessageNumber};
 pub use config::{Capabilities, Limits, ServerConfig, Texts};
 pub use error::{CommandError, ResponseError, UsageError};
