@@ -1325,8 +1325,10 @@ mod tests {
         );
 
         let now = Instant::now();
-        let mut config = ClientConfig::default();
-        config.max_listing = 100;
+        let config = ClientConfig {
+            max_listing: 100,
+            ..ClientConfig::default()
+        };
         let mut c = ClientSession::new(config, now);
         c.receive(now, b"+OK\r\n+OK\r\n");
         for _ in 0..20 {
