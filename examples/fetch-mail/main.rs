@@ -1,0 +1,322 @@
+//! Fetches mail over POP3 with postamt's client session.
+//!
+//! ```text
+//! cargo run --example fetch-mail -- --user bob --password topSecret            # list
+//! cargo run --example fetch-mail -- --user bob --fetch-to ~/Mail --delete       # move into a Maildir
+//! POSTAMT_PASSWORD=topSecret cargo run --example fetch-mail -- --user bob --print
+//! ```
+//!
+//! Without `--fetch-to` or `--print` it lists the messages: number, size, and
+//! From and Subject read from `TOP n 0`. With `--delete`, a message is marked
+//! for deletion only after it was stored (or printed), and the server removes
+//! the marked messages at QUIT.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use postamt_examples::client::ClientStream;
+use postamt_examples::tls;
+use postamt_pop3::{
+    ClientConfig, ClientEvent, ClientSession, Mechanism, MessageNumber, ServerCapabilities,
+};
+use postamt_store::{Delivery, MailStore, MailboxName, Maildir};
+
+/// Fetch mail with POP3: list it, store it in a Maildir, or print it.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Server to fetch from, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1100")]
+    server: String,
+    /// User name.
+    #[arg(long)]
+    user: String,
+    /// Password (else the environment variable POSTAMT_PASSWORD).
+    #[arg(long)]
+    password: Option<String>,
+    /// Log in with APOP (the password never crosses the wire).
+    #[arg(long)]
+    apop: bool,
+    /// Switch to TLS with STLS before logging in.
+    #[arg(long)]
+    stls: bool,
+    /// Trust the certificate(s) in this PEM file for STLS.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Accept any certificate (a classroom server's self-signed one).
+    #[arg(long, conflicts_with = "tls_ca")]
+    tls_insecure: bool,
+    /// Store every message in the Maildir under this folder, in the mailbox
+    /// named after the user (DIR/USER/new/).
+    #[arg(long)]
+    fetch_to: Option<PathBuf>,
+    /// Write every message to standard output.
+    #[arg(long, conflicts_with = "fetch_to")]
+    print: bool,
+    /// Delete each message from the server once it is stored or printed.
+    #[arg(long)]
+    delete: bool,
+    /// Print the POP3 dialogue's events.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("fetch-mail: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// What to do with each message.
+enum Action {
+    /// TOP n 0, then a line with From and Subject.
+    List,
+    /// RETR n into a Maildir mailbox.
+    Store(Maildir, MailboxName),
+    /// RETR n to standard output.
+    Print,
+}
+
+/// The message being read, and where its bytes go.
+enum Sink {
+    /// Up to 64 KiB of header for the summary.
+    Header(Vec<u8>),
+    Delivery(Box<dyn Delivery>),
+    Stdout,
+    /// A delivery that failed: the rest of the message is dropped.
+    Failed,
+}
+
+const HEADER_LIMIT: usize = 64 * 1024;
+
+fn run(args: &Args) -> Result<bool, String> {
+    let password = match &args.password {
+        Some(p) => p.clone(),
+        None => std::env::var("POSTAMT_PASSWORD")
+            .map_err(|_| "give --password or set POSTAMT_PASSWORD".to_string())?,
+    };
+    let action = match (&args.fetch_to, args.print) {
+        (Some(dir), _) => {
+            let mailbox = MailboxName::new(args.user.clone())
+                .map_err(|e| format!("user {:?} as a mailbox name: {e}", args.user))?;
+            Action::Store(Maildir::new(dir), mailbox)
+        }
+        (None, true) => Action::Print,
+        (None, false) => Action::List,
+    };
+    let mut tls = if args.stls {
+        Some(match (&args.tls_ca, args.tls_insecure) {
+            (Some(ca), _) => tls::client_trusting(ca).map_err(|e| e.to_string())?,
+            (None, true) => tls::client_insecure().map_err(|e| e.to_string())?,
+            (None, false) => return Err("--stls needs --tls-ca FILE or --tls-insecure".into()),
+        })
+    } else {
+        None
+    };
+    let host = args
+        .server
+        .rsplit_once(':')
+        .map_or(args.server.as_str(), |(h, _)| h)
+        .to_string();
+
+    let mut stream = ClientStream::connect(&args.server, Duration::from_secs(30))
+        .map_err(|e| format!("{}: {e}", args.server))?;
+    let mut session = ClientSession::new(ClientConfig::default(), Instant::now());
+    // Messages still to fetch, and the one being read.
+    let mut todo: Vec<(MessageNumber, u64)> = Vec::new();
+    let mut sizes: Vec<(MessageNumber, u64)> = Vec::new();
+    let mut current: Option<(MessageNumber, u64, Sink)> = None;
+    let mut all_ok = true;
+    let mut out = Vec::new();
+    let mut buf = vec![0; 64 * 1024];
+    let stdout = std::io::stdout();
+    loop {
+        while let Some(event) = session.poll_event() {
+            if args.verbose && !matches!(event, ClientEvent::MessageData(_)) {
+                eprintln!("{event:?}");
+            }
+            match event {
+                ClientEvent::Ready(caps) => {
+                    if tls.is_some() {
+                        session.stls().map_err(|e| format!("STLS: {e}"))?;
+                    } else {
+                        login(&mut session, &caps, args, &password)?;
+                    }
+                }
+                ClientEvent::StartTls => {
+                    out.clear();
+                    session.poll_transmit(&mut out);
+                    stream.send(&out).map_err(|e| e.to_string())?;
+                    let config = tls.take().ok_or("STLS without TLS settings")?;
+                    stream = stream
+                        .start_tls(config, &host)
+                        .map_err(|e| format!("TLS: {e}"))?;
+                    session.tls_established().map_err(|e| e.to_string())?;
+                }
+                ClientEvent::LoggedIn => session.list(None).map_err(|e| e.to_string())?,
+                ClientEvent::List(entries) => {
+                    if matches!(action, Action::List) {
+                        println!("{} messages", entries.len());
+                    }
+                    sizes = entries.clone();
+                    todo = entries;
+                    todo.reverse();
+                    next(&mut session, &mut todo, &action)?;
+                }
+                ClientEvent::MessageStart(n) => {
+                    let size = sizes
+                        .iter()
+                        .find(|(m, _)| *m == n)
+                        .map_or(0, |&(_, size)| size);
+                    let sink = match &action {
+                        Action::List => Sink::Header(Vec::new()),
+                        Action::Print => Sink::Stdout,
+                        Action::Store(store, mailbox) => {
+                            match store.begin_delivery(std::slice::from_ref(mailbox)) {
+                                Ok(delivery) => Sink::Delivery(delivery),
+                                Err(e) => {
+                                    eprintln!("message {n}: cannot store: {e}");
+                                    all_ok = false;
+                                    Sink::Failed
+                                }
+                            }
+                        }
+                    };
+                    current = Some((n, size, sink));
+                }
+                ClientEvent::MessageData(bytes) => {
+                    let Some((n, _, sink)) = current.as_mut() else {
+                        continue;
+                    };
+                    match sink {
+                        Sink::Header(header) => {
+                            let room = HEADER_LIMIT.saturating_sub(header.len());
+                            header.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                        }
+                        Sink::Stdout => stdout
+                            .lock()
+                            .write_all(&bytes)
+                            .map_err(|e| format!("stdout: {e}"))?,
+                        Sink::Delivery(delivery) => {
+                            if let Err(e) = delivery.write_chunk(&bytes) {
+                                eprintln!("message {n}: cannot store: {e}");
+                                all_ok = false;
+                                *sink = Sink::Failed;
+                            }
+                        }
+                        Sink::Failed => {}
+                    }
+                }
+                ClientEvent::MessageEnd => {
+                    let Some((n, size, sink)) = current.take() else {
+                        continue;
+                    };
+                    let done = match sink {
+                        Sink::Header(header) => {
+                            let summary = postamt_store::summary(&header);
+                            println!(
+                                "{n:>5} {size:>9}  {:<30}  {}",
+                                summary.from.as_deref().unwrap_or("-"),
+                                summary.subject.as_deref().unwrap_or("-"),
+                            );
+                            false
+                        }
+                        Sink::Stdout => {
+                            stdout.lock().flush().map_err(|e| format!("stdout: {e}"))?;
+                            true
+                        }
+                        Sink::Delivery(delivery) => match delivery.commit() {
+                            Ok(()) => {
+                                eprintln!("message {n}: stored ({size} octets)");
+                                true
+                            }
+                            Err(e) => {
+                                eprintln!("message {n}: cannot store: {e}");
+                                all_ok = false;
+                                false
+                            }
+                        },
+                        Sink::Failed => false,
+                    };
+                    if done && args.delete {
+                        session.dele(n).map_err(|e| e.to_string())?;
+                    }
+                    next(&mut session, &mut todo, &action)?;
+                }
+                ClientEvent::Deleted(_) => {}
+                ClientEvent::Error { command, response } => {
+                    eprintln!("{command}: {response}");
+                    all_ok = false;
+                    match command {
+                        "USER" | "PASS" | "APOP" | "AUTH" | "STLS" => {
+                            session.quit().map_err(|e| e.to_string())?;
+                        }
+                        "RETR" | "TOP" => {
+                            current = None;
+                            next(&mut session, &mut todo, &action)?;
+                        }
+                        "LIST" => session.quit().map_err(|e| e.to_string())?,
+                        _ => {}
+                    }
+                }
+                ClientEvent::Closed(None) => return Ok(all_ok),
+                ClientEvent::Closed(Some(e)) => {
+                    if current.is_some() {
+                        eprintln!("the connection ended in the middle of a message");
+                    }
+                    return Err(e.to_string());
+                }
+                _ => {}
+            }
+        }
+        out.clear();
+        session.poll_transmit(&mut out);
+        stream.send(&out).map_err(|e| e.to_string())?;
+        match stream
+            .read_until(&mut buf, session.poll_timeout())
+            .map_err(|e| e.to_string())?
+        {
+            None => session.handle_timeout(Instant::now()),
+            Some(0) => session.receive_eof(Instant::now()),
+            Some(n) => session.receive(Instant::now(), &buf[..n]),
+        }
+    }
+}
+
+fn login(
+    session: &mut ClientSession,
+    caps: &ServerCapabilities,
+    args: &Args,
+    password: &str,
+) -> Result<(), String> {
+    let result = if args.apop {
+        session.login_apop(&args.user, password)
+    } else if caps.user || !caps.capa || !caps.offers_sasl(Mechanism::Plain) {
+        session.login_user(&args.user, password)
+    } else {
+        session.authenticate(Mechanism::Plain, &args.user, password)
+    };
+    result.map_err(|e| format!("login: {e}"))
+}
+
+/// Asks for the next message, or QUIT when there is none.
+fn next(
+    session: &mut ClientSession,
+    todo: &mut Vec<(MessageNumber, u64)>,
+    action: &Action,
+) -> Result<(), String> {
+    let result = match todo.pop() {
+        Some((n, _)) if matches!(action, Action::List) => session.top(n, 0),
+        Some((n, _)) => session.retr(n),
+        None => session.quit(),
+    };
+    result.map_err(|e| e.to_string())
+}
