@@ -474,9 +474,15 @@ impl ClientSession {
         self.phase == Phase::Closed
     }
 
-    /// Commands sent or queued whose responses have not arrived yet.
+    /// Commands sent or queued whose responses have not arrived in full
+    /// yet (a message being read counts until its end).
     pub fn outstanding(&self) -> usize {
-        self.expect.len() + self.queue.len()
+        self.expect.len() + self.queue.len() + usize::from(self.body.is_some())
+    }
+
+    /// Whether a response, or the rest of one, is awaited.
+    fn awaiting(&self) -> bool {
+        !self.expect.is_empty() || self.body.is_some()
     }
 
     /// The next event, if any.
@@ -495,7 +501,7 @@ impl ClientSession {
     /// When [`handle_timeout`](Self::handle_timeout) should be called; `None`
     /// while no response is awaited.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.expect.is_empty() {
+        if !self.awaiting() {
             None
         } else {
             self.deadline
@@ -506,7 +512,7 @@ impl ClientSession {
     /// [`ClientError::Timeout`]. Safe to call early.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
-        if !self.expect.is_empty() && self.deadline.is_some_and(|d| now >= d) {
+        if self.awaiting() && self.deadline.is_some_and(|d| now >= d) {
             self.close(Some(ClientError::Timeout));
         }
     }
@@ -720,7 +726,7 @@ impl ClientSession {
 
     fn idle_authorization(&self) -> Result<(), ClientUsageError> {
         match self.phase {
-            Phase::Authorization if self.expect.is_empty() => Ok(()),
+            Phase::Authorization if !self.awaiting() => Ok(()),
             Phase::Transaction => Err(ClientUsageError::AlreadyLoggedIn),
             Phase::Closed | Phase::Quitting => Err(ClientUsageError::Closed),
             _ => Err(ClientUsageError::Busy),
@@ -757,9 +763,9 @@ impl ClientSession {
     /// Sends queued commands: all of them with PIPELINING, else the next
     /// one when nothing is awaited.
     fn flush_queue(&mut self) {
-        while !self.queue.is_empty() && (self.expect.is_empty() || self.pipelining()) {
+        while !self.queue.is_empty() && (!self.awaiting() || self.pipelining()) {
             let (line, expect) = self.queue.pop_front().expect("queue checked above");
-            if self.expect.is_empty() {
+            if !self.awaiting() {
                 self.arm();
             }
             self.out.extend_from_slice(&line);
@@ -769,7 +775,7 @@ impl ClientSession {
 
     fn send(&mut self, command: &Command<'_>, expect: Expect) {
         command.render(&mut self.out);
-        if self.expect.is_empty() {
+        if !self.awaiting() {
             self.arm();
         }
         self.expect.push_back(expect);
@@ -876,7 +882,7 @@ impl ClientSession {
 
     /// A command's response (with its body, if any) is complete.
     fn response_done(&mut self) {
-        if self.expect.is_empty() {
+        if !self.awaiting() {
             self.deadline = None;
         } else {
             self.arm();
@@ -1338,6 +1344,33 @@ mod tests {
             c.poll_event(),
             Some(ClientEvent::Closed(Some(ClientError::ListingTooLong)))
         );
+    }
+
+    #[test]
+    fn a_stalled_message_times_out_and_waits_for_its_end() {
+        let (mut c, now) = ready(b"+OK\r\nUSER\r\n.\r\n");
+        c.login_apop("bob", "pw").unwrap();
+        c.receive(now, b"+OK\r\n");
+        assert_eq!(c.poll_event(), Some(ClientEvent::LoggedIn));
+        c.retr(n(1)).unwrap();
+        let mut out = Vec::new();
+        c.poll_transmit(&mut out);
+        let later = now + Duration::from_secs(60);
+        c.receive(later, b"+OK\r\nSubject: x\r\n");
+        // Without PIPELINING, DELE waits for the end of the message.
+        c.dele(n(1)).unwrap();
+        out.clear();
+        c.poll_transmit(&mut out);
+        assert_eq!(out, b"");
+        assert_eq!(c.outstanding(), 2);
+        assert_eq!(c.poll_timeout(), Some(later + Duration::from_secs(600)));
+        c.handle_timeout(later + Duration::from_secs(600));
+        let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert_eq!(
+            events.last(),
+            Some(&ClientEvent::Closed(Some(ClientError::Timeout)))
+        );
+        assert!(!events.contains(&ClientEvent::MessageEnd));
     }
 
     #[test]
