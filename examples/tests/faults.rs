@@ -433,6 +433,7 @@ fn client_vanishing_mid_data_delivers_nothing() {
         // The server still serves, and the one message it has is this one.
         let mut c = Conn::smtp(server.smtp_addr());
         assert!(c.send_message(&message("complete", 3)).starts_with("250 "));
+        assert!(c.command("QUIT\r\n").starts_with("221 "));
         let messages = stored(store.as_ref(), &bob());
         assert_eq!(messages.len(), 1);
         assert!(messages[0].ends_with(message("complete", 3).as_bytes()));
