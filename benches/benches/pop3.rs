@@ -13,8 +13,8 @@ use std::time::Instant;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use postamt_pop3::response::MultilineEncoder;
 use postamt_pop3::{
-    Command, Decoded, Event, Maildrop, MessageFlow, MultilineDecoder, Response, ServerConfig,
-    ServerSession,
+    ClientConfig, ClientEvent, ClientSession, Command, Decoded, Event, Maildrop, MessageFlow,
+    MessageNumber, MultilineDecoder, Response, ServerConfig, ServerSession,
 };
 
 /// The nine commands of the classic session, without CRLF for postamt (its
@@ -214,10 +214,94 @@ fn multiline_decode(c: &mut Criterion) {
     g.finish();
 }
 
+/// A client session that has read the greeting and CAPA and logged in.
+fn client_logged_in(now: Instant) -> ClientSession {
+    let mut client = ClientSession::new(ClientConfig::default(), now);
+    client.receive(now, b"+OK ready\r\n+OK\r\nUSER\r\nPIPELINING\r\n.\r\n");
+    client
+        .login_user("bob", "topSecret")
+        .expect("ready for USER");
+    client.receive(now, b"+OK\r\n+OK logged in\r\n");
+    while let Some(event) = client.poll_event() {
+        assert!(matches!(
+            event,
+            ClientEvent::Ready(_) | ClientEvent::LoggedIn
+        ));
+    }
+    assert!(client.is_logged_in());
+    let mut wire = Vec::new();
+    client.poll_transmit(&mut wire);
+    assert_eq!(wire, b"CAPA\r\nUSER bob\r\nPASS topSecret\r\n");
+    client
+}
+
+/// RETR's response fed to the client in reads of 64 KiB, the text coming
+/// out as `MessageData` pieces; returns the octets of text.
+fn client_retr(
+    client: &mut ClientSession,
+    now: Instant,
+    response: &[u8],
+    wire: &mut Vec<u8>,
+) -> usize {
+    client
+        .retr(MessageNumber::new(1).expect("1 is a message number"))
+        .expect("logged in");
+    wire.clear();
+    client.poll_transmit(wire);
+    let mut text = 0;
+    let mut ended = false;
+    for read in response.chunks(READ) {
+        client.receive(now, read);
+        while let Some(event) = client.poll_event() {
+            match event {
+                ClientEvent::MessageData(bytes) => text += black_box(bytes).len(),
+                ClientEvent::MessageEnd => ended = true,
+                ClientEvent::MessageStart(_) => {}
+                other => unreachable!("{other:?}"),
+            }
+        }
+    }
+    assert!(ended);
+    text
+}
+
+/// The client's RETR decoding through `ClientSession`: status line, then the
+/// stuffed text unstuffed and handed out as `Bytes` pieces, never collected.
+fn client_retr_decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pop3_client_retr");
+    let size = 10 * 1024 * 1024;
+    let text = message(size, true);
+    let mut response = b"+OK message follows\r\n".to_vec();
+    let mut encoder = MultilineEncoder::new();
+    encoder.encode(&text, &mut response);
+    encoder.finish(&mut response);
+    let now = Instant::now();
+    let mut client = client_logged_in(now);
+    let mut wire = Vec::new();
+    assert_eq!(
+        client_retr(&mut client, now, &response, &mut wire),
+        text.len()
+    );
+    assert_eq!(wire, b"RETR 1\r\n");
+    g.throughput(Throughput::Bytes(response.len() as u64));
+    g.bench_function(BenchmarkId::new("postamt ClientSession", "10MiB"), |b| {
+        b.iter(|| {
+            black_box(client_retr(
+                &mut client,
+                now,
+                black_box(&response),
+                &mut wire,
+            ))
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     command_parse,
     retr_through_session,
-    multiline_decode
+    multiline_decode,
+    client_retr_decode
 );
 criterion_main!(benches);
