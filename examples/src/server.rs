@@ -167,10 +167,6 @@ impl Server {
         let active = Arc::new(AtomicUsize::new(0));
         let mut listeners = Vec::new();
         for (listener, kind) in [(smtp_listener, Kind::Smtp), (pop3_listener, Kind::Pop3)] {
-            listener.set_nonblocking(true).map_err(|source| BindError {
-                message: format!("cannot configure the listener: {source}"),
-                source,
-            })?;
             let (shared, stop, active) =
                 (Arc::clone(&shared), Arc::clone(&stop), Arc::clone(&active));
             listeners.push(thread::spawn(move || {
@@ -204,6 +200,18 @@ impl Server {
     /// Stops accepting, lets sessions finish for a few seconds, then returns.
     pub fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
+        // The listeners block in accept(): a connection of our own wakes each
+        // one to see the flag.
+        for addr in [self.smtp_addr, self.pop3_addr] {
+            let mut wake = addr;
+            if wake.ip().is_unspecified() {
+                wake.set_ip(match wake {
+                    SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                    SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                });
+            }
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        }
         for l in self.listeners {
             let _ = l.join();
         }
@@ -240,20 +248,17 @@ fn accept_loop(
     while !stop.load(Ordering::SeqCst) {
         let (tcp, peer) = match listener.accept() {
             Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 eprintln!("accept failed: {e}");
                 thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        if tcp.set_nonblocking(false).is_err() {
-            continue;
+        if stop.load(Ordering::SeqCst) {
+            break;
         }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if open.load(Ordering::SeqCst) >= shared.max_connections {
             refuse(tcp, kind, shared);
             eprintln!(

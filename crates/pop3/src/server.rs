@@ -506,9 +506,9 @@ impl ServerSession {
         if self.closed || data.is_empty() {
             return;
         }
+        // The autologout timer restarts with each complete command (RFC 1939
+        // §3), not with each byte: a client trickling bytes is still cut off.
         self.last_now = now;
-        self.deadline = now + self.config.limits.inactivity_timeout;
-        self.rearm = false;
         let cap = self.input_cap();
         while !data.is_empty() && !self.closed {
             if self.pending == Some(Decision::Tls) {
@@ -905,6 +905,12 @@ impl ServerSession {
         }
     }
 
+    /// A whole command line arrived: the inactivity timer starts again.
+    fn command_received(&mut self) {
+        self.deadline = self.last_now + self.config.limits.inactivity_timeout;
+        self.rearm = false;
+    }
+
     /// Processes buffered lines while no decision is pending and the output
     /// has room.
     fn advance(&mut self) {
@@ -919,6 +925,7 @@ impl ServerSession {
                 Frame::Discarded { consumed } => pos += consumed,
                 Frame::TooLong { consumed } => {
                     pos += consumed;
+                    self.command_received();
                     if self.sasl.take().is_some() {
                         self.framer.set_limit(self.config.limits.max_command_line);
                     }
@@ -930,6 +937,7 @@ impl ServerSession {
                     bare,
                 } => {
                     pos += consumed;
+                    self.command_received();
                     self.handle_line(line, bare);
                     if self.discard_input {
                         self.discard_input = false;

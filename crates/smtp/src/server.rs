@@ -246,6 +246,11 @@ pub struct ServerSession {
     closed: bool,
     now: Instant,
     deadline: Option<Instant>,
+    /// A whole record (command line, message line, 1 KiB of BDAT data)
+    /// arrived since the timer last started.
+    progress: bool,
+    /// BDAT octets since the timer last started.
+    chunk_progress: u64,
 }
 
 /// Writes one single-line reply from parts, with the enhanced code only when
@@ -302,6 +307,8 @@ impl ServerSession {
             closed: false,
             now,
             deadline: Some(now + config.limits.command_timeout),
+            progress: false,
+            chunk_progress: 0,
             config,
         };
         let c = &session.config;
@@ -441,7 +448,11 @@ impl ServerSession {
             self.resume();
         }
         self.check_buffered();
-        self.touch();
+        // The timer restarts per record, never per byte (Postfix calls this
+        // a per-record deadline): a client trickling bytes is cut off.
+        if mem::take(&mut self.progress) {
+            self.touch();
+        }
     }
 
     /// Tells the session the client closed its side of the connection.
@@ -580,6 +591,15 @@ impl ServerSession {
         self.deadline = Some(self.now + timeout);
     }
 
+    /// Counts BDAT octets towards the per-record timer.
+    fn chunk_read(&mut self, n: usize, done: bool) {
+        self.chunk_progress += n as u64;
+        if done || self.chunk_progress >= BDAT_RECORD {
+            self.chunk_progress = 0;
+            self.progress = true;
+        }
+    }
+
     fn close(&mut self) {
         self.closed = true;
         self.deadline = None;
@@ -661,11 +681,13 @@ impl ServerSession {
                     }
                 },
                 Input::Data(ref mut decoder) => {
+                    let lines = decoder.lines();
                     let result = if self.tx.aborted.is_some() {
                         Checked::Decoded(decoder.skip(rest))
                     } else {
                         decoder.decode_checked(rest, &mut self.data)
                     };
+                    self.progress |= decoder.lines() != lines;
                     let complete = match result {
                         Checked::Decoded(Decoded::Incomplete) => {
                             used += rest.len();
@@ -690,6 +712,7 @@ impl ServerSession {
                         }
                     };
                     if complete {
+                        self.progress = true;
                         self.input = Input::Command;
                         self.message_complete();
                     }
@@ -704,6 +727,7 @@ impl ServerSession {
                         .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                     *remaining -= n as u64;
                     let done = *remaining == 0;
+                    self.chunk_read(n, done);
                     if self.tx.aborted.is_none() {
                         self.data.extend_from_slice(&rest[..n]);
                         self.message_data();
@@ -719,9 +743,11 @@ impl ServerSession {
                         .len()
                         .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                     *remaining -= n as u64;
-                    if *remaining == 0 {
+                    let done = *remaining == 0;
+                    if done {
                         self.input = Input::Command;
                     }
+                    self.chunk_read(n, done);
                     used += n;
                 }
             }
@@ -863,6 +889,10 @@ impl ServerSession {
         }
     }
 }
+
+/// BDAT octets that count as one record for the timer: a chunk trickling in
+/// slower than 1 KiB per data timeout is cut off.
+const BDAT_RECORD: u64 = 1024;
 
 /// Sequence errors (RFC 5321 §4.1.4, 503 5.5.1).
 const NEED_HELLO: &str = "Send HELO or EHLO first";

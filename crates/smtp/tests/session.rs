@@ -169,16 +169,24 @@ fn a_slow_client_is_cut_off_at_the_data_deadline() {
     s.receive(now, b"DATA\r\n");
     events(&mut s);
     output(&mut s);
-    // One byte a minute keeps the data deadline (3 minutes) moving...
+    // A line a minute keeps the data deadline (3 minutes) moving...
     for _ in 0..10 {
+        now += Duration::from_secs(60);
+        s.handle_timeout(now);
+        s.receive(now, b"line\r\n");
+    }
+    assert!(!s.is_closed());
+    let line_end = now;
+    assert_eq!(s.poll_timeout(), Some(line_end + Duration::from_secs(180)));
+    // ...single bytes do not: the timer runs per line (a per-record deadline).
+    for _ in 0..2 {
         now += Duration::from_secs(60);
         s.handle_timeout(now);
         s.receive(now, b"x");
     }
-    assert!(!s.is_closed());
     let deadline = s.poll_timeout().unwrap();
-    assert_eq!(deadline, now + Duration::from_secs(180));
-    // ...calling early changes nothing, silence past it closes the session.
+    assert_eq!(deadline, line_end + Duration::from_secs(180));
+    // Calling early changes nothing; reaching the deadline closes the session.
     s.handle_timeout(deadline - Duration::from_secs(1));
     assert!(!s.is_closed());
     s.handle_timeout(deadline);
@@ -192,6 +200,26 @@ fn a_slow_client_is_cut_off_at_the_data_deadline() {
         "421 4.4.2 mx.example Timeout, closing connection\r\n"
     );
     assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn a_command_trickling_in_is_cut_off_at_the_command_deadline() {
+    let (mut s, mut now) = greeted();
+    let start = now;
+    for &b in b"NOOP" {
+        now += Duration::from_secs(100);
+        s.handle_timeout(now);
+        s.receive(now, &[b]);
+    }
+    // 400 s for four bytes: past the 5-minute command timeout, counted from
+    // the last complete command.
+    assert!(s.is_closed());
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(
+        output(&mut s),
+        "421 4.4.2 mx.example Timeout, closing connection\r\n"
+    );
+    assert!(now - start > Duration::from_secs(300));
 }
 
 #[test]

@@ -88,6 +88,8 @@ pub struct DotDecoder {
     long_line: bool,
     /// A violation was reported by `decode_checked`.
     stopped: bool,
+    /// Lines ended so far.
+    lines: u64,
 }
 
 /// The first rule a message broke, found by [`DotDecoder::decode_checked`].
@@ -132,6 +134,7 @@ impl DotDecoder {
             line_len: 0,
             long_line: false,
             stopped: false,
+            lines: 0,
         }
     }
 
@@ -143,6 +146,12 @@ impl DotDecoder {
     /// Whether a line longer than the limit has been seen.
     pub fn saw_long_line(&self) -> bool {
         self.long_line
+    }
+
+    /// How many lines have ended so far: a server restarts its timer on each,
+    /// so a client trickling one byte at a time is still cut off.
+    pub fn lines(&self) -> u64 {
+        self.lines
     }
 
     /// Whether the end marker has been seen.
@@ -249,6 +258,7 @@ impl DotDecoder {
                 State::Cr => {
                     if input[i] == b'\n' {
                         i += 1;
+                        self.lines += 1;
                         self.line_len = 0;
                         self.state = State::LineStart;
                     } else {
@@ -283,6 +293,7 @@ impl DotDecoder {
                                 match input.get(i) {
                                     Some(b'\n') => {
                                         i += 1;
+                                        self.lines += 1;
                                         self.line_len = 0;
                                         self.state = State::LineStart;
                                     }
