@@ -113,19 +113,14 @@ fn run(args: &Args) -> Result<bool, String> {
         (None, false) => Action::List,
     };
     let mut tls = if args.stls {
-        Some(match (&args.tls_ca, args.tls_insecure) {
-            (Some(ca), _) => tls::client_trusting(ca).map_err(|e| e.to_string())?,
-            (None, true) => tls::client_insecure().map_err(|e| e.to_string())?,
-            (None, false) => return Err("--stls needs --tls-ca FILE or --tls-insecure".into()),
-        })
+        Some(
+            tls::client_from_args(args.tls_ca.as_deref(), args.tls_insecure)
+                .map_err(|e| e.to_string())?,
+        )
     } else {
         None
     };
-    let host = args
-        .server
-        .rsplit_once(':')
-        .map_or(args.server.as_str(), |(h, _)| h)
-        .to_string();
+    let host = ClientStream::host_of(&args.server).to_string();
 
     let mut stream = ClientStream::connect(&args.server, Duration::from_secs(30))
         .map_err(|e| format!("{}: {e}", args.server))?;

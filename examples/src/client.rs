@@ -35,6 +35,11 @@ impl ClientStream {
         Err(last)
     }
 
+    /// The host part of `HOST:PORT`, the name a certificate is checked against.
+    pub fn host_of(addr: &str) -> &str {
+        addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+    }
+
     fn tcp(&self) -> &TcpStream {
         match self {
             Self::Plain(s) => s,

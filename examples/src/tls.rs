@@ -143,3 +143,18 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The client configuration a command line asked for: trust `ca`, or any
+/// certificate with `insecure`; one of them is needed.
+pub fn client_from_args(
+    ca: Option<&Path>,
+    insecure: bool,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    match (ca, insecure) {
+        (Some(ca), _) => client_trusting(ca),
+        (None, true) => client_insecure(),
+        (None, false) => Err(TlsError(
+            "TLS needs --tls-ca FILE (the server's certificate) or --tls-insecure".into(),
+        )),
+    }
+}
