@@ -25,7 +25,7 @@ use postamt_store::{Delivery, MailStore, MailboxName, Maildir};
 
 /// Fetch mail with POP3: list it, store it in a Maildir, or print it.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Server to fetch from, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:1100")]

@@ -20,7 +20,7 @@ use postamt_smtp::{
 
 /// Send a message with SMTP: the body comes from standard input or a file.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Server to send to, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:2525")]

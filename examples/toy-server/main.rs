@@ -23,7 +23,7 @@ const DEMO_ACCOUNTS: [(&str, &str); 2] =
 /// A small SMTP and POP3 server: students send mail with SMTP and fetch it with
 /// POP3, by hand over telnet or with any mail client.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Address to listen on; 0.0.0.0 lets the whole classroom connect.
     #[arg(long, default_value = "127.0.0.1")]
