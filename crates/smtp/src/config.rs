@@ -91,8 +91,9 @@ pub struct Limits {
     /// How long to wait for more message data: 3 minutes, the data block
     /// timeout of RFC 5321 §4.5.3.2.5.
     pub data_timeout: Duration,
-    /// Input kept while the application holds a decision (pipelined commands).
-    /// 64 KiB; a client that sends more without reading replies is cut off.
+    /// Input kept while the application holds a decision (pipelined commands):
+    /// 64 KiB. A client whose input held back this way grows past it over
+    /// further reads, before the application answers, is cut off with 421.
     pub max_buffered_input: usize,
 }
 

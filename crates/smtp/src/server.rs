@@ -430,6 +430,10 @@ impl ServerSession {
         if self.closed {
             return;
         }
+        // Only input that arrives while the application holds a decision
+        // counts against the limit: one read of any size is the caller's
+        // choice, more reads while waiting are the peer's.
+        let waiting = self.pending.is_some();
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -447,7 +451,9 @@ impl ServerSession {
             self.buf.extend_from_slice(data);
             self.resume();
         }
-        self.check_buffered();
+        if waiting {
+            self.check_buffered();
+        }
         // The timer restarts per record, never per byte (Postfix calls this
         // a per-record deadline): a client trickling bytes is cut off.
         if mem::take(&mut self.progress) {
@@ -543,7 +549,6 @@ impl ServerSession {
         if self.pending.is_none() {
             self.deadline = Some(self.now + self.config.limits.command_timeout);
             self.resume();
-            self.check_buffered();
         }
         Ok(())
     }

@@ -301,3 +301,35 @@ fn the_first_broken_rule_decides_the_reply_however_split() {
         "554 5.6.0 Message refused: a line is longer than 1000 octets\r\n250 2.0.0 OK\r\n"
     ));
 }
+
+#[test]
+fn one_large_read_behind_a_decision_is_kept_and_processed() {
+    let now = Instant::now();
+    let mut config = ServerConfig::new("mx.example");
+    config.limits.max_buffered_input = 1024;
+    let mut s = ServerSession::new(config, now);
+    // One read holds the whole pipeline, a 200 KiB BDAT chunk included: that
+    // is the caller's read size, not input that piled up while waiting.
+    let mut read = b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 204800 LAST\r\n".to_vec();
+    read.extend(std::iter::repeat_n(b'z', 204_800));
+    read.extend_from_slice(b"QUIT\r\n");
+    s.receive(now, &read);
+    assert!(!s.is_closed());
+    let mut stored = 0;
+    loop {
+        let Some(e) = s.poll_event() else { break };
+        match e {
+            Event::Mail { .. } | Event::Rcpt { .. } | Event::MessageEnd => s.accept().unwrap(),
+            Event::MessageData(b) => stored += b.len(),
+            _ => {}
+        }
+    }
+    assert_eq!(stored, 204_800);
+    let out = output(&mut s);
+    assert!(
+        out.ends_with(
+            "250 2.0.0 Message accepted for delivery\r\n221 2.0.0 mx.example See you later\r\n"
+        ),
+        "{out}"
+    );
+}
