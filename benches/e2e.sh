@@ -1,0 +1,527 @@
+#!/usr/bin/env bash
+# benches/e2e.sh: the toy server beside the servers people would otherwise run,
+# measured in one run on this machine, over 127.0.0.1 only.
+#
+#   sudo benches/e2e.sh                 # about 4 minutes, plus a 5-minute soak
+#   SOAK=30 sudo benches/e2e.sh         # a shorter soak
+#   SOAK=0 sudo benches/e2e.sh          # no soak
+#
+# Needs root on Debian (or alike): it installs postfix and dovecot-pop3d with
+# apt-get when they are missing, and runs them as private instances whose whole
+# configuration, queue, mail and logs live in a temporary folder. The system's
+# own Postfix and Dovecot (if any) are neither used nor touched.
+#
+# Started here, each on a free loopback port above 20000:
+#   smtp-sink      Postfix's SMTP test server: accepts and discards (reference
+#                  for the toy server with the memory store)
+#   postfix        a private Postfix instance (postfix -c DIR start): smtpd,
+#                  cleanup, qmgr and virtual(8) delivering into Maildir folders
+#                  (reference for the toy server with Maildir)
+#   dovecot        Dovecot's POP3 with a passwd-file and Maildir folders
+#                  (reference for POP3)
+#   toy-server     twice: --memory and --maildir DIR
+# Each is measured with postamt-load at concurrency 1, 10 and 50; SMTP sends
+# 10 KiB messages over one connection per client, POP3 sessions are connect,
+# USER/PASS, STAT, RETR 1, QUIT with one login per client (a maildrop is locked
+# to one session). One table is printed with a ratio column against the
+# reference. Then a soak (SOAK seconds, default 300): mixed SMTP and POP3 load
+# against the toy server with Maildir, and a count check sent = stored = fetched.
+#
+# Knobs (environment): SOAK (s, default 300, 0 skips), DURATION (s per
+# measurement, default 5), COUNT (transactions/sessions per measurement at most,
+# default 20000), PREFILL (messages per POP3 maildrop, default 20),
+# KEEP=1 keeps the temporary folder (logs) after the run.
+# Every process started here is stopped by its pid when the script ends.
+
+set -euo pipefail
+
+SOAK=${SOAK:-300}
+DURATION=${DURATION:-5}
+COUNT=${COUNT:-20000}
+PREFILL=${PREFILL:-20}
+KEEP=${KEEP:-0}
+LEVELS=(1 10 50)
+USERS=50 # load1..50 (POP3, pre-filled), bulk1..50 (SMTP targets), soak1..8
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+say() { printf '== %s\n' "$*" >&2; }
+die() {
+    printf 'e2e.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+[[ $(id -u) == 0 ]] || die "run as root (it installs packages and starts Postfix and Dovecot)"
+[[ $SOAK =~ ^[0-9]+$ ]] || die "SOAK must be a whole number of seconds"
+
+# ---------------------------------------------------------------------------
+# Installing and building
+
+need_pkgs=()
+[[ -x /usr/sbin/postfix && -x /usr/sbin/smtp-sink ]] || need_pkgs+=(postfix)
+[[ -x /usr/sbin/dovecot && -e /usr/lib/dovecot/pop3 ]] || need_pkgs+=(dovecot-pop3d)
+if ((${#need_pkgs[@]})); then
+    say "installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+for u in postfix dovecot dovenull nobody; do
+    id "$u" >/dev/null 2>&1 || die "user $u missing (postfix and dovecot-pop3d create it)"
+done
+
+say "building postamt-load and the toy server (release)"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+(cd "$REPO" &&
+    cargo build --quiet --release -p postamt-benches --bin postamt-load &&
+    cargo build --quiet --release -p postamt-examples --example toy-server --example fetch-mail)
+LOAD=$CARGO_TARGET_DIR/release/postamt-load
+TOY=$CARGO_TARGET_DIR/release/examples/toy-server
+FETCH=$CARGO_TARGET_DIR/release/examples/fetch-mail
+
+# ---------------------------------------------------------------------------
+# Processes and clean-up
+
+T=$(mktemp -d /tmp/postamt-e2e.XXXXXX)
+chmod 755 "$T"
+PIDS=()
+PF_DIR=""
+PF_STARTED=0
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    if ((PF_STARTED)); then
+        local master
+        master=$(cat "$T/pf/queue/pid/master.pid" 2>/dev/null | tr -d ' ' || true)
+        postfix -c "$PF_DIR" stop >/dev/null 2>&1 || true
+        [[ -n $master ]] && PIDS+=("$master")
+    fi
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    if [[ $KEEP == 1 ]]; then
+        echo "kept $T" >&2
+    else
+        rm -rf "$T"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
+NEXT_PORT=$((20000 + RANDOM % 20000))
+free_port() {
+    while ! port_free "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
+    echo "$NEXT_PORT"
+    NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+wait_listen() { # PORT WHAT LOG
+    for _ in $(seq 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    [[ -n ${3:-} && -f $3 ]] && tail -20 "$3" >&2
+    die "$2 does not listen on 127.0.0.1:$1"
+}
+
+# ---------------------------------------------------------------------------
+# Accounts and mail
+
+seqs() { seq -f "$1%g" 1 "$2"; }
+LOAD_LOGINS=() BULK_TO=()
+for u in $(seqs load "$USERS"); do LOAD_LOGINS+=(--login "$u:pw-$u"); done
+for u in $(seqs bulk "$USERS"); do BULK_TO+=(--to "$u@kolleg.de"); done
+
+# The message the POP3 maildrops are pre-filled with: 10 KiB, the shape of
+# postamt-load's own.
+MSG=$T/message.eml
+{
+    printf 'From: <anna@kolleg.de>\r\nTo: <load@kolleg.de>\r\nSubject: postamt-e2e\r\n\r\n'
+    for n in $(seq 0 139); do printf '%08d %s\r\n' "$n" "$(printf 'x%.0s' $(seq 62))"; done
+} >"$MSG"
+
+# Maildir folder DIR for each user load1..N, each with PREFILL messages in new/.
+prefill_maildir() { # ROOT NAME-SUFFIX
+    local root=$1 suffix=$2 u i
+    for u in $(seqs load "$USERS"); do
+        mkdir -p "$root/$u$suffix"/{tmp,new,cur}
+        for i in $(seq "$PREFILL"); do
+            cp "$MSG" "$root/$u$suffix/new/$((1700000000 + i)).M${i}P$$.e2e"
+        done
+    done
+}
+
+# ---------------------------------------------------------------------------
+# Measuring
+
+RESULTS=$T/results # server|protocol|concurrency|rate|p50|p99|errors
+: >"$RESULTS"
+
+# measure SERVER PROTO CONCURRENCY postamt-load-args...
+measure() {
+    local server=$1 proto=$2 c=$3 out line
+    shift 3
+    out=$("$LOAD" --concurrency "$c" --count "$COUNT" --duration "$DURATION" \
+        --timeout 10 "$@" 2>&1) || true
+    line=$(grep -E "^$proto: " <<<"$out" | head -1 || true)
+    if [[ -z $line ]]; then
+        printf '%s\n' "$out" >&2
+        echo "$server|$proto|$c|0|-|-|failed" >>"$RESULTS"
+        return
+    fi
+    local rate p50 p99 errs
+    rate=$(sed -E 's/.*: ([0-9.]+) messages\/s.*/\1/' <<<"$line")
+    p50=$(sed -E 's/.*p50 ([0-9.]+) ms.*/\1/' <<<"$line")
+    p99=$(sed -E 's/.*p99 ([0-9.]+) ms.*/\1/' <<<"$line")
+    errs=$(sed -E 's/.*errors ([0-9]+).*/\1/' <<<"$line")
+    echo "$server|$proto|$c|$rate|$p50|$p99|$errs" >>"$RESULTS"
+    say "$server $proto c=$c: $rate/s p50 $p50 ms p99 $p99 ms errors $errs"
+    grep -E "^  $proto error: " <<<"$out" | head -3 >&2 || true
+}
+
+# Warm up a server (first sessions make indexes, start processes); not measured.
+warm() { "$LOAD" --concurrency 50 --count 100 --duration 5 --timeout 10 "$@" >/dev/null 2>&1 || true; }
+
+# Postfix keeps delivering after smtpd said 250; let the queue drain so that
+# the next measurement has the machine to itself.
+pf_drain() {
+    for _ in $(seq 600); do
+        [[ -z $(find "$T/pf/queue/incoming" "$T/pf/queue/active" "$T/pf/queue/maildrop" -type f 2>/dev/null | head -1) ]] && return
+        sleep 0.1
+    done
+    say "postfix queue not empty after 60 s"
+}
+
+# ---------------------------------------------------------------------------
+# smtp-sink
+
+SINK_PORT=$(free_port)
+/usr/sbin/smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 256 >"$T/smtp-sink.log" 2>&1 &
+PIDS+=($!)
+wait_listen "$SINK_PORT" smtp-sink "$T/smtp-sink.log"
+
+# ---------------------------------------------------------------------------
+# A private Postfix: smtpd -> cleanup -> qmgr -> virtual(8) into Maildir
+
+PF_PORT=$(free_port)
+PF_DIR=$T/pf/etc
+mkdir -p "$PF_DIR" "$T/pf/queue" "$T/pf/data" "$T/vmail"
+chown nobody:nogroup "$T/vmail"
+chown postfix:postfix "$T/pf/data"
+for u in $(seqs bulk "$USERS"); do echo "$u@kolleg.de $u/"; done >"$PF_DIR/vmailbox"
+cat >"$PF_DIR/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $T/pf/queue
+data_directory = $T/pf/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mail.kolleg.de
+mydomain = kolleg.de
+myorigin = kolleg.de
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+relayhost =
+local_transport = error:local delivery is off
+alias_maps =
+alias_database =
+virtual_mailbox_domains = kolleg.de
+virtual_mailbox_base = $T/vmail
+virtual_mailbox_maps = texthash:$PF_DIR/vmailbox
+virtual_uid_maps = static:$(id -u nobody)
+virtual_gid_maps = static:$(id -g nobody)
+virtual_minimum_uid = 100
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+maillog_file = $T/pf/maillog
+syslog_name = postfix-e2e
+biff = no
+EOF
+# chroot off (column 5 = n): a chroot would need copies of /etc files in the queue.
+cat >"$PF_DIR/master.cf" <<EOF
+127.0.0.1:$PF_PORT inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+virtual   unix  -       n       n       -       -       virtual
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+if postfix -c "$PF_DIR" check >"$T/pf/check.log" 2>&1 &&
+    postfix -c "$PF_DIR" start >"$T/pf/start.log" 2>&1; then
+    PF_STARTED=1
+    wait_listen "$PF_PORT" "postfix smtpd" "$T/pf/maillog"
+    PIDS+=("$(tr -d ' ' <"$T/pf/queue/pid/master.pid")")
+else
+    cat "$T/pf/check.log" "$T/pf/start.log" >&2
+    say "POSTFIX NOT MEASURED: the private instance did not start (see above)"
+fi
+
+# ---------------------------------------------------------------------------
+# Dovecot POP3
+
+DC_PORT=$(free_port)
+DC=$T/dovecot
+mkdir -p "$DC/run" "$DC/state" "$DC/mail"
+prefill_maildir "$DC/mail" ""
+chown -R dovecot:dovecot "$DC/mail"
+for u in $(seqs load "$USERS"); do
+    echo "$u:{PLAIN}pw-$u:$(id -u dovecot):$(id -g dovecot)::$DC/mail/$u::"
+done >"$DC/users"
+cat >"$DC/dovecot.conf" <<EOF
+protocols = pop3
+listen = 127.0.0.1
+base_dir = $DC/run
+state_dir = $DC/state
+log_path = $DC/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+default_internal_user = dovecot
+default_internal_group = dovecot
+default_login_user = dovenull
+first_valid_uid = 1
+mail_location = maildir:$DC/mail/%u
+pop3_uidl_format = %08Xu%08Xv
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u $DC/users
+}
+userdb {
+  driver = passwd-file
+  args = username_format=%u $DC/users
+}
+service pop3-login {
+  inet_listener pop3 {
+    port = $DC_PORT
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+}
+service imap-login {
+  inet_listener imap {
+    port = 0
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+EOF
+/usr/sbin/dovecot -F -c "$DC/dovecot.conf" </dev/null >"$DC/stdout.log" 2>&1 &
+PIDS+=($!)
+wait_listen "$DC_PORT" dovecot "$DC/dovecot.log"
+
+# ---------------------------------------------------------------------------
+# The toy server, with the memory store and with Maildir
+
+{
+    for u in $(seqs load "$USERS") $(seqs bulk "$USERS") $(seqs soak 8); do
+        echo "$u@kolleg.de pw-$u"
+    done
+} >"$T/toy-users"
+TM_SMTP=$(free_port) TM_POP3=$(free_port)
+"$TOY" --memory --users "$T/toy-users" --smtp-port "$TM_SMTP" --pop3-port "$TM_POP3" \
+    >"$T/toy-memory.log" 2>&1 &
+PIDS+=($!)
+TD_SMTP=$(free_port) TD_POP3=$(free_port)
+TD_MAIL=$T/toy-maildir
+"$TOY" --maildir "$TD_MAIL" --users "$T/toy-users" --smtp-port "$TD_SMTP" --pop3-port "$TD_POP3" \
+    >"$T/toy-maildir.log" 2>&1 &
+PIDS+=($!)
+wait_listen "$TM_SMTP" "toy-server --memory (SMTP)" "$T/toy-memory.log"
+wait_listen "$TM_POP3" "toy-server --memory (POP3)" "$T/toy-memory.log"
+wait_listen "$TD_SMTP" "toy-server --maildir (SMTP)" "$T/toy-maildir.log"
+wait_listen "$TD_POP3" "toy-server --maildir (POP3)" "$T/toy-maildir.log"
+
+# The toy servers' POP3 maildrops get the same PREFILL messages per user as
+# Dovecot's: written as files for Maildir, sent over SMTP for memory.
+say "pre-filling the POP3 maildrops"
+prefill_maildir "$TD_MAIL" "@kolleg.de"
+for u in $(seqs load "$USERS"); do
+    "$LOAD" --smtp "127.0.0.1:$TM_SMTP" --concurrency 1 --count "$PREFILL" \
+        --duration 30 --to "$u@kolleg.de" >/dev/null
+done
+
+# ---------------------------------------------------------------------------
+# The measurements
+
+for c in "${LEVELS[@]}"; do
+    measure smtp-sink smtp "$c" --smtp "127.0.0.1:$SINK_PORT" "${BULK_TO[@]}"
+done
+for c in "${LEVELS[@]}"; do
+    measure "toy-server --memory" smtp "$c" --smtp "127.0.0.1:$TM_SMTP" "${BULK_TO[@]}"
+done
+if ((PF_STARTED)); then
+    for c in "${LEVELS[@]}"; do
+        measure "postfix smtpd (Maildir)" smtp "$c" --smtp "127.0.0.1:$PF_PORT" "${BULK_TO[@]}"
+        pf_drain
+    done
+fi
+for c in "${LEVELS[@]}"; do
+    measure "toy-server --maildir" smtp "$c" --smtp "127.0.0.1:$TD_SMTP" "${BULK_TO[@]}"
+done
+warm --pop3 "127.0.0.1:$DC_PORT" "${LOAD_LOGINS[@]}"
+for c in "${LEVELS[@]}"; do
+    measure "dovecot pop3 (Maildir)" pop3 "$c" --pop3 "127.0.0.1:$DC_PORT" "${LOAD_LOGINS[@]}"
+done
+warm --pop3 "127.0.0.1:$TD_POP3" "${LOAD_LOGINS[@]}"
+for c in "${LEVELS[@]}"; do
+    measure "toy-server --maildir" pop3 "$c" --pop3 "127.0.0.1:$TD_POP3" "${LOAD_LOGINS[@]}"
+done
+warm --pop3 "127.0.0.1:$TM_POP3" "${LOAD_LOGINS[@]}"
+for c in "${LEVELS[@]}"; do
+    measure "toy-server --memory" pop3 "$c" --pop3 "127.0.0.1:$TM_POP3" "${LOAD_LOGINS[@]}"
+done
+
+# ---------------------------------------------------------------------------
+# The table
+
+reference() { # SERVER PROTO -> reference server name (empty: is one)
+    case "$1|$2" in
+    "toy-server --memory|smtp") echo smtp-sink ;;
+    "toy-server --maildir|smtp") echo "postfix smtpd (Maildir)" ;;
+    "toy-server --"*"|pop3") echo "dovecot pop3 (Maildir)" ;;
+    esac
+}
+target() { # SERVER PROTO -> required ratio
+    case "$1|$2" in
+    "toy-server --memory|smtp") echo 1 ;;
+    "toy-server --maildir|smtp") echo 2 ;;
+    "toy-server --maildir|pop3") echo 2 ;;
+    esac
+}
+lookup() { awk -F'|' -v s="$1" -v p="$2" -v c="$3" '$1==s && $2==p && $3==c {print $4}' "$RESULTS"; }
+
+echo
+echo "postamt e2e: $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d), DURATION=${DURATION}s COUNT=$COUNT per cell, 10 KiB messages"
+echo "smtp: transactions/s (one connection per client); pop3: sessions/s (login, STAT, RETR 1, QUIT)"
+echo
+printf '| %-23s | %-4s | %4s | %10s | %8s | %8s | %6s | %-34s |\n' \
+    server proto c "per second" "p50 ms" "p99 ms" errors "ratio vs reference"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------------  ------ ------ ------------ ---------- ---------- -------- ------------------------------------
+ALL_MET=1
+MISSED=()
+while IFS='|' read -r server proto c rate p50 p99 errs; do
+    ref=$(reference "$server" "$proto")
+    ratio=""
+    if [[ -n $ref ]]; then
+        refrate=$(lookup "$ref" "$proto" "$c")
+        if [[ -n $refrate && $refrate != 0 ]]; then
+            ratio=$(awk -v a="$rate" -v b="$refrate" 'BEGIN {printf "%.2fx", a/b}')
+            want=$(target "$server" "$proto")
+            if [[ -n $want ]]; then
+                if awk -v a="$rate" -v b="$refrate" -v w="$want" 'BEGIN {exit !(a >= w*b)}'; then
+                    ratio="$ratio (target ${want}x: met)"
+                else
+                    ratio="$ratio (target ${want}x: NOT met)"
+                    ALL_MET=0
+                    MISSED+=("$server $proto c=$c")
+                fi
+            fi
+            ratio="$ratio vs $ref"
+        else
+            ratio="(no reference measured)"
+            ALL_MET=0
+        fi
+    else
+        ratio="reference"
+    fi
+    [[ $errs == 0 || -z $ref ]] || ALL_MET=0
+    printf '| %-23s | %-4s | %4s | %10s | %8s | %8s | %6s | %-34s |\n' \
+        "$server" "$proto" "$c" "$rate" "$p50" "$p99" "$errs" "$ratio"
+done <"$RESULTS"
+echo
+if ((ALL_MET)); then
+    echo "targets: all met"
+else
+    echo "targets: NOT all met${MISSED:+: ${MISSED[*]}}"
+fi
+((PF_STARTED)) || echo "postfix smtpd: NOT MEASURED (the private instance did not start)"
+
+# ---------------------------------------------------------------------------
+# Soak: mixed SMTP and POP3 against the toy server with Maildir, then
+# sent (250) = stored (files in the Maildir) = fetched (POP3 RETR + DELE).
+
+if ((SOAK == 0)); then
+    echo "soak: skipped (SOAK=0)"
+    exit 0
+fi
+say "soak: ${SOAK}s of SMTP (8 clients to soak1..8) with POP3 fetch-and-delete of soak1..8 and POP3 reads of load1..8"
+SOAK_TO=()
+for u in $(seqs soak 8); do SOAK_TO+=(--to "$u@kolleg.de"); done
+FETCHED=$T/fetched
+mkdir -p "$FETCHED"
+fetch_round() { # moves soak1..8's mail over POP3 into $FETCHED, deleting it on the server
+    local u
+    for u in $(seqs soak 8); do
+        "$FETCH" --server "127.0.0.1:$TD_POP3" --user "$u" --password "pw-$u" \
+            --fetch-to "$FETCHED" --delete >>"$T/fetch.log" 2>&1 || echo "round failed: $u" >>"$T/fetch.log"
+    done
+}
+"$LOAD" --smtp "127.0.0.1:$TD_SMTP" --concurrency 8 --count 100000000 --duration "$SOAK" \
+    --timeout 30 "${SOAK_TO[@]}" >"$T/soak-smtp.log" 2>&1 &
+SOAK_SMTP=$!
+PIDS+=("$SOAK_SMTP")
+"$LOAD" --pop3 "127.0.0.1:$TD_POP3" --concurrency 8 --count 100000000 --duration "$SOAK" \
+    --timeout 30 "${LOAD_LOGINS[@]:0:16}" >"$T/soak-pop3.log" 2>&1 &
+SOAK_POP3=$!
+PIDS+=("$SOAK_POP3")
+ROUNDS=0
+while kill -0 "$SOAK_SMTP" 2>/dev/null; do
+    fetch_round
+    ROUNDS=$((ROUNDS + 1))
+    sleep 1
+done
+wait "$SOAK_SMTP" || true
+wait "$SOAK_POP3" || true
+count_files() { find "$@" -type f 2>/dev/null | wc -l; }
+SOAK_DIRS=()
+for u in $(seqs soak 8); do SOAK_DIRS+=("$TD_MAIL/$u@kolleg.de/new" "$TD_MAIL/$u@kolleg.de/cur"); done
+SENT=$(sed -nE 's/^smtp: ([0-9]+) transactions.*/\1/p' "$T/soak-smtp.log")
+SMTP_ERR=$(sed -nE 's/^smtp: .*errors ([0-9]+).*/\1/p' "$T/soak-smtp.log")
+# Nothing is fetching now: what is on disk plus what was already fetched is
+# what was stored.
+STORED=$(($(count_files "${SOAK_DIRS[@]}") + $(count_files "$FETCHED")))
+fetch_round
+ROUNDS=$((ROUNDS + 1))
+FETCHED_N=$(count_files "$FETCHED")
+LEFT=$(count_files "${SOAK_DIRS[@]}")
+TMP_LEFT=$(find "$TD_MAIL" -path '*/tmp/*' -type f | wc -l)
+BAD=$(find "$FETCHED" -type f -print0 | xargs -0 -r grep -L 'Subject: postamt-load' | wc -l)
+echo
+echo "soak (${SOAK}s, toy-server --maildir): $(sed -nE 's/^(smtp: .*)/\1/p' "$T/soak-smtp.log")"
+echo "soak (${SOAK}s, toy-server --maildir): $(sed -nE 's/^(pop3: .*)/\1/p' "$T/soak-pop3.log")"
+echo "soak: sent with 250: ${SENT:-?} (SMTP errors ${SMTP_ERR:-?}); stored: $STORED; fetched and deleted over POP3: $FETCHED_N in $ROUNDS rounds; left on the server: $LEFT; in tmp/: $TMP_LEFT; fetched files not ours: $BAD"
+if [[ -n $SENT && $SENT -gt 0 && $SENT == "$STORED" && $STORED == "$FETCHED_N" && $LEFT == 0 && $TMP_LEFT == 0 && $BAD == 0 && ${SMTP_ERR:-1} == 0 ]]; then
+    echo "soak: PASS (sent = stored = fetched = $SENT)"
+else
+    echo "soak: FAIL"
+    exit 1
+fi
