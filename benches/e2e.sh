@@ -119,9 +119,9 @@ trap 'exit 130' INT TERM
 
 port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
 NEXT_PORT=$((20000 + RANDOM % 20000))
-free_port() {
+free_port() { # VAR: sets VAR to a port nobody listens on (and not handed out before)
     while ! port_free "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
-    echo "$NEXT_PORT"
+    printf -v "$1" '%s' "$NEXT_PORT"
     NEXT_PORT=$((NEXT_PORT + 1))
 }
 
@@ -205,7 +205,7 @@ pf_drain() {
 # ---------------------------------------------------------------------------
 # smtp-sink
 
-SINK_PORT=$(free_port)
+free_port SINK_PORT
 /usr/sbin/smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 256 >"$T/smtp-sink.log" 2>&1 &
 PIDS+=($!)
 wait_listen "$SINK_PORT" smtp-sink "$T/smtp-sink.log"
@@ -213,7 +213,7 @@ wait_listen "$SINK_PORT" smtp-sink "$T/smtp-sink.log"
 # ---------------------------------------------------------------------------
 # A private Postfix: smtpd -> cleanup -> qmgr -> virtual(8) into Maildir
 
-PF_PORT=$(free_port)
+free_port PF_PORT
 PF_DIR=$T/pf/etc
 mkdir -p "$PF_DIR" "$T/pf/queue" "$T/pf/data" "$T/vmail"
 chown nobody:nogroup "$T/vmail"
@@ -247,6 +247,7 @@ smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
 maillog_file = $T/pf/maillog
+maillog_file_prefixes = $T
 syslog_name = postfix-e2e
 biff = no
 EOF
@@ -286,7 +287,7 @@ fi
 # ---------------------------------------------------------------------------
 # Dovecot POP3
 
-DC_PORT=$(free_port)
+free_port DC_PORT
 DC=$T/dovecot
 mkdir -p "$DC/run" "$DC/state" "$DC/mail"
 prefill_maildir "$DC/mail" ""
@@ -346,11 +347,11 @@ wait_listen "$DC_PORT" dovecot "$DC/dovecot.log"
         echo "$u@kolleg.de pw-$u"
     done
 } >"$T/toy-users"
-TM_SMTP=$(free_port) TM_POP3=$(free_port)
+free_port TM_SMTP; free_port TM_POP3
 "$TOY" --memory --users "$T/toy-users" --smtp-port "$TM_SMTP" --pop3-port "$TM_POP3" \
     >"$T/toy-memory.log" 2>&1 &
 PIDS+=($!)
-TD_SMTP=$(free_port) TD_POP3=$(free_port)
+free_port TD_SMTP; free_port TD_POP3
 TD_MAIL=$T/toy-maildir
 "$TOY" --maildir "$TD_MAIL" --users "$T/toy-users" --smtp-port "$TD_SMTP" --pop3-port "$TD_POP3" \
     >"$T/toy-maildir.log" 2>&1 &
@@ -423,9 +424,9 @@ echo
 echo "postamt e2e: $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d), DURATION=${DURATION}s COUNT=$COUNT per cell, 10 KiB messages"
 echo "smtp: transactions/s (one connection per client); pop3: sessions/s (login, STAT, RETR 1, QUIT)"
 echo
-printf '| %-23s | %-4s | %4s | %10s | %8s | %8s | %6s | %-34s |\n' \
+printf '| %-23s | %-5s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
     server proto c "per second" "p50 ms" "p99 ms" errors "ratio vs reference"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------------  ------ ------ ------------ ---------- ---------- -------- ------------------------------------
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------- ------- ------ ------------ ---------- ---------- -------- ------------------------------------
 ALL_MET=1
 MISSED=()
 while IFS='|' read -r server proto c rate p50 p99 errs; do
@@ -454,7 +455,7 @@ while IFS='|' read -r server proto c rate p50 p99 errs; do
         ratio="reference"
     fi
     [[ $errs == 0 || -z $ref ]] || ALL_MET=0
-    printf '| %-23s | %-4s | %4s | %10s | %8s | %8s | %6s | %-34s |\n' \
+    printf '| %-23s | %-5s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
         "$server" "$proto" "$c" "$rate" "$p50" "$p99" "$errs" "$ratio"
 done <"$RESULTS"
 echo
