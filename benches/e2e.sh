@@ -426,7 +426,7 @@ echo "smtp: transactions/s (one connection per client); pop3: sessions/s (login,
 echo
 printf '| %-23s | %-5s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
     server proto c "per second" "p50 ms" "p99 ms" errors "ratio vs reference"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------- ------- ------ ------------ ---------- ---------- -------- ------------------------------------
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------- ------- ------ ------------ ---------- ---------- -------- ------------------------------------------------------------
 ALL_MET=1
 MISSED=()
 while IFS='|' read -r server proto c rate p50 p99 errs; do
@@ -514,7 +514,7 @@ fetch_round
 ROUNDS=$((ROUNDS + 1))
 FETCHED_N=$(count_files "$FETCHED")
 LEFT=$(count_files "${SOAK_DIRS[@]}")
-TMP_LEFT=$(find "$TD_MAIL" -path '*/tmp/*' -type f | wc -l)
+TMP_LEFT=$(count_files "$TD_MAIL"/*/tmp)
 BAD=$(find "$FETCHED" -type f -print0 | xargs -0 -r grep -L 'Subject: postamt-load' | wc -l)
 echo
 echo "soak (${SOAK}s, toy-server --maildir): $(sed -nE 's/^(smtp: .*)/\1/p' "$T/soak-smtp.log")"
