@@ -200,12 +200,14 @@ impl fmt::Display for ForwardPath<'_> {
 }
 
 /// Byte classes for the address grammar, looked up once per byte.
-const ATEXT: u8 = 1;
+pub(crate) const ATEXT: u8 = 1;
 const DOMAIN: u8 = 2;
 /// esmtp-value: any CHAR but `=`, SP and controls, or UTF-8 (RFC 6531).
 pub(crate) const VALUE: u8 = 4;
 /// xchar of xtext (RFC 3461 §4) other than `+`.
 pub(crate) const XCHAR: u8 = 8;
+/// The letters, digits and hyphens of an esmtp-keyword after its first character.
+pub(crate) const KEYWORD: u8 = 16;
 
 const fn classes() -> [u8; 256] {
     let mut table = [0u8; 256];
@@ -243,6 +245,9 @@ const fn classes() -> [u8; 256] {
         if alnum || high || c == b'-' {
             table[b] |= DOMAIN;
         }
+        if alnum || c == b'-' {
+            table[b] |= KEYWORD;
+        }
         if (c >= 33 && c != b'=' && c != 127) || high {
             table[b] |= VALUE;
             if c != b'+' {
@@ -255,12 +260,6 @@ const fn classes() -> [u8; 256] {
 }
 
 pub(crate) static CLASS: [u8; 256] = classes();
-
-/// RFC 5322 atext, plus any non-ASCII byte (RFC 6531).
-#[inline]
-pub(crate) fn is_atext(b: u8) -> bool {
-    CLASS[b as usize] & ATEXT != 0
-}
 
 type Parsed<'a, T> = IResult<&'a str, T>;
 
@@ -281,24 +280,33 @@ fn split(input: &str, n: usize) -> Parsed<'_, &str> {
 fn dot_string(input: &str) -> Parsed<'_, &str> {
     let bytes = input.as_bytes();
     let mut i = 0;
-    let mut after_dot = true;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'.' {
-            if after_dot {
-                return Err(fail(input));
-            }
-            after_dot = true;
-        } else if is_atext(b) {
-            after_dot = false;
-        } else {
-            break;
+    loop {
+        let start = i;
+        i += atext_len(&bytes[i..]);
+        if i == start {
+            return Err(fail(input));
+        }
+        if bytes.get(i) != Some(&b'.') {
+            return split(input, i);
         }
         i += 1;
     }
-    if i == 0 || after_dot {
-        return Err(fail(input));
-    }
-    split(input, i)
+}
+
+/// The length of the run of bytes of class `class` at the start of `bytes`.
+#[inline(always)]
+pub(crate) fn run_len(bytes: &[u8], class: u8) -> usize {
+    bytes
+        .iter()
+        .position(|&b| CLASS[b as usize] & class == 0)
+        .unwrap_or(bytes.len())
+}
+
+/// The length of the RFC 5322 atext (plus any non-ASCII byte, RFC 6531) at
+/// the start of `bytes`.
+#[inline(always)]
+fn atext_len(bytes: &[u8]) -> usize {
+    run_len(bytes, ATEXT)
 }
 
 /// Quoted-string (RFC 5321): qtextSMTP or backslash pairs, in double quotes.
@@ -327,29 +335,20 @@ fn quoted_string(input: &str) -> Parsed<'_, &str> {
 fn domain_name(input: &str) -> Parsed<'_, &str> {
     let bytes = input.as_bytes();
     let mut i = 0;
-    let mut label = 0usize;
-    let mut prev = b'.';
-    while let Some(&b) = bytes.get(i) {
-        if b == b'.' {
-            if label == 0 || prev == b'-' {
-                return Err(fail(input));
-            }
-            label = 0;
-        } else if CLASS[b as usize] & DOMAIN != 0 {
-            if label == 0 && b == b'-' {
-                return Err(fail(input));
-            }
-            label += 1;
-            if label > 63 {
-                return Err(fail(input));
-            }
-        } else {
+    loop {
+        let start = i;
+        i += run_len(&bytes[i..], DOMAIN);
+        let label = &bytes[start..i];
+        match (label.first(), label.last()) {
+            (Some(&first), Some(&last)) if first != b'-' && last != b'-' && label.len() <= 63 => {}
+            _ => return Err(fail(input)),
+        }
+        if bytes.get(i) != Some(&b'.') {
             break;
         }
-        prev = b;
         i += 1;
     }
-    if label == 0 || prev == b'-' || i > MAX_DOMAIN {
+    if i > MAX_DOMAIN {
         return Err(fail(input));
     }
     split(input, i)

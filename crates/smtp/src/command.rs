@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::address::{self, CLASS, Domain, ForwardPath, ReversePath, VALUE, XCHAR};
+use crate::address::{self, CLASS, Domain, ForwardPath, KEYWORD, ReversePath, VALUE, XCHAR};
 use crate::error::CommandError;
 use crate::reply::push_decimal;
 
@@ -161,35 +161,64 @@ pub enum Command<'a> {
     },
 }
 
+/// A four-letter verb in lower case, as the dispatch in [`Command::parse`] reads it.
+const fn verb_code(name: &[u8; 4]) -> u32 {
+    u32::from_le_bytes(*name)
+}
+
+const MAIL: u32 = verb_code(b"mail");
+const RCPT: u32 = verb_code(b"rcpt");
+const RSET: u32 = verb_code(b"rset");
+const DATA: u32 = verb_code(b"data");
+const QUIT: u32 = verb_code(b"quit");
+const NOOP: u32 = verb_code(b"noop");
+const EHLO: u32 = verb_code(b"ehlo");
+const EXPN: u32 = verb_code(b"expn");
+const HELO: u32 = verb_code(b"helo");
+const HELP: u32 = verb_code(b"help");
+const LHLO: u32 = verb_code(b"lhlo");
+const VRFY: u32 = verb_code(b"vrfy");
+const AUTH: u32 = verb_code(b"auth");
+const BDAT: u32 = verb_code(b"bdat");
+const STARTTLS: u64 = u64::from_le_bytes(*b"starttls");
+
 impl<'a> Command<'a> {
     /// Parses one command line (without its CRLF).
     pub fn parse(line: &'a [u8]) -> Result<Self, CommandError> {
         // Checked once here, so every part below is sliced from a `str`.
         let line = std::str::from_utf8(line).map_err(|_| CommandError::InvalidCharacters)?;
-        let verb_len = line.bytes().position(|b| b == b' ').unwrap_or(line.len());
-        let (verb, args) = line.split_at(verb_len);
-        let is = |name: &str| verb.eq_ignore_ascii_case(name);
-        match verb.len() {
-            4 => match verb.as_bytes()[0].to_ascii_uppercase() {
-                b'M' if is("MAIL") => parse_mail(args),
-                b'R' if is("RCPT") => parse_rcpt(args),
-                b'R' if is("RSET") => no_args(args, Self::Rset),
-                b'D' if is("DATA") => no_args(args, Self::Data),
-                b'Q' if is("QUIT") => no_args(args, Self::Quit),
-                b'N' if is("NOOP") => Ok(Self::Noop(optional_text(args)?)),
-                b'E' if is("EHLO") => Ok(Self::Ehlo(hello_domain(args)?)),
-                b'E' if is("EXPN") => Ok(Self::Expn(required_text(args)?)),
-                b'H' if is("HELO") => Ok(Self::Helo(hello_domain(args)?)),
-                b'H' if is("HELP") => Ok(Self::Help(optional_text(args)?)),
-                b'L' if is("LHLO") => Ok(Self::Lhlo(hello_domain(args)?)),
-                b'V' if is("VRFY") => Ok(Self::Vrfy(required_text(args)?)),
-                b'A' if is("AUTH") => parse_auth(args),
-                b'B' if is("BDAT") => parse_bdat(args),
+        let bytes = line.as_bytes();
+        // The verb is everything up to the first space; all verbs are letters,
+        // so OR-ing 0x20 into each byte folds case without false matches.
+        if let Some(&[a, b, c, d]) = bytes.first_chunk::<4>()
+            && bytes.get(4).is_none_or(|&b| b == b' ')
+        {
+            let args = &line[4..];
+            return match u32::from_le_bytes([a, b, c, d]) | 0x2020_2020 {
+                MAIL => parse_mail(args),
+                RCPT => parse_rcpt(args),
+                RSET => no_args(args, Self::Rset),
+                DATA => no_args(args, Self::Data),
+                QUIT => no_args(args, Self::Quit),
+                NOOP => Ok(Self::Noop(optional_text(args)?)),
+                EHLO => Ok(Self::Ehlo(hello_domain(args)?)),
+                EXPN => Ok(Self::Expn(required_text(args)?)),
+                HELO => Ok(Self::Helo(hello_domain(args)?)),
+                HELP => Ok(Self::Help(optional_text(args)?)),
+                LHLO => Ok(Self::Lhlo(hello_domain(args)?)),
+                VRFY => Ok(Self::Vrfy(required_text(args)?)),
+                AUTH => parse_auth(args),
+                BDAT => parse_bdat(args),
                 _ => Err(CommandError::UnknownCommand),
-            },
-            8 if is("STARTTLS") => no_args(args, Self::StartTls),
-            _ => Err(CommandError::UnknownCommand),
+            };
         }
+        if let Some(verb) = bytes.first_chunk::<8>()
+            && u64::from_le_bytes(*verb) | 0x2020_2020_2020_2020 == STARTTLS
+            && bytes.get(8).is_none_or(|&b| b == b' ')
+        {
+            return no_args(&line[8..], Self::StartTls);
+        }
+        Err(CommandError::UnknownCommand)
     }
 
     /// The command verb in upper case.
@@ -444,7 +473,19 @@ fn no_args<'a>(args: &str, command: Command<'a>) -> Result<Command<'a>, CommandE
 }
 
 fn trim_spaces(s: &str) -> &str {
-    s.trim_matches(' ')
+    let bytes = s.as_bytes();
+    let start = leading_spaces(bytes);
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// How many spaces `bytes` starts with.
+#[inline]
+fn leading_spaces(bytes: &[u8]) -> usize {
+    bytes.iter().position(|&b| b != b' ').unwrap_or(bytes.len())
 }
 
 fn text(s: &str) -> Result<&str, CommandError> {
@@ -475,48 +516,60 @@ fn hello_domain(args: &str) -> Result<Domain<'_>, CommandError> {
     Domain::parse_str(t)
 }
 
-/// Strips `" FROM:"` or `" TO:"` (any case) and the spaces people type after it.
-fn after_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
-    let rest = args.strip_prefix(' ')?;
-    let head = rest.get(..keyword.len())?;
-    if !head.eq_ignore_ascii_case(keyword) {
-        return None;
+/// Strips `" FROM:"` (any case) and the spaces people type after it.
+fn after_from(args: &str) -> Option<&str> {
+    match args.as_bytes().first_chunk::<6>() {
+        Some(&[b' ', f, r, o, m, b':'])
+            if u32::from_le_bytes([f, r, o, m]) | 0x2020_2020 == verb_code(b"from") =>
+        {
+            let rest = &args[6..];
+            Some(&rest[leading_spaces(rest.as_bytes())..])
+        }
+        _ => None,
     }
-    Some(rest[keyword.len()..].trim_start_matches(' '))
+}
+
+/// Strips `" TO:"` (any case) and the spaces people type after it.
+fn after_to(args: &str) -> Option<&str> {
+    match args.as_bytes().first_chunk::<4>() {
+        Some(&[b' ', t, o, b':'])
+            if u16::from_le_bytes([t, o]) | 0x2020 == u16::from_le_bytes(*b"to") =>
+        {
+            let rest = &args[4..];
+            Some(&rest[leading_spaces(rest.as_bytes())..])
+        }
+        _ => None,
+    }
 }
 
 /// Splits `*(SP esmtp-param)` into keyword/value pairs, calling `each` on
 /// them; each byte is looked at once.
 fn parameters<'a>(
-    mut rest: &'a str,
+    rest: &'a str,
     mut each: impl FnMut(&'a str, Option<&'a str>) -> Result<(), CommandError>,
 ) -> Result<(), CommandError> {
+    let bytes = rest.as_bytes();
+    let mut i = 0;
     loop {
-        let trimmed = rest.trim_start_matches(' ');
-        if trimmed.len() == rest.len() && !rest.is_empty() {
+        let spaces = leading_spaces(&bytes[i..]);
+        if spaces == 0 && i < bytes.len() {
             return Err(CommandError::BadArguments);
         }
-        rest = trimmed;
-        if rest.is_empty() {
+        i += spaces;
+        let Some(&first) = bytes.get(i) else {
             return Ok(());
-        }
-        let bytes = rest.as_bytes();
-        if !bytes[0].is_ascii_alphanumeric() {
+        };
+        if !first.is_ascii_alphanumeric() {
             return Err(CommandError::BadArguments);
         }
-        let mut i = 1;
-        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'-') {
-            i += 1;
-        }
-        let keyword = &rest[..i];
+        let start = i;
+        i += 1 + address::run_len(&bytes[i + 1..], KEYWORD);
+        let keyword = &rest[start..i];
         let value = match bytes.get(i) {
             None | Some(b' ') => None,
             Some(b'=') => {
                 let start = i + 1;
-                i = start;
-                while i < bytes.len() && CLASS[bytes[i] as usize] & VALUE != 0 {
-                    i += 1;
-                }
+                i = start + address::run_len(&bytes[start..], VALUE);
                 if i == start || bytes.get(i).is_some_and(|&b| b != b' ') {
                     return Err(CommandError::BadParameter);
                 }
@@ -525,8 +578,22 @@ fn parameters<'a>(
             Some(_) => return Err(CommandError::BadArguments),
         };
         each(keyword, value)?;
-        rest = &rest[i..];
     }
+}
+
+/// A run of ASCII digits (at most 20) as a `u64`; `None` if anything else
+/// or if it does not fit.
+fn decimal(v: &str) -> Option<u64> {
+    if v.is_empty() || v.len() > 20 {
+        return None;
+    }
+    v.bytes().try_fold(0u64, |n, b| {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), CommandError> {
@@ -538,7 +605,7 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), CommandError> {
 }
 
 fn parse_mail(args: &str) -> Result<Command<'_>, CommandError> {
-    let rest = after_keyword(args, "FROM:").ok_or(CommandError::BadArguments)?;
+    let rest = after_from(args).ok_or(CommandError::BadArguments)?;
     let (rest, from) = address::reverse_path(rest).map_err(|_| CommandError::BadSender)?;
     if !rest.is_empty() && !rest.starts_with(' ') {
         return Err(CommandError::BadSender);
@@ -549,12 +616,9 @@ fn parse_mail(args: &str) -> Result<Command<'_>, CommandError> {
         let is = |k: &str| keyword.eq_ignore_ascii_case(k);
         if is("SIZE") {
             let v = value.ok_or(CommandError::BadParameter)?;
-            if v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(CommandError::BadParameter);
-            }
             set_once(
                 &mut params.size,
-                v.parse().map_err(|_| CommandError::BadParameter)?,
+                decimal(v).ok_or(CommandError::BadParameter)?,
             )
         } else if is("BODY") {
             let v = value.ok_or(CommandError::BadParameter)?;
@@ -608,7 +672,7 @@ fn parse_mail(args: &str) -> Result<Command<'_>, CommandError> {
 }
 
 fn parse_rcpt(args: &str) -> Result<Command<'_>, CommandError> {
-    let rest = after_keyword(args, "TO:").ok_or(CommandError::BadArguments)?;
+    let rest = after_to(args).ok_or(CommandError::BadArguments)?;
     let (rest, to) = address::forward_path(rest).map_err(|_| CommandError::BadRecipient)?;
     if !rest.is_empty() && !rest.starts_with(' ') {
         return Err(CommandError::BadRecipient);
@@ -620,9 +684,13 @@ fn parse_rcpt(args: &str) -> Result<Command<'_>, CommandError> {
             set_once(&mut params.notify, parse_notify(v)?)
         } else if keyword.eq_ignore_ascii_case("ORCPT") {
             let v = value.ok_or(CommandError::BadParameter)?;
-            let (addr_type, address) = v.split_once(';').ok_or(CommandError::BadParameter)?;
-            let type_ok = !addr_type.is_empty() && addr_type.bytes().all(address::is_atext);
-            if !type_ok || address.is_empty() || !is_xtext(address.as_bytes()) {
+            // addr-type is atext, which holds no `;`: the first `;` ends it.
+            let type_len = address::run_len(v.as_bytes(), address::ATEXT);
+            if type_len == 0 || v.as_bytes().get(type_len) != Some(&b';') {
+                return Err(CommandError::BadParameter);
+            }
+            let (addr_type, address) = (&v[..type_len], &v[type_len + 1..]);
+            if address.is_empty() || !is_xtext(address.as_bytes()) {
                 return Err(CommandError::BadParameter);
             }
             set_once(
@@ -648,12 +716,12 @@ fn parse_notify(v: &str) -> Result<Notify, CommandError> {
         return Ok(Notify::Never);
     }
     let (mut success, mut failure, mut delay) = (false, false, false);
-    for item in v.split(',') {
-        let flag = if item.eq_ignore_ascii_case("SUCCESS") {
+    for item in v.as_bytes().split(|&b| b == b',') {
+        let flag = if item.eq_ignore_ascii_case(b"SUCCESS") {
             &mut success
-        } else if item.eq_ignore_ascii_case("FAILURE") {
+        } else if item.eq_ignore_ascii_case(b"FAILURE") {
             &mut failure
-        } else if item.eq_ignore_ascii_case("DELAY") {
+        } else if item.eq_ignore_ascii_case(b"DELAY") {
             &mut delay
         } else {
             return Err(CommandError::BadParameter);
