@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::address::{self, CLASS, Domain, ForwardPath, KEYWORD, ReversePath, VALUE, XCHAR};
+use crate::address::{self, Domain, ForwardPath, KEYWORD, ReversePath, VALUE, XCHAR};
 use crate::error::CommandError;
 use crate::reply::push_decimal;
 
@@ -453,9 +453,7 @@ fn is_xtext(s: &[u8]) -> bool {
     let hex = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
     let mut i = 0;
     loop {
-        while s.get(i).is_some_and(|&b| CLASS[b as usize] & XCHAR != 0) {
-            i += 1;
-        }
+        i += address::run_len(&s[i..], XCHAR);
         match s.get(i) {
             None => return true,
             Some(b'+') if hex(s.get(i + 1)) && hex(s.get(i + 2)) => i += 3,
@@ -596,6 +594,25 @@ fn decimal(v: &str) -> Option<u64> {
     })
 }
 
+/// Whether `s` is `word` (upper-case letters and digits, at most 16) in any
+/// case, compared as two words rather than byte by byte.
+#[inline(always)]
+fn is_word<const N: usize>(s: &[u8], word: &[u8; N]) -> bool {
+    let Ok(s) = <[u8; N]>::try_from(s) else {
+        return false;
+    };
+    let (mut text, mut want, mut fold) = ([0u8; 16], [0u8; 16], [0u8; 16]);
+    text[..N].copy_from_slice(&s);
+    want[..N].copy_from_slice(word);
+    for (f, w) in fold.iter_mut().zip(word) {
+        if w.is_ascii_alphabetic() {
+            *f = 0x20;
+        }
+    }
+    let fold = u128::from_le_bytes(fold);
+    u128::from_le_bytes(text) | fold == u128::from_le_bytes(want) | fold
+}
+
 fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), CommandError> {
     if slot.is_some() {
         return Err(CommandError::BadParameter);
@@ -613,47 +630,46 @@ fn parse_mail(args: &str) -> Result<Command<'_>, CommandError> {
     let mut params = MailParameters::default();
     let mut smtputf8 = None;
     parameters(rest, |keyword, value| {
-        let is = |k: &str| keyword.eq_ignore_ascii_case(k);
-        if is("SIZE") {
+        if is_word(keyword.as_bytes(), b"SIZE") {
             let v = value.ok_or(CommandError::BadParameter)?;
             set_once(
                 &mut params.size,
                 decimal(v).ok_or(CommandError::BadParameter)?,
             )
-        } else if is("BODY") {
+        } else if is_word(keyword.as_bytes(), b"BODY") {
             let v = value.ok_or(CommandError::BadParameter)?;
-            let body = if v.eq_ignore_ascii_case("7BIT") {
+            let body = if is_word(v.as_bytes(), b"7BIT") {
                 Body::SevenBit
-            } else if v.eq_ignore_ascii_case("8BITMIME") {
+            } else if is_word(v.as_bytes(), b"8BITMIME") {
                 Body::EightBitMime
-            } else if v.eq_ignore_ascii_case("BINARYMIME") {
+            } else if is_word(v.as_bytes(), b"BINARYMIME") {
                 Body::BinaryMime
             } else {
                 return Err(CommandError::BadParameter);
             };
             set_once(&mut params.body, body)
-        } else if is("SMTPUTF8") {
+        } else if is_word(keyword.as_bytes(), b"SMTPUTF8") {
             if value.is_some() {
                 return Err(CommandError::BadParameter);
             }
             set_once(&mut smtputf8, ())
-        } else if is("AUTH") {
+        } else if is_word(keyword.as_bytes(), b"AUTH") {
             let v = value.ok_or(CommandError::BadParameter)?;
             if v != "<>" && !is_xtext(v.as_bytes()) {
                 return Err(CommandError::BadParameter);
             }
             set_once(&mut params.auth, Cow::Borrowed(v))
-        } else if is("RET") {
+        } else if is_word(keyword.as_bytes(), b"RET") {
             let v = value.ok_or(CommandError::BadParameter)?;
-            let ret = if v.eq_ignore_ascii_case("FULL") {
+            let ret = if is_word(v.as_bytes(), b"FULL") {
                 Ret::Full
-            } else if v.eq_ignore_ascii_case("HDRS") {
+            } else if is_word(v.as_bytes(), b"HDRS") {
                 Ret::Headers
             } else {
                 return Err(CommandError::BadParameter);
             };
             set_once(&mut params.ret, ret)
-        } else if is("ENVID") {
+        } else if is_word(keyword.as_bytes(), b"ENVID") {
             let v = value.ok_or(CommandError::BadParameter)?;
             if v.len() > 100 || !is_xtext(v.as_bytes()) {
                 return Err(CommandError::BadParameter);
@@ -679,10 +695,10 @@ fn parse_rcpt(args: &str) -> Result<Command<'_>, CommandError> {
     }
     let mut params = RcptParameters::default();
     parameters(rest, |keyword, value| {
-        if keyword.eq_ignore_ascii_case("NOTIFY") {
+        if is_word(keyword.as_bytes(), b"NOTIFY") {
             let v = value.ok_or(CommandError::BadParameter)?;
             set_once(&mut params.notify, parse_notify(v)?)
-        } else if keyword.eq_ignore_ascii_case("ORCPT") {
+        } else if is_word(keyword.as_bytes(), b"ORCPT") {
             let v = value.ok_or(CommandError::BadParameter)?;
             // addr-type is atext, which holds no `;`: the first `;` ends it.
             let type_len = address::run_len(v.as_bytes(), address::ATEXT);
@@ -712,16 +728,16 @@ fn parse_rcpt(args: &str) -> Result<Command<'_>, CommandError> {
 }
 
 fn parse_notify(v: &str) -> Result<Notify, CommandError> {
-    if v.eq_ignore_ascii_case("NEVER") {
+    if is_word(v.as_bytes(), b"NEVER") {
         return Ok(Notify::Never);
     }
     let (mut success, mut failure, mut delay) = (false, false, false);
     for item in v.as_bytes().split(|&b| b == b',') {
-        let flag = if item.eq_ignore_ascii_case(b"SUCCESS") {
+        let flag = if is_word(item, b"SUCCESS") {
             &mut success
-        } else if item.eq_ignore_ascii_case(b"FAILURE") {
+        } else if is_word(item, b"FAILURE") {
             &mut failure
-        } else if item.eq_ignore_ascii_case(b"DELAY") {
+        } else if is_word(item, b"DELAY") {
             &mut delay
         } else {
             return Err(CommandError::BadParameter);
