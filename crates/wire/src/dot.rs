@@ -1,5 +1,7 @@
 use memchr::memchr2;
 
+use crate::scan::{BLOCK, Marks};
+
 /// What to do with a CR or LF that is not part of a CRLF pair inside a message.
 ///
 /// Either way such a byte never ends the message: only `CRLF . CRLF` does. That
@@ -90,6 +92,9 @@ pub struct DotDecoder {
     stopped: bool,
     /// Lines ended so far.
     lines: u64,
+    /// Whether whole blocks may be passed over (off only to test against
+    /// the byte-by-byte path).
+    blocks: bool,
 }
 
 /// The first rule a message broke, found by [`DotDecoder::decode_checked`].
@@ -135,6 +140,7 @@ impl DotDecoder {
             long_line: false,
             stopped: false,
             lines: 0,
+            blocks: true,
         }
     }
 
@@ -204,6 +210,8 @@ impl DotDecoder {
 
     fn run<S: Sink, const STOP: bool>(&mut self, input: &[u8], out: &mut S) -> Checked {
         let stop = STOP && !self.stopped;
+        // Lines inside a block are too short to break the limit.
+        let fast = self.blocks && self.max_line.max(2) - 1 > BLOCK;
         let len = input.len();
         let mut i = 0;
         // Start of the bytes that are to be copied out but have not been yet.
@@ -269,6 +277,12 @@ impl DotDecoder {
                     }
                 }
                 State::Text => {
+                    if fast {
+                        i = self.blocks(input, i);
+                        if self.state != State::Text {
+                            continue;
+                        }
+                    }
                     let rest = &input[i..];
                     match memchr2(b'\r', b'\n', rest) {
                         None => {
@@ -333,6 +347,59 @@ impl DotDecoder {
         Checked::Decoded(Decoded::Incomplete)
     }
 
+    /// Passes over whole blocks of plain CRLF lines from `i` (in a line, the
+    /// byte before not a CR) and returns where the careful path must go on:
+    /// at a block it cannot vouch for or at the tail of the input, in state
+    /// `Text`, `LineStart` (the block before ended with LF) or `Cr` (it
+    /// ended with CR).
+    #[inline(always)]
+    fn blocks(&mut self, input: &[u8], mut i: usize) -> usize {
+        let limit = self.max_line.max(2) - 1;
+        // Where the current line's content began, as a position that may lie
+        // before this input (hence wrapping): its length at `p` is
+        // `p - begin`.
+        let mut begin = i.wrapping_sub(self.line_len);
+        // The last byte of the block before was a CR / an LF.
+        let mut cr_before = 0u64;
+        let mut lf_before = 0u64;
+        while let Some(m) = Marks::of(&input[i..]) {
+            let unpaired = m.lf ^ (m.cr << 1 | cr_before);
+            let stuffed = (m.lf << 1 | lf_before) & m.dot;
+            if unpaired | stuffed != 0 {
+                break;
+            }
+            let cr_after = m.cr >> 63;
+            if m.lf == 0 {
+                // The line goes on through the block (its last CR is no content).
+                let end = i + BLOCK - cr_after as usize;
+                if end.wrapping_sub(begin) >= limit {
+                    break;
+                }
+            } else {
+                // The first LF ends the line; the CR before it may be the last
+                // byte of the block before, so `end` may be `i - 1`.
+                let end = (i + m.lf.trailing_zeros() as usize).wrapping_sub(1);
+                if end.wrapping_sub(begin) >= limit {
+                    break;
+                }
+                begin = i + BLOCK - m.lf.leading_zeros() as usize;
+                self.lines += m.line_ends();
+            }
+            cr_before = cr_after;
+            lf_before = m.lf >> 63;
+            i += BLOCK;
+        }
+        self.line_len = (i - cr_before as usize).wrapping_sub(begin);
+        self.state = if cr_before != 0 {
+            State::Cr
+        } else if lf_before != 0 {
+            State::LineStart
+        } else {
+            State::Text
+        };
+        i
+    }
+
     /// The CR just before `at` (already output, or pending in `input[run..at]`)
     /// is not followed by LF. Returns whether that breaks the policy.
     #[inline]
@@ -364,6 +431,8 @@ impl DotDecoder {
 pub struct DotEncoder {
     at_line_start: bool,
     after_cr: bool,
+    /// Whether whole blocks may be passed over (off only in tests).
+    blocks: bool,
 }
 
 impl Default for DotEncoder {
@@ -378,6 +447,7 @@ impl DotEncoder {
         Self {
             at_line_start: true,
             after_cr: false,
+            blocks: true,
         }
     }
 
@@ -411,6 +481,9 @@ impl DotEncoder {
                     run = i;
                 }
             }
+            if self.blocks && self.plain_blocks(input, &mut i) {
+                continue;
+            }
             match memchr2(b'\r', b'\n', &input[i..]) {
                 None => break,
                 Some(off) => {
@@ -442,6 +515,24 @@ impl DotEncoder {
         out.extend_from_slice(&input[run..len]);
     }
 
+    /// Passes over whole blocks from `i` (inside a line, not just after a
+    /// CR) that need no stuffing and no line-end repair. Returns true when
+    /// it stopped at the start of a line.
+    #[inline(always)]
+    fn plain_blocks(&mut self, input: &[u8], i: &mut usize) -> bool {
+        while let Some(m) = Marks::of(&input[*i..]) {
+            if !m.crlf_only() || m.ends_in_cr() || m.dot_at_line_start() {
+                break;
+            }
+            *i += BLOCK;
+            if m.ends_in_lf() {
+                self.at_line_start = true;
+                return true;
+            }
+        }
+        false
+    }
+
     /// Ends the text: completes the last line and appends the `.CRLF` marker.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if self.after_cr {
@@ -450,7 +541,10 @@ impl DotEncoder {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
-        *self = Self::new();
+        *self = Self {
+            blocks: self.blocks,
+            ..Self::new()
+        };
     }
 }
 
@@ -648,6 +742,152 @@ mod tests {
                     String::from_utf8_lossy(expected),
                     "input {input:?} step {step}"
                 );
+            }
+        }
+    }
+
+    mod blocks {
+        //! The block path against the byte-by-byte path on long, mixed input.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn pieces() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                8 => (0usize..150).prop_map(|n| vec![b'a'; n]),
+                3 => proptest::sample::select(vec![63usize, 64, 65, 66, 98, 99, 100, 998, 999, 1000])
+                    .prop_map(|n| vec![b'b'; n]),
+                8 => Just(b"\r\n".to_vec()),
+                2 => Just(b".".to_vec()),
+                2 => Just(b"\r\n.".to_vec()),
+                1 => Just(b"\n".to_vec()),
+                1 => Just(b"\r".to_vec()),
+                1 => Just(b"\r\n..\r\n".to_vec()),
+                1 => (900usize..1100).prop_map(|n| vec![b'x'; n]),
+                1 => Just(b"\r\n.\r\n".to_vec()),
+            ];
+            proptest::collection::vec(piece, 0..60).prop_map(|v| v.concat())
+        }
+
+        fn cuts(len: usize, points: &[usize]) -> Vec<(usize, usize)> {
+            let mut at: Vec<usize> = points.iter().map(|p| p % (len + 1)).collect();
+            at.push(0);
+            at.push(len);
+            at.sort_unstable();
+            at.dedup();
+            at.windows(2).map(|w| (w[0], w[1])).collect()
+        }
+
+        /// Everything a caller can see of a checked decode.
+        fn run_checked(
+            mut d: DotDecoder,
+            input: &[u8],
+            points: &[usize],
+        ) -> (Vec<u8>, Vec<String>, bool, bool, u64, bool) {
+            let mut out = Vec::new();
+            let mut seen = Vec::new();
+            for (a, b) in cuts(input.len(), points) {
+                let mut at = a;
+                while at < b {
+                    match d.decode_checked(&input[at..b], &mut out) {
+                        Checked::Violation { consumed, kind } => {
+                            seen.push(format!("{kind:?} at {}", at + consumed));
+                            at += consumed;
+                            while at < b {
+                                match d.skip(&input[at..b]) {
+                                    Decoded::Complete { consumed } => {
+                                        seen.push(format!("end at {}", at + consumed));
+                                        return finish(d, out, seen);
+                                    }
+                                    Decoded::Incomplete => at = b,
+                                }
+                            }
+                        }
+                        Checked::Decoded(Decoded::Complete { consumed }) => {
+                            seen.push(format!("end at {}", at + consumed));
+                            return finish(d, out, seen);
+                        }
+                        Checked::Decoded(Decoded::Incomplete) => at = b,
+                    }
+                }
+            }
+            finish(d, out, seen)
+        }
+
+        fn finish(
+            d: DotDecoder,
+            out: Vec<u8>,
+            seen: Vec<String>,
+        ) -> (Vec<u8>, Vec<String>, bool, bool, u64, bool) {
+            let (bare, long, lines, done) = (
+                d.saw_bare_line_ending(),
+                d.saw_long_line(),
+                d.lines(),
+                d.is_done(),
+            );
+            (out, seen, bare, long, lines, done)
+        }
+
+        fn run_plain(
+            mut d: DotDecoder,
+            input: &[u8],
+            points: &[usize],
+        ) -> (Vec<u8>, Vec<String>, bool, bool, u64, bool) {
+            let mut out = Vec::new();
+            let mut seen = Vec::new();
+            for (a, b) in cuts(input.len(), points) {
+                if let Decoded::Complete { consumed } = d.decode(&input[a..b], &mut out) {
+                    seen.push(format!("end at {}", a + consumed));
+                    break;
+                }
+            }
+            finish(d, out, seen)
+        }
+
+        fn decoder(policy: BareLineEndings, max_line: usize, blocks: bool) -> DotDecoder {
+            let mut d = DotDecoder::new(policy, max_line);
+            d.blocks = blocks;
+            d
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            #[test]
+            fn decoder_blocks_agree_with_bytes(
+                input in pieces(),
+                points in proptest::collection::vec(any::<usize>(), 0..6),
+                normalize in any::<bool>(),
+                max_line in prop_oneof![Just(1000usize), Just(100), Just(66), Just(usize::MAX)],
+            ) {
+                let policy = if normalize { BareLineEndings::Normalize } else { BareLineEndings::Reject };
+                prop_assert_eq!(
+                    run_checked(decoder(policy, max_line, true), &input, &points),
+                    run_checked(decoder(policy, max_line, false), &input, &points)
+                );
+                prop_assert_eq!(
+                    run_plain(decoder(policy, max_line, true), &input, &points),
+                    run_plain(decoder(policy, max_line, false), &input, &points)
+                );
+            }
+
+            #[test]
+            fn encoder_blocks_agree_with_bytes(
+                input in pieces(),
+                points in proptest::collection::vec(any::<usize>(), 0..6),
+            ) {
+                let mut outs = Vec::new();
+                for blocks in [true, false] {
+                    let mut e = DotEncoder::new();
+                    e.blocks = blocks;
+                    let mut out = Vec::new();
+                    for (a, b) in cuts(input.len(), &points) {
+                        e.encode(&input[a..b], &mut out);
+                    }
+                    let at_start = e.at_line_start();
+                    e.finish(&mut out);
+                    outs.push((out, at_start));
+                }
+                prop_assert_eq!(&outs[0], &outs[1]);
             }
         }
     }

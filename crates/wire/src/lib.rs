@@ -18,6 +18,7 @@ mod dot;
 mod error;
 mod line;
 pub mod sasl;
+mod scan;
 mod secret;
 
 pub use dot::{BareLineEndings, Checked, Decoded, DotDecoder, DotEncoder, Violation};
