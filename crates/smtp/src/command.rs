@@ -561,7 +561,7 @@ fn parameters<'a>(
             return Err(CommandError::BadArguments);
         }
         let start = i;
-        i += 1 + address::run_len(&bytes[i + 1..], KEYWORD);
+        i += 1 + address::short_run_len(&bytes[i + 1..], KEYWORD);
         let keyword = &rest[start..i];
         let value = match bytes.get(i) {
             None | Some(b' ') => None,
