@@ -4,7 +4,8 @@
 //! The dot-stuffing codecs cross long runs of ordinary lines with these masks:
 //! a block whose every CR is followed by LF, every LF preceded by CR and no line
 //! opening with `.` needs no work at all, so it is passed over with a few bit
-//! operations instead of one search per line.
+//! operations instead of one search per line. Dots are looked up only where a
+//! line starts, which is cheaper than a third mask.
 
 use wide::u8x32;
 
@@ -16,7 +17,6 @@ pub(crate) const BLOCK: usize = 64;
 pub(crate) struct Marks {
     pub(crate) cr: u64,
     pub(crate) lf: u64,
-    pub(crate) dot: u64,
 }
 
 impl Marks {
@@ -25,13 +25,8 @@ impl Marks {
     #[inline(always)]
     pub(crate) fn of(input: &[u8]) -> Option<Self> {
         let block: &[u8; BLOCK] = input.get(..BLOCK)?.try_into().ok()?;
-        let (cr_byte, lf_byte, dot_byte) =
-            (u8x32::splat(b'\r'), u8x32::splat(b'\n'), u8x32::splat(b'.'));
-        let mut marks = Self {
-            cr: 0,
-            lf: 0,
-            dot: 0,
-        };
+        let (cr_byte, lf_byte) = (u8x32::splat(b'\r'), u8x32::splat(b'\n'));
+        let mut marks = Self { cr: 0, lf: 0 };
         // Two lanes of 32: one AVX2 register each where the build enables
         // it, two SSE2 registers otherwise.
         for k in 0..BLOCK / 32 {
@@ -41,7 +36,6 @@ impl Marks {
             let shift = 32 * k;
             marks.cr |= u64::from(v.simd_eq(cr_byte).to_bitmask()) << shift;
             marks.lf |= u64::from(v.simd_eq(lf_byte).to_bitmask()) << shift;
-            marks.dot |= u64::from(v.simd_eq(dot_byte).to_bitmask()) << shift;
         }
         Some(marks)
     }
@@ -67,10 +61,18 @@ impl Marks {
         self.lf == self.cr << 1
     }
 
-    /// Some line that begins inside the block opens with `.`.
+    /// Some line that begins inside the block opens with `.`; `lf_before`
+    /// is 1 when the block itself begins a line (that byte is counted too).
     #[inline(always)]
-    pub(crate) fn dot_at_line_start(&self) -> bool {
-        (self.lf << 1) & self.dot != 0
+    pub(crate) fn dot_at_line_start(&self, block: &[u8], lf_before: u64) -> bool {
+        let mut starts = self.lf << 1 | lf_before;
+        while starts != 0 {
+            if block[starts.trailing_zeros() as usize] == b'.' {
+                return true;
+            }
+            starts &= starts - 1;
+        }
+        false
     }
 
     /// The last byte is a CR (its LF, if any, is in the next block).
@@ -105,7 +107,6 @@ mod tests {
         for (i, &b) in block.iter().enumerate() {
             assert_eq!(m.cr >> i & 1 == 1, b == b'\r', "cr {i}");
             assert_eq!(m.lf >> i & 1 == 1, b == b'\n', "lf {i}");
-            assert_eq!(m.dot >> i & 1 == 1, b == b'.', "dot {i}");
         }
     }
 
@@ -115,13 +116,16 @@ mod tests {
         assert_eq!(block.len(), BLOCK);
         let m = Marks::of(&block).unwrap();
         assert!(m.crlf_only());
-        assert!(m.dot_at_line_start());
+        assert!(m.dot_at_line_start(&block, 0));
         assert!(m.ends_in_cr());
         assert!(!m.ends_in_lf());
         block[10] = b'y';
         block[4] = b'z';
         let m = Marks::of(&block).unwrap();
         assert!(!m.crlf_only());
-        assert!(!m.dot_at_line_start());
+        assert!(!m.dot_at_line_start(&block, 0));
+        block[0] = b'.';
+        assert!(!m.dot_at_line_start(&block, 0));
+        assert!(m.dot_at_line_start(&block, 1));
     }
 }
