@@ -185,40 +185,42 @@ const STARTTLS: u64 = u64::from_le_bytes(*b"starttls");
 impl<'a> Command<'a> {
     /// Parses one command line (without its CRLF).
     pub fn parse(line: &'a [u8]) -> Result<Self, CommandError> {
-        // Checked once here, so every part below is sliced from a `str`.
-        let line = std::str::from_utf8(line).map_err(|_| CommandError::InvalidCharacters)?;
-        let bytes = line.as_bytes();
         // The verb is everything up to the first space; all verbs are letters,
         // so OR-ing 0x20 into each byte folds case without false matches.
-        if let Some(&[a, b, c, d]) = bytes.first_chunk::<4>()
-            && bytes.get(4).is_none_or(|&b| b == b' ')
+        // A known verb is ASCII, so the line is UTF-8 exactly when the
+        // arguments are: those are checked once, and every part below is
+        // sliced from a `str`. Verbs without arguments need no check when
+        // the rest is spaces.
+        if let Some(&[a, b, c, d]) = line.first_chunk::<4>()
+            && line.get(4).is_none_or(|&b| b == b' ')
         {
-            let args = &line[4..];
+            let raw = &line[4..];
+            let args = || utf8(raw);
             return match u32::from_le_bytes([a, b, c, d]) | 0x2020_2020 {
-                MAIL => parse_mail(args),
-                RCPT => parse_rcpt(args),
-                RSET => no_args(args, Self::Rset),
-                DATA => no_args(args, Self::Data),
-                QUIT => no_args(args, Self::Quit),
-                NOOP => Ok(Self::Noop(optional_text(args)?)),
-                EHLO => Ok(Self::Ehlo(hello_domain(args)?)),
-                EXPN => Ok(Self::Expn(required_text(args)?)),
-                HELO => Ok(Self::Helo(hello_domain(args)?)),
-                HELP => Ok(Self::Help(optional_text(args)?)),
-                LHLO => Ok(Self::Lhlo(hello_domain(args)?)),
-                VRFY => Ok(Self::Vrfy(required_text(args)?)),
-                AUTH => parse_auth(args),
-                BDAT => parse_bdat(args),
-                _ => Err(CommandError::UnknownCommand),
+                MAIL => parse_mail(args()?),
+                RCPT => parse_rcpt(args()?),
+                RSET => no_args(raw, Self::Rset),
+                DATA => no_args(raw, Self::Data),
+                QUIT => no_args(raw, Self::Quit),
+                NOOP => Ok(Self::Noop(optional_text(args()?)?)),
+                EHLO => Ok(Self::Ehlo(hello_domain(args()?)?)),
+                EXPN => Ok(Self::Expn(required_text(args()?)?)),
+                HELO => Ok(Self::Helo(hello_domain(args()?)?)),
+                HELP => Ok(Self::Help(optional_text(args()?)?)),
+                LHLO => Ok(Self::Lhlo(hello_domain(args()?)?)),
+                VRFY => Ok(Self::Vrfy(required_text(args()?)?)),
+                AUTH => parse_auth(args()?),
+                BDAT => parse_bdat(args()?),
+                _ => unknown(line),
             };
         }
-        if let Some(verb) = bytes.first_chunk::<8>()
+        if let Some(verb) = line.first_chunk::<8>()
             && u64::from_le_bytes(*verb) | 0x2020_2020_2020_2020 == STARTTLS
-            && bytes.get(8).is_none_or(|&b| b == b' ')
+            && line.get(8).is_none_or(|&b| b == b' ')
         {
             return no_args(&line[8..], Self::StartTls);
         }
-        Err(CommandError::UnknownCommand)
+        unknown(line)
     }
 
     /// The command verb in upper case.
@@ -462,10 +464,26 @@ fn is_xtext(s: &[u8]) -> bool {
     }
 }
 
-fn no_args<'a>(args: &str, command: Command<'a>) -> Result<Command<'a>, CommandError> {
-    if args.bytes().all(|b| b == b' ') {
+/// The line after a known verb as text: the one UTF-8 check of the line.
+#[inline]
+fn utf8(args: &[u8]) -> Result<&str, CommandError> {
+    std::str::from_utf8(args).map_err(|_| CommandError::InvalidCharacters)
+}
+
+/// A line with no known verb: invalid UTF-8 is reported before the verb.
+#[cold]
+fn unknown<T>(line: &[u8]) -> Result<T, CommandError> {
+    utf8(line)?;
+    Err(CommandError::UnknownCommand)
+}
+
+/// A verb without arguments: only spaces may follow (then the line is
+/// ASCII and needs no UTF-8 check).
+fn no_args<'a>(args: &[u8], command: Command<'a>) -> Result<Command<'a>, CommandError> {
+    if args.iter().all(|&b| b == b' ') {
         Ok(command)
     } else {
+        utf8(args)?;
         Err(CommandError::UnexpectedArguments)
     }
 }
