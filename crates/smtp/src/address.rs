@@ -208,6 +208,8 @@ pub(crate) const VALUE: u8 = 4;
 pub(crate) const XCHAR: u8 = 8;
 /// The letters, digits and hyphens of an esmtp-keyword after its first character.
 pub(crate) const KEYWORD: u8 = 16;
+/// The addr-type of RFC 3461 `ORCPT=`: atext that is also an esmtp-value byte.
+pub(crate) const ADDR_TYPE: u8 = 32;
 
 const fn classes() -> [u8; 256] {
     let mut table = [0u8; 256];
@@ -253,6 +255,9 @@ const fn classes() -> [u8; 256] {
             if c != b'+' {
                 table[b] |= XCHAR;
             }
+        }
+        if table[b] & ATEXT != 0 && table[b] & VALUE != 0 {
+            table[b] |= ADDR_TYPE;
         }
         b += 1;
     }

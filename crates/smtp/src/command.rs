@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::address::{self, Domain, ForwardPath, KEYWORD, ReversePath, VALUE, XCHAR};
+use crate::address::{self, ADDR_TYPE, Domain, ForwardPath, KEYWORD, ReversePath, VALUE, XCHAR};
 use crate::error::CommandError;
 use crate::reply::push_decimal;
 
@@ -452,14 +452,19 @@ pub fn encode_xtext(text: &str) -> String {
 }
 
 fn is_xtext(s: &[u8]) -> bool {
+    xtext_len(s) == s.len()
+}
+
+/// The length of the xtext (RFC 3461 §4) at the start of `s`.
+fn xtext_len(s: &[u8]) -> usize {
     let hex = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b));
     let mut i = 0;
     loop {
         i += address::run_len(&s[i..], XCHAR);
-        match s.get(i) {
-            None => return true,
-            Some(b'+') if hex(s.get(i + 1)) && hex(s.get(i + 2)) => i += 3,
-            Some(_) => return false,
+        if s.get(i) == Some(&b'+') && hex(s.get(i + 1)) && hex(s.get(i + 2)) {
+            i += 3;
+        } else {
+            return i;
         }
     }
 }
@@ -558,42 +563,91 @@ fn after_to(args: &str) -> Option<&str> {
     }
 }
 
-/// Splits `*(SP esmtp-param)` into keyword/value pairs, calling `each` on
-/// them; each byte is looked at once.
-fn parameters<'a>(
-    rest: &'a str,
-    mut each: impl FnMut(&'a str, Option<&'a str>) -> Result<(), CommandError>,
-) -> Result<(), CommandError> {
-    let bytes = rest.as_bytes();
-    let mut i = 0;
-    loop {
-        let spaces = leading_spaces(&bytes[i..]);
-        if spaces == 0 && i < bytes.len() {
+/// A cursor over `*(SP esmtp-param)`: [`Params::keyword`] reads the next
+/// keyword, then [`Params::value`] (or a parser for one parameter's value
+/// grammar, such as [`Params::orcpt`]) reads its value; each byte is looked
+/// at once.
+struct Params<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Params<'a> {
+    fn new(text: &'a str) -> Self {
+        Self { text, at: 0 }
+    }
+
+    /// The next keyword, and whether `=` (then a value) follows it.
+    #[inline(always)]
+    fn keyword(&mut self) -> Result<Option<(&'a str, bool)>, CommandError> {
+        let bytes = self.text.as_bytes();
+        let spaces = leading_spaces(&bytes[self.at..]);
+        if spaces == 0 && self.at < bytes.len() {
             return Err(CommandError::BadArguments);
         }
-        i += spaces;
-        let Some(&first) = bytes.get(i) else {
-            return Ok(());
+        self.at += spaces;
+        let Some(&first) = bytes.get(self.at) else {
+            return Ok(None);
         };
         if !first.is_ascii_alphanumeric() {
             return Err(CommandError::BadArguments);
         }
-        let start = i;
-        i += 1 + address::short_run_len(&bytes[i + 1..], KEYWORD);
-        let keyword = &rest[start..i];
-        let value = match bytes.get(i) {
-            None | Some(b' ') => None,
+        let start = self.at;
+        self.at += 1 + address::short_run_len(&bytes[self.at + 1..], KEYWORD);
+        let keyword = &self.text[start..self.at];
+        match bytes.get(self.at) {
+            None | Some(b' ') => Ok(Some((keyword, false))),
             Some(b'=') => {
-                let start = i + 1;
-                i = start + address::run_len(&bytes[start..], VALUE);
-                if i == start || bytes.get(i).is_some_and(|&b| b != b' ') {
-                    return Err(CommandError::BadParameter);
-                }
-                Some(&rest[start..i])
+                self.at += 1;
+                Ok(Some((keyword, true)))
             }
-            Some(_) => return Err(CommandError::BadArguments),
-        };
-        each(keyword, value)?;
+            Some(_) => Err(CommandError::BadArguments),
+        }
+    }
+
+    /// The esmtp-value after the keyword's `=`, if it has one.
+    #[inline(always)]
+    fn value(&mut self, has_value: bool) -> Result<Option<&'a str>, CommandError> {
+        if !has_value {
+            return Ok(None);
+        }
+        let start = self.at;
+        self.at += address::run_len(&self.text.as_bytes()[start..], VALUE);
+        self.end_value(start).map(Some)
+    }
+
+    /// The value read since `start`: not empty, and ending the parameter.
+    #[inline(always)]
+    fn end_value(&self, start: usize) -> Result<&'a str, CommandError> {
+        let bytes = self.text.as_bytes();
+        if self.at == start || bytes.get(self.at).is_some_and(|&b| b != b' ') {
+            return Err(CommandError::BadParameter);
+        }
+        Ok(&self.text[start..self.at])
+    }
+
+    /// The value of `ORCPT=addr-type;xtext` (RFC 3461 §4.2), checked while
+    /// it is read: the same as [`Params::value`] followed by the check, since
+    /// every byte it takes is an esmtp-value byte.
+    #[inline(always)]
+    fn orcpt(&mut self, has_value: bool) -> Result<OriginalRecipient<'a>, CommandError> {
+        if !has_value {
+            return Err(CommandError::BadParameter);
+        }
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        // addr-type is atext, which holds no `;`: the first `;` ends it.
+        let type_end = start + address::short_run_len(&bytes[start..], ADDR_TYPE);
+        if type_end == start || bytes.get(type_end) != Some(&b';') {
+            return Err(CommandError::BadParameter);
+        }
+        self.at = type_end + 1;
+        self.at += xtext_len(&bytes[self.at..]);
+        let address = self.end_value(type_end + 1)?;
+        Ok(OriginalRecipient {
+            addr_type: Cow::Borrowed(&self.text[start..type_end]),
+            address: Cow::Borrowed(address),
+        })
     }
 }
 
@@ -647,7 +701,9 @@ fn parse_mail(args: &str) -> Result<Command<'_>, CommandError> {
     }
     let mut params = MailParameters::default();
     let mut smtputf8 = None;
-    parameters(rest, |keyword, value| {
+    let mut cursor = Params::new(rest);
+    while let Some((keyword, has_value)) = cursor.keyword()? {
+        let value = cursor.value(has_value)?;
         if is_word(keyword.as_bytes(), b"SIZE") {
             let v = value.ok_or(CommandError::BadParameter)?;
             set_once(
@@ -699,8 +755,8 @@ fn parse_mail(args: &str) -> Result<Command<'_>, CommandError> {
                 value: value.map(Cow::Borrowed),
             });
             Ok(())
-        }
-    })?;
+        }?;
+    }
     params.smtputf8 = smtputf8.is_some();
     Ok(Command::Mail { from, params })
 }
@@ -712,36 +768,23 @@ fn parse_rcpt(args: &str) -> Result<Command<'_>, CommandError> {
         return Err(CommandError::BadRecipient);
     }
     let mut params = RcptParameters::default();
-    parameters(rest, |keyword, value| {
+    let mut cursor = Params::new(rest);
+    while let Some((keyword, has_value)) = cursor.keyword()? {
         if is_word(keyword.as_bytes(), b"NOTIFY") {
-            let v = value.ok_or(CommandError::BadParameter)?;
+            let v = cursor.value(has_value)?.ok_or(CommandError::BadParameter)?;
             set_once(&mut params.notify, parse_notify(v)?)
         } else if is_word(keyword.as_bytes(), b"ORCPT") {
-            let v = value.ok_or(CommandError::BadParameter)?;
-            // addr-type is atext, which holds no `;`: the first `;` ends it.
-            let type_len = address::run_len(v.as_bytes(), address::ATEXT);
-            if type_len == 0 || v.as_bytes().get(type_len) != Some(&b';') {
-                return Err(CommandError::BadParameter);
-            }
-            let (addr_type, address) = (&v[..type_len], &v[type_len + 1..]);
-            if address.is_empty() || !is_xtext(address.as_bytes()) {
-                return Err(CommandError::BadParameter);
-            }
-            set_once(
-                &mut params.orcpt,
-                OriginalRecipient {
-                    addr_type: Cow::Borrowed(addr_type),
-                    address: Cow::Borrowed(address),
-                },
-            )
+            let orcpt = cursor.orcpt(has_value)?;
+            set_once(&mut params.orcpt, orcpt)
         } else {
+            let value = cursor.value(has_value)?;
             params.other.push(Parameter {
                 keyword: Cow::Borrowed(keyword),
                 value: value.map(Cow::Borrowed),
             });
             Ok(())
-        }
-    })?;
+        }?;
+    }
     Ok(Command::Rcpt { to, params })
 }
 
