@@ -2,7 +2,8 @@
 # benches/e2e.sh: the toy server beside the servers people would otherwise run,
 # measured in one run on this machine, over 127.0.0.1 only.
 #
-#   sudo benches/e2e.sh                 # about 3 minutes, plus a 5-minute soak
+#   sudo benches/e2e.sh                 # about 3 minutes, plus a 5-minute soak and
+#                                       # its count (16 minutes in all on 2 cores)
 #   SOAK=30 sudo benches/e2e.sh         # a shorter soak
 #   SOAK=0 sudo benches/e2e.sh          # no soak
 #
