@@ -775,12 +775,11 @@ mod tests {
             at.windows(2).map(|w| (w[0], w[1])).collect()
         }
 
-        /// Everything a caller can see of a checked decode.
-        fn run_checked(
-            mut d: DotDecoder,
-            input: &[u8],
-            points: &[usize],
-        ) -> (Vec<u8>, Vec<String>, bool, bool, u64, bool) {
+        /// Everything a caller can see of a decode: output, where it stopped
+        /// and why, and the decoder's flags and line count at the end.
+        type Seen = (Vec<u8>, Vec<String>, bool, bool, u64, bool);
+
+        fn run_checked(mut d: DotDecoder, input: &[u8], points: &[usize]) -> Seen {
             let mut out = Vec::new();
             let mut seen = Vec::new();
             for (a, b) in cuts(input.len(), points) {
@@ -811,11 +810,7 @@ mod tests {
             finish(d, out, seen)
         }
 
-        fn finish(
-            d: DotDecoder,
-            out: Vec<u8>,
-            seen: Vec<String>,
-        ) -> (Vec<u8>, Vec<String>, bool, bool, u64, bool) {
+        fn finish(d: DotDecoder, out: Vec<u8>, seen: Vec<String>) -> Seen {
             let (bare, long, lines, done) = (
                 d.saw_bare_line_ending(),
                 d.saw_long_line(),
@@ -825,11 +820,7 @@ mod tests {
             (out, seen, bare, long, lines, done)
         }
 
-        fn run_plain(
-            mut d: DotDecoder,
-            input: &[u8],
-            points: &[usize],
-        ) -> (Vec<u8>, Vec<String>, bool, bool, u64, bool) {
+        fn run_plain(mut d: DotDecoder, input: &[u8], points: &[usize]) -> Seen {
             let mut out = Vec::new();
             let mut seen = Vec::new();
             for (a, b) in cuts(input.len(), points) {
