@@ -200,7 +200,7 @@ impl fmt::Display for ForwardPath<'_> {
 }
 
 /// Byte classes for the address grammar, looked up once per byte.
-pub(crate) const ATEXT: u8 = 1;
+const ATEXT: u8 = 1;
 const DOMAIN: u8 = 2;
 /// esmtp-value: any CHAR but `=`, SP and controls, or UTF-8 (RFC 6531).
 pub(crate) const VALUE: u8 = 4;

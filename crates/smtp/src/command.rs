@@ -537,30 +537,16 @@ fn hello_domain(args: &str) -> Result<Domain<'_>, CommandError> {
     Domain::parse_str(t)
 }
 
-/// Strips `" FROM:"` (any case) and the spaces people type after it.
-fn after_from(args: &str) -> Option<&str> {
-    match args.as_bytes().first_chunk::<6>() {
-        Some(&[b' ', f, r, o, m, b':'])
-            if u32::from_le_bytes([f, r, o, m]) | 0x2020_2020 == verb_code(b"from") =>
-        {
-            let rest = &args[6..];
-            Some(&rest[leading_spaces(rest.as_bytes())..])
-        }
-        _ => None,
+/// Strips `" FROM:"` or `" TO:"` (`word` in any case, then `:`) and the
+/// spaces people type after it.
+fn after_keyword<'a, const N: usize>(args: &'a str, word: &[u8; N]) -> Option<&'a str> {
+    let rest = args.strip_prefix(' ')?;
+    let bytes = rest.as_bytes();
+    if bytes.get(N) != Some(&b':') || !is_word(&bytes[..N], word) {
+        return None;
     }
-}
-
-/// Strips `" TO:"` (any case) and the spaces people type after it.
-fn after_to(args: &str) -> Option<&str> {
-    match args.as_bytes().first_chunk::<4>() {
-        Some(&[b' ', t, o, b':'])
-            if u16::from_le_bytes([t, o]) | 0x2020 == u16::from_le_bytes(*b"to") =>
-        {
-            let rest = &args[4..];
-            Some(&rest[leading_spaces(rest.as_bytes())..])
-        }
-        _ => None,
-    }
+    let rest = &rest[N + 1..];
+    Some(&rest[leading_spaces(rest.as_bytes())..])
 }
 
 /// A cursor over `*(SP esmtp-param)`: [`Params::keyword`] reads the next
@@ -694,7 +680,7 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), CommandError> {
 }
 
 fn parse_mail(args: &str) -> Result<Command<'_>, CommandError> {
-    let rest = after_from(args).ok_or(CommandError::BadArguments)?;
+    let rest = after_keyword(args, b"FROM").ok_or(CommandError::BadArguments)?;
     let (rest, from) = address::reverse_path(rest).map_err(|_| CommandError::BadSender)?;
     if !rest.is_empty() && !rest.starts_with(' ') {
         return Err(CommandError::BadSender);
@@ -762,7 +748,7 @@ fn parse_mail(args: &str) -> Result<Command<'_>, CommandError> {
 }
 
 fn parse_rcpt(args: &str) -> Result<Command<'_>, CommandError> {
-    let rest = after_to(args).ok_or(CommandError::BadArguments)?;
+    let rest = after_keyword(args, b"TO").ok_or(CommandError::BadArguments)?;
     let (rest, to) = address::forward_path(rest).map_err(|_| CommandError::BadRecipient)?;
     if !rest.is_empty() && !rest.starts_with(' ') {
         return Err(CommandError::BadRecipient);
@@ -851,12 +837,7 @@ fn parse_bdat(args: &str) -> Result<Command<'_>, CommandError> {
         Some((s, l)) => (s, Some(trim_spaces(l))),
         None => (t, None),
     };
-    if size.is_empty() || size.len() > 20 || !size.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(CommandError::BadArguments);
-    }
-    let size = size
-        .parse::<u64>()
-        .map_err(|_| CommandError::BadArguments)?;
+    let size = decimal(size).ok_or(CommandError::BadArguments)?;
     let last = match last {
         None => false,
         Some(l) if l.eq_ignore_ascii_case("LAST") => true,

@@ -363,7 +363,7 @@ impl DotDecoder {
         let mut cr_before = 0u64;
         let mut lf_before = 0u64;
         while let Some(m) = Marks::of(&input[i..]) {
-            if m.lf != m.cr << 1 | cr_before || m.dot_at_line_start(&input[i..], lf_before) {
+            if !m.crlf_only(cr_before) || m.dot_at_line_start(&input[i..], lf_before) {
                 break;
             }
             let cr_after = m.cr >> 63;
@@ -519,7 +519,7 @@ impl DotEncoder {
     #[inline(always)]
     fn plain_blocks(&mut self, input: &[u8], i: &mut usize) -> bool {
         while let Some(m) = Marks::of(&input[*i..]) {
-            if !m.crlf_only() || m.ends_in_cr() || m.dot_at_line_start(&input[*i..], 0) {
+            if !m.crlf_only(0) || m.ends_in_cr() || m.dot_at_line_start(&input[*i..], 0) {
                 break;
             }
             *i += BLOCK;

@@ -1,5 +1,5 @@
-//! Where the line ends and dots are in a block of text, found 16 bytes at a
-//! time with safe SIMD (`wide` picks SSE2, NEON or plain code by target).
+//! Where the line ends are in a block of text, found 32 bytes at a time with
+//! safe SIMD (`wide` picks AVX2, SSE2, NEON or plain code by target).
 //!
 //! The dot-stuffing codecs cross long runs of ordinary lines with these masks:
 //! a block whose every CR is followed by LF, every LF preceded by CR and no line
@@ -20,8 +20,8 @@ pub(crate) struct Marks {
 }
 
 impl Marks {
-    /// Marks the CRs, LFs and dots of the first [`BLOCK`] bytes of `input`,
-    /// or returns `None` when it is shorter.
+    /// Marks the CRs and LFs of the first [`BLOCK`] bytes of `input`, or
+    /// returns `None` when it is shorter.
     #[inline(always)]
     pub(crate) fn of(input: &[u8]) -> Option<Self> {
         let block: &[u8; BLOCK] = input.get(..BLOCK)?.try_into().ok()?;
@@ -54,11 +54,11 @@ impl Marks {
     }
 
     /// Every LF in the block follows a CR and every CR but one in the last
-    /// byte is followed by LF, given that the byte before the block was not
-    /// a CR.
+    /// byte is followed by LF; `cr_before` is 1 when the byte before the
+    /// block was a CR (then the block must open with its LF).
     #[inline(always)]
-    pub(crate) fn crlf_only(&self) -> bool {
-        self.lf == self.cr << 1
+    pub(crate) fn crlf_only(&self, cr_before: u64) -> bool {
+        self.lf == self.cr << 1 | cr_before
     }
 
     /// Some line that begins inside the block opens with `.`; `lf_before`
@@ -115,14 +115,14 @@ mod tests {
         let mut block = *b"abc\r\ndef\r\n.x\r\n0123456789012345678901234567890123456789012345678\r";
         assert_eq!(block.len(), BLOCK);
         let m = Marks::of(&block).unwrap();
-        assert!(m.crlf_only());
+        assert!(m.crlf_only(0));
         assert!(m.dot_at_line_start(&block, 0));
         assert!(m.ends_in_cr());
         assert!(!m.ends_in_lf());
         block[10] = b'y';
         block[4] = b'z';
         let m = Marks::of(&block).unwrap();
-        assert!(!m.crlf_only());
+        assert!(!m.crlf_only(0));
         assert!(!m.dot_at_line_start(&block, 0));
         block[0] = b'.';
         assert!(!m.dot_at_line_start(&block, 0));
