@@ -7,6 +7,7 @@
 //!   SMTP `DATA` and POP3 multi-line responses. The decoder ends only at
 //!   `CRLF . CRLF`, however the input is split.
 //! - [`Secret`] keeps credentials out of `Debug` output.
+//! - [`Session`] is the driving contract all four protocol sessions keep.
 //! - [`sasl`] decodes SASL PLAIN and LOGIN exchanges (RFC 4616, the LOGIN draft)
 //!   for servers and encodes them for clients.
 //!
@@ -20,8 +21,10 @@ mod line;
 pub mod sasl;
 mod scan;
 mod secret;
+mod session;
 
 pub use dot::{BareLineEndings, Checked, Decoded, DotDecoder, DotEncoder, Violation};
 pub use error::SaslError;
 pub use line::{Frame, LineFramer};
 pub use secret::Secret;
+pub use session::Session;
