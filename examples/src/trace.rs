@@ -1,5 +1,68 @@
 //! The live `C:`/`S:` transcript a teacher shows on the projector, with
 //! passwords and SASL payloads masked.
+//!
+//! Lines go through a bounded queue to a writer thread of their own, so a
+//! terminal that stops reading (paused, or a pipe nobody drains) never holds
+//! up a session: when the queue is full, lines are dropped and counted, and
+//! the count is printed once the writer catches up.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
+/// Trace lines that may wait for the terminal before new ones are dropped.
+const QUEUE_LINES: usize = 4096;
+
+/// The one writer of trace lines, started with the first trace.
+struct Sink {
+    lines: SyncSender<String>,
+    dropped: &'static AtomicU64,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+fn sink() -> &'static Sink {
+    SINK.get_or_init(|| {
+        static DROPPED: AtomicU64 = AtomicU64::new(0);
+        let (lines, queue) = mpsc::sync_channel::<String>(QUEUE_LINES);
+        let spawned = std::thread::Builder::new()
+            .name("trace-writer".into())
+            .spawn(move || {
+                for line in queue {
+                    let mut out = std::io::stdout().lock();
+                    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        let _ = writeln!(out, "... {dropped} trace lines dropped");
+                    }
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("cannot start the trace writer: {e}");
+        }
+        Sink {
+            lines,
+            dropped: &DROPPED,
+        }
+    })
+}
+
+/// Queues one line for the terminal without ever waiting for it.
+fn emit(line: String) {
+    let sink = sink();
+    match sink.lines.try_send(line) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            sink.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(TrySendError::Disconnected(_)) => {}
+    }
+}
 
 /// Which protocol's secrets to look for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +108,7 @@ impl Trace {
     /// Something about the connection that is not protocol text.
     pub(crate) fn note(&self, text: &str) {
         if self.enabled {
-            println!("{} -- {text}", self.tag());
+            emit(format!("{} -- {text}", self.tag()));
         }
     }
 
@@ -64,7 +127,7 @@ impl Trace {
             } else {
                 mask(self.protocol, &line)
             };
-            println!("{} C: {shown}", self.tag());
+            emit(format!("{} C: {shown}", self.tag()));
         }
     }
 
@@ -77,7 +140,7 @@ impl Trace {
                 Protocol::Smtp => line.starts_with("334"),
                 Protocol::Pop3 => line.starts_with("+ ") || line == "+",
             };
-            println!("{} S: {line}", self.tag());
+            emit(format!("{} S: {line}", self.tag()));
         }
     }
 }
@@ -101,11 +164,32 @@ fn split_lines(partial: &mut Vec<u8>, bytes: &[u8]) -> Vec<String> {
     lines
 }
 
+/// The line as a terminal can show it without being steered by it: control
+/// characters (C0, C1), Unicode format characters (bidi overrides and
+/// isolates, zero-width marks) and line or paragraph separators are written
+/// as `\u{..}` escapes, bytes that are not UTF-8 as `\x..`.
 fn printable(line: &[u8]) -> String {
-    let text = String::from_utf8_lossy(line);
-    text.chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect()
+    let mut shown = String::with_capacity(line.len());
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let steering = matches!(
+                c.general_category(),
+                GeneralCategory::Control
+                    | GeneralCategory::Format
+                    | GeneralCategory::LineSeparator
+                    | GeneralCategory::ParagraphSeparator
+            );
+            if c == '\t' || !steering {
+                shown.push(c);
+            } else {
+                let _ = write!(shown, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(shown, "\\x{b:02x}");
+        }
+    }
+    shown
 }
 
 /// Hides what follows a command that carries a secret.
@@ -142,6 +226,23 @@ mod tests {
         assert_eq!(mask(Protocol::Smtp, "AUTH LOGIN"), "AUTH LOGIN");
         assert_eq!(mask(Protocol::Smtp, "PASS x"), "PASS x");
         assert_eq!(mask(Protocol::Pop3, "USER bob"), "USER bob");
+    }
+
+    #[test]
+    fn steering_characters_are_escaped() {
+        assert_eq!(printable(b"HELO a\x1b[2Jb"), "HELO a\\u{1b}[2Jb");
+        assert_eq!(printable("x\u{9b}y".as_bytes()), "x\\u{9b}y");
+        assert_eq!(printable("evil\u{202e}txt".as_bytes()), "evil\\u{202e}txt");
+        assert_eq!(
+            printable("a\u{2028}b\u{2029}c".as_bytes()),
+            "a\\u{2028}b\\u{2029}c"
+        );
+        assert_eq!(
+            printable("zero\u{200b}width\u{2066}".as_bytes()),
+            "zero\\u{200b}width\\u{2066}"
+        );
+        assert_eq!(printable(b"raw \xff\xfe"), "raw \\xff\\xfe");
+        assert_eq!(printable("Grüße\tok".as_bytes()), "Grüße\tok");
     }
 
     #[test]
