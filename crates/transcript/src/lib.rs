@@ -340,31 +340,29 @@ impl Rng {
 }
 
 /// The application side of a transcript test: builds the session from the
-/// transcript's settings and answers its events.
+/// transcript's settings, owns it, and answers its events.
 pub trait Application: Sized {
     /// The session under test.
     type Session: Session;
 
-    /// Builds the application and the session from `transcript.settings`.
-    fn start(transcript: &Transcript, split: Split, now: Instant) -> (Self, Self::Session);
+    /// Builds the application and its session from `transcript.settings`.
+    fn start(transcript: &Transcript, split: Split, now: Instant) -> Self;
+
+    /// The session under test.
+    fn session(&mut self) -> &mut Self::Session;
 
     /// Handles one event: answers decisions and pushes the `E:` lines it
     /// stands for onto `log`.
-    fn event(
-        &mut self,
-        session: &mut Self::Session,
-        event: <Self::Session as Session>::Event,
-        log: &mut Vec<String>,
-    );
+    fn event(&mut self, event: <Self::Session as Session>::Event, log: &mut Vec<String>);
 
     /// Work that no event asks for (a POP3 server streaming a message).
     /// Returns whether it did anything.
-    fn idle(&mut self, _session: &mut Self::Session) -> bool {
+    fn idle(&mut self) -> bool {
         false
     }
 
     /// Checks the session's invariants after every drain (bounded buffers).
-    fn check(&mut self, _session: &Self::Session) {}
+    fn check(&mut self) {}
 }
 
 /// What one run produced, action by action.
@@ -374,22 +372,22 @@ struct Run {
 }
 
 /// Polls events and output until neither gives anything.
-fn drain<A: Application>(app: &mut A, session: &mut A::Session, run: &mut Run) {
+fn drain<A: Application>(app: &mut A, run: &mut Run) {
     for _ in 0..1_000_000 {
         let mut moved = false;
-        while let Some(event) = session.poll_event() {
+        while let Some(event) = app.session().poll_event() {
             moved = true;
-            app.event(session, event, &mut run.events);
+            app.event(event, &mut run.events);
         }
-        moved |= app.idle(session);
+        moved |= app.idle();
         let before = run.output.len();
-        let n = session.poll_transmit(&mut run.output);
+        let n = app.session().poll_transmit(&mut run.output);
         assert_eq!(
             n,
             run.output.len() - before,
             "poll_transmit must return what it appended"
         );
-        app.check(session);
+        app.check();
         if n == 0 && !moved {
             return;
         }
@@ -402,7 +400,7 @@ fn drain<A: Application>(app: &mut A, session: &mut A::Session, run: &mut Run) {
 pub fn run<A: Application>(transcript: &Transcript, split: Split) -> Result<(), String> {
     let start = Instant::now();
     let mut now = start;
-    let (mut app, mut session) = A::start(transcript, split, now);
+    let mut app = A::start(transcript, split, now);
     let mut rng = split.rng();
     for action in &transcript.actions {
         let mut got = Run {
@@ -415,18 +413,18 @@ pub fn run<A: Application>(transcript: &Transcript, split: Split) -> Result<(), 
                 let mut at = 0;
                 while at < bytes.len() {
                     let n = split.piece(&mut rng, bytes.len() - at);
-                    session.receive(now, &bytes[at..at + n]);
+                    app.session().receive(now, &bytes[at..at + n]);
                     at += n;
-                    drain(&mut app, &mut session, &mut got);
+                    drain(&mut app, &mut got);
                 }
             }
             Act::Wait(secs) => {
                 now += Duration::from_secs(*secs);
-                session.handle_timeout(now);
+                app.session().handle_timeout(now);
             }
-            Act::Eof => session.receive_eof(now),
+            Act::Eof => app.session().receive_eof(now),
             Act::Handshake => {
-                if let Err(e) = session.tls_established() {
+                if let Err(e) = app.session().tls_established() {
                     return Err(format!(
                         "line {}: tls_established refused: {e}",
                         action.line
@@ -434,7 +432,7 @@ pub fn run<A: Application>(transcript: &Transcript, split: Split) -> Result<(), 
                 }
             }
         }
-        drain(&mut app, &mut session, &mut got);
+        drain(&mut app, &mut got);
         let what = match action.act {
             Act::Start => "the start".to_string(),
             _ => format!("the action on line {}", action.line),
@@ -454,11 +452,12 @@ pub fn run<A: Application>(transcript: &Transcript, split: Split) -> Result<(), 
             ));
         }
     }
-    if session.is_closed() != transcript.closed {
+    let closed = app.session().is_closed();
+    if closed != transcript.closed {
         let state = |c| if c { "closed" } else { "open" };
         return Err(format!(
             "the session ended {} instead of {}",
-            state(session.is_closed()),
+            state(closed),
             state(transcript.closed)
         ));
     }

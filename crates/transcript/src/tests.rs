@@ -111,22 +111,26 @@ impl Session for Echo {
 
 /// Releases every HOLD at once, or never with `!config sit`.
 struct App {
+    echo: Echo,
     sit: bool,
 }
 
 impl Application for App {
     type Session = Echo;
-    fn start(t: &Transcript, _split: Split, _now: Instant) -> (Self, Echo) {
+    fn start(t: &Transcript, _split: Split, _now: Instant) -> Self {
         let mut echo = Echo::default();
         echo.out.extend_from_slice(b"> hello\r\n");
-        let app = Self {
+        Self {
+            echo,
             sit: t.setting("sit").is_some(),
-        };
-        (app, echo)
+        }
     }
-    fn event(&mut self, session: &mut Echo, event: String, log: &mut Vec<String>) {
+    fn session(&mut self) -> &mut Echo {
+        &mut self.echo
+    }
+    fn event(&mut self, event: String, log: &mut Vec<String>) {
         if event == "hold" && !self.sit {
-            session.release();
+            self.echo.release();
         }
         log.push(event);
     }
