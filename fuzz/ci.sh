@@ -75,6 +75,8 @@ for target in "${targets[@]}"; do
     failed+=("$target")
     echo "---- last lines of the $target run"
     tail -n 60 "$log"
+    echo "---- what failed (first report in the $target run)"
+    grep -E -m 1 -A 4 "panicked at|ERROR: (libFuzzer|AddressSanitizer)|^error" "$log" || true
     echo "----"
     artifacts=$(grep -Eo 'Test unit written to [^ ]+' "$log" | sed 's/^Test unit written to //' || true)
     if [ -n "$artifacts" ]; then
