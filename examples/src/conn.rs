@@ -106,8 +106,7 @@ impl Session for postamt_smtp::ServerSession {
         self.is_closed()
     }
     fn tls_established(&mut self) -> Result<(), String> {
-        // The SMTP session counts TLS as active from its StartTls event on.
-        Ok(())
+        self.tls_established().map_err(|e| e.to_string())
     }
 }
 

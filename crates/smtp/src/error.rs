@@ -119,4 +119,8 @@ pub enum UsageError {
     /// The session has closed.
     #[error("the session is closed")]
     Closed,
+    /// `tls_established` was called while no TLS handshake was due (no
+    /// STARTTLS was answered, or the handshake was already reported).
+    #[error("no TLS handshake is due")]
+    NoHandshakeDue,
 }

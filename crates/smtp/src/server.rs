@@ -65,9 +65,10 @@ pub enum Event {
         domain: Domain<'static>,
     },
     /// The session answered STARTTLS with 220: run the TLS handshake on the
-    /// connection now, then feed the decrypted bytes. Plaintext that arrived
-    /// after the command has been discarded, and the session waits for a new
-    /// EHLO as RFC 3207 §4.2 requires.
+    /// connection now, then call `tls_established` and feed the decrypted
+    /// bytes. Until then the session reads no input: plaintext that arrived
+    /// after the command is discarded (it could be injected), and afterwards
+    /// the session waits for a new EHLO as RFC 3207 §4.2 requires.
     StartTls,
     /// Decision: check these credentials. Accept to answer 235; reject with
     /// 535 5.7.8 ([`Reply::auth_failed`]) to refuse.
@@ -240,6 +241,9 @@ pub struct ServerSession {
     pending: Option<Pending>,
     hello: Option<Hello>,
     tls: bool,
+    /// STARTTLS was answered and the caller has not yet said the handshake
+    /// is done: no input is processed until it does.
+    handshake_due: bool,
     authenticated: bool,
     tx: Transaction,
     errors: u32,
@@ -301,6 +305,7 @@ impl ServerSession {
             pending: None,
             hello: None,
             tls: false,
+            handshake_due: false,
             authenticated: false,
             tx: Transaction::default(),
             errors: 0,
@@ -396,7 +401,7 @@ impl ServerSession {
     /// When [`ServerSession::handle_timeout`] should be called next. `None`
     /// while the application holds a decision, or after the session closed.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.closed || self.pending.is_some() {
+        if self.closed || self.pending.is_some() || self.handshake_due {
             None
         } else {
             self.deadline
@@ -406,7 +411,7 @@ impl ServerSession {
     /// Tells the session the time; past the deadline it answers 421 and closes.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
-        if self.closed || self.pending.is_some() {
+        if self.closed || self.pending.is_some() || self.handshake_due {
             return;
         }
         if self.deadline.is_some_and(|d| now >= d) {
@@ -427,7 +432,9 @@ impl ServerSession {
     /// Hands the session bytes from the client.
     pub fn receive(&mut self, now: Instant, data: &[u8]) {
         self.now = self.now.max(now);
-        if self.closed {
+        // Plaintext between STARTTLS and the handshake is an injection
+        // (RFC 3207 §5): it is dropped unread.
+        if self.closed || self.handshake_due {
             return;
         }
         // Only input that arrives while the application holds a decision
@@ -469,6 +476,25 @@ impl ServerSession {
         }
         self.abandon(AbortReason::ConnectionClosed);
         self.close();
+    }
+
+    /// The TLS handshake the [`Event::StartTls`] asked for has completed: TLS
+    /// is active from now on and the session is back in its just-greeted
+    /// state (RFC 3207 §4.2: no HELO, not authenticated, no transaction).
+    /// [`UsageError::NoHandshakeDue`] when no handshake was due.
+    pub fn tls_established(&mut self) -> Result<(), UsageError> {
+        if !self.handshake_due {
+            return Err(UsageError::NoHandshakeDue);
+        }
+        self.handshake_due = false;
+        self.tls = true;
+        self.framer.reset();
+        self.buf.clear();
+        self.pos = 0;
+        if !self.closed {
+            self.deadline = Some(self.now + self.config.limits.command_timeout);
+        }
+        Ok(())
     }
 
     /// Accepts the pending decision with the session's own positive reply.
@@ -1258,7 +1284,7 @@ impl ServerSession {
         self.reset_transaction();
         self.hello = None;
         self.authenticated = false;
-        self.tls = true;
+        self.handshake_due = true;
         self.framer.reset();
         self.events.push_back(Event::StartTls);
         true

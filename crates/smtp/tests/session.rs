@@ -333,3 +333,42 @@ fn one_large_read_behind_a_decision_is_kept_and_processed() {
         "{out}"
     );
 }
+
+/// RFC 3207 §5: between the 220 to STARTTLS and the end of the handshake the
+/// session obeys nothing, so plaintext injected there has no effect.
+#[test]
+fn starttls_waits_for_the_handshake_and_discards_what_came_before() {
+    let now = Instant::now();
+    let mut config = ServerConfig::new("mx.example");
+    config.extensions.starttls = true;
+    let mut s = ServerSession::new(config, now);
+    assert_eq!(s.tls_established(), Err(UsageError::NoHandshakeDue));
+    s.receive(now, b"EHLO c.example\r\nSTARTTLS\r\nEHLO x\r\n");
+    assert_eq!(
+        events(&mut s),
+        [
+            Event::Hello {
+                kind: postamt_smtp::Hello::Ehlo,
+                domain: "c.example".parse().unwrap()
+            },
+            Event::StartTls
+        ]
+    );
+    assert!(output(&mut s).ends_with("250 HELP\r\n220 2.0.0 Ready to start TLS\r\n"));
+    // Fed before the caller says the handshake is done: no reply, no event.
+    s.receive(now, b"EHLO x\r\nAUTH PLAIN AGFubmEAZ2VoZWlt\r\n");
+    s.receive(now, b"NOOP\r\n");
+    assert_eq!(events(&mut s), []);
+    assert_eq!(output(&mut s), "");
+    assert!(!s.is_tls());
+    assert_eq!(s.poll_timeout(), None, "the handshake is the caller's to time");
+    s.tls_established().unwrap();
+    assert!(s.is_tls());
+    assert_eq!(s.hello(), None, "back in the just-greeted state");
+    assert!(!s.is_authenticated());
+    assert_eq!(s.tls_established(), Err(UsageError::NoHandshakeDue));
+    s.receive(now, b"EHLO c.example\r\n");
+    let out = output(&mut s);
+    assert!(out.contains("250-AUTH PLAIN LOGIN\r\n"), "{out}");
+    assert!(!out.contains("STARTTLS"), "{out}");
+}

@@ -45,6 +45,7 @@ transcripts!(
     smuggling,
     smuggling_normalize,
     starttls,
+    starttls_injection,
     syntax_errors,
     timeout,
     timeout_command,

@@ -10,10 +10,10 @@
 //! - `E: text` is an event the application must see, in order;
 //! - `!wait N` advances the clock N seconds and calls `handle_timeout`;
 //! - `!eof` reports the end of the connection;
-//! - `!tls-handshake` marks where the client runs the TLS handshake after
-//!   STARTTLS: client bytes of the same stretch that follow the STARTTLS line
-//!   never reach the session after its `StartTls` event (they are what a TLS
-//!   layer would have refused).
+//! - `!tls-handshake` marks where the TLS handshake after STARTTLS completes
+//!   (the harness calls `tls_established`). Client bytes fed between the
+//!   `StartTls` event and this line reach the session, which must discard
+//!   them unanswered (plaintext injection, RFC 3207 §5).
 //!
 //! Client bytes between directives form one stretch; each test runs the
 //! stretches whole, byte by byte, and at several seeded random splits, and
@@ -172,7 +172,7 @@ pub struct App {
     pub events: Vec<String>,
     data: Vec<u8>,
     recipients: Vec<String>,
-    /// Set when a StartTls event arrived: the rest of the stretch is dropped.
+    /// Set when a StartTls event arrived, until `!tls-handshake`.
     pub handshake_due: bool,
 }
 
@@ -349,9 +349,6 @@ pub fn run(t: &Transcript, split: Split) -> Outcome {
             Step::Send(bytes) => {
                 let mut from = 0;
                 for to in cuts(bytes.len(), split) {
-                    if app.handshake_due {
-                        break;
-                    }
                     session.receive(now, &bytes[from..to]);
                     app.drain(&mut session);
                     session.poll_transmit(&mut output);
@@ -366,6 +363,7 @@ pub fn run(t: &Transcript, split: Split) -> Outcome {
             Step::Handshake => {
                 assert!(app.handshake_due, "!tls-handshake without a StartTls event");
                 app.handshake_due = false;
+                session.tls_established().unwrap();
             }
         }
         app.drain(&mut session);
