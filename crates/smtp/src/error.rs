@@ -106,7 +106,9 @@ pub enum ReplyError {
 }
 
 /// The caller used the session in a way the contract does not allow; the peer
-/// did nothing wrong and nothing was sent.
+/// did nothing wrong and nothing was sent. A decision made after the session
+/// closed is not one of these: the answer is moot, so it is taken and
+/// nothing is written.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum UsageError {
@@ -116,9 +118,6 @@ pub enum UsageError {
     /// `accept_with` got a reply that is not 2yz, or `reject` one that is not 4yz/5yz.
     #[error("reply code {0} does not fit this decision")]
     WrongReplyClass(u16),
-    /// The session has closed.
-    #[error("the session is closed")]
-    Closed,
     /// `tls_established` was called while no TLS handshake was due (no
     /// STARTTLS was answered, or the handshake was already reported).
     #[error("no TLS handshake is due")]

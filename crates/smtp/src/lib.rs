@@ -24,9 +24,11 @@ pub use client::{
     ClientUsageError, Envelope, Failure, Report,
 };
 pub use command::{Body, Command, MailParameters, Notify, RcptParameters, Ret};
-pub use config::{Extensions, Limits, Protocol, ReplyTexts, ServerConfig};
+pub use config::{Extensions, Limits, Protocol, ReplyTexts, ServerConfig, ServerTimeouts};
 pub use error::{CommandError, ReplyError, UsageError};
+pub use bytes;
 pub use postamt_wire::BareLineEndings;
+pub use postamt_wire::Session;
 pub use postamt_wire::sasl::{Credentials, Mechanism};
 pub use reply::{EnhancedCode, Reply};
 pub use server::{AbortReason, Decision, Event, Hello, ServerSession};

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use postamt_wire::sasl::{Credentials, Exchange, Mechanism, Step};
-use postamt_wire::{Checked, Decoded, DotDecoder, Frame, LineFramer, SaslError, Violation};
+use postamt_wire::{
+    Checked, Decoded, DotDecoder, Frame, LineFramer, SaslError, Session, Violation,
+};
 
 use crate::address::{Domain, ForwardPath, ReversePath};
 use crate::command::{Body, Command, MailParameters, RcptParameters};
@@ -193,7 +195,7 @@ struct Transaction {
 ///
 /// ```
 /// use std::time::Instant;
-/// use postamt_smtp::{Event, ServerConfig, ServerSession};
+/// use postamt_smtp::{Event, ServerConfig, ServerSession, Session};
 ///
 /// let now = Instant::now();
 /// let mut session = ServerSession::new(ServerConfig::new("mx.example"), now);
@@ -304,14 +306,14 @@ impl ServerSession {
             events: VecDeque::new(),
             pending: None,
             hello: None,
-            tls: false,
+            tls: config.implicit_tls,
             handshake_due: false,
             authenticated: false,
             tx: Transaction::default(),
             errors: 0,
             closed: false,
             now,
-            deadline: Some(now + config.limits.command_timeout),
+            deadline: Some(now + config.timeouts.command),
             progress: false,
             chunk_progress: 0,
             config,
@@ -359,12 +361,6 @@ impl ServerSession {
         self.authenticated
     }
 
-    /// Marks the connection as already encrypted (implicit TLS, RFC 8314), so
-    /// STARTTLS is not offered and AUTH is.
-    pub fn set_tls(&mut self) {
-        self.tls = true;
-    }
-
     /// Whether the next input line is a SASL response (base64 credentials),
     /// which a transcript or log must mask.
     pub fn expects_sasl_response(&self) -> bool {
@@ -379,122 +375,6 @@ impl ServerSession {
             Pending::Recipient => Decision::Recipient,
             Pending::Message { next, .. } => Decision::Message { recipient: *next },
         })
-    }
-
-    /// Whether the session has ended; write out what `poll_transmit` gives,
-    /// then close the connection.
-    pub fn is_closed(&self) -> bool {
-        self.closed
-    }
-
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// Appends the bytes to send to `buf`.
-    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(&self.out);
-        self.out.clear();
-    }
-
-    /// When [`ServerSession::handle_timeout`] should be called next. `None`
-    /// while the application holds a decision, or after the session closed.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.closed || self.pending.is_some() || self.handshake_due {
-            None
-        } else {
-            self.deadline
-        }
-    }
-
-    /// Tells the session the time; past the deadline it answers 421 and closes.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        if self.closed || self.pending.is_some() || self.handshake_due {
-            return;
-        }
-        if self.deadline.is_some_and(|d| now >= d) {
-            self.abandon(AbortReason::Timeout);
-            let c = &self.config;
-            let enhanced = self.enhanced();
-            say(
-                &mut self.out,
-                enhanced,
-                421,
-                Some(EnhancedCode::TIMEOUT),
-                &[&c.hostname, " Timeout, closing connection"],
-            );
-            self.close();
-        }
-    }
-
-    /// Hands the session bytes from the client.
-    pub fn receive(&mut self, now: Instant, data: &[u8]) {
-        self.now = self.now.max(now);
-        // Plaintext between STARTTLS and the handshake is an injection
-        // (RFC 3207 §5): it is dropped unread.
-        if self.closed || self.handshake_due {
-            return;
-        }
-        // Only input that arrives while the application holds a decision
-        // counts against the limit: one read of any size is the caller's
-        // choice, more reads while waiting are the peer's.
-        let waiting = self.pending.is_some();
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
-        if self.buf.is_empty() && self.pending.is_none() {
-            let used = self.process(data);
-            if !self.closed {
-                self.buf.extend_from_slice(&data[used..]);
-            }
-        } else {
-            if self.pos > 0 {
-                self.buf.drain(..self.pos);
-                self.pos = 0;
-            }
-            self.buf.extend_from_slice(data);
-            self.resume();
-        }
-        if waiting {
-            self.check_buffered();
-        }
-        // The timer restarts per record, never per byte (Postfix calls this
-        // a per-record deadline): a client trickling bytes is cut off.
-        if mem::take(&mut self.progress) {
-            self.touch();
-        }
-    }
-
-    /// Tells the session the client closed its side of the connection.
-    pub fn receive_eof(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        if self.closed {
-            return;
-        }
-        self.abandon(AbortReason::ConnectionClosed);
-        self.close();
-    }
-
-    /// The TLS handshake the [`Event::StartTls`] asked for has completed: TLS
-    /// is active from now on and the session is back in its just-greeted
-    /// state (RFC 3207 §4.2: no HELO, not authenticated, no transaction).
-    /// [`UsageError::NoHandshakeDue`] when no handshake was due.
-    pub fn tls_established(&mut self) -> Result<(), UsageError> {
-        if !self.handshake_due {
-            return Err(UsageError::NoHandshakeDue);
-        }
-        self.handshake_due = false;
-        self.tls = true;
-        self.framer.reset();
-        self.buf.clear();
-        self.pos = 0;
-        if !self.closed {
-            self.deadline = Some(self.now + self.config.limits.command_timeout);
-        }
-        Ok(())
     }
 
     /// Accepts the pending decision with the session's own positive reply.
@@ -520,8 +400,9 @@ impl ServerSession {
     }
 
     fn decide(&mut self, reply: Option<Reply>, accepted: bool) -> Result<(), UsageError> {
+        // After the session closed the answer is moot: taken, nothing written.
         if self.closed {
-            return Err(UsageError::Closed);
+            return Ok(());
         }
         let pending = self.pending.take().ok_or(UsageError::NoDecisionPending)?;
         let enhanced = self.enhanced();
@@ -573,7 +454,7 @@ impl ServerSession {
             }
         }
         if self.pending.is_none() {
-            self.deadline = Some(self.now + self.config.limits.command_timeout);
+            self.deadline = Some(self.now + self.config.timeouts.command);
             self.resume();
         }
         Ok(())
@@ -614,10 +495,10 @@ impl ServerSession {
     }
 
     fn touch(&mut self) {
-        let limits = &self.config.limits;
+        let timeouts = &self.config.timeouts;
         let timeout = match self.input {
-            Input::Data(_) | Input::Bdat { .. } | Input::Skip { .. } => limits.data_timeout,
-            _ => limits.command_timeout,
+            Input::Data(_) | Input::Bdat { .. } | Input::Skip { .. } => timeouts.data,
+            _ => timeouts.command,
         };
         self.deadline = Some(self.now + timeout);
     }
@@ -921,6 +802,130 @@ impl ServerSession {
     }
 }
 
+impl Session for ServerSession {
+    type Event = Event;
+    type UsageError = UsageError;
+
+    /// Hands the session bytes from the client.
+    fn receive(&mut self, now: Instant, data: &[u8]) {
+        self.now = self.now.max(now);
+        // Plaintext between STARTTLS and the handshake is an injection
+        // (RFC 3207 §5): it is dropped unread.
+        if self.closed || self.handshake_due {
+            return;
+        }
+        // Only input that arrives while the application holds a decision
+        // counts against the limit: one read of any size is the caller's
+        // choice, more reads while waiting are the peer's.
+        let waiting = self.pending.is_some();
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        if self.buf.is_empty() && self.pending.is_none() {
+            let used = self.process(data);
+            if !self.closed {
+                self.buf.extend_from_slice(&data[used..]);
+            }
+        } else {
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            self.buf.extend_from_slice(data);
+            self.resume();
+        }
+        if waiting {
+            self.check_buffered();
+        }
+        // The timer restarts per record, never per byte (Postfix calls this
+        // a per-record deadline): a client trickling bytes is cut off.
+        if mem::take(&mut self.progress) {
+            self.touch();
+        }
+    }
+
+    /// Tells the session the client closed its side of the connection.
+    fn receive_eof(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self.closed {
+            return;
+        }
+        self.abandon(AbortReason::ConnectionClosed);
+        self.close();
+    }
+
+    /// Whether the session has ended; write out what `poll_transmit` gives,
+    /// then close the connection.
+    fn is_closed(&self) -> bool {
+        self.closed && self.events.is_empty() && self.out.is_empty()
+    }
+
+    /// The next event, if any.
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Appends the bytes to send to `buf`.
+    fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> usize {
+        let n = self.out.len();
+        buf.extend_from_slice(&self.out);
+        self.out.clear();
+        n
+    }
+
+    /// When [`ServerSession::handle_timeout`] should be called next. `None`
+    /// while the application holds a decision, or after the session closed.
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed || self.pending.is_some() || self.handshake_due {
+            None
+        } else {
+            self.deadline
+        }
+    }
+
+    /// Tells the session the time; past the deadline it answers 421 and closes.
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self.closed || self.pending.is_some() || self.handshake_due {
+            return;
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.abandon(AbortReason::Timeout);
+            let c = &self.config;
+            let enhanced = self.enhanced();
+            say(
+                &mut self.out,
+                enhanced,
+                421,
+                Some(EnhancedCode::TIMEOUT),
+                &[&c.hostname, " Timeout, closing connection"],
+            );
+            self.close();
+        }
+    }
+
+    /// The TLS handshake the [`Event::StartTls`] asked for has completed: TLS
+    /// is active from now on and the session is back in its just-greeted
+    /// state (RFC 3207 §4.2: no HELO, not authenticated, no transaction).
+    /// [`UsageError::NoHandshakeDue`] when no handshake was due.
+    fn tls_established(&mut self) -> Result<(), UsageError> {
+        if !self.handshake_due {
+            return Err(UsageError::NoHandshakeDue);
+        }
+        self.handshake_due = false;
+        self.tls = true;
+        self.framer.reset();
+        self.buf.clear();
+        self.pos = 0;
+        if !self.closed {
+            self.deadline = Some(self.now + self.config.timeouts.command);
+        }
+        Ok(())
+    }
+
+}
+
 /// BDAT octets that count as one record for the timer: a chunk trickling in
 /// slower than 1 KiB per data timeout is cut off.
 const BDAT_RECORD: u64 = 1024;
@@ -1071,7 +1076,7 @@ impl ServerSession {
         if ext.starttls && !self.tls {
             line(out, &["STARTTLS"]);
         }
-        if !ext.auth.is_empty() && !self.authenticated && (self.tls || ext.auth_without_tls) {
+        if !ext.auth.is_empty() && !self.authenticated && (self.tls || c.login_without_tls) {
             out.extend_from_slice(b"250-AUTH");
             for m in &ext.auth {
                 out.push(b' ');
@@ -1264,7 +1269,7 @@ impl ServerSession {
     }
 
     fn touch_data(&mut self) {
-        self.deadline = Some(self.now + self.config.limits.data_timeout);
+        self.deadline = Some(self.now + self.config.timeouts.data);
     }
 
     fn starttls(&mut self) -> bool {
@@ -1304,7 +1309,7 @@ impl ServerSession {
         if self.tx.open {
             return self.sequence_error("AUTH is not permitted during a mail transaction");
         }
-        if !self.tls && !ext.auth_without_tls {
+        if !self.tls && !self.config.login_without_tls {
             return self.error(
                 538,
                 EnhancedCode::ENCRYPTION_REQUIRED,

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use postamt_smtp::{Command, EnhancedCode, Event, Reply, ServerConfig, ServerSession};
+use postamt_smtp::{Command, EnhancedCode, Event, Reply, ServerConfig, ServerSession, Session};
 use proptest::prelude::*;
 
 fn atom() -> impl Strategy<Value = String> {
@@ -209,7 +209,7 @@ fn session_piece() -> impl Strategy<Value = Vec<u8>> {
 fn drive(input: &[u8], points: &[usize], accept_mask: u64) -> (Vec<u8>, Vec<String>) {
     let now = Instant::now();
     let mut config = ServerConfig::new("mx.example");
-    config.extensions.auth_without_tls = true;
+    config.login_without_tls = true;
     config.extensions.starttls = true;
     config.limits.max_message_size = 300;
     config.limits.max_text_line = 40;

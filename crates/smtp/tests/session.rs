@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use postamt_smtp::{
-    AbortReason, Decision, EnhancedCode, Event, Reply, ServerConfig, ServerSession, UsageError,
+    AbortReason, Decision, EnhancedCode, Event, Reply, ServerConfig, ServerSession, Session,
+    UsageError,
 };
 
 fn output(session: &mut ServerSession) -> String {
@@ -110,9 +111,13 @@ fn decision_methods_check_their_use() {
         "a refused call changes nothing"
     );
     s.accept().unwrap();
+    output(&mut s);
     s.receive_eof(now);
     assert_eq!(events(&mut s), [Event::Reset]);
-    assert_eq!(s.accept(), Err(UsageError::Closed));
+    // After the peer left the answer is moot: taken, and nothing is written.
+    assert_eq!(s.accept(), Ok(()));
+    assert_eq!(s.reject(Reply::auth_failed()), Ok(()));
+    assert_eq!(output(&mut s), "");
 }
 
 #[test]
@@ -132,12 +137,13 @@ fn input_piling_up_behind_a_decision_is_bounded() {
     for _ in 0..100 {
         s.receive(now, b"NOOP\r\n");
     }
-    assert!(s.is_closed());
+    assert!(!s.is_closed(), "closed, but the 421 is not taken yet");
     assert_eq!(
         output(&mut s),
         "421 4.7.0 mx.example Too much pipelined input, closing connection\r\n"
     );
-    assert_eq!(s.accept(), Err(UsageError::Closed));
+    assert_eq!(s.accept(), Ok(()), "the session closed: the answer is moot");
+    assert_eq!(output(&mut s), "");
 }
 
 #[test]
@@ -190,7 +196,6 @@ fn a_slow_client_is_cut_off_at_the_data_deadline() {
     s.handle_timeout(deadline - Duration::from_secs(1));
     assert!(!s.is_closed());
     s.handle_timeout(deadline);
-    assert!(s.is_closed());
     assert_eq!(
         events(&mut s).last(),
         Some(&Event::MessageAborted(AbortReason::Timeout))
@@ -199,6 +204,7 @@ fn a_slow_client_is_cut_off_at_the_data_deadline() {
         output(&mut s),
         "421 4.4.2 mx.example Timeout, closing connection\r\n"
     );
+    assert!(s.is_closed());
     assert_eq!(s.poll_timeout(), None);
 }
 
@@ -213,12 +219,12 @@ fn a_command_trickling_in_is_cut_off_at_the_command_deadline() {
     }
     // 400 s for four bytes: past the 5-minute command timeout, counted from
     // the last complete command.
-    assert!(s.is_closed());
     assert_eq!(s.poll_timeout(), None);
     assert_eq!(
         output(&mut s),
         "421 4.4.2 mx.example Timeout, closing connection\r\n"
     );
+    assert!(s.is_closed());
     assert!(now - start > Duration::from_secs(300));
 }
 
@@ -230,11 +236,12 @@ fn a_refused_session_says_421_and_closes() {
         now,
         "Too many connections, try later",
     );
-    assert!(s.is_closed());
+    assert!(!s.is_closed(), "the 421 is still to be sent");
     assert_eq!(
         output(&mut s),
         "421 mx.example Too many connections, try later\r\n"
     );
+    assert!(s.is_closed());
     s.receive(now, b"EHLO c.example\r\n");
     assert_eq!(output(&mut s), "");
 }
@@ -243,7 +250,7 @@ fn a_refused_session_says_421_and_closes() {
 fn expects_sasl_response_marks_secret_lines() {
     let now = Instant::now();
     let mut config = ServerConfig::new("mx.example");
-    config.extensions.auth_without_tls = true;
+    config.login_without_tls = true;
     let mut s = ServerSession::new(config, now);
     s.receive(now, b"EHLO c.example\r\nAUTH LOGIN\r\n");
     assert!(s.expects_sasl_response());
@@ -371,4 +378,29 @@ fn starttls_waits_for_the_handshake_and_discards_what_came_before() {
     let out = output(&mut s);
     assert!(out.contains("250-AUTH PLAIN LOGIN\r\n"), "{out}");
     assert!(!out.contains("STARTTLS"), "{out}");
+}
+
+/// `is_closed` means closed and drained: a loop on it sees every event and
+/// every byte, the last ones included.
+#[test]
+fn a_loop_on_is_closed_loses_nothing() {
+    let (mut s, now) = greeted();
+    s.receive(now, b"MAIL FROM:<a@b.example>\r\n");
+    events(&mut s);
+    s.accept().unwrap();
+    s.receive(now, b"QUIT\r\n");
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    while !s.is_closed() {
+        while let Some(e) = s.poll_event() {
+            seen.push(e);
+        }
+        s.poll_transmit(&mut out);
+    }
+    assert_eq!(seen, [Event::Reset]);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "250 2.1.0 Sender OK\r\n221 2.0.0 mx.example See you later\r\n"
+    );
+    assert_eq!(s.poll_transmit(&mut Vec::new()), 0);
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use postamt_smtp::{
     BareLineEndings, Command, Decision, Event, ForwardPath, Reply, ServerConfig, ServerSession,
+    Session,
 };
 
 pub enum Step {
@@ -36,7 +37,6 @@ pub enum Step {
 
 pub struct Transcript {
     pub config: ServerConfig,
-    pub tls: bool,
     pub steps: Vec<Step>,
     pub expected_output: Vec<u8>,
     pub expected_events: Vec<String>,
@@ -84,7 +84,6 @@ pub fn escape(b: &[u8]) -> String {
 
 pub fn parse(text: &str) -> Transcript {
     let mut config = ServerConfig::new("mx.kolleg.de");
-    let mut tls = false;
     let mut steps = Vec::new();
     let mut expected_output = Vec::new();
     let mut expected_events = Vec::new();
@@ -126,8 +125,8 @@ pub fn parse(text: &str) -> Transcript {
                     config.limits = old.limits;
                 }
                 "starttls" => config.extensions.starttls = true,
-                "tls" => tls = true,
-                "auth_without_tls" => config.extensions.auth_without_tls = true,
+                "tls" => config.implicit_tls = true,
+                "login_without_tls" => config.login_without_tls = true,
                 "no_auth" => config.extensions.auth.clear(),
                 "no_chunking" => config.extensions.chunking = false,
                 "no_dsn" => config.extensions.dsn = false,
@@ -159,7 +158,6 @@ pub fn parse(text: &str) -> Transcript {
     flush(&mut pending, &mut steps);
     Transcript {
         config,
-        tls,
         steps,
         expected_output,
         expected_events,
@@ -339,9 +337,6 @@ pub fn run(t: &Transcript, split: Split) -> Outcome {
     let start = Instant::now();
     let mut now = start;
     let mut session = ServerSession::new(t.config.clone(), now);
-    if t.tls {
-        session.set_tls();
-    }
     let mut app = App::default();
     let mut output = Vec::new();
     for step in &t.steps {
