@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use postamt_wire::sasl::{Credentials, Exchange, Mechanism, Step};
 use postamt_wire::{
-    Checked, Decoded, DotDecoder, Frame, LineFramer, SaslError, Session, Violation,
+    Checked, Decoded, DotDecoder, Frame, LineChecker, LineFramer, SaslError, Session, Violation,
 };
 
 use crate::address::{Domain, ForwardPath, ReversePath};
@@ -49,6 +49,15 @@ pub enum AbortReason {
     ConnectionClosed,
     /// The session was closed for too much buffered input or too many errors.
     SessionClosed,
+}
+
+impl From<Violation> for AbortReason {
+    fn from(kind: Violation) -> Self {
+        match kind {
+            Violation::LineTooLong => Self::LineTooLong,
+            _ => Self::BareLineEnding,
+        }
+    }
 }
 
 /// What the application must know or decide, in protocol order.
@@ -162,6 +171,8 @@ struct Transaction {
     in_message: bool,
     /// BDAT was used in this transaction.
     chunked: bool,
+    /// The text rules DATA keeps, for BDAT chunks that are not BINARYMIME.
+    checker: Option<LineChecker>,
     size: u64,
     aborted: Option<AbortReason>,
 }
@@ -616,10 +627,7 @@ impl ServerSession {
                             // What came before the broken rule is handed out
                             // first, so the events do not depend on the split.
                             self.message_data();
-                            self.abort_message(match kind {
-                                Violation::LineTooLong => AbortReason::LineTooLong,
-                                _ => AbortReason::BareLineEnding,
-                            });
+                            self.abort_message(kind.into());
                             false
                         }
                     };
@@ -641,8 +649,23 @@ impl ServerSession {
                     let done = *remaining == 0;
                     self.chunk_read(n, done);
                     if self.tx.aborted.is_none() {
-                        self.data.extend_from_slice(&rest[..n]);
+                        let chunk = &rest[..n];
+                        let broken = match &mut self.tx.checker {
+                            Some(checker) => match checker.check(chunk, &mut self.data) {
+                                Checked::Violation { kind, .. } => Some(kind),
+                                Checked::Decoded(_) => None,
+                            },
+                            None => {
+                                self.data.extend_from_slice(chunk);
+                                None
+                            }
+                        };
+                        // What came before the broken rule goes out first,
+                        // as under DATA; the rest of the message is skipped.
                         self.message_data();
+                        if let Some(kind) = broken {
+                            self.abort_message(kind.into());
+                        }
                     }
                     used += n;
                     if done {
@@ -764,6 +787,16 @@ impl ServerSession {
     }
 
     fn chunk_complete(&mut self, size: u64, last: bool) {
+        if last
+            && self.tx.aborted.is_none()
+            && let Some(checker) = &mut self.tx.checker
+        {
+            let broken = checker.finish(&mut self.data);
+            self.message_data();
+            if let Some(kind) = broken {
+                self.abort_message(kind.into());
+            }
+        }
         if let Some(reason) = self.tx.aborted {
             self.abort_reply(reason);
             self.tx = Transaction::default();
@@ -1254,6 +1287,15 @@ impl ServerSession {
         if !self.tx.chunked {
             self.tx.chunked = true;
             self.tx.in_message = true;
+            // Only BINARYMIME content passes as it is (RFC 3030 §3); 7BIT and
+            // 8BITMIME text keeps the rules it would keep under DATA.
+            if self.tx.body != Some(Body::BinaryMime) {
+                let c = &self.config;
+                self.tx.checker = Some(LineChecker::new(
+                    c.bare_line_endings,
+                    c.limits.max_text_line,
+                ));
+            }
             self.events.push_back(Event::MessageStart);
         }
         if size == 0 {

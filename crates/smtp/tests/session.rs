@@ -318,7 +318,11 @@ fn one_large_read_behind_a_decision_is_kept_and_processed() {
     // One read holds the whole pipeline, a 200 KiB BDAT chunk included: that
     // is the caller's read size, not input that piled up while waiting.
     let mut read = b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 204800 LAST\r\n".to_vec();
-    read.extend(std::iter::repeat_n(b'z', 204_800));
+    // 2048 lines of 100 octets: text lines under the limit, as under DATA.
+    for _ in 0..2048 {
+        read.extend(std::iter::repeat_n(b'z', 98));
+        read.extend_from_slice(b"\r\n");
+    }
     read.extend_from_slice(b"QUIT\r\n");
     s.receive(now, &read);
     assert!(!s.is_closed());
