@@ -25,7 +25,7 @@ pub use client::{
 };
 pub use command::{Body, Command, MailParameters, Notify, RcptParameters, Ret};
 pub use config::{Extensions, Limits, Protocol, ReplyTexts, ServerConfig, ServerTimeouts};
-pub use error::{CommandError, ReplyError, UsageError};
+pub use error::{AddressError, AddressKind, CommandError, ReplyError, UsageError};
 pub use bytes;
 pub use postamt_wire::BareLineEndings;
 pub use postamt_wire::Session;

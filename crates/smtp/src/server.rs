@@ -488,20 +488,12 @@ impl ServerSession {
 
     fn check_buffered(&mut self) {
         if !self.closed && self.buf.len() - self.pos > self.config.limits.max_buffered_input {
-            self.abandon(AbortReason::SessionClosed);
             self.pending = None;
-            let enhanced = self.enhanced();
-            say(
-                &mut self.out,
-                enhanced,
-                421,
-                Some(EnhancedCode::TEMPORARY_SECURITY),
-                &[
-                    &self.config.hostname,
-                    " Too much pipelined input, closing connection",
-                ],
+            self.shut_down(
+                AbortReason::SessionClosed,
+                EnhancedCode::TEMPORARY_SECURITY,
+                "Too much pipelined input",
             );
-            self.close();
         }
     }
 
@@ -521,6 +513,21 @@ impl ServerSession {
             self.chunk_progress = 0;
             self.progress = true;
         }
+    }
+
+    /// Hangs up by the session's own choice (RFC 5321 §3.8): drops the
+    /// transaction, says `421 <host> <why>, closing connection`, closes.
+    fn shut_down(&mut self, reason: AbortReason, ec: EnhancedCode, why: &str) {
+        self.abandon(reason);
+        let enhanced = self.enhanced();
+        say(
+            &mut self.out,
+            enhanced,
+            421,
+            Some(ec),
+            &[&self.config.hostname, " ", why, ", closing connection"],
+        );
+        self.close();
     }
 
     fn close(&mut self) {
@@ -555,19 +562,11 @@ impl ServerSession {
         self.reply(code, ec, text);
         self.errors += 1;
         if self.errors >= self.config.limits.max_errors {
-            self.abandon(AbortReason::SessionClosed);
-            let enhanced = self.enhanced();
-            say(
-                &mut self.out,
-                enhanced,
-                421,
-                Some(EnhancedCode::TEMPORARY_SECURITY),
-                &[
-                    &self.config.hostname,
-                    " Too many errors, closing connection",
-                ],
+            self.shut_down(
+                AbortReason::SessionClosed,
+                EnhancedCode::TEMPORARY_SECURITY,
+                "Too many errors",
             );
-            self.close();
         }
     }
 
@@ -924,17 +923,7 @@ impl Session for ServerSession {
             return;
         }
         if self.deadline.is_some_and(|d| now >= d) {
-            self.abandon(AbortReason::Timeout);
-            let c = &self.config;
-            let enhanced = self.enhanced();
-            say(
-                &mut self.out,
-                enhanced,
-                421,
-                Some(EnhancedCode::TIMEOUT),
-                &[&c.hostname, " Timeout, closing connection"],
-            );
-            self.close();
+            self.shut_down(AbortReason::Timeout, EnhancedCode::TIMEOUT, "Timeout");
         }
     }
 
@@ -971,6 +960,16 @@ const NEED_RCPT: &str = "Need RCPT command first";
 impl ServerSession {
     fn sequence_error(&mut self, text: &str) {
         self.error(503, EnhancedCode::INVALID_COMMAND, text);
+    }
+
+    /// 555 5.5.4 (RFC 5321 §4.1.1.11): a MAIL or RCPT parameter that was not
+    /// offered or is not known.
+    fn parameter_not_recognized(&mut self) {
+        self.error(
+            555,
+            EnhancedCode::INVALID_ARGUMENTS,
+            "Parameter not recognized or not implemented",
+        );
     }
 
     fn command(&mut self, command: Command<'_>) -> bool {
@@ -1123,11 +1122,7 @@ impl ServerSession {
     /// Checks parameters against what was advertised; true when all are fine.
     fn unknown_parameters(&mut self, other: &[crate::command::Parameter<'_>]) -> bool {
         if !other.is_empty() && !self.config.allow_unknown_parameters {
-            self.error(
-                555,
-                EnhancedCode::INVALID_ARGUMENTS,
-                "Parameter not recognized or not implemented",
-            );
+            self.parameter_not_recognized();
             return true;
         }
         false
@@ -1156,11 +1151,7 @@ impl ServerSession {
             || params.envid.is_some()
             || !params.other.is_empty();
         if unsupported || (any && !extended) {
-            return self.error(
-                555,
-                EnhancedCode::INVALID_ARGUMENTS,
-                "Parameter not recognized or not implemented",
-            );
+            return self.parameter_not_recognized();
         }
         if self.unknown_parameters(&params.other) {
             return;
@@ -1204,11 +1195,7 @@ impl ServerSession {
         }
         let dsn = self.config.extensions.dsn;
         if (params.notify.is_some() || params.orcpt.is_some()) && !dsn {
-            return self.error(
-                555,
-                EnhancedCode::INVALID_ARGUMENTS,
-                "Parameter not recognized or not implemented",
-            );
+            return self.parameter_not_recognized();
         }
         if self.unknown_parameters(&params.other) {
             return;
@@ -1400,35 +1387,5 @@ impl ServerSession {
             ),
             Step::Challenge(_) => {}
         }
-    }
-}
-
-impl Reply {
-    /// `535 5.7.8`: the answer to wrong credentials (RFC 4954 §6).
-    pub fn auth_failed() -> Self {
-        Self::new(
-            535,
-            Some(EnhancedCode::BAD_CREDENTIALS),
-            "Authentication credentials invalid",
-        )
-    }
-
-    /// `550 5.1.1`: no such local mailbox.
-    pub fn unknown_user() -> Self {
-        Self::new(550, Some(EnhancedCode::UNKNOWN_USER), "No such user here")
-    }
-
-    /// `550 5.7.1`: the server does not relay to that domain.
-    pub fn relay_denied() -> Self {
-        Self::new(550, Some(EnhancedCode::RELAY_DENIED), "Relaying denied")
-    }
-
-    /// `451 4.3.0`: a local failure (the store could not take the message).
-    pub fn local_error() -> Self {
-        Self::new(
-            451,
-            Some(EnhancedCode::SYSTEM_TEMPORARY),
-            "Local error in processing; try again later",
-        )
     }
 }
