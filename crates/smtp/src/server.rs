@@ -1069,7 +1069,11 @@ impl ServerSession {
         }
         let out = &mut self.out;
         let ext = &c.extensions;
-        let line = |out: &mut Vec<u8>, parts: &[&str]| {
+        // Every line is written as `250-`; the last one's mark becomes `250 `
+        // at the end, when it is known which keyword came last.
+        let mut last = out.len();
+        let mut line = |out: &mut Vec<u8>, parts: &[&str]| {
+            last = out.len();
             out.extend_from_slice(b"250-");
             for p in parts {
                 out.extend_from_slice(p.as_bytes());
@@ -1109,14 +1113,17 @@ impl ServerSession {
             line(out, &["STARTTLS"]);
         }
         if !ext.auth.is_empty() && !self.authenticated && (self.tls || c.login_without_tls) {
-            out.extend_from_slice(b"250-AUTH");
+            line(out, &["AUTH"]);
+            out.truncate(out.len() - 2);
             for m in &ext.auth {
                 out.push(b' ');
                 out.extend_from_slice(m.as_str().as_bytes());
             }
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"250 HELP\r\n");
+        // HELP is a command every server has (RFC 5321 §4.1.1.8), not a
+        // service extension: it is not advertised.
+        out[last + 3] = b' ';
     }
 
     /// Checks parameters against what was advertised; true when all are fine.

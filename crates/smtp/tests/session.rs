@@ -365,7 +365,7 @@ fn starttls_waits_for_the_handshake_and_discards_what_came_before() {
             Event::StartTls
         ]
     );
-    assert!(output(&mut s).ends_with("250 HELP\r\n220 2.0.0 Ready to start TLS\r\n"));
+    assert!(output(&mut s).ends_with("250 STARTTLS\r\n220 2.0.0 Ready to start TLS\r\n"));
     // Fed before the caller says the handshake is done: no reply, no event.
     s.receive(now, b"EHLO x\r\nAUTH PLAIN AGFubmEAZ2VoZWlt\r\n");
     s.receive(now, b"NOOP\r\n");
@@ -380,7 +380,7 @@ fn starttls_waits_for_the_handshake_and_discards_what_came_before() {
     assert_eq!(s.tls_established(), Err(UsageError::NoHandshakeDue));
     s.receive(now, b"EHLO c.example\r\n");
     let out = output(&mut s);
-    assert!(out.contains("250-AUTH PLAIN LOGIN\r\n"), "{out}");
+    assert!(out.ends_with("250 AUTH PLAIN LOGIN\r\n"), "{out}");
     assert!(!out.contains("STARTTLS"), "{out}");
 }
 
@@ -407,4 +407,37 @@ fn a_loop_on_is_closed_loses_nothing() {
         "250 2.1.0 Sender OK\r\n221 2.0.0 mx.example See you later\r\n"
     );
     assert_eq!(s.poll_transmit(&mut Vec::new()), 0);
+}
+
+/// HELP is a command, not an extension: the EHLO reply ends with whatever
+/// keyword comes last, and with none it is the greeting line alone.
+#[test]
+fn the_ehlo_reply_ends_with_its_last_keyword() {
+    let now = Instant::now();
+    let ehlo = |config: ServerConfig| {
+        let mut s = ServerSession::new(config, now);
+        output(&mut s);
+        s.receive(now, b"EHLO c.example\r\n");
+        output(&mut s)
+    };
+    let mut config = ServerConfig::new("mx.example");
+    let ext = &mut config.extensions;
+    ext.pipelining = false;
+    ext.size = false;
+    ext.eight_bit_mime = false;
+    ext.smtputf8 = false;
+    ext.enhanced_status_codes = false;
+    ext.chunking = false;
+    ext.dsn = false;
+    assert_eq!(ehlo(config.clone()), "250 mx.example Hello c.example\r\n");
+    config.extensions.pipelining = true;
+    assert_eq!(
+        ehlo(config.clone()),
+        "250-mx.example Hello c.example\r\n250 PIPELINING\r\n"
+    );
+    config.login_without_tls = true;
+    assert_eq!(
+        ehlo(config),
+        "250-mx.example Hello c.example\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n"
+    );
 }
