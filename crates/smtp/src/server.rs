@@ -159,22 +159,50 @@ enum Input {
     },
 }
 
+/// Where a mail transaction stands (RFC 5321 §3.3).
+#[derive(Debug, Default)]
+enum Phase {
+    /// No sender accepted yet.
+    #[default]
+    Idle,
+    /// MAIL was accepted; recipients are being given.
+    Envelope,
+    /// The text after DATA is being read.
+    Data,
+    /// BDAT chunks are being read (RFC 3030); no RCPT or DATA any more.
+    Chunks {
+        /// The text rules DATA keeps, unless the body is BINARYMIME.
+        checker: Option<LineChecker>,
+    },
+    /// The whole message arrived; the application decides on its delivery.
+    Delivering,
+}
+
 #[derive(Debug, Default)]
 struct Transaction {
-    /// MAIL was accepted.
-    open: bool,
+    phase: Phase,
     body: Option<Body>,
     smtputf8: bool,
     accepted: usize,
     attempted: usize,
-    /// A message is being received (DATA or BDAT chunks).
-    in_message: bool,
-    /// BDAT was used in this transaction.
-    chunked: bool,
-    /// The text rules DATA keeps, for BDAT chunks that are not BINARYMIME.
-    checker: Option<LineChecker>,
     size: u64,
     aborted: Option<AbortReason>,
+}
+
+impl Transaction {
+    /// MAIL was accepted and the transaction has not ended.
+    fn is_open(&self) -> bool {
+        !matches!(self.phase, Phase::Idle)
+    }
+
+    /// A message is being received (DATA, or BDAT chunks).
+    fn in_message(&self) -> bool {
+        matches!(self.phase, Phase::Data | Phase::Chunks { .. })
+    }
+
+    fn chunked(&self) -> bool {
+        matches!(self.phase, Phase::Chunks { .. })
+    }
 }
 
 /// One server-side SMTP or LMTP session, driven by the caller.
@@ -441,7 +469,7 @@ impl ServerSession {
             Pending::Sender { body, smtputf8 } => {
                 if accepted {
                     self.tx = Transaction {
-                        open: true,
+                        phase: Phase::Envelope,
                         body,
                         smtputf8,
                         ..Transaction::default()
@@ -539,9 +567,9 @@ impl ServerSession {
 
     /// Ends the transaction because the connection is going away.
     fn abandon(&mut self, reason: AbortReason) {
-        if self.tx.in_message && self.tx.aborted.is_none() {
+        if self.tx.in_message() && self.tx.aborted.is_none() {
             self.events.push_back(Event::MessageAborted(reason));
-        } else if self.tx.open && !self.tx.in_message {
+        } else if self.tx.is_open() && !self.tx.in_message() {
             self.events.push_back(Event::Reset);
         }
         self.tx = Transaction::default();
@@ -649,7 +677,11 @@ impl ServerSession {
                     self.chunk_read(n, done);
                     if self.tx.aborted.is_none() {
                         let chunk = &rest[..n];
-                        let broken = match &mut self.tx.checker {
+                        let checker = match &mut self.tx.phase {
+                            Phase::Chunks { checker } => checker.as_mut(),
+                            _ => None,
+                        };
+                        let broken = match checker {
                             Some(checker) => match checker.check(chunk, &mut self.data) {
                                 Checked::Violation { kind, .. } => Some(kind),
                                 Checked::Decoded(_) => None,
@@ -776,7 +808,7 @@ impl ServerSession {
     }
 
     fn finish_message(&mut self) {
-        self.tx.in_message = false;
+        self.tx.phase = Phase::Delivering;
         self.events.push_back(Event::MessageEnd);
         let total = match self.config.protocol {
             Protocol::Lmtp => self.tx.accepted,
@@ -788,7 +820,9 @@ impl ServerSession {
     fn chunk_complete(&mut self, size: u64, last: bool) {
         if last
             && self.tx.aborted.is_none()
-            && let Some(checker) = &mut self.tx.checker
+            && let Phase::Chunks {
+                checker: Some(checker),
+            } = &mut self.tx.phase
         {
             let broken = checker.finish(&mut self.data);
             self.message_data();
@@ -1037,8 +1071,8 @@ impl ServerSession {
 
     /// Drops the transaction at the client's request (RSET, HELO, EHLO, STARTTLS).
     fn reset_transaction(&mut self) {
-        if self.tx.open {
-            if self.tx.in_message {
+        if self.tx.is_open() {
+            if self.tx.in_message() {
                 self.events
                     .push_back(Event::MessageAborted(AbortReason::Reset));
             } else {
@@ -1139,7 +1173,7 @@ impl ServerSession {
         if self.hello.is_none() {
             return self.sequence_error(NEED_HELLO);
         }
-        if self.tx.open {
+        if self.tx.is_open() {
             return self.sequence_error("Sender already given; RSET to start over");
         }
         let ext = &self.config.extensions;
@@ -1194,10 +1228,10 @@ impl ServerSession {
         if self.hello.is_none() {
             return self.sequence_error(NEED_HELLO);
         }
-        if !self.tx.open {
+        if !self.tx.is_open() {
             return self.sequence_error(NEED_MAIL);
         }
-        if self.tx.chunked {
+        if self.tx.chunked() {
             return self.sequence_error("RCPT not allowed after BDAT");
         }
         let dsn = self.config.extensions.dsn;
@@ -1233,7 +1267,7 @@ impl ServerSession {
     fn may_start_message(&mut self) -> bool {
         if self.hello.is_none() {
             self.sequence_error(NEED_HELLO);
-        } else if !self.tx.open {
+        } else if !self.tx.is_open() {
             self.sequence_error(NEED_MAIL);
         } else if self.tx.accepted == 0 {
             if self.tx.attempted > 0 {
@@ -1251,7 +1285,7 @@ impl ServerSession {
         if !self.may_start_message() {
             return;
         }
-        if self.tx.chunked {
+        if self.tx.chunked() {
             return self.sequence_error("DATA not allowed after BDAT");
         }
         if self.tx.body == Some(Body::BinaryMime) {
@@ -1259,7 +1293,7 @@ impl ServerSession {
         }
         let c = Arc::clone(&self.config);
         say(&mut self.out, false, 354, None, &[&c.texts.data_start]);
-        self.tx.in_message = true;
+        self.tx.phase = Phase::Data;
         self.events.push_back(Event::MessageStart);
         self.input = Input::Data(DotDecoder::new(c.bare_line_endings, c.limits.max_text_line));
         self.touch_data();
@@ -1278,18 +1312,13 @@ impl ServerSession {
             }
             return;
         }
-        if !self.tx.chunked {
-            self.tx.chunked = true;
-            self.tx.in_message = true;
+        if !self.tx.chunked() {
             // Only BINARYMIME content passes as it is (RFC 3030 §3); 7BIT and
             // 8BITMIME text keeps the rules it would keep under DATA.
-            if self.tx.body != Some(Body::BinaryMime) {
-                let c = &self.config;
-                self.tx.checker = Some(LineChecker::new(
-                    c.bare_line_endings,
-                    c.limits.max_text_line,
-                ));
-            }
+            let c = &self.config;
+            let checker = (self.tx.body != Some(Body::BinaryMime))
+                .then(|| LineChecker::new(c.bare_line_endings, c.limits.max_text_line));
+            self.tx.phase = Phase::Chunks { checker };
             self.events.push_back(Event::MessageStart);
         }
         if size == 0 {
@@ -1342,7 +1371,7 @@ impl ServerSession {
         if self.authenticated {
             return self.sequence_error("Already authenticated");
         }
-        if self.tx.open {
+        if self.tx.is_open() {
             return self.sequence_error("AUTH is not permitted during a mail transaction");
         }
         if !self.tls && !self.config.login_without_tls {
