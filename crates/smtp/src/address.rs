@@ -618,7 +618,10 @@ mod tests {
         assert_eq!(p.to_string(), "<anna@kolleg.de>");
         let p: ReversePath = "anna@kolleg.de".parse().unwrap();
         assert_eq!(p.to_string(), "<anna@kolleg.de>");
-        assert_eq!("<postmaster>".parse::<ForwardPath>(), Ok(ForwardPath::Postmaster));
+        assert_eq!(
+            "<postmaster>".parse::<ForwardPath>(),
+            Ok(ForwardPath::Postmaster)
+        );
         let p: ForwardPath = "<bob@kolleg.de>".parse().unwrap();
         assert_eq!(p.mailbox().map(Mailbox::domain), Some("kolleg.de"));
         let e = "foo@".parse::<ReversePath>().unwrap_err();
@@ -628,13 +631,19 @@ mod tests {
         );
         assert_eq!((e.kind(), e.input()), (AddressKind::ReversePath, "foo@"));
         let e = "<bob@kolleg.de> x".parse::<ForwardPath>().unwrap_err();
-        assert!(e.to_string().starts_with(r#"invalid address "<bob@kolleg.de> x": "#));
+        assert!(
+            e.to_string()
+                .starts_with(r#"invalid address "<bob@kolleg.de> x": "#)
+        );
         let e = "foo@".parse::<Mailbox>().unwrap_err();
         assert_eq!(
             e.to_string(),
             r#"invalid address "foo@": expected local-part@domain"#
         );
         let e = "a..b".parse::<Domain>().unwrap_err();
-        assert!(e.to_string().starts_with(r#"invalid domain "a..b": expected "#));
+        assert!(
+            e.to_string()
+                .starts_with(r#"invalid domain "a..b": expected "#)
+        );
     }
 }

@@ -19,6 +19,7 @@ pub mod reply;
 mod server;
 
 pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
+pub use bytes;
 pub use client::{
     Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeouts,
     ClientUsageError, Envelope, Failure, Report,
@@ -26,7 +27,6 @@ pub use client::{
 pub use command::{Body, Command, MailParameters, Notify, RcptParameters, Ret};
 pub use config::{Extensions, Limits, Protocol, ReplyTexts, ServerConfig, ServerTimeouts};
 pub use error::{AddressError, AddressKind, CommandError, ReplyError, UsageError};
-pub use bytes;
 pub use postamt_wire::BareLineEndings;
 pub use postamt_wire::Session;
 pub use postamt_wire::sasl::{Credentials, Mechanism};

@@ -285,7 +285,8 @@ fn deliver(text: &[u8], chunks: Option<&[usize]>, normalize: bool) -> (Vec<u8>, 
         config.bare_line_endings = postamt_smtp::BareLineEndings::Normalize;
     }
     let mut s = ServerSession::new(config, now);
-    let mut input = b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n".to_vec();
+    let mut input =
+        b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n".to_vec();
     match chunks {
         None => {
             input.extend_from_slice(b"DATA\r\n");

@@ -372,7 +372,11 @@ fn starttls_waits_for_the_handshake_and_discards_what_came_before() {
     assert_eq!(events(&mut s), []);
     assert_eq!(output(&mut s), "");
     assert!(!s.is_tls());
-    assert_eq!(s.poll_timeout(), None, "the handshake is the caller's to time");
+    assert_eq!(
+        s.poll_timeout(),
+        None,
+        "the handshake is the caller's to time"
+    );
     s.tls_established().unwrap();
     assert!(s.is_tls());
     assert_eq!(s.hello(), None, "back in the just-greeted state");
