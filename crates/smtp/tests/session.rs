@@ -445,3 +445,74 @@ fn the_ehlo_reply_ends_with_its_last_keyword() {
         "250-mx.example Hello c.example\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n"
     );
 }
+
+/// Secrets never reach `Debug`: the session is printed after every single
+/// byte of three AUTH exchanges (PLAIN with an initial response, PLAIN after
+/// a 334, LOGIN user then password), pipelined and not, and neither the
+/// password nor any base64 form of it may show, as text or as a byte list.
+#[test]
+fn debug_output_never_shows_the_password() {
+    let secrets: Vec<String> = ["geheim", "Z2VoZWlt", "AGFubmEAZ2VoZWlt"]
+        .iter()
+        .flat_map(|s| {
+            let bytes = format!("{:?}", s.as_bytes());
+            [s.to_string(), bytes.trim_matches(['[', ']']).to_string()]
+        })
+        .collect();
+    let exchanges: [&[u8]; 4] = [
+        b"EHLO c.example\r\nAUTH PLAIN AGFubmEAZ2VoZWlt\r\nQUIT\r\n",
+        b"EHLO c.example\r\nAUTH PLAIN\r\nAGFubmEAZ2VoZWlt\r\nQUIT\r\n",
+        b"EHLO c.example\r\nAUTH LOGIN\r\nYW5uYQ==\r\nZ2VoZWlt\r\nQUIT\r\n",
+        // Refused, so the second try waits in the buffer behind the decision.
+        b"EHLO c.example\r\nAUTH PLAIN AGFubmEAZ2VoZWlt\r\nAUTH PLAIN AGFubmEAZ2VoZWlt\r\nQUIT\r\n",
+    ];
+    for (n, input) in exchanges.iter().enumerate() {
+        let now = Instant::now();
+        let mut config = ServerConfig::new("mx.example");
+        config.login_without_tls = true;
+        let mut s = ServerSession::new(config, now);
+        let mut auths = 0;
+        let mut check = |s: &ServerSession, at: usize| {
+            let shown = format!("{s:?}");
+            for secret in &secrets {
+                assert!(
+                    !shown.contains(secret.as_str()),
+                    "exchange {n}, byte {at}: {secret:?} in {shown}"
+                );
+            }
+        };
+        for (at, byte) in input.iter().enumerate() {
+            s.receive(now, std::slice::from_ref(byte));
+            check(&s, at);
+            // The credentials wait in the queued event: print it there too.
+            let mut pending = Vec::new();
+            while let Some(e) = s.poll_event() {
+                check(&s, at);
+                pending.push(e);
+            }
+            for e in pending {
+                let shown = format!("{e:?}");
+                assert!(!shown.contains("geheim"), "{shown}");
+                if let Event::Auth { credentials, .. } = e {
+                    assert_eq!(credentials.password.expose(), "geheim");
+                    auths += 1;
+                    if n == 3 && auths == 1 {
+                        // Let the pipelined second try pile up first.
+                        check(&s, at);
+                        s.reject(Reply::auth_failed()).unwrap();
+                    } else {
+                        s.accept().unwrap();
+                    }
+                }
+                check(&s, at);
+            }
+        }
+        assert_eq!(auths, if n == 3 { 2 } else { 1 }, "exchange {n}");
+        // All at once: what follows the first AUTH waits in the buffer.
+        let mut whole = ServerSession::new(s.config().clone(), now);
+        whole.receive(now, input);
+        check(&whole, input.len());
+        let out = output(&mut s);
+        assert!(out.ends_with("221 2.0.0 mx.example See you later\r\n"), "{out}");
+    }
+}

@@ -10,6 +10,7 @@ mod events;
 mod input;
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::mem;
 use std::sync::Arc;
 use std::time::Instant;
@@ -158,7 +159,6 @@ impl Transaction {
 /// );
 /// assert!(session.is_closed());
 /// ```
-#[derive(Debug)]
 pub struct ServerSession {
     config: Arc<ServerConfig>,
     framer: LineFramer,
@@ -185,6 +185,31 @@ pub struct ServerSession {
     progress: bool,
     /// BDAT octets since the timer last started.
     chunk_progress: u64,
+}
+
+/// Written by hand: input held back (`buf`) may be a pipelined AUTH line
+/// with a password in it, so buffers show as lengths, never as contents. The
+/// SASL state (`Exchange`) and the credentials in queued events redact
+/// themselves.
+impl fmt::Debug for ServerSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerSession")
+            .field("hostname", &self.config.hostname)
+            .field("input", &self.input)
+            .field("buffered_input", &(self.buf.len() - self.pos))
+            .field("output", &self.out.len())
+            .field("events", &self.events)
+            .field("pending", &self.pending)
+            .field("hello", &self.hello)
+            .field("tls", &self.tls)
+            .field("handshake_due", &self.handshake_due)
+            .field("authenticated", &self.authenticated)
+            .field("transaction", &self.tx)
+            .field("errors", &self.errors)
+            .field("closed", &self.closed)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Writes one single-line reply from parts, with the enhanced code only when
