@@ -6,7 +6,11 @@
 //! a thread or a clock: the caller moves bytes and passes the time in, so the
 //! same session runs on `std::net`, on an async runtime, or in a test.
 //!
-//! See [`ServerSession`] for the driving contract and a complete example.
+//! Both sessions, [`ServerSession`] and [`ClientSession`], keep the one
+//! driving contract of [`Session`] (from `postamt-wire`, re-exported here
+//! with [`bytes`], whose `Bytes` carry message data): bring the trait into
+//! scope to drive them. See [`ServerSession`] for the server's steps and a
+//! complete example.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

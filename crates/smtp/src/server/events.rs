@@ -53,8 +53,8 @@ impl From<Violation> for AbortReason {
 /// What the application must know or decide, in protocol order.
 ///
 /// The events marked "decision" leave the session waiting: answer them with
-/// [`ServerSession::accept`], [`ServerSession::accept_with`] or
-/// [`ServerSession::reject`]. No further input is processed until then.
+/// [`ServerSession::accept`](crate::ServerSession::accept), [`ServerSession::accept_with`](crate::ServerSession::accept_with) or
+/// [`ServerSession::reject`](crate::ServerSession::reject). No further input is processed until then.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {

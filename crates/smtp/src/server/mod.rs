@@ -99,26 +99,35 @@ impl Transaction {
 ///
 /// # Driving it
 ///
-/// The session owns no socket and reads no clock. For each connection:
+/// The session owns no socket and reads no clock. It keeps the driving
+/// contract of [`Session`](postamt_wire::Session), re-exported as
+/// [`crate::Session`] (bring the trait into scope to call its methods):
 ///
 /// 1. Create it with [`ServerSession::new`]; the greeting is already queued.
-/// 2. Hand it whatever bytes arrive with [`ServerSession::receive`], in any
-///    split, and [`ServerSession::receive_eof`] when the peer closes.
-/// 3. Drain [`ServerSession::poll_event`] after each call. Answer decision
-///    events (sender, recipient, credentials, finished message) with
+///    For implicit TLS (port 465) set [`ServerConfig::implicit_tls`].
+/// 2. Hand it whatever bytes arrive with [`Session::receive`], in any split,
+///    and [`Session::receive_eof`] when the peer closes.
+/// 3. Drain [`Session::poll_event`] after each call. Answer decision events
+///    (sender, recipient, credentials, finished message) with
 ///    [`ServerSession::accept`], [`ServerSession::accept_with`] or
 ///    [`ServerSession::reject`]; answering may process pipelined input that
-///    waited, so drain events again afterwards.
-/// 4. Write what [`ServerSession::poll_transmit`] appends to your buffer.
-/// 5. Wait for input no longer than [`ServerSession::poll_timeout`], then call
-///    [`ServerSession::handle_timeout`] (calling it early is harmless).
-/// 6. Once [`ServerSession::is_closed`] is true and the output is written,
-///    close the connection.
+///    waited, so drain events again afterwards. A decision made after the
+///    session closed is taken without a word (`Ok(())`, nothing written).
+/// 4. Write what [`Session::poll_transmit`] appends to your buffer.
+/// 5. Wait for input no longer than [`Session::time_to_timeout`], then call
+///    [`Session::handle_timeout`] (calling it early is harmless).
+/// 6. After [`Event::StartTls`] run the TLS handshake, then call
+///    [`Session::tls_established`]; until then the session reads nothing,
+///    and what arrived in between is dropped (RFC 3207 §5).
+/// 7. Once [`Session::is_closed`] is true (ended, and every event and byte
+///    taken), close the connection.
 ///
 /// The same input, however split, gives the same events and the same output.
 /// Replies the protocol fixes (syntax errors, sequence errors, 354, 221, 421)
 /// are sent without asking. The 250 after a message is sent only when the
 /// application accepts it, which it must do only once the message is durable.
+/// BDAT text keeps the rules DATA text keeps (bare CR/LF, line length),
+/// unless the body is BINARYMIME.
 ///
 /// # Example
 ///
@@ -482,7 +491,8 @@ impl Session for ServerSession {
     type Event = Event;
     type UsageError = UsageError;
 
-    /// Hands the session bytes from the client.
+    /// Hands the session bytes from the client. Ignored once closed, and
+    /// between STARTTLS and [`Session::tls_established`].
     fn receive(&mut self, now: Instant, data: &[u8]) {
         self.now = self.now.max(now);
         // Plaintext between STARTTLS and the handshake is an injection
@@ -531,8 +541,8 @@ impl Session for ServerSession {
         self.close();
     }
 
-    /// Whether the session has ended; write out what `poll_transmit` gives,
-    /// then close the connection.
+    /// Whether the session has ended (QUIT, 421, the peer's EOF) and its
+    /// events and output have all been taken.
     fn is_closed(&self) -> bool {
         self.closed && self.events.is_empty() && self.out.is_empty()
     }
@@ -550,8 +560,10 @@ impl Session for ServerSession {
         n
     }
 
-    /// When [`ServerSession::handle_timeout`] should be called next. `None`
-    /// while the application holds a decision, or after the session closed.
+    /// When [`Session::handle_timeout`] should be called next: the command
+    /// or data deadline ([`ServerTimeouts`](crate::ServerTimeouts)). `None`
+    /// while the application holds a decision or a TLS handshake is due, and
+    /// after the session closed.
     fn poll_timeout(&self) -> Option<Instant> {
         if self.closed || self.pending.is_some() || self.handshake_due {
             None
@@ -560,7 +572,8 @@ impl Session for ServerSession {
         }
     }
 
-    /// Tells the session the time; past the deadline it answers 421 and closes.
+    /// Tells the session the time; past the deadline it answers `421 4.4.2`
+    /// and closes.
     fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         if self.closed || self.pending.is_some() || self.handshake_due {
