@@ -221,16 +221,17 @@ fn drive(input: &[u8], points: &[usize], accept_mask: u64) -> (Vec<u8>, Vec<Stri
     let mut from = 0;
     let mut handshake = false;
     for &to in points {
-        // After STARTTLS the bytes that follow belong to the TLS handshake; a
-        // real caller never hands them to the session as plaintext.
-        if handshake {
-            break;
-        }
         if to < from {
             continue;
         }
         s.receive(now, &input[from..to]);
         from = to;
+        // Until the handshake is reported nothing fed is obeyed (RFC 3207 §5).
+        if handshake {
+            assert!(s.poll_event().is_none(), "an event before the handshake");
+            assert_eq!(s.poll_transmit(&mut out), 0, "a reply before the handshake");
+            continue;
+        }
         while let Some(event) = s.poll_event() {
             match event {
                 Event::MessageData(bytes) => data.extend_from_slice(&bytes),

@@ -112,8 +112,15 @@ fn decision_methods_check_their_use() {
     );
     s.accept().unwrap();
     output(&mut s);
+    s.receive(now, b"RCPT TO:<c@d.example>\r\n");
+    assert!(matches!(events(&mut s).as_slice(), [Event::Rcpt { .. }]));
     s.receive_eof(now);
     assert_eq!(events(&mut s), [Event::Reset]);
+    assert_eq!(
+        s.pending_decision(),
+        None,
+        "the peer left: nothing to decide"
+    );
     // After the peer left the answer is moot: taken, and nothing is written.
     assert_eq!(s.accept(), Ok(()));
     assert_eq!(s.reject(Reply::auth_failed()), Ok(()));
@@ -472,7 +479,7 @@ fn debug_output_never_shows_the_password() {
         config.login_without_tls = true;
         let mut s = ServerSession::new(config, now);
         let mut auths = 0;
-        let mut check = |s: &ServerSession, at: usize| {
+        let check = |s: &ServerSession, at: usize| {
             let shown = format!("{s:?}");
             for secret in &secrets {
                 assert!(
@@ -513,6 +520,9 @@ fn debug_output_never_shows_the_password() {
         whole.receive(now, input);
         check(&whole, input.len());
         let out = output(&mut s);
-        assert!(out.ends_with("221 2.0.0 mx.example See you later\r\n"), "{out}");
+        assert!(
+            out.ends_with("221 2.0.0 mx.example See you later\r\n"),
+            "{out}"
+        );
     }
 }

@@ -367,8 +367,7 @@ impl DotDecoder {
         let mut cr_before = 0u64;
         let mut lf_before = 0u64;
         while let Some(m) = Marks::of(&input[i..]) {
-            if !m.crlf_only(cr_before)
-                || (self.dots && m.dot_at_line_start(&input[i..], lf_before))
+            if !m.crlf_only(cr_before) || (self.dots && m.dot_at_line_start(&input[i..], lf_before))
             {
                 break;
             }

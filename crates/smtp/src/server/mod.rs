@@ -448,6 +448,8 @@ impl ServerSession {
 
     fn close(&mut self) {
         self.closed = true;
+        // A decision still open is moot now: answering it does nothing.
+        self.pending = None;
         self.deadline = None;
         self.buf = Vec::new();
         self.pos = 0;
