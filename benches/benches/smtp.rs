@@ -12,7 +12,7 @@ use postamt_benches::{
     EHLO_REPLY, dot_stuffed_message, smtp_command_lines, smtp_command_lines_crlf,
     smtp_pipelined_session,
 };
-use postamt_smtp::{Command, Event, Reply, ServerConfig, ServerSession};
+use postamt_smtp::{Command, Event, Reply, ServerConfig, ServerSession, Session};
 use postamt_wire::{BareLineEndings, Decoded, DotDecoder};
 use smtp_proto::request::receiver::DataReceiver;
 use smtp_proto::response::parser::ResponseReceiver;

@@ -86,28 +86,29 @@ pub(crate) trait Session {
     fn tls_established(&mut self) -> Result<(), String>;
 }
 
+// The SMTP session keeps the shared contract, `postamt_smtp::Session`; this
+// adapter goes once the POP3 session keeps it too and `drive` takes that trait.
 impl Session for postamt_smtp::ServerSession {
     fn receive(&mut self, now: Instant, data: &[u8]) {
-        self.receive(now, data);
+        postamt_smtp::Session::receive(self, now, data);
     }
     fn receive_eof(&mut self, now: Instant) {
-        self.receive_eof(now);
+        postamt_smtp::Session::receive_eof(self, now);
     }
     fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
-        self.poll_transmit(buf);
+        postamt_smtp::Session::poll_transmit(self, buf);
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
+        postamt_smtp::Session::poll_timeout(self)
     }
     fn handle_timeout(&mut self, now: Instant) {
-        self.handle_timeout(now);
+        postamt_smtp::Session::handle_timeout(self, now);
     }
     fn is_closed(&self) -> bool {
-        self.is_closed()
+        postamt_smtp::Session::is_closed(self)
     }
     fn tls_established(&mut self) -> Result<(), String> {
-        // The SMTP session counts TLS as active from its StartTls event on.
-        Ok(())
+        postamt_smtp::Session::tls_established(self).map_err(|e| e.to_string())
     }
 }
 

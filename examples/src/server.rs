@@ -149,7 +149,7 @@ impl Server {
         smtp.extensions.starttls = tls;
         // Without TLS, AUTH runs in the clear, as POP3's USER/PASS does: this
         // is a classroom server. With TLS it waits for STARTTLS.
-        smtp.extensions.auth_without_tls = !tls;
+        smtp.login_without_tls = !tls;
         let mut pop3 = pop3.unwrap_or_default();
         pop3.capabilities.stls = tls;
         let shared = Arc::new(Shared {
@@ -300,7 +300,7 @@ fn refuse(mut tcp: TcpStream, kind: Kind, shared: &Shared) {
                 Instant::now(),
                 "Too many connections, try again later",
             );
-            s.poll_transmit(&mut out);
+            postamt_smtp::Session::poll_transmit(&mut s, &mut out);
         }
         Kind::Pop3 => postamt_pop3::Response::err_with(
             postamt_pop3::ResponseCode::SysTemp,

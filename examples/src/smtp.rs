@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use postamt_smtp::{Event, ForwardPath, Hello, Reply, ServerSession};
+use postamt_smtp::{Event, ForwardPath, Hello, Reply, ServerSession, Session};
 use postamt_store::{Delivery, MailboxName};
 
 use crate::conn::{Next, drive};

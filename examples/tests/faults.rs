@@ -157,8 +157,8 @@ fn options(store: Arc<dyn MailStore>, max_connections: usize) -> Options {
 /// A server whose SMTP command and data timeouts are `timeout`.
 fn start(store: Arc<dyn MailStore>, max_connections: usize, timeout: Duration) -> Server {
     let mut smtp = postamt_smtp::ServerConfig::new(HOST);
-    smtp.limits.command_timeout = timeout;
-    smtp.limits.data_timeout = timeout;
+    smtp.timeouts.command = timeout;
+    smtp.timeouts.data = timeout;
     let mut pop3 = postamt_pop3::ServerConfig::default();
     pop3.limits.inactivity_timeout = timeout;
     Server::start_with_configs(options(store, max_connections), Some(smtp), Some(pop3))

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use postamt_smtp::{BareLineEndings, Event, Protocol, Reply, ServerConfig, ServerSession};
+use postamt_smtp::{BareLineEndings, Event, Protocol, Reply, ServerConfig, ServerSession, Session};
 
 /// The end of the connection, after all input.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +32,6 @@ enum End {
 struct Setup {
     config: Arc<ServerConfig>,
     small: Arc<ServerConfig>,
-    tls: bool,
     end: End,
     decisions: Vec<u8>,
     splits: Vec<usize>,
@@ -114,9 +113,6 @@ fn push_event(events: &mut Vec<Event>, event: Event) {
 fn run(setup: &Setup, config: &Arc<ServerConfig>, input: &[u8], splits: &[usize], lazy: bool) -> Run {
     let now = Instant::now();
     let mut session = ServerSession::new(Arc::clone(config), now);
-    if setup.tls {
-        session.set_tls();
-    }
     let mut app = App {
         decisions: &setup.decisions,
         answered: 0,
@@ -251,7 +247,8 @@ fn setup(data: &[u8]) -> Option<(Setup, &[u8])> {
         config.bare_line_endings = BareLineEndings::Normalize;
     }
     config.extensions.starttls = flags & 4 != 0;
-    config.extensions.auth_without_tls = flags & 8 != 0;
+    config.login_without_tls = flags & 8 != 0;
+    config.implicit_tls = flags & 32 != 0;
     config.allow_unknown_parameters = flags & 16 != 0;
     config.limits.max_message_size = 16 << (size % 16);
     config.limits.max_text_line = 20 + usize::from(line) * 4;
@@ -276,7 +273,6 @@ fn setup(data: &[u8]) -> Option<(Setup, &[u8])> {
         Setup {
             config: Arc::new(config),
             small: Arc::new(small),
-            tls: flags & 32 != 0,
             end,
             decisions: decisions.to_vec(),
             splits: if splits.is_empty() { vec![usize::MAX] } else { splits },

@@ -12,7 +12,7 @@ use nom::Parser;
 use nom::bytes::complete::{tag, tag_no_case};
 use nom::combinator::opt;
 
-use crate::error::CommandError;
+use crate::error::{AddressError, AddressKind, CommandError};
 
 /// RFC 5321 §4.5.3.1.1.
 const MAX_LOCAL_PART: usize = 64;
@@ -56,10 +56,12 @@ impl fmt::Display for Domain<'_> {
 }
 
 impl FromStr for Domain<'static> {
-    type Err = CommandError;
+    type Err = AddressError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Domain::parse_str(s).map(Domain::into_owned)
+        Domain::parse_str(s)
+            .map(Domain::into_owned)
+            .map_err(|_| AddressError::new(AddressKind::Domain, s))
     }
 }
 
@@ -113,13 +115,13 @@ impl fmt::Display for Mailbox<'_> {
 }
 
 impl FromStr for Mailbox<'static> {
-    type Err = CommandError;
+    type Err = AddressError;
 
     /// Parses `local@domain` (no angle brackets).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match mailbox(s) {
             Ok(("", m)) => Ok(m.into_owned()),
-            _ => Err(CommandError::BadArguments),
+            _ => Err(AddressError::new(AddressKind::Mailbox, s)),
         }
     }
 }
@@ -161,6 +163,19 @@ impl fmt::Display for ReversePath<'_> {
     }
 }
 
+impl FromStr for ReversePath<'static> {
+    type Err = AddressError;
+
+    /// Parses `<>`, `<local@domain>` or a bare `local@domain`, as MAIL FROM:
+    /// takes them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match reverse_path(s) {
+            Ok(("", p)) => Ok(p.into_owned()),
+            _ => Err(AddressError::new(AddressKind::ReversePath, s)),
+        }
+    }
+}
+
 /// The recipient of RCPT TO: a mailbox, or the bare `<Postmaster>` every
 /// server must accept (RFC 5321 §4.5.1).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -195,6 +210,19 @@ impl fmt::Display for ForwardPath<'_> {
         match self {
             Self::Postmaster => f.write_str("<Postmaster>"),
             Self::Mailbox(m) => write!(f, "<{m}>"),
+        }
+    }
+}
+
+impl FromStr for ForwardPath<'static> {
+    type Err = AddressError;
+
+    /// Parses `<Postmaster>`, `<local@domain>` or a bare `local@domain`, as
+    /// RCPT TO: takes them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match forward_path(s) {
+            Ok(("", p)) => Ok(p.into_owned()),
+            _ => Err(AddressError::new(AddressKind::ForwardPath, s)),
         }
     }
 }
@@ -581,5 +609,41 @@ mod tests {
         assert!("server".parse::<Domain>().is_ok());
         assert!("bad_name".parse::<Domain>().is_err());
         assert!(format!("{}.x", "a".repeat(260)).parse::<Domain>().is_err());
+    }
+
+    #[test]
+    fn paths_parse_from_strings_and_errors_show_the_input() {
+        assert_eq!("<>".parse::<ReversePath>(), Ok(ReversePath::Null));
+        let p: ReversePath = "<anna@kolleg.de>".parse().unwrap();
+        assert_eq!(p.to_string(), "<anna@kolleg.de>");
+        let p: ReversePath = "anna@kolleg.de".parse().unwrap();
+        assert_eq!(p.to_string(), "<anna@kolleg.de>");
+        assert_eq!(
+            "<postmaster>".parse::<ForwardPath>(),
+            Ok(ForwardPath::Postmaster)
+        );
+        let p: ForwardPath = "<bob@kolleg.de>".parse().unwrap();
+        assert_eq!(p.mailbox().map(Mailbox::domain), Some("kolleg.de"));
+        let e = "foo@".parse::<ReversePath>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"invalid address "foo@": expected local-part@domain, <local-part@domain> or <>"#
+        );
+        assert_eq!((e.kind(), e.input()), (AddressKind::ReversePath, "foo@"));
+        let e = "<bob@kolleg.de> x".parse::<ForwardPath>().unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(r#"invalid address "<bob@kolleg.de> x": "#)
+        );
+        let e = "foo@".parse::<Mailbox>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"invalid address "foo@": expected local-part@domain"#
+        );
+        let e = "a..b".parse::<Domain>().unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(r#"invalid domain "a..b": expected "#)
+        );
     }
 }

@@ -43,11 +43,10 @@ pub struct Extensions {
     pub dsn: bool,
     /// STARTTLS (RFC 3207). Set it when the caller can run a TLS handshake.
     pub starttls: bool,
-    /// SASL mechanisms for AUTH (RFC 4954); empty disables AUTH.
+    /// SASL mechanisms for AUTH (RFC 4954); empty disables AUTH. Before TLS
+    /// is active they are offered only under
+    /// [`ServerConfig::login_without_tls`].
     pub auth: Vec<Mechanism>,
-    /// Whether AUTH may run before TLS is active. Off by default: PLAIN and
-    /// LOGIN send the password in the clear (RFC 4954 §4 recommends refusing).
-    pub auth_without_tls: bool,
 }
 
 impl Default for Extensions {
@@ -63,7 +62,6 @@ impl Default for Extensions {
             dsn: true,
             starttls: false,
             auth: vec![Mechanism::Plain, Mechanism::Login],
-            auth_without_tls: false,
         }
     }
 }
@@ -86,11 +84,6 @@ pub struct Limits {
     /// Protocol errors before the session answers 421 and closes; 20, as
     /// Postfix's `smtpd_hard_error_limit`.
     pub max_errors: u32,
-    /// How long to wait for the next command: 5 minutes (RFC 5321 §4.5.3.2.7).
-    pub command_timeout: Duration,
-    /// How long to wait for more message data: 3 minutes, the data block
-    /// timeout of RFC 5321 §4.5.3.2.5.
-    pub data_timeout: Duration,
     /// Input kept while the application holds a decision (pipelined commands):
     /// 64 KiB. A client whose input held back this way grows past it over
     /// further reads, before the application answers, is cut off with 421.
@@ -106,9 +99,30 @@ impl Default for Limits {
             max_text_line: 1000,
             max_auth_line: 12288,
             max_errors: 20,
-            command_timeout: Duration::from_secs(5 * 60),
-            data_timeout: Duration::from_secs(3 * 60),
             max_buffered_input: 64 * 1024,
+        }
+    }
+}
+
+/// How long the server waits for the client. Each timer restarts per record
+/// (a command line, a message line, 1 KiB of a BDAT chunk), never per byte,
+/// so a client trickling bytes is still cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerTimeouts {
+    /// How long to wait for the next command: 5 minutes, the server timeout
+    /// of RFC 5321 §4.5.3.2.7.
+    pub command: Duration,
+    /// How long to wait for more message text (DATA or a BDAT chunk): 3
+    /// minutes, the data block timeout of RFC 5321 §4.5.3.2.5.
+    pub data: Duration,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        Self {
+            command: Duration::from_secs(5 * 60),
+            data: Duration::from_secs(3 * 60),
         }
     }
 }
@@ -179,8 +193,18 @@ pub struct ServerConfig {
     pub protocol: Protocol,
     /// What is advertised and honoured.
     pub extensions: Extensions,
-    /// Bounds on input, output and time.
+    /// Bounds on input and output.
     pub limits: Limits,
+    /// How long to wait for the client.
+    pub timeouts: ServerTimeouts,
+    /// The connection is encrypted from its first byte (implicit TLS on port
+    /// 465, RFC 8314 §3.3): STARTTLS is not offered, and logins are.
+    pub implicit_tls: bool,
+    /// Whether AUTH PLAIN and LOGIN, which carry the password in the clear,
+    /// are offered and allowed before TLS is active. False by default, the
+    /// safe choice (RFC 4954 §4 recommends refusing them, with 538 5.7.11);
+    /// set it only for a server without TLS that people may log in to anyway.
+    pub login_without_tls: bool,
     /// What to do with a bare CR or LF in a message: refuse it (the default)
     /// or turn it into CRLF.
     pub bare_line_endings: BareLineEndings,
@@ -199,6 +223,9 @@ impl ServerConfig {
             protocol: Protocol::Smtp,
             extensions: Extensions::default(),
             limits: Limits::default(),
+            timeouts: ServerTimeouts::default(),
+            implicit_tls: false,
+            login_without_tls: false,
             bare_line_endings: BareLineEndings::Reject,
             allow_unknown_parameters: false,
             texts: ReplyTexts::default(),

@@ -105,8 +105,71 @@ pub enum ReplyError {
     BadEnhancedCode,
 }
 
+/// Which kind of address a string failed to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AddressKind {
+    /// A [`Domain`](crate::Domain): a name or an address literal.
+    Domain,
+    /// A [`Mailbox`](crate::Mailbox): `local-part@domain`.
+    Mailbox,
+    /// A [`ReversePath`](crate::ReversePath): a mailbox or `<>`.
+    ReversePath,
+    /// A [`ForwardPath`](crate::ForwardPath): a mailbox or `<Postmaster>`.
+    ForwardPath,
+}
+
+impl AddressKind {
+    fn what(self) -> &'static str {
+        match self {
+            Self::Domain => "domain",
+            Self::Mailbox | Self::ReversePath | Self::ForwardPath => "address",
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Self::Domain => "a domain name or an address literal such as [192.0.2.1]",
+            Self::Mailbox => "local-part@domain",
+            Self::ReversePath => "local-part@domain, <local-part@domain> or <>",
+            Self::ForwardPath => "local-part@domain, <local-part@domain> or <Postmaster>",
+        }
+    }
+}
+
+/// A string given to `parse` (`FromStr`) was not the address it should be.
+/// Its message says so and shows the input: `invalid address "foo@":
+/// expected local-part@domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid {} {input:?}: expected {}", kind.what(), kind.expected())]
+pub struct AddressError {
+    kind: AddressKind,
+    input: String,
+}
+
+impl AddressError {
+    pub(crate) fn new(kind: AddressKind, input: &str) -> Self {
+        Self {
+            kind,
+            input: input.to_owned(),
+        }
+    }
+
+    /// Which kind of address was expected.
+    pub fn kind(&self) -> AddressKind {
+        self.kind
+    }
+
+    /// The string that failed to parse.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+}
+
 /// The caller used the session in a way the contract does not allow; the peer
-/// did nothing wrong and nothing was sent.
+/// did nothing wrong and nothing was sent. A decision made after the session
+/// closed is not one of these: the answer is moot, so it is taken and
+/// nothing is written.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum UsageError {
@@ -116,7 +179,8 @@ pub enum UsageError {
     /// `accept_with` got a reply that is not 2yz, or `reject` one that is not 4yz/5yz.
     #[error("reply code {0} does not fit this decision")]
     WrongReplyClass(u16),
-    /// The session has closed.
-    #[error("the session is closed")]
-    Closed,
+    /// `tls_established` was called while no TLS handshake was due (no
+    /// STARTTLS was answered, or the handshake was already reported).
+    #[error("no TLS handshake is due")]
+    NoHandshakeDue,
 }

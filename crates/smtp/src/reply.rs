@@ -223,6 +223,34 @@ impl Reply {
         }
     }
 
+    /// `535 5.7.8`: the answer to wrong credentials (RFC 4954 §6).
+    pub fn auth_failed() -> Self {
+        Self::new(
+            535,
+            Some(EnhancedCode::BAD_CREDENTIALS),
+            "Authentication credentials invalid",
+        )
+    }
+
+    /// `550 5.1.1`: no such local mailbox.
+    pub fn unknown_user() -> Self {
+        Self::new(550, Some(EnhancedCode::UNKNOWN_USER), "No such user here")
+    }
+
+    /// `550 5.7.1`: the server does not relay to that domain.
+    pub fn relay_denied() -> Self {
+        Self::new(550, Some(EnhancedCode::RELAY_DENIED), "Relaying denied")
+    }
+
+    /// `451 4.3.0`: a local failure (the store could not take the message).
+    pub fn local_error() -> Self {
+        Self::new(
+            451,
+            Some(EnhancedCode::SYSTEM_TEMPORARY),
+            "Local error in processing; try again later",
+        )
+    }
+
     /// The three-digit code.
     pub fn code(&self) -> u16 {
         self.code

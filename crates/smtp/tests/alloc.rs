@@ -5,7 +5,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Instant;
 
-use postamt_smtp::{Event, ServerConfig, ServerSession};
+use postamt_smtp::{Event, ServerConfig, ServerSession, Session};
 
 struct Counting;
 

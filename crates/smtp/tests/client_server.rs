@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use postamt_smtp::{
     ClientConfig, ClientError, ClientEvent, ClientSession, Envelope, Failure, ForwardPath, Mailbox,
-    Mechanism, ReversePath, ServerConfig, ServerSession,
+    Mechanism, ReversePath, ServerConfig, ServerSession, Session,
 };
 
 fn mailbox(s: &str) -> Mailbox<'static> {
@@ -103,7 +103,7 @@ impl Pair {
 
 fn server_config() -> ServerConfig {
     let mut c = ServerConfig::new("mx.kolleg.de");
-    c.extensions.auth_without_tls = true;
+    c.login_without_tls = true;
     c
 }
 
@@ -371,6 +371,7 @@ fn starttls_then_ehlo_again() {
         assert_eq!(p.run(), [ClientEvent::StartTls]);
         // Both sides would run the handshake here.
         p.client.tls_established().unwrap();
+        p.server.tls_established().unwrap();
         let caps = p.ready();
         assert!(!caps.starttls);
         assert_eq!(caps.auth, ["PLAIN", "LOGIN"]);

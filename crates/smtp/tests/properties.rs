@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use postamt_smtp::{Command, EnhancedCode, Event, Reply, ServerConfig, ServerSession};
+use postamt_smtp::{Command, EnhancedCode, Event, Reply, ServerConfig, ServerSession, Session};
 use proptest::prelude::*;
 
 fn atom() -> impl Strategy<Value = String> {
@@ -209,7 +209,7 @@ fn session_piece() -> impl Strategy<Value = Vec<u8>> {
 fn drive(input: &[u8], points: &[usize], accept_mask: u64) -> (Vec<u8>, Vec<String>) {
     let now = Instant::now();
     let mut config = ServerConfig::new("mx.example");
-    config.extensions.auth_without_tls = true;
+    config.login_without_tls = true;
     config.extensions.starttls = true;
     config.limits.max_message_size = 300;
     config.limits.max_text_line = 40;
@@ -221,16 +221,17 @@ fn drive(input: &[u8], points: &[usize], accept_mask: u64) -> (Vec<u8>, Vec<Stri
     let mut from = 0;
     let mut handshake = false;
     for &to in points {
-        // After STARTTLS the bytes that follow belong to the TLS handshake; a
-        // real caller never hands them to the session as plaintext.
-        if handshake {
-            break;
-        }
         if to < from {
             continue;
         }
         s.receive(now, &input[from..to]);
         from = to;
+        // Until the handshake is reported nothing fed is obeyed (RFC 3207 §5).
+        if handshake {
+            assert!(s.poll_event().is_none(), "an event before the handshake");
+            assert_eq!(s.poll_transmit(&mut out), 0, "a reply before the handshake");
+            continue;
+        }
         while let Some(event) = s.poll_event() {
             match event {
                 Event::MessageData(bytes) => data.extend_from_slice(&bytes),
@@ -272,4 +273,85 @@ fn drive(input: &[u8], points: &[usize], accept_mask: u64) -> (Vec<u8>, Vec<Stri
         s.poll_transmit(&mut out);
     }
     (out, events)
+}
+
+/// One message through a fresh session, by DATA (`chunks` = None) or by BDAT
+/// cut at `chunks`: the message bytes handed out, how it ended, and the
+/// reply that settled it.
+fn deliver(text: &[u8], chunks: Option<&[usize]>, normalize: bool) -> (Vec<u8>, String, String) {
+    let now = Instant::now();
+    let mut config = ServerConfig::new("mx.example");
+    config.limits.max_text_line = 12;
+    if normalize {
+        config.bare_line_endings = postamt_smtp::BareLineEndings::Normalize;
+    }
+    let mut s = ServerSession::new(config, now);
+    let mut input =
+        b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n".to_vec();
+    match chunks {
+        None => {
+            input.extend_from_slice(b"DATA\r\n");
+            input.extend_from_slice(text);
+            input.extend_from_slice(b".\r\n");
+        }
+        Some(points) => {
+            for (i, w) in points.windows(2).enumerate() {
+                let last = if i + 2 == points.len() { " LAST" } else { "" };
+                input.extend_from_slice(format!("BDAT {}{last}\r\n", w[1] - w[0]).as_bytes());
+                input.extend_from_slice(&text[w[0]..w[1]]);
+            }
+        }
+    }
+    input.extend_from_slice(b"QUIT\r\n");
+    s.receive(now, &input);
+    let (mut data, mut end) = (Vec::new(), String::from("none"));
+    while let Some(event) = s.poll_event() {
+        match event {
+            Event::Mail { .. } | Event::Rcpt { .. } => s.accept().unwrap(),
+            Event::MessageData(b) => data.extend_from_slice(&b),
+            Event::MessageEnd => {
+                end = "end".into();
+                s.accept().unwrap();
+            }
+            Event::MessageAborted(r) => end = format!("{r:?}"),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    s.poll_transmit(&mut out);
+    let out = String::from_utf8(out).unwrap();
+    let reply = out
+        .lines()
+        .find(|l| l.starts_with("250 2.0.0 Message") || l.starts_with("55"))
+        .unwrap_or("")
+        .to_string();
+    (data, end, reply)
+}
+
+proptest! {
+    /// RFC 3030 BDAT text keeps the rules of DATA text: the same message
+    /// gives the same bytes, the same outcome and the same reply however it
+    /// is sent and however its chunks are cut (BODY=BINARYMIME aside).
+    #[test]
+    fn bdat_and_data_agree_on_the_same_message(
+        body in prop::collection::vec(
+            prop_oneof![4 => Just(b'a'), 1 => Just(b' '), 1 => Just(b'\r'), 1 => Just(b'\n')],
+            0..60,
+        ),
+        cuts in prop::collection::vec(any::<usize>(), 0..5),
+        normalize in any::<bool>(),
+    ) {
+        let mut text = body;
+        text.extend_from_slice(b"\r\n");
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
+        points.extend([0, text.len()]);
+        points.sort_unstable();
+        points.dedup();
+        let by_data = deliver(&text, None, normalize);
+        prop_assert_ne!(&by_data.2, "");
+        let by_bdat = deliver(&text, Some(&points), normalize);
+        prop_assert_eq!(&by_bdat, &by_data);
+        let one_chunk = deliver(&text, Some(&[0, text.len()]), normalize);
+        prop_assert_eq!(&one_chunk, &by_data);
+    }
 }

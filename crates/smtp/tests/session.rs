@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use postamt_smtp::{
-    AbortReason, Decision, EnhancedCode, Event, Reply, ServerConfig, ServerSession, UsageError,
+    AbortReason, Decision, EnhancedCode, Event, Reply, ServerConfig, ServerSession, Session,
+    UsageError,
 };
 
 fn output(session: &mut ServerSession) -> String {
@@ -110,9 +111,20 @@ fn decision_methods_check_their_use() {
         "a refused call changes nothing"
     );
     s.accept().unwrap();
+    output(&mut s);
+    s.receive(now, b"RCPT TO:<c@d.example>\r\n");
+    assert!(matches!(events(&mut s).as_slice(), [Event::Rcpt { .. }]));
     s.receive_eof(now);
     assert_eq!(events(&mut s), [Event::Reset]);
-    assert_eq!(s.accept(), Err(UsageError::Closed));
+    assert_eq!(
+        s.pending_decision(),
+        None,
+        "the peer left: nothing to decide"
+    );
+    // After the peer left the answer is moot: taken, and nothing is written.
+    assert_eq!(s.accept(), Ok(()));
+    assert_eq!(s.reject(Reply::auth_failed()), Ok(()));
+    assert_eq!(output(&mut s), "");
 }
 
 #[test]
@@ -132,12 +144,13 @@ fn input_piling_up_behind_a_decision_is_bounded() {
     for _ in 0..100 {
         s.receive(now, b"NOOP\r\n");
     }
-    assert!(s.is_closed());
+    assert!(!s.is_closed(), "closed, but the 421 is not taken yet");
     assert_eq!(
         output(&mut s),
         "421 4.7.0 mx.example Too much pipelined input, closing connection\r\n"
     );
-    assert_eq!(s.accept(), Err(UsageError::Closed));
+    assert_eq!(s.accept(), Ok(()), "the session closed: the answer is moot");
+    assert_eq!(output(&mut s), "");
 }
 
 #[test]
@@ -190,7 +203,6 @@ fn a_slow_client_is_cut_off_at_the_data_deadline() {
     s.handle_timeout(deadline - Duration::from_secs(1));
     assert!(!s.is_closed());
     s.handle_timeout(deadline);
-    assert!(s.is_closed());
     assert_eq!(
         events(&mut s).last(),
         Some(&Event::MessageAborted(AbortReason::Timeout))
@@ -199,6 +211,7 @@ fn a_slow_client_is_cut_off_at_the_data_deadline() {
         output(&mut s),
         "421 4.4.2 mx.example Timeout, closing connection\r\n"
     );
+    assert!(s.is_closed());
     assert_eq!(s.poll_timeout(), None);
 }
 
@@ -213,12 +226,12 @@ fn a_command_trickling_in_is_cut_off_at_the_command_deadline() {
     }
     // 400 s for four bytes: past the 5-minute command timeout, counted from
     // the last complete command.
-    assert!(s.is_closed());
     assert_eq!(s.poll_timeout(), None);
     assert_eq!(
         output(&mut s),
         "421 4.4.2 mx.example Timeout, closing connection\r\n"
     );
+    assert!(s.is_closed());
     assert!(now - start > Duration::from_secs(300));
 }
 
@@ -230,11 +243,12 @@ fn a_refused_session_says_421_and_closes() {
         now,
         "Too many connections, try later",
     );
-    assert!(s.is_closed());
+    assert!(!s.is_closed(), "the 421 is still to be sent");
     assert_eq!(
         output(&mut s),
         "421 mx.example Too many connections, try later\r\n"
     );
+    assert!(s.is_closed());
     s.receive(now, b"EHLO c.example\r\n");
     assert_eq!(output(&mut s), "");
 }
@@ -243,7 +257,7 @@ fn a_refused_session_says_421_and_closes() {
 fn expects_sasl_response_marks_secret_lines() {
     let now = Instant::now();
     let mut config = ServerConfig::new("mx.example");
-    config.extensions.auth_without_tls = true;
+    config.login_without_tls = true;
     let mut s = ServerSession::new(config, now);
     s.receive(now, b"EHLO c.example\r\nAUTH LOGIN\r\n");
     assert!(s.expects_sasl_response());
@@ -311,7 +325,11 @@ fn one_large_read_behind_a_decision_is_kept_and_processed() {
     // One read holds the whole pipeline, a 200 KiB BDAT chunk included: that
     // is the caller's read size, not input that piled up while waiting.
     let mut read = b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 204800 LAST\r\n".to_vec();
-    read.extend(std::iter::repeat_n(b'z', 204_800));
+    // 2048 lines of 100 octets: text lines under the limit, as under DATA.
+    for _ in 0..2048 {
+        read.extend(std::iter::repeat_n(b'z', 98));
+        read.extend_from_slice(b"\r\n");
+    }
     read.extend_from_slice(b"QUIT\r\n");
     s.receive(now, &read);
     assert!(!s.is_closed());
@@ -332,4 +350,179 @@ fn one_large_read_behind_a_decision_is_kept_and_processed() {
         ),
         "{out}"
     );
+}
+
+/// RFC 3207 §5: between the 220 to STARTTLS and the end of the handshake the
+/// session obeys nothing, so plaintext injected there has no effect.
+#[test]
+fn starttls_waits_for_the_handshake_and_discards_what_came_before() {
+    let now = Instant::now();
+    let mut config = ServerConfig::new("mx.example");
+    config.extensions.starttls = true;
+    let mut s = ServerSession::new(config, now);
+    assert_eq!(s.tls_established(), Err(UsageError::NoHandshakeDue));
+    s.receive(now, b"EHLO c.example\r\nSTARTTLS\r\nEHLO x\r\n");
+    assert_eq!(
+        events(&mut s),
+        [
+            Event::Hello {
+                kind: postamt_smtp::Hello::Ehlo,
+                domain: "c.example".parse().unwrap()
+            },
+            Event::StartTls
+        ]
+    );
+    assert!(output(&mut s).ends_with("250 STARTTLS\r\n220 2.0.0 Ready to start TLS\r\n"));
+    // Fed before the caller says the handshake is done: no reply, no event.
+    s.receive(now, b"EHLO x\r\nAUTH PLAIN AGFubmEAZ2VoZWlt\r\n");
+    s.receive(now, b"NOOP\r\n");
+    assert_eq!(events(&mut s), []);
+    assert_eq!(output(&mut s), "");
+    assert!(!s.is_tls());
+    assert_eq!(
+        s.poll_timeout(),
+        None,
+        "the handshake is the caller's to time"
+    );
+    s.tls_established().unwrap();
+    assert!(s.is_tls());
+    assert_eq!(s.hello(), None, "back in the just-greeted state");
+    assert!(!s.is_authenticated());
+    assert_eq!(s.tls_established(), Err(UsageError::NoHandshakeDue));
+    s.receive(now, b"EHLO c.example\r\n");
+    let out = output(&mut s);
+    assert!(out.ends_with("250 AUTH PLAIN LOGIN\r\n"), "{out}");
+    assert!(!out.contains("STARTTLS"), "{out}");
+}
+
+/// `is_closed` means closed and drained: a loop on it sees every event and
+/// every byte, the last ones included.
+#[test]
+fn a_loop_on_is_closed_loses_nothing() {
+    let (mut s, now) = greeted();
+    s.receive(now, b"MAIL FROM:<a@b.example>\r\n");
+    events(&mut s);
+    s.accept().unwrap();
+    s.receive(now, b"QUIT\r\n");
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    while !s.is_closed() {
+        while let Some(e) = s.poll_event() {
+            seen.push(e);
+        }
+        s.poll_transmit(&mut out);
+    }
+    assert_eq!(seen, [Event::Reset]);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "250 2.1.0 Sender OK\r\n221 2.0.0 mx.example See you later\r\n"
+    );
+    assert_eq!(s.poll_transmit(&mut Vec::new()), 0);
+}
+
+/// HELP is a command, not an extension: the EHLO reply ends with whatever
+/// keyword comes last, and with none it is the greeting line alone.
+#[test]
+fn the_ehlo_reply_ends_with_its_last_keyword() {
+    let now = Instant::now();
+    let ehlo = |config: ServerConfig| {
+        let mut s = ServerSession::new(config, now);
+        output(&mut s);
+        s.receive(now, b"EHLO c.example\r\n");
+        output(&mut s)
+    };
+    let mut config = ServerConfig::new("mx.example");
+    let ext = &mut config.extensions;
+    ext.pipelining = false;
+    ext.size = false;
+    ext.eight_bit_mime = false;
+    ext.smtputf8 = false;
+    ext.enhanced_status_codes = false;
+    ext.chunking = false;
+    ext.dsn = false;
+    assert_eq!(ehlo(config.clone()), "250 mx.example Hello c.example\r\n");
+    config.extensions.pipelining = true;
+    assert_eq!(
+        ehlo(config.clone()),
+        "250-mx.example Hello c.example\r\n250 PIPELINING\r\n"
+    );
+    config.login_without_tls = true;
+    assert_eq!(
+        ehlo(config),
+        "250-mx.example Hello c.example\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n"
+    );
+}
+
+/// Secrets never reach `Debug`: the session is printed after every single
+/// byte of three AUTH exchanges (PLAIN with an initial response, PLAIN after
+/// a 334, LOGIN user then password), pipelined and not, and neither the
+/// password nor any base64 form of it may show, as text or as a byte list.
+#[test]
+fn debug_output_never_shows_the_password() {
+    let secrets: Vec<String> = ["geheim", "Z2VoZWlt", "AGFubmEAZ2VoZWlt"]
+        .iter()
+        .flat_map(|s| {
+            let bytes = format!("{:?}", s.as_bytes());
+            [s.to_string(), bytes.trim_matches(['[', ']']).to_string()]
+        })
+        .collect();
+    let exchanges: [&[u8]; 4] = [
+        b"EHLO c.example\r\nAUTH PLAIN AGFubmEAZ2VoZWlt\r\nQUIT\r\n",
+        b"EHLO c.example\r\nAUTH PLAIN\r\nAGFubmEAZ2VoZWlt\r\nQUIT\r\n",
+        b"EHLO c.example\r\nAUTH LOGIN\r\nYW5uYQ==\r\nZ2VoZWlt\r\nQUIT\r\n",
+        // Refused, so the second try waits in the buffer behind the decision.
+        b"EHLO c.example\r\nAUTH PLAIN AGFubmEAZ2VoZWlt\r\nAUTH PLAIN AGFubmEAZ2VoZWlt\r\nQUIT\r\n",
+    ];
+    for (n, input) in exchanges.iter().enumerate() {
+        let now = Instant::now();
+        let mut config = ServerConfig::new("mx.example");
+        config.login_without_tls = true;
+        let mut s = ServerSession::new(config, now);
+        let mut auths = 0;
+        let check = |s: &ServerSession, at: usize| {
+            let shown = format!("{s:?}");
+            for secret in &secrets {
+                assert!(
+                    !shown.contains(secret.as_str()),
+                    "exchange {n}, byte {at}: {secret:?} in {shown}"
+                );
+            }
+        };
+        for (at, byte) in input.iter().enumerate() {
+            s.receive(now, std::slice::from_ref(byte));
+            check(&s, at);
+            // The credentials wait in the queued event: print it there too.
+            let mut pending = Vec::new();
+            while let Some(e) = s.poll_event() {
+                check(&s, at);
+                pending.push(e);
+            }
+            for e in pending {
+                let shown = format!("{e:?}");
+                assert!(!shown.contains("geheim"), "{shown}");
+                if let Event::Auth { credentials, .. } = e {
+                    assert_eq!(credentials.password.expose(), "geheim");
+                    auths += 1;
+                    if n == 3 && auths == 1 {
+                        // Let the pipelined second try pile up first.
+                        check(&s, at);
+                        s.reject(Reply::auth_failed()).unwrap();
+                    } else {
+                        s.accept().unwrap();
+                    }
+                }
+                check(&s, at);
+            }
+        }
+        assert_eq!(auths, if n == 3 { 2 } else { 1 }, "exchange {n}");
+        // All at once: what follows the first AUTH waits in the buffer.
+        let mut whole = ServerSession::new(s.config().clone(), now);
+        whole.receive(now, input);
+        check(&whole, input.len());
+        let out = output(&mut s);
+        assert!(
+            out.ends_with("221 2.0.0 mx.example See you later\r\n"),
+            "{out}"
+        );
+    }
 }

@@ -92,6 +92,9 @@ pub struct DotDecoder {
     stopped: bool,
     /// Lines ended so far.
     lines: u64,
+    /// Whether the text is dot-stuffed and ends at `CRLF . CRLF` (off for a
+    /// [`LineChecker`], whose text is counted out, as BDAT's is).
+    dots: bool,
     /// Whether whole blocks may be passed over (off only to test against
     /// the byte-by-byte path).
     blocks: bool,
@@ -140,6 +143,7 @@ impl DotDecoder {
             long_line: false,
             stopped: false,
             lines: 0,
+            dots: true,
             blocks: true,
         }
     }
@@ -230,7 +234,7 @@ impl DotDecoder {
         while i < len {
             match self.state {
                 State::LineStart => {
-                    if input[i] == b'.' {
+                    if self.dots && input[i] == b'.' {
                         out.put(&input[run..i]);
                         i += 1;
                         run = i;
@@ -363,7 +367,8 @@ impl DotDecoder {
         let mut cr_before = 0u64;
         let mut lf_before = 0u64;
         while let Some(m) = Marks::of(&input[i..]) {
-            if !m.crlf_only(cr_before) || m.dot_at_line_start(&input[i..], lf_before) {
+            if !m.crlf_only(cr_before) || (self.dots && m.dot_at_line_start(&input[i..], lf_before))
+            {
                 break;
             }
             let cr_after = m.cr >> 63;
@@ -416,6 +421,70 @@ impl DotDecoder {
                 false
             }
         }
+    }
+}
+
+/// The rules of message text without the dot-stuffing: for text whose length
+/// is counted out instead of ended by a marker (SMTP `BDAT`, RFC 3030).
+///
+/// It is the [`DotDecoder`] machinery with the dots switched off, so the
+/// same bytes break the same rule at the same octet as under `DATA`: a bare
+/// CR or LF is refused or turned into CRLF ([`BareLineEndings`]), and a line
+/// longer than the limit is reported. A `.` is an ordinary octet and nothing
+/// ends the text; say where it ends with [`LineChecker::finish`].
+#[derive(Debug, Clone)]
+pub struct LineChecker {
+    decoder: DotDecoder,
+}
+
+impl LineChecker {
+    /// A checker at the start of a text; `max_line` as for [`DotDecoder::new`].
+    pub fn new(policy: BareLineEndings, max_line: usize) -> Self {
+        let mut decoder = DotDecoder::new(policy, max_line);
+        decoder.dots = false;
+        Self { decoder }
+    }
+
+    /// Checks `input`, appending the text to `out` (line ends repaired under
+    /// [`BareLineEndings::Normalize`]). Gives [`Checked::Violation`] at the
+    /// first broken rule, as [`DotDecoder::decode_checked`] does, and
+    /// otherwise `Checked::Decoded(Decoded::Incomplete)`: the end is the
+    /// caller's to know. After a violation, stop feeding the text.
+    pub fn check(&mut self, input: &[u8], out: &mut Vec<u8>) -> Checked {
+        self.decoder.decode_checked(input, out)
+    }
+
+    /// The text ended. A CR that closed it was bare (no LF can follow): under
+    /// [`BareLineEndings::Reject`] that is the violation returned, under
+    /// `Normalize` its LF is appended to `out`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Option<Violation> {
+        let d = &mut self.decoder;
+        if d.state != State::Cr {
+            return None;
+        }
+        d.state = State::Text;
+        d.bare_seen = true;
+        match d.policy {
+            BareLineEndings::Normalize => {
+                out.push(b'\n');
+                None
+            }
+            BareLineEndings::Reject if !d.stopped => {
+                d.stopped = true;
+                Some(Violation::BareLineEnding)
+            }
+            BareLineEndings::Reject => None,
+        }
+    }
+
+    /// How many lines have ended so far (see [`DotDecoder::lines`]).
+    pub fn lines(&self) -> u64 {
+        self.decoder.lines()
+    }
+
+    /// Whether a bare CR or LF has been seen (whatever the policy did with it).
+    pub fn saw_bare_line_ending(&self) -> bool {
+        self.decoder.saw_bare_line_ending()
     }
 }
 
@@ -879,5 +948,93 @@ mod tests {
                 prop_assert_eq!(&outs[0], &outs[1]);
             }
         }
+    }
+
+    /// Runs a checker over `input` cut into `step`-sized pieces, then ends
+    /// the text: the output and where a rule broke (absolute position).
+    fn line_check(
+        policy: BareLineEndings,
+        max_line: usize,
+        input: &[u8],
+        step: usize,
+    ) -> (Vec<u8>, Option<(usize, Violation)>) {
+        let mut c = LineChecker::new(policy, max_line);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for piece in input.chunks(step.max(1)) {
+            match c.check(piece, &mut out) {
+                Checked::Decoded(Decoded::Incomplete) => at += piece.len(),
+                Checked::Decoded(Decoded::Complete { .. }) => panic!("a checked text never ends"),
+                Checked::Violation { consumed, kind } => return (out, Some((at + consumed, kind))),
+            }
+        }
+        let end = c.finish(&mut out).map(|kind| (input.len(), kind));
+        (out, end)
+    }
+
+    fn line_check_all_splits(
+        policy: BareLineEndings,
+        max_line: usize,
+        input: &[u8],
+        expected: (&[u8], Option<(usize, Violation)>),
+    ) {
+        for step in 1..=input.len().max(1) {
+            let (out, stop) = line_check(policy, max_line, input, step);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(expected.0),
+                "step {step}"
+            );
+            assert_eq!(stop, expected.1, "step {step}");
+        }
+    }
+
+    #[test]
+    fn line_checker_passes_dots_and_crlf_text_untouched() {
+        let text = b".\r\n..x\r\n.\r\nlast line without end";
+        line_check_all_splits(BareLineEndings::Reject, 1000, text, (text, None));
+    }
+
+    #[test]
+    fn line_checker_refuses_bare_line_ends_where_data_does() {
+        use BareLineEndings::Reject;
+        let bare_lf = Some((3, Violation::BareLineEnding));
+        line_check_all_splits(Reject, 1000, b"ab\ncd\r\n", (b"ab\n", bare_lf));
+        let bare_cr = Some((3, Violation::BareLineEnding));
+        line_check_all_splits(Reject, 1000, b"ab\rcd\r\n", (b"ab\r", bare_cr));
+        // A CR that ends the text is bare too: no LF can follow it.
+        let last_cr = Some((3, Violation::BareLineEnding));
+        line_check_all_splits(Reject, 1000, b"ab\r", (b"ab\r", last_cr));
+    }
+
+    #[test]
+    fn line_checker_normalizes_bare_line_ends() {
+        use BareLineEndings::Normalize;
+        line_check_all_splits(
+            Normalize,
+            1000,
+            b"a\nb\rc\r\n.\n\r",
+            (b"a\r\nb\r\nc\r\n.\r\n\r\n", None),
+        );
+    }
+
+    #[test]
+    fn line_checker_finds_the_long_line_at_the_same_octet() {
+        // Limit 6, CRLF included: 4 octets of content fit, the 5th breaks it
+        // (and is the last octet handed out, as under DATA).
+        let input = b"abcd\r\nabcdefgh\r\n";
+        let stop = Some((11, Violation::LineTooLong));
+        line_check_all_splits(BareLineEndings::Reject, 6, input, (b"abcd\r\nabcde", stop));
+        // The same lines through the DATA decoder break at the same octet.
+        let mut d = DotDecoder::new(BareLineEndings::Reject, 6);
+        let mut out = Vec::new();
+        assert_eq!(
+            d.decode_checked(input, &mut out),
+            Checked::Violation {
+                consumed: 11,
+                kind: Violation::LineTooLong
+            }
+        );
+        assert_eq!(out, b"abcd\r\nabcde");
     }
 }

@@ -5,7 +5,8 @@
 //!   without buffering them.
 //! - [`DotDecoder`] and [`DotEncoder`] are the streaming dot-stuffing codecs used by
 //!   SMTP `DATA` and POP3 multi-line responses. The decoder ends only at
-//!   `CRLF . CRLF`, however the input is split.
+//!   `CRLF . CRLF`, however the input is split. [`LineChecker`] keeps the same
+//!   rules (bare CR/LF, line length) for text that is not dot-stuffed (BDAT).
 //! - [`Secret`] keeps credentials out of `Debug` output.
 //! - [`Session`] is the driving contract all four protocol sessions keep.
 //! - [`sasl`] decodes SASL PLAIN and LOGIN exchanges (RFC 4616, the LOGIN draft)
@@ -23,7 +24,7 @@ mod scan;
 mod secret;
 mod session;
 
-pub use dot::{BareLineEndings, Checked, Decoded, DotDecoder, DotEncoder, Violation};
+pub use dot::{BareLineEndings, Checked, Decoded, DotDecoder, DotEncoder, LineChecker, Violation};
 pub use error::SaslError;
 pub use line::{Frame, LineFramer};
 pub use secret::Secret;

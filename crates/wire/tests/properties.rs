@@ -175,3 +175,65 @@ proptest! {
         prop_assert_eq!(&checked(&input, &points, max_line), &whole);
     }
 }
+
+/// The checker over `text` cut at `points`, then ended: the output and where
+/// a rule broke.
+fn line_checked(
+    policy: BareLineEndings,
+    text: &[u8],
+    points: &[usize],
+    max_line: usize,
+) -> (Vec<u8>, String) {
+    use postamt_wire::{Checked, LineChecker};
+    let mut c = LineChecker::new(policy, max_line);
+    let mut out = Vec::new();
+    for w in points.windows(2) {
+        match c.check(&text[w[0]..w[1]], &mut out) {
+            Checked::Decoded(Decoded::Incomplete) => {}
+            Checked::Decoded(Decoded::Complete { .. }) => return (out, "ended".into()),
+            Checked::Violation { consumed, kind } => {
+                return (out, format!("{kind:?} at {}", w[0] + consumed));
+            }
+        }
+    }
+    match c.finish(&mut out) {
+        Some(kind) => (out, format!("{kind:?} at {}", text.len())),
+        None => (out, "fine".into()),
+    }
+}
+
+proptest! {
+    /// The BDAT path and the DATA path are one machinery: the same lines
+    /// (with no dot to unstuff) give the same text and break the same rule
+    /// at the same octet, under either policy, however the BDAT text is cut.
+    #[test]
+    fn line_checker_agrees_with_the_data_decoder(
+        body in bytes_with_line_ends(),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+        max_line in 2usize..30,
+        normalize in any::<bool>(),
+    ) {
+        use postamt_wire::Checked;
+        let policy = if normalize { BareLineEndings::Normalize } else { BareLineEndings::Reject };
+        let mut text: Vec<u8> = body.iter().map(|&b| if b == b'.' { b',' } else { b }).collect();
+        text.extend_from_slice(b"\r\n");
+        let mut data = text.clone();
+        data.extend_from_slice(b".\r\n");
+        let mut d = DotDecoder::new(policy, max_line);
+        let mut want = Vec::new();
+        let stop = match d.decode_checked(&data, &mut want) {
+            Checked::Decoded(Decoded::Complete { consumed }) => {
+                prop_assert_eq!(consumed, data.len());
+                "fine".to_string()
+            }
+            Checked::Decoded(Decoded::Incomplete) => "incomplete".to_string(),
+            Checked::Violation { consumed, kind } => format!("{kind:?} at {consumed}"),
+        };
+        let want = (want, stop);
+        prop_assert_eq!(&line_checked(policy, &text, &[0, text.len()], max_line), &want);
+        let bytewise: Vec<usize> = (0..=text.len()).collect();
+        prop_assert_eq!(&line_checked(policy, &text, &bytewise, max_line), &want);
+        let points = splits(text.len(), &cuts);
+        prop_assert_eq!(&line_checked(policy, &text, &points, max_line), &want);
+    }
+}

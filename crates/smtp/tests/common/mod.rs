@@ -10,10 +10,10 @@
 //! - `E: text` is an event the application must see, in order;
 //! - `!wait N` advances the clock N seconds and calls `handle_timeout`;
 //! - `!eof` reports the end of the connection;
-//! - `!tls-handshake` marks where the client runs the TLS handshake after
-//!   STARTTLS: client bytes of the same stretch that follow the STARTTLS line
-//!   never reach the session after its `StartTls` event (they are what a TLS
-//!   layer would have refused).
+//! - `!tls-handshake` marks where the TLS handshake after STARTTLS completes
+//!   (the harness calls `tls_established`). Client bytes fed between the
+//!   `StartTls` event and this line reach the session, which must discard
+//!   them unanswered (plaintext injection, RFC 3207 §5).
 //!
 //! Client bytes between directives form one stretch; each test runs the
 //! stretches whole, byte by byte, and at several seeded random splits, and
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use postamt_smtp::{
     BareLineEndings, Command, Decision, Event, ForwardPath, Reply, ServerConfig, ServerSession,
+    Session,
 };
 
 pub enum Step {
@@ -36,7 +37,6 @@ pub enum Step {
 
 pub struct Transcript {
     pub config: ServerConfig,
-    pub tls: bool,
     pub steps: Vec<Step>,
     pub expected_output: Vec<u8>,
     pub expected_events: Vec<String>,
@@ -84,7 +84,6 @@ pub fn escape(b: &[u8]) -> String {
 
 pub fn parse(text: &str) -> Transcript {
     let mut config = ServerConfig::new("mx.kolleg.de");
-    let mut tls = false;
     let mut steps = Vec::new();
     let mut expected_output = Vec::new();
     let mut expected_events = Vec::new();
@@ -126,8 +125,8 @@ pub fn parse(text: &str) -> Transcript {
                     config.limits = old.limits;
                 }
                 "starttls" => config.extensions.starttls = true,
-                "tls" => tls = true,
-                "auth_without_tls" => config.extensions.auth_without_tls = true,
+                "tls" => config.implicit_tls = true,
+                "login_without_tls" => config.login_without_tls = true,
                 "no_auth" => config.extensions.auth.clear(),
                 "no_chunking" => config.extensions.chunking = false,
                 "no_dsn" => config.extensions.dsn = false,
@@ -159,7 +158,6 @@ pub fn parse(text: &str) -> Transcript {
     flush(&mut pending, &mut steps);
     Transcript {
         config,
-        tls,
         steps,
         expected_output,
         expected_events,
@@ -172,7 +170,7 @@ pub struct App {
     pub events: Vec<String>,
     data: Vec<u8>,
     recipients: Vec<String>,
-    /// Set when a StartTls event arrived: the rest of the stretch is dropped.
+    /// Set when a StartTls event arrived, until `!tls-handshake`.
     pub handshake_due: bool,
 }
 
@@ -339,9 +337,6 @@ pub fn run(t: &Transcript, split: Split) -> Outcome {
     let start = Instant::now();
     let mut now = start;
     let mut session = ServerSession::new(t.config.clone(), now);
-    if t.tls {
-        session.set_tls();
-    }
     let mut app = App::default();
     let mut output = Vec::new();
     for step in &t.steps {
@@ -349,9 +344,6 @@ pub fn run(t: &Transcript, split: Split) -> Outcome {
             Step::Send(bytes) => {
                 let mut from = 0;
                 for to in cuts(bytes.len(), split) {
-                    if app.handshake_due {
-                        break;
-                    }
                     session.receive(now, &bytes[from..to]);
                     app.drain(&mut session);
                     session.poll_transmit(&mut output);
@@ -366,6 +358,7 @@ pub fn run(t: &Transcript, split: Split) -> Outcome {
             Step::Handshake => {
                 assert!(app.handshake_due, "!tls-handshake without a StartTls event");
                 app.handshake_due = false;
+                session.tls_established().unwrap();
             }
         }
         app.drain(&mut session);
