@@ -53,5 +53,6 @@ transcripts!(
     syntax_errors,
     timeout,
     timeout_command,
+    timeout_per_command,
     too_many_recipients
 );

@@ -439,7 +439,7 @@ pub fn run<A: Application>(transcript: &Transcript, split: Split) -> Result<(), 
         };
         if got.output != action.output {
             return Err(format!(
-                "output after {what} differs\n--- expected\n{}\n--- got\n{}",
+                "output after {what} differs\n--- expected\n{}--- got\n{}",
                 lines(&action.output),
                 lines(&got.output)
             ));

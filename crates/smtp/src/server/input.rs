@@ -71,6 +71,10 @@ impl ServerSession {
                         bare,
                     } => {
                         used += consumed;
+                        // Every whole command line restarts the command timer
+                        // (RFC 5321 §4.5.3.2.7: the timeout is per command),
+                        // NOOP and HELP included; a trickle of bytes does not.
+                        self.progress = true;
                         if bare {
                             self.error(
                                 500,
