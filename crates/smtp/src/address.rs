@@ -227,6 +227,25 @@ impl FromStr for ForwardPath<'static> {
     }
 }
 
+/// Whether `s` holds characters that steer how text is shown rather than
+/// being text: C0 and C1 controls, the explicit directional formatting
+/// characters of UAX #9 (ALM, LRM, RLM, LRE..RLO, LRI..PDI), zero-width and
+/// invisible format characters, and the Unicode line and paragraph
+/// separators. A name holding one could reorder or break the lines of a log.
+pub(crate) fn has_steering_chars(s: &str) -> bool {
+    s.chars().any(|c| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{061c}'
+                    | '\u{200b}'..='\u{200f}'
+                    | '\u{2028}'..='\u{202e}'
+                    | '\u{2060}'..='\u{2069}'
+                    | '\u{feff}'
+            )
+    })
+}
+
 /// Byte classes for the address grammar, looked up once per byte.
 const ATEXT: u8 = 1;
 const DOMAIN: u8 = 2;
@@ -531,6 +550,18 @@ pub(crate) fn forward_path(input: &str) -> Parsed<'_, ForwardPath<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steering_characters_are_found() {
+        assert!(!has_steering_chars("mail.kolleg.de"));
+        assert!(!has_steering_chars("bücher.example"));
+        for c in [
+            '\u{1b}', '\u{9b}', '\u{61c}', '\u{200e}', '\u{202e}', '\u{2028}', '\u{2066}',
+            '\u{feff}',
+        ] {
+            assert!(has_steering_chars(&format!("a{c}b")), "{:x}", u32::from(c));
+        }
+    }
 
     fn mb(s: &str) -> Option<(String, String)> {
         s.parse::<Mailbox>()

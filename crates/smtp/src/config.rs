@@ -84,6 +84,10 @@ pub struct Limits {
     /// Protocol errors before the session answers 421 and closes; 20, as
     /// Postfix's `smtpd_hard_error_limit`.
     pub max_errors: u32,
+    /// Failed AUTH attempts (refused credentials) before the session
+    /// answers 421 and closes: 3, so a connection cannot be used to guess
+    /// passwords at length. Each failure also counts as an error.
+    pub max_auth_failures: u32,
     /// Input kept while the application holds a decision (pipelined commands):
     /// 64 KiB. A client whose input held back this way grows past it over
     /// further reads, before the application answers, is cut off with 421.
@@ -99,6 +103,7 @@ impl Default for Limits {
             max_text_line: 1000,
             max_auth_line: 12288,
             max_errors: 20,
+            max_auth_failures: 3,
             max_buffered_input: 64 * 1024,
         }
     }
@@ -205,6 +210,12 @@ pub struct ServerConfig {
     /// safe choice (RFC 4954 §4 recommends refusing them, with 538 5.7.11);
     /// set it only for a server without TLS that people may log in to anyway.
     pub login_without_tls: bool,
+    /// Whether SASL PLAIN may name an authorization identity other than the
+    /// user who logs in (acting for someone else, RFC 4616 §2). False by
+    /// default: such a login is refused with 535 5.7.8 without an event, as
+    /// the session cannot know who may act for whom. When true, the
+    /// application sees `credentials.authzid` and must check it itself.
+    pub allow_authzid: bool,
     /// What to do with a bare CR or LF in a message: refuse it (the default)
     /// or turn it into CRLF.
     pub bare_line_endings: BareLineEndings,
@@ -226,6 +237,7 @@ impl ServerConfig {
             timeouts: ServerTimeouts::default(),
             implicit_tls: false,
             login_without_tls: false,
+            allow_authzid: false,
             bare_line_endings: BareLineEndings::Reject,
             allow_unknown_parameters: false,
             texts: ReplyTexts::default(),

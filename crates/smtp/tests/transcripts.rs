@@ -28,6 +28,8 @@ macro_rules! transcripts {
 
 transcripts!(
     auth,
+    auth_authzid,
+    auth_guessing,
     auth_plain,
     auth_plaintext,
     bdat,
@@ -41,6 +43,7 @@ transcripts!(
     error_limit,
     handout,
     helo_mode,
+    helo_names,
     lmtp,
     long_lines,
     oversize,

@@ -111,6 +111,25 @@ impl ServerSession {
     }
 
     pub(super) fn hello_command(&mut self, kind: Hello, domain: Domain<'_>) {
+        // The name lands in Received: headers and logs: ASCII unless
+        // SMTPUTF8 is offered (RFC 5321 §4.1.2), and never characters that
+        // steer a terminal (controls, bidi formatting, line separators).
+        if !domain.as_str().is_ascii() {
+            if !self.config.extensions.smtputf8 {
+                return self.error(
+                    501,
+                    EnhancedCode::INVALID_ARGUMENTS,
+                    "Non-ASCII host name needs SMTPUTF8",
+                );
+            }
+            if crate::address::has_steering_chars(domain.as_str()) {
+                return self.error(
+                    501,
+                    EnhancedCode::INVALID_ARGUMENTS,
+                    "Host name holds control or text direction characters",
+                );
+            }
+        }
         self.reset_transaction();
         self.hello = Some(kind);
         self.events.push_back(Event::Hello {
@@ -435,6 +454,16 @@ impl ServerSession {
         self.framer.set_limit(self.config.limits.max_command_line);
         match step {
             Step::Done(credentials) => {
+                let acts_for_another = credentials
+                    .authzid
+                    .as_ref()
+                    .is_some_and(|z| *z != credentials.username);
+                if acts_for_another && !self.config.allow_authzid {
+                    let enhanced = self.enhanced();
+                    crate::Reply::auth_failed().render_with(&mut self.out, enhanced);
+                    self.auth_failed();
+                    return;
+                }
                 self.pending = Some(Pending::Auth);
                 self.events.push_back(Event::Auth {
                     mechanism,

@@ -186,6 +186,7 @@ pub struct ServerSession {
     authenticated: bool,
     tx: Transaction,
     errors: u32,
+    auth_failures: u32,
     closed: bool,
     now: Instant,
     deadline: Option<Instant>,
@@ -273,6 +274,7 @@ impl ServerSession {
             authenticated: false,
             tx: Transaction::default(),
             errors: 0,
+            auth_failures: 0,
             closed: false,
             now,
             deadline: Some(now + config.timeouts.command),
@@ -388,7 +390,8 @@ impl ServerSession {
             },
         }
         match pending {
-            Pending::Auth => self.authenticated = accepted,
+            Pending::Auth if accepted => self.authenticated = true,
+            Pending::Auth => self.auth_failed(),
             Pending::Sender { body, smtputf8 } => {
                 if accepted {
                     self.tx = Transaction {
@@ -415,7 +418,7 @@ impl ServerSession {
                 }
             }
         }
-        if self.pending.is_none() {
+        if self.pending.is_none() && !self.closed {
             self.deadline = Some(self.now + self.config.timeouts.command);
             self.resume();
         }
@@ -478,6 +481,25 @@ impl ServerSession {
     /// A reply to the peer's mistake: counts towards the error limit.
     fn error(&mut self, code: u16, ec: EnhancedCode, text: &str) {
         self.reply(code, ec, text);
+        self.count_error();
+    }
+
+    /// Refused credentials (the reply is out): an error, and one try fewer
+    /// before the session hangs up on a password guesser.
+    fn auth_failed(&mut self) {
+        self.auth_failures += 1;
+        if self.auth_failures >= self.config.limits.max_auth_failures {
+            self.shut_down(
+                AbortReason::SessionClosed,
+                EnhancedCode::TEMPORARY_SECURITY,
+                "Too many failed authentications",
+            );
+        } else {
+            self.count_error();
+        }
+    }
+
+    fn count_error(&mut self) {
         self.errors += 1;
         if self.errors >= self.config.limits.max_errors {
             self.shut_down(

@@ -37,6 +37,7 @@ pub fn config(t: &Transcript) -> ServerConfig {
             "no_enhanced" => config.extensions.enhanced_status_codes = false,
             "binary_mime" => config.extensions.binary_mime = true,
             "normalize" => config.bare_line_endings = BareLineEndings::Normalize,
+            "allow_authzid" => config.allow_authzid = true,
             "allow_unknown" => config.allow_unknown_parameters = true,
             "max_recipients" => config.limits.max_recipients = num() as usize,
             "max_message_size" => config.limits.max_message_size = num(),
