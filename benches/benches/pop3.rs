@@ -14,7 +14,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use postamt_pop3::response::MultilineEncoder;
 use postamt_pop3::{
     ClientConfig, ClientEvent, ClientSession, Command, Decoded, Event, Maildrop, MessageFlow,
-    MessageNumber, MultilineDecoder, Response, ServerConfig, ServerSession,
+    MessageNumber, MultilineDecoder, Response, ServerConfig, ServerSession, Session,
 };
 
 /// The nine commands of the classic session, without CRLF for postamt (its
@@ -88,7 +88,9 @@ fn command_parse(c: &mut Criterion) {
 
 /// A session logged in with one message of `size` octets.
 fn logged_in(size: usize, now: Instant) -> ServerSession {
-    let mut s = ServerSession::new(Arc::new(ServerConfig::default()), now);
+    let mut config = ServerConfig::new();
+    config.login_without_tls = true;
+    let mut s = ServerSession::new(Arc::new(config), now);
     s.receive(now, b"USER bob\r\nPASS topSecret\r\n");
     match s.poll_event() {
         Some(Event::Login { .. }) => {}

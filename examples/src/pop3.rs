@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use postamt_pop3::Session as _;
 use postamt_pop3::{Event, MessageFlow, Response, ResponseCode, ServerSession, verify_apop};
 use postamt_store::{MailboxName, Maildrop, StoreError};
 
@@ -18,27 +19,28 @@ use crate::trace::{Protocol, Trace};
 /// Bytes of a message read from the store at a time.
 const CHUNK: usize = 64 * 1024;
 
+// The local driver trait forwards to the one contract, `postamt_wire::Session`.
 impl Session for ServerSession {
     fn receive(&mut self, now: Instant, data: &[u8]) {
-        self.receive(now, data);
+        postamt_pop3::Session::receive(self, now, data);
     }
     fn receive_eof(&mut self, now: Instant) {
-        self.receive_eof(now);
+        postamt_pop3::Session::receive_eof(self, now);
     }
     fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
-        self.poll_transmit(buf);
+        postamt_pop3::Session::poll_transmit(self, buf);
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
+        postamt_pop3::Session::poll_timeout(self)
     }
     fn handle_timeout(&mut self, now: Instant) {
-        self.handle_timeout(now);
+        postamt_pop3::Session::handle_timeout(self, now);
     }
     fn is_closed(&self) -> bool {
-        self.is_closed()
+        postamt_pop3::Session::is_closed(self)
     }
     fn tls_established(&mut self) -> Result<(), String> {
-        self.tls_established().map_err(|e| e.to_string())
+        postamt_pop3::Session::tls_established(self).map_err(|e| e.to_string())
     }
 }
 

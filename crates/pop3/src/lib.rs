@@ -16,11 +16,15 @@
 //!
 //! ```
 //! use std::time::Instant;
-//! use postamt_pop3::{Event, Maildrop, MessageFlow, ServerConfig, ServerSession};
+//! use postamt_pop3::{Event, Maildrop, MessageFlow, ServerConfig, ServerSession, Session};
 //!
 //! let now = Instant::now();
 //! let message: &[u8] = b"Subject: hi\r\n\r\n.a line with a dot\r\nbye\r\n";
-//! let mut session = ServerSession::new(ServerConfig::default(), now);
+//! // USER/PASS in the clear, as on a classroom network; the default waits
+//! // for TLS (STLS, or `implicit_tls` on port 995).
+//! let mut config = ServerConfig::new();
+//! config.login_without_tls = true;
+//! let mut session = ServerSession::new(config, now);
 //! let mut wire = Vec::new();
 //!
 //! // The client pipelines its whole session; the session answers in order.
@@ -84,10 +88,11 @@ pub use client::{
     ClientConfig, ClientError, ClientEvent, ClientSession, ClientUsageError, ServerCapabilities,
 };
 pub use command::{Command, MessageNumber};
-pub use config::{Capabilities, Limits, ServerConfig, Texts};
-pub use error::{CommandError, ResponseError, UsageError};
+pub use config::{Extensions, Limits, ServerConfig, ServerTimeouts, Texts};
+pub use bytes;
+pub use error::{CommandError, Decision, ResponseError, UsageError};
 pub use postamt_wire::sasl::{Credentials, Mechanism};
-pub use postamt_wire::{Decoded, Secret};
+pub use postamt_wire::{Decoded, Secret, Session};
 pub use response::{MultiLine, MultilineDecoder, MultilineEncoder, Response, ResponseCode, Status};
 pub use server::{
     Deletion, Event, Maildrop, MessageFlow, ServerSession, apop_digest, apop_timestamp, verify_apop,

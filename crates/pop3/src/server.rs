@@ -10,11 +10,11 @@ use std::time::Instant;
 use md5::{Digest, Md5};
 use memchr::memchr2;
 use postamt_wire::sasl::{Credentials, Exchange, Mechanism, Step};
-use postamt_wire::{DotEncoder, Frame, LineFramer, SaslError, Secret};
+use postamt_wire::{DotEncoder, Frame, LineFramer, SaslError, Secret, Session};
 
 use crate::command::{Command, MessageNumber};
 use crate::config::ServerConfig;
-use crate::error::{CommandError, UsageError};
+use crate::error::{CommandError, Decision, UsageError};
 use crate::response::{Response, ResponseCode, Status, write_line};
 
 /// The lowercase hex MD5 digest of `timestamp` followed by `secret`, as APOP
@@ -195,24 +195,6 @@ pub enum MessageFlow {
     Finished,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decision {
-    Login,
-    Message,
-    Commit,
-    Tls,
-}
-
-impl Decision {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Login => "login",
-            Self::Message => "message",
-            Self::Commit => "commit",
-            Self::Tls => "tls",
-        }
-    }
-}
 
 #[derive(Debug)]
 enum Phase {
@@ -473,11 +455,11 @@ impl ServerSession {
             drop: None,
             streaming: None,
             sasl: None,
-            tls: config.tls_active,
+            tls: config.implicit_tls,
             utf8: false,
             errors: 0,
             discard_input: false,
-            deadline: now + config.limits.inactivity_timeout,
+            deadline: now + config.timeouts.inactivity,
             last_now: now,
             rearm: false,
             peer_closed: false,
@@ -499,106 +481,6 @@ impl ServerSession {
             None => session.line(Status::Ok, None, &[greeting.as_bytes()]),
         }
         session
-    }
-
-    /// Hands the session bytes that arrived from the client.
-    pub fn receive(&mut self, now: Instant, mut data: &[u8]) {
-        if self.closed || data.is_empty() {
-            return;
-        }
-        // The autologout timer restarts with each complete command (RFC 1939
-        // §3), not with each byte: a client trickling bytes is still cut off.
-        self.last_now = now;
-        let cap = self.input_cap();
-        while !data.is_empty() && !self.closed {
-            if self.pending == Some(Decision::Tls) {
-                // Plaintext after STLS and before the handshake: discarded.
-                return;
-            }
-            let room = cap.saturating_sub(self.input.len());
-            if room == 0 {
-                let config = Arc::clone(&self.config);
-                let text = &config.texts.too_much_input;
-                self.line(Status::Err, None, &[text.as_bytes()]);
-                self.close();
-                return;
-            }
-            let take = room.min(data.len());
-            self.input.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            self.advance();
-        }
-    }
-
-    /// The client closed its side. Nothing is deleted unless QUIT already
-    /// asked for the commit, which then still completes.
-    pub fn receive_eof(&mut self, now: Instant) {
-        self.last_now = now;
-        self.peer_closed = true;
-        if self.pending != Some(Decision::Commit) {
-            self.close();
-        }
-    }
-
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// Appends the bytes to send to `buf` and returns how many. Draining the
-    /// output may let the session answer more buffered commands (and raise
-    /// events): call [`poll_event`](Self::poll_event) and this again until it
-    /// returns 0.
-    ///
-    /// When `buf` is empty the session hands over its own buffer instead of
-    /// copying it (and keeps `buf`'s allocation for its next output).
-    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> usize {
-        let n = self.out.len();
-        if n == 0 {
-            return 0;
-        }
-        if buf.is_empty() {
-            std::mem::swap(buf, &mut self.out);
-        } else {
-            buf.extend_from_slice(&self.out);
-            self.out.clear();
-        }
-        self.advance();
-        n
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) should next be called,
-    /// if at all. `None` while the application holds a decision or the
-    /// session is closed.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.closed || self.pending.is_some() {
-            None
-        } else if self.rearm {
-            Some(self.last_now)
-        } else {
-            Some(self.deadline)
-        }
-    }
-
-    /// Tells the session the time. When the inactivity timer has expired the
-    /// session closes without a response and without deleting anything (RFC
-    /// 1939 §3). Safe to call at any time.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.closed || self.pending.is_some() {
-            return;
-        }
-        self.last_now = now;
-        if self.rearm {
-            self.rearm = false;
-            self.deadline = now + self.config.limits.inactivity_timeout;
-        } else if now >= self.deadline {
-            self.close();
-        }
-    }
-
-    /// Whether the connection should be dropped once the output is written.
-    pub fn is_closed(&self) -> bool {
-        self.closed
     }
 
     /// Whether the client is logged in (TRANSACTION state).
@@ -642,7 +524,9 @@ impl ServerSession {
     /// Accepts the login: the client enters the TRANSACTION state with this
     /// maildrop, whose lock the application now holds.
     pub fn accept_login(&mut self, maildrop: Maildrop) -> Result<(), UsageError> {
-        self.check_decision(Decision::Login)?;
+        if !self.check_decision(Decision::Login)? {
+            return Ok(());
+        }
         let drop = OpenMaildrop::new(maildrop);
         let mut text = Vec::with_capacity(64);
         text.extend_from_slice(self.config.texts.logged_in.as_bytes());
@@ -659,7 +543,9 @@ impl ServerSession {
     /// user as for a wrong password. To slow down guessing, wait a while
     /// before calling this.
     pub fn reject_login(&mut self) -> Result<(), UsageError> {
-        self.check_decision(Decision::Login)?;
+        if !self.check_decision(Decision::Login)? {
+            return Ok(());
+        }
         let config = Arc::clone(&self.config);
         let text = &config.texts.auth_failed;
         self.line(Status::Err, Some(&ResponseCode::Auth), &[text.as_bytes()]);
@@ -670,7 +556,9 @@ impl ServerSession {
     /// Refuses the login with `-ERR [IN-USE]`: the maildrop is locked by
     /// another session (RFC 2449 §8.1.1).
     pub fn maildrop_locked(&mut self) -> Result<(), UsageError> {
-        self.check_decision(Decision::Login)?;
+        if !self.check_decision(Decision::Login)? {
+            return Ok(());
+        }
         let config = Arc::clone(&self.config);
         let text = &config.texts.in_use;
         self.line(Status::Err, Some(&ResponseCode::InUse), &[text.as_bytes()]);
@@ -682,9 +570,11 @@ impl ServerSession {
     /// as `-ERR [SYS/TEMP]` when the store is unavailable or
     /// `-ERR [LOGIN-DELAY]`. It must be an `-ERR`.
     pub fn reject_login_with(&mut self, response: Response) -> Result<(), UsageError> {
-        self.check_decision(Decision::Login)?;
         if response.status() != Status::Err {
             return Err(UsageError::NotAnError);
+        }
+        if !self.check_decision(Decision::Login)? {
+            return Ok(());
         }
         response.render(&mut self.out);
         self.login_failed();
@@ -701,7 +591,9 @@ impl ServerSession {
     ///
     /// [`Limits::output_high_water`]: crate::Limits::output_high_water
     pub fn message_chunk(&mut self, chunk: &[u8]) -> Result<MessageFlow, UsageError> {
-        self.check_decision(Decision::Message)?;
+        if !self.check_decision(Decision::Message)? {
+            return Ok(MessageFlow::Finished);
+        }
         let Some(streaming) = self.streaming.as_mut() else {
             return Err(UsageError::MessageState);
         };
@@ -728,7 +620,9 @@ impl ServerSession {
     /// The message has no more bytes: the session completes its last line if
     /// needed and sends the terminating `.` line.
     pub fn message_end(&mut self) -> Result<(), UsageError> {
-        self.check_decision(Decision::Message)?;
+        if !self.check_decision(Decision::Message)? {
+            return Ok(());
+        }
         let Some(mut streaming) = self.streaming.take() else {
             return Err(UsageError::MessageState);
         };
@@ -745,7 +639,9 @@ impl ServerSession {
     /// response cannot be taken back, so the session closes without ending it
     /// (the client sees a truncated response, never a wrong one).
     pub fn message_unavailable(&mut self) -> Result<(), UsageError> {
-        self.check_decision(Decision::Message)?;
+        if !self.check_decision(Decision::Message)? {
+            return Ok(());
+        }
         let Some(streaming) = self.streaming.take() else {
             return Err(UsageError::MessageState);
         };
@@ -768,7 +664,9 @@ impl ServerSession {
     /// The deletions are committed and the maildrop released: `+OK`, and the
     /// session closes.
     pub fn commit_done(&mut self) -> Result<(), UsageError> {
-        self.check_decision(Decision::Commit)?;
+        if !self.check_decision(Decision::Commit)? {
+            return Ok(());
+        }
         self.pending = None;
         let config = Arc::clone(&self.config);
         let text = &config.texts.quit;
@@ -780,7 +678,9 @@ impl ServerSession {
     /// The deletions could not be committed: `-ERR [SYS/TEMP]`, and the
     /// session closes (RFC 1939 §6).
     pub fn commit_failed(&mut self) -> Result<(), UsageError> {
-        self.check_decision(Decision::Commit)?;
+        if !self.check_decision(Decision::Commit)? {
+            return Ok(());
+        }
         self.pending = None;
         let config = Arc::clone(&self.config);
         let text = &config.texts.commit_failed;
@@ -790,19 +690,6 @@ impl ServerSession {
             &[text.as_bytes()],
         );
         self.close();
-        Ok(())
-    }
-
-    /// The TLS handshake after STLS succeeded: the session forgets what the
-    /// client said before (RFC 2595 §4) and waits for commands over TLS.
-    pub fn tls_established(&mut self) -> Result<(), UsageError> {
-        self.check_decision(Decision::Tls)?;
-        self.tls = true;
-        self.utf8 = false;
-        self.phase = Phase::Authorization { user: None };
-        self.input.clear();
-        self.framer.reset();
-        self.end_decision();
         Ok(())
     }
 
@@ -821,15 +708,18 @@ impl ServerSession {
         self.pending == Some(decision) && self.events.is_empty() && !self.closed
     }
 
-    fn check_decision(&self, decision: Decision) -> Result<(), UsageError> {
+    /// Whether `decision` may be answered now: `Ok(false)` once the session
+    /// has closed (the answer is moot and nothing is written), a usage error
+    /// when another decision, or none, is open.
+    fn check_decision(&self, decision: Decision) -> Result<bool, UsageError> {
         if self.closed {
-            return Err(UsageError::Closed);
+            return Ok(false);
         }
         match self.pending {
             _ if !self.events.is_empty() => Err(UsageError::NoDecisionPending),
             None => Err(UsageError::NoDecisionPending),
-            Some(d) if d == decision => Ok(()),
-            Some(d) => Err(UsageError::OtherDecisionPending(d.name())),
+            Some(d) if d == decision => Ok(true),
+            Some(d) => Err(UsageError::OtherDecisionPending(d)),
         }
     }
 
@@ -907,7 +797,7 @@ impl ServerSession {
 
     /// A whole command line arrived: the inactivity timer starts again.
     fn command_received(&mut self) {
-        self.deadline = self.last_now + self.config.limits.inactivity_timeout;
+        self.deadline = self.last_now + self.config.timeouts.inactivity;
         self.rearm = false;
     }
 
@@ -978,8 +868,8 @@ impl ServerSession {
     fn handle_command(&mut self, command: Command<'_>) {
         let config = Arc::clone(&self.config);
         let texts = &config.texts;
-        let caps = &config.capabilities;
-        let login_allowed = self.tls || caps.login_without_tls;
+        let caps = &config.extensions;
+        let login_allowed = self.tls || config.login_without_tls;
         let authorization = matches!(self.phase, Phase::Authorization { .. });
         match command {
             Command::Capa => self.capa(),
@@ -1040,6 +930,7 @@ impl ServerSession {
                 };
                 match user {
                     None if !caps.user => self.peer_error(&texts.not_offered),
+                    _ if !login_allowed => self.peer_error(&texts.tls_required),
                     None => self.peer_error(&texts.need_user),
                     Some(_) if !caps.utf8 && !password.expose().is_ascii() => {
                         self.peer_error(CommandError::InvalidCharacters.text());
@@ -1055,7 +946,6 @@ impl ServerSession {
             }
             Command::Apop { name, digest } => match &self.apop_timestamp {
                 None => self.peer_error(&texts.not_offered),
-                Some(_) if !login_allowed => self.peer_error(&texts.tls_required),
                 Some(_) if !caps.utf8 && !name.is_ascii() => {
                     self.peer_error(CommandError::InvalidCharacters.text());
                 }
@@ -1236,8 +1126,8 @@ impl ServerSession {
 
     fn capa(&mut self) {
         let config = Arc::clone(&self.config);
-        let caps = &config.capabilities;
-        let login_allowed = self.tls || caps.login_without_tls;
+        let caps = &config.extensions;
+        let login_allowed = self.tls || config.login_without_tls;
         let out = &mut self.out;
         write_line(out, Status::Ok, None, &[config.texts.capa.as_bytes()]);
         out.extend_from_slice(b"TOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n");
@@ -1276,7 +1166,7 @@ impl ServerSession {
             Step::Done(credentials) => {
                 let ascii =
                     credentials.username.is_ascii() && credentials.password.expose().is_ascii();
-                if !ascii && !self.config.capabilities.utf8 {
+                if !ascii && !self.config.extensions.utf8 {
                     self.peer_error(CommandError::InvalidCharacters.text());
                     return;
                 }
@@ -1300,6 +1190,132 @@ impl ServerSession {
             }
         }
     }
+}
+
+impl Session for ServerSession {
+    type Event = Event;
+    type UsageError = UsageError;
+
+    /// Hands the session bytes that arrived from the client.
+    fn receive(&mut self, now: Instant, mut data: &[u8]) {
+        if self.closed || data.is_empty() {
+            return;
+        }
+        // The autologout timer restarts with each complete command (RFC 1939
+        // §3), not with each byte: a client trickling bytes is still cut off.
+        self.last_now = now;
+        let cap = self.input_cap();
+        while !data.is_empty() && !self.closed {
+            if self.pending == Some(Decision::Tls) {
+                // Plaintext after STLS and before the handshake: discarded.
+                return;
+            }
+            let room = cap.saturating_sub(self.input.len());
+            if room == 0 {
+                let config = Arc::clone(&self.config);
+                let text = &config.texts.too_much_input;
+                self.line(Status::Err, None, &[text.as_bytes()]);
+                self.close();
+                return;
+            }
+            let take = room.min(data.len());
+            self.input.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            self.advance();
+        }
+    }
+
+    /// The client closed its side. Nothing is deleted unless QUIT already
+    /// asked for the commit, which then still completes.
+    fn receive_eof(&mut self, now: Instant) {
+        self.last_now = now;
+        self.peer_closed = true;
+        if self.pending != Some(Decision::Commit) {
+            self.close();
+        }
+    }
+
+    /// The next event, if any.
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Appends the bytes to send to `buf` and returns how many. Draining the
+    /// output may let the session answer more buffered commands (and raise
+    /// events): call [`poll_event`](Self::poll_event) and this again until it
+    /// returns 0.
+    ///
+    /// When `buf` is empty the session hands over its own buffer instead of
+    /// copying it (and keeps `buf`'s allocation for its next output).
+    fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> usize {
+        let n = self.out.len();
+        if n == 0 {
+            return 0;
+        }
+        if buf.is_empty() {
+            std::mem::swap(buf, &mut self.out);
+        } else {
+            buf.extend_from_slice(&self.out);
+            self.out.clear();
+        }
+        self.advance();
+        n
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called,
+    /// if at all. `None` while the application holds a decision or the
+    /// session is closed.
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed || self.pending.is_some() {
+            None
+        } else if self.rearm {
+            Some(self.last_now)
+        } else {
+            Some(self.deadline)
+        }
+    }
+
+    /// Tells the session the time. When the inactivity timer has expired the
+    /// session closes without a response and without deleting anything (RFC
+    /// 1939 §3). Safe to call at any time.
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.closed || self.pending.is_some() {
+            return;
+        }
+        self.last_now = now;
+        if self.rearm {
+            self.rearm = false;
+            self.deadline = now + self.config.timeouts.inactivity;
+        } else if now >= self.deadline {
+            self.close();
+        }
+    }
+
+    /// The session has ended and its events and output have all been taken.
+    fn is_closed(&self) -> bool {
+        self.closed && self.events.is_empty() && self.out.is_empty()
+    }
+
+    /// The TLS handshake after STLS succeeded: the session forgets what the
+    /// client said before (RFC 2595 §4) and waits for commands over TLS.
+    fn tls_established(&mut self) -> Result<(), UsageError> {
+        if self.closed {
+            // The peer left during the handshake: nothing to go on with.
+            return match self.pending {
+                Some(Decision::Tls) => Ok(()),
+                _ => Err(UsageError::NoDecisionPending),
+            };
+        }
+        self.check_decision(Decision::Tls)?;
+        self.tls = true;
+        self.utf8 = false;
+        self.phase = Phase::Authorization { user: None };
+        self.input.clear();
+        self.framer.reset();
+        self.end_decision();
+        Ok(())
+    }
+
 }
 
 /// `N message(s) (M octets)`.

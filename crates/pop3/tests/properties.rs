@@ -8,7 +8,7 @@ use std::time::Instant;
 use postamt_pop3::response::MultilineEncoder;
 use postamt_pop3::{
     Command, Event, Maildrop, MessageFlow, MessageNumber, MultiLine, MultilineDecoder, Response,
-    ResponseCode, Secret, ServerConfig, ServerSession, Status,
+    ResponseCode, Secret, ServerConfig, ServerSession, Session, Status,
 };
 use postamt_wire::Decoded;
 use proptest::prelude::*;
@@ -248,8 +248,9 @@ const MESSAGE: &[u8] = b"Subject: x\r\n\r\n.dot\r\nline\r\n";
 /// output and a description of the events.
 fn drive(input: &[u8], cuts: &[usize], high_water: usize) -> (String, Vec<String>, bool) {
     let now = Instant::now();
-    let mut config = ServerConfig::default();
-    config.capabilities.stls = true;
+    let mut config = ServerConfig::new();
+    config.extensions.stls = true;
+    config.login_without_tls = true;
     config.limits.output_high_water = high_water;
     config.limits.max_buffered_input = 4096;
     let cap = 12288;

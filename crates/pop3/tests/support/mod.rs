@@ -8,7 +8,9 @@
 //! - `T: handshake`  the TLS handshake completes here (after STLS).
 //! - `E: eof`  the client closes its side.
 //! - `= closed` / `= open`  how the session ends.
-//! - `! directive`  set-up (see [`Setup`]); `#` starts a comment.
+//! - `! directive`  set-up (see [`Setup`]); `#` starts a comment. Unlike
+//!   the library, the harness allows plaintext logins before TLS unless
+//!   `! no-plaintext-login` says otherwise.
 //!
 //! In `C:` and `S:` text, `\r`, `\n`, `\\` and `\xHH` are escapes, and
 //! `{c*N}` stands for the character `c` repeated `N` times.
@@ -17,7 +19,8 @@
 use std::time::{Duration, Instant};
 
 use postamt_pop3::{
-    Event, Maildrop, MessageFlow, Response, ResponseCode, ServerConfig, ServerSession, verify_apop,
+    Event, Maildrop, MessageFlow, Response, ResponseCode, ServerConfig, ServerSession, Session,
+    verify_apop,
 };
 use postamt_wire::sasl::Mechanism;
 
@@ -71,7 +74,10 @@ pub struct Setup {
     pub stls: bool,
     /// `! tls`: the connection is already encrypted.
     pub tls: bool,
-    /// `! no-plaintext-login`
+    /// `! no-plaintext-login`: the library's default
+    /// (`ServerConfig::login_without_tls` false). Without it the harness
+    /// allows USER/PASS and AUTH PLAIN/LOGIN before TLS, since most
+    /// transcripts play the classroom telnet session.
     pub no_plaintext_login: bool,
     /// `! commit-fails`
     pub commit_fails: bool,
@@ -252,11 +258,11 @@ pub struct App {
 impl App {
     pub fn new(setup: Setup, split: Split, high_water: usize, now: Instant) -> Self {
         let mut config = ServerConfig::default();
-        config.capabilities.stls = setup.stls;
-        config.tls_active = setup.tls;
-        config.capabilities.login_without_tls = !setup.no_plaintext_login;
+        config.extensions.stls = setup.stls;
+        config.implicit_tls = setup.tls;
+        config.login_without_tls = !setup.no_plaintext_login;
         if let Some(sasl) = &setup.sasl {
-            config.capabilities.sasl = sasl.clone();
+            config.extensions.sasl = sasl.clone();
         }
         if let Some(n) = setup.max_errors {
             config.limits.max_errors = n;
