@@ -97,7 +97,8 @@ fn logged_in(size: usize, now: Instant) -> ServerSession {
         other => panic!("expected a login, got {other:?}"),
     }
     let mut maildrop = Maildrop::new();
-    maildrop.push(size as u64, "uid-1").expect("valid uid");
+    let uid = "uid-1".parse().expect("valid uid");
+    maildrop.push(size as u64, uid).expect("room for one");
     s.accept_login(maildrop).expect("login pending");
     let mut sink = Vec::new();
     while s.poll_transmit(&mut sink) > 0 {}

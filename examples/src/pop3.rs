@@ -65,8 +65,7 @@ pub(crate) fn serve(
         .map_or(0, |d| d.as_nanos());
     let timestamp =
         postamt_pop3::apop_timestamp(std::process::id(), clock + u128::from(id), &shared.hostname);
-    let session = ServerSession::with_apop(Arc::clone(&shared.pop3), Instant::now(), timestamp)
-        .unwrap_or_else(|_| ServerSession::new(Arc::clone(&shared.pop3), Instant::now()));
+    let session = ServerSession::with_apop(Arc::clone(&shared.pop3), Instant::now(), timestamp);
     let mut state = State::default();
     drive(
         tcp,
@@ -182,7 +181,14 @@ fn login(
         Ok(maildrop) => {
             let mut listing = postamt_pop3::Maildrop::new();
             for m in maildrop.messages() {
-                if let Err(e) = listing.push(m.size, m.uid.as_str()) {
+                // The store's ids are valid UIDLs already; the check is cheap.
+                let pushed = m
+                    .uid
+                    .as_str()
+                    .parse()
+                    .map_err(|e: postamt_pop3::InvalidUniqueId| e.to_string())
+                    .and_then(|uid| listing.push(m.size, uid).map_err(|e| e.to_string()));
+                if let Err(e) = pushed {
                     trace.error(&format!("cannot list {}: {e}", m.uid.as_str()));
                     return session.reject_login_with(Response::err_with(
                         ResponseCode::SysTemp,

@@ -38,7 +38,8 @@ fn run(decisions: &[u8], pieces: &mut dyn Iterator<Item = &[u8]>) -> Run {
     config.limits.max_buffered_input = 4096;
     config.limits.output_high_water = HIGH_WATER;
     config.limits.max_errors = 50;
-    let mut s = ServerSession::with_apop(config, now, "<7.8@fuzz>").expect("valid timestamp");
+    let timestamp = "<7.8@fuzz>".parse().expect("valid timestamp");
+    let mut s = ServerSession::with_apop(config, now, timestamp);
     let mut run = Run {
         output: Vec::new(),
         events: Vec::new(),
@@ -63,7 +64,8 @@ fn run(decisions: &[u8], pieces: &mut dyn Iterator<Item = &[u8]>) -> Run {
                     _ => {
                         let mut m = Maildrop::new();
                         for (i, text) in MESSAGES.iter().enumerate() {
-                            m.push(text.len() as u64, format!("u{i}")).unwrap();
+                            let uid = format!("u{i}").parse().expect("valid uid");
+                            m.push(text.len() as u64, uid).unwrap();
                         }
                         s.accept_login(m).unwrap();
                     }

@@ -125,15 +125,9 @@ pub enum UsageError {
     /// A decision method was called while a different decision is pending.
     #[error("a different decision is pending: {0}")]
     OtherDecisionPending(Decision),
-    /// A unique id is not 1 to 70 characters in 0x21..=0x7E (RFC 1939 §7).
-    #[error("invalid unique id")]
-    InvalidUniqueId,
     /// The maildrop holds more messages than a message number can count.
     #[error("too many messages")]
     TooManyMessages,
-    /// An APOP timestamp is not `<...>` of printable ASCII (RFC 1939 §7).
-    #[error("invalid APOP timestamp")]
-    InvalidTimestamp,
     /// A response given to reject something is not `-ERR`.
     #[error("a rejection must be an -ERR response")]
     NotAnError,
@@ -142,3 +136,14 @@ pub enum UsageError {
     #[error("message streaming is not in a state to take this call")]
     MessageState,
 }
+
+/// A unique id that is not 1 to 70 characters in 0x21..=0x7E (RFC 1939 §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("invalid unique id: RFC 1939 allows 1 to 70 characters in 0x21..=0x7E")]
+pub struct InvalidUniqueId;
+
+/// An APOP timestamp that is not `<`, printable ASCII without `<` or `>`,
+/// `>` (RFC 1939 §7), or is longer than 200 characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("invalid APOP timestamp: must be <...> of printable ASCII, at most 200 characters")]
+pub struct InvalidApopTimestamp;

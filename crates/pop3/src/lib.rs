@@ -35,7 +35,7 @@
 //!             Event::Login { user, password } => {
 //!                 if user == "bob" && password.expose() == "topSecret" {
 //!                     let mut maildrop = Maildrop::new();
-//!                     maildrop.push(message.len() as u64, "msg-1").unwrap();
+//!                     maildrop.push(message.len() as u64, "msg-1".parse().unwrap()).unwrap();
 //!                     session.accept_login(maildrop).unwrap();
 //!                 } else {
 //!                     session.reject_login().unwrap();
@@ -90,10 +90,13 @@ pub use client::{
 pub use command::{Command, MessageNumber};
 pub use config::{Extensions, Limits, ServerConfig, ServerTimeouts, Texts};
 pub use bytes;
-pub use error::{CommandError, Decision, ResponseError, UsageError};
+pub use error::{
+    CommandError, Decision, InvalidApopTimestamp, InvalidUniqueId, ResponseError, UsageError,
+};
 pub use postamt_wire::sasl::{Credentials, Mechanism};
 pub use postamt_wire::{Decoded, Secret, Session};
 pub use response::{MultiLine, MultilineDecoder, MultilineEncoder, Response, ResponseCode, Status};
 pub use server::{
-    Deletion, Event, Maildrop, MessageFlow, ServerSession, apop_digest, apop_timestamp, verify_apop,
+    ApopTimestamp, Deletion, Event, Maildrop, MessageFlow, ServerSession, UniqueId, apop_digest,
+    apop_timestamp, verify_apop,
 };

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::str::FromStr;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use postamt_wire::{DotEncoder, Frame, LineFramer, SaslError, Secret, Session};
 
 use crate::command::{Command, MessageNumber};
 use crate::config::ServerConfig;
-use crate::error::{CommandError, Decision, UsageError};
+use crate::error::{CommandError, Decision, InvalidApopTimestamp, InvalidUniqueId, UsageError};
 use crate::response::{Response, ResponseCode, Status, write_line};
 
 /// The lowercase hex MD5 digest of `timestamp` followed by `secret`, as APOP
@@ -27,9 +28,9 @@ use crate::response::{Response, ResponseCode, Status, write_line};
 ///     "c4c9334bac560ecc979e58001b3e22fb"
 /// );
 /// ```
-pub fn apop_digest(timestamp: &str, secret: &str) -> String {
+pub fn apop_digest(timestamp: impl AsRef<str>, secret: &str) -> String {
     let mut md5 = Md5::new();
-    md5.update(timestamp.as_bytes());
+    md5.update(timestamp.as_ref().as_bytes());
     md5.update(secret.as_bytes());
     let digest = md5.finalize();
     let mut hex = String::with_capacity(32);
@@ -43,7 +44,7 @@ pub fn apop_digest(timestamp: &str, secret: &str) -> String {
 /// Whether `digest` (as the client sent it, either case) is the APOP digest of
 /// `timestamp` and `secret`. The comparison takes the same time wherever the
 /// digests differ.
-pub fn verify_apop(timestamp: &str, secret: &str, digest: &str) -> bool {
+pub fn verify_apop(timestamp: impl AsRef<str>, secret: &str, digest: &str) -> bool {
     let expected = apop_digest(timestamp, secret);
     if digest.len() != expected.len() {
         return false;
@@ -58,9 +59,181 @@ pub fn verify_apop(timestamp: &str, secret: &str, digest: &str) -> bool {
 /// Builds an APOP greeting timestamp `<pid.clock@host>` (RFC 1939 §7) from
 /// values the caller chooses: the session reads no clock. Use a value that
 /// never repeats, such as a process id and a counter or the time in
-/// nanoseconds.
-pub fn apop_timestamp(pid: u32, clock: u128, host: &str) -> String {
-    format!("<{pid}.{clock}@{host}>")
+/// nanoseconds. Characters of `host` a timestamp cannot hold (controls,
+/// spaces, `<`, `>`, non-ASCII) become `_`, and a long host is cut so the
+/// timestamp stays within [`ApopTimestamp::MAX_LEN`].
+pub fn apop_timestamp(pid: u32, clock: u128, host: &str) -> ApopTimestamp {
+    let mut text = format!("<{pid}.{clock}@");
+    let room = ApopTimestamp::MAX_LEN - 1 - text.len();
+    text.extend(host.chars().take(room).map(|c| {
+        if c.is_ascii_graphic() && c != '<' && c != '>' {
+            c
+        } else {
+            '_'
+        }
+    }));
+    text.push('>');
+    ApopTimestamp(text.into_boxed_str())
+}
+
+/// The timestamp of an APOP greeting (RFC 1939 §7): `<`, printable ASCII
+/// without `<` or `>`, `>`, at most [`ApopTimestamp::MAX_LEN`] characters.
+/// Checked once when built, so a greeting never carries a malformed one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ApopTimestamp(Box<str>);
+
+impl ApopTimestamp {
+    /// The longest timestamp accepted: 200 characters, which leaves the
+    /// greeting well inside the 512 octets of a response line (RFC 2449 §4).
+    pub const MAX_LEN: usize = 200;
+
+    /// Checks `text` and wraps it.
+    pub fn new(text: impl Into<String>) -> Result<Self, InvalidApopTimestamp> {
+        let text: String = text.into();
+        let valid = text.len() >= 3
+            && text.len() <= Self::MAX_LEN
+            && text.starts_with('<')
+            && text.ends_with('>')
+            && text.bytes().all(|b| b.is_ascii_graphic())
+            && !text[1..text.len() - 1].contains(['<', '>']);
+        if valid {
+            Ok(Self(text.into_boxed_str()))
+        } else {
+            Err(InvalidApopTimestamp)
+        }
+    }
+
+    /// The timestamp, brackets included, as digests are computed over it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApopTimestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ApopTimestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for ApopTimestamp {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ApopTimestamp {
+    type Err = InvalidApopTimestamp;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for ApopTimestamp {
+    type Error = InvalidApopTimestamp;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<&str> for ApopTimestamp {
+    type Error = InvalidApopTimestamp;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl PartialEq<str> for ApopTimestamp {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for ApopTimestamp {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+/// A message's unique id as UIDL lists it: 1 to 70 characters in
+/// 0x21..=0x7E (RFC 1939 §7). Checked once when built.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UniqueId(Box<str>);
+
+impl UniqueId {
+    /// The longest unique id RFC 1939 §7 allows.
+    pub const MAX_LEN: usize = 70;
+
+    /// Checks `text` and wraps it.
+    pub fn new(text: impl Into<String>) -> Result<Self, InvalidUniqueId> {
+        let text: String = text.into();
+        if text.is_empty() || text.len() > Self::MAX_LEN || !text.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(InvalidUniqueId);
+        }
+        Ok(Self(text.into_boxed_str()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UniqueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for UniqueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for UniqueId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for UniqueId {
+    type Err = InvalidUniqueId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for UniqueId {
+    type Error = InvalidUniqueId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<&str> for UniqueId {
+    type Error = InvalidUniqueId;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl PartialEq<str> for UniqueId {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for UniqueId {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
 }
 
 /// The messages of a maildrop as the application lists them at login: each
@@ -74,7 +247,7 @@ pub struct Maildrop {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Listed {
     size: u64,
-    uid: Box<str>,
+    uid: UniqueId,
 }
 
 impl Maildrop {
@@ -84,22 +257,14 @@ impl Maildrop {
     }
 
     /// Adds the next message: its size in octets (as it will be sent, with
-    /// CRLF line ends, before stuffing) and its unique id, 1 to 70 characters
-    /// in 0x21..=0x7E (RFC 1939 §7). Returns its message number.
-    pub fn push(
-        &mut self,
-        size: u64,
-        unique_id: impl Into<String>,
-    ) -> Result<MessageNumber, UsageError> {
-        let uid: String = unique_id.into();
-        if uid.is_empty() || uid.len() > 70 || !uid.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-            return Err(UsageError::InvalidUniqueId);
-        }
+    /// CRLF line ends, before stuffing) and its unique id. Returns its
+    /// message number.
+    pub fn push(&mut self, size: u64, unique_id: UniqueId) -> Result<MessageNumber, UsageError> {
         let number =
             MessageNumber::from_index(self.messages.len()).ok_or(UsageError::TooManyMessages)?;
         self.messages.push(Listed {
             size,
-            uid: uid.into_boxed_str(),
+            uid: unique_id,
         });
         Ok(number)
     }
@@ -122,7 +287,7 @@ pub struct Deletion {
     /// Its message number in this session.
     pub message: MessageNumber,
     /// Its unique id as listed at login.
-    pub unique_id: String,
+    pub unique_id: UniqueId,
 }
 
 /// What the application must know or decide, in protocol order.
@@ -146,7 +311,7 @@ pub enum Event {
         /// The digest as the client sent it.
         digest: Secret<String>,
         /// The timestamp of this session's greeting.
-        timestamp: String,
+        timestamp: ApopTimestamp,
     },
     /// AUTH: a SASL exchange ended with these credentials. Answered like
     /// [`Event::Login`].
@@ -163,7 +328,7 @@ pub enum Event {
         /// The message.
         message: MessageNumber,
         /// Its unique id as listed at login.
-        unique_id: String,
+        unique_id: UniqueId,
         /// Its size as listed at login.
         size: u64,
         /// For TOP, how many body lines to send after the header. The session
@@ -392,7 +557,7 @@ pub struct ServerSession {
     drop: Option<OpenMaildrop>,
     streaming: Option<Streaming>,
     sasl: Option<(Mechanism, Exchange)>,
-    apop_timestamp: Option<String>,
+    apop_timestamp: Option<ApopTimestamp>,
     tls: bool,
     utf8: bool,
     errors: u32,
@@ -423,28 +588,17 @@ impl ServerSession {
         Self::start(config.into(), now, None)
     }
 
-    /// A session offering APOP, whose greeting carries `timestamp`, a
-    /// `<...>` string of printable ASCII unique to this session (see
-    /// [`apop_timestamp`]).
+    /// A session offering APOP, whose greeting carries `timestamp`, which
+    /// must be unique to this session (see [`apop_timestamp`]).
     pub fn with_apop(
         config: impl Into<Arc<ServerConfig>>,
         now: Instant,
-        timestamp: impl Into<String>,
-    ) -> Result<Self, UsageError> {
-        let timestamp: String = timestamp.into();
-        let valid = timestamp.len() >= 3
-            && timestamp.len() <= 200
-            && timestamp.starts_with('<')
-            && timestamp.ends_with('>')
-            && timestamp.bytes().all(|b| (0x21..=0x7e).contains(&b))
-            && !timestamp[1..timestamp.len() - 1].contains(['<', '>']);
-        if !valid {
-            return Err(UsageError::InvalidTimestamp);
-        }
-        Ok(Self::start(config.into(), now, Some(timestamp)))
+        timestamp: ApopTimestamp,
+    ) -> Self {
+        Self::start(config.into(), now, Some(timestamp))
     }
 
-    fn start(config: Arc<ServerConfig>, now: Instant, apop_timestamp: Option<String>) -> Self {
+    fn start(config: Arc<ServerConfig>, now: Instant, apop_timestamp: Option<ApopTimestamp>) -> Self {
         let mut session = Self {
             framer: LineFramer::new(config.limits.max_command_line),
             input: Vec::new(),
@@ -475,7 +629,7 @@ impl ServerSession {
                 session.line(
                     Status::Ok,
                     None,
-                    &[greeting.as_bytes(), b" ", ts.as_bytes()],
+                    &[greeting.as_bytes(), b" ", ts.as_str().as_bytes()],
                 );
             }
             None => session.line(Status::Ok, None, &[greeting.as_bytes()]),
@@ -888,7 +1042,7 @@ impl ServerSession {
                             .filter_map(|(i, (m, _))| {
                                 Some(Deletion {
                                     message: MessageNumber::from_index(i)?,
-                                    unique_id: m.uid.to_string(),
+                                    unique_id: m.uid.clone(),
                                 })
                             })
                             .collect()
@@ -1084,7 +1238,7 @@ impl ServerSession {
         let Some(m) = self.lookup(n) else {
             return;
         };
-        let (size, unique_id) = (m.size, m.uid.to_string());
+        let (size, unique_id) = (m.size, m.uid.clone());
         self.streaming = Some(Streaming {
             encoder: DotEncoder::new(),
             started: false,
@@ -1416,12 +1570,33 @@ mod tests {
     }
 
     #[test]
-    fn maildrop_validates_unique_ids() {
+    fn unique_ids_are_checked_when_built() {
+        assert_eq!(UniqueId::new("ok").unwrap(), "ok");
+        assert_eq!("".parse::<UniqueId>(), Err(InvalidUniqueId));
+        assert_eq!(UniqueId::try_from("a b"), Err(InvalidUniqueId));
+        assert_eq!(UniqueId::new("x".repeat(71)), Err(InvalidUniqueId));
+        assert!(UniqueId::new("x".repeat(70)).is_ok());
+        assert_eq!(UniqueId::new("\u{e9}"), Err(InvalidUniqueId));
         let mut m = Maildrop::new();
-        assert_eq!(m.push(1, "ok"), Ok(MessageNumber::new(1).unwrap()));
-        assert_eq!(m.push(1, ""), Err(UsageError::InvalidUniqueId));
-        assert_eq!(m.push(1, "a b"), Err(UsageError::InvalidUniqueId));
-        assert_eq!(m.push(1, "x".repeat(71)), Err(UsageError::InvalidUniqueId));
+        assert_eq!(
+            m.push(1, UniqueId::new("ok").unwrap()),
+            Ok(MessageNumber::new(1).unwrap())
+        );
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn apop_timestamps_are_checked_when_built() {
+        assert!(ApopTimestamp::new("<1.2@h>").is_ok());
+        for bad in ["no brackets", "<a b>", "<>x", "<", "<a<b>", "<\u{e9}>", ""] {
+            assert_eq!(bad.parse::<ApopTimestamp>(), Err(InvalidApopTimestamp), "{bad}");
+        }
+        assert_eq!(
+            apop_timestamp(1, 2, "h\u{f6}st <x>\r\n"),
+            "<1.2@h_st__x___>"
+        );
+        let long = apop_timestamp(u32::MAX, u128::MAX, &"h".repeat(500));
+        assert_eq!(long.as_str().len(), ApopTimestamp::MAX_LEN);
+        assert!(ApopTimestamp::new(long.as_str()).is_ok());
     }
 }

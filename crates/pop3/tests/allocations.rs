@@ -82,7 +82,9 @@ fn streaming_allocates_nothing_per_line() {
     s.receive(now, b"USER bob\r\nPASS topSecret\r\n");
     let _ = s.poll_event();
     let mut maildrop = Maildrop::new();
-    maildrop.push(text.len() as u64, "uid").unwrap();
+    maildrop
+        .push(text.len() as u64, "uid".parse().unwrap())
+        .unwrap();
     s.accept_login(maildrop).unwrap();
     let mut buf = Vec::new();
     while s.poll_transmit(&mut buf) > 0 {

@@ -254,7 +254,7 @@ fn drive(input: &[u8], cuts: &[usize], high_water: usize) -> (String, Vec<String
     config.limits.output_high_water = high_water;
     config.limits.max_buffered_input = 4096;
     let cap = 12288;
-    let mut s = ServerSession::with_apop(config, now, "<1.2@example.org>").unwrap();
+    let mut s = ServerSession::with_apop(config, now, "<1.2@example.org>".parse().unwrap());
     let mut out = Vec::new();
     let mut events = Vec::new();
     let mut message: Option<usize> = None;
@@ -267,8 +267,8 @@ fn drive(input: &[u8], cuts: &[usize], high_water: usize) -> (String, Vec<String
                 Event::Login { password, .. } => {
                     if password.expose() == "topSecret" {
                         let mut m = Maildrop::new();
-                        m.push(MESSAGE.len() as u64, "a").unwrap();
-                        m.push(MESSAGE.len() as u64, "b").unwrap();
+                        m.push(MESSAGE.len() as u64, "a".parse().unwrap()).unwrap();
+                        m.push(MESSAGE.len() as u64, "b".parse().unwrap()).unwrap();
                         s.accept_login(m).unwrap();
                     } else {
                         s.reject_login().unwrap();

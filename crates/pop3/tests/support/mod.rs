@@ -269,7 +269,7 @@ impl App {
         }
         config.limits.output_high_water = high_water;
         let session = match &setup.apop {
-            Some(ts) => ServerSession::with_apop(config, now, ts.clone()).unwrap(),
+            Some(ts) => ServerSession::with_apop(config, now, ts.parse().unwrap()),
             None => ServerSession::new(config, now),
         };
         let seed = match split {
@@ -294,7 +294,7 @@ impl App {
     fn maildrop(&self, user: usize) -> Maildrop {
         let mut maildrop = Maildrop::new();
         for (content, uid) in &self.users[user].messages {
-            maildrop.push(content.len() as u64, *uid).unwrap();
+            maildrop.push(content.len() as u64, uid.parse().unwrap()).unwrap();
         }
         maildrop
     }
