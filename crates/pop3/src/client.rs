@@ -13,7 +13,7 @@ use postamt_wire::{Decoded, Secret};
 use crate::command::{Command, MAX_COMMAND_LINE, MessageNumber};
 use crate::error::ResponseError;
 use crate::response::{MultilineDecoder, Response, Status};
-use crate::server::apop_digest;
+use crate::apop::apop_digest;
 
 /// What a client needs to know up front. Every limit has a safe default.
 ///

@@ -77,6 +77,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod apop;
 mod client;
 pub mod command;
 mod config;
@@ -96,7 +97,5 @@ pub use error::{
 pub use postamt_wire::sasl::{Credentials, Mechanism};
 pub use postamt_wire::{Decoded, Secret, Session};
 pub use response::{MultiLine, MultilineDecoder, MultilineEncoder, Response, ResponseCode, Status};
-pub use server::{
-    ApopTimestamp, Deletion, Event, Maildrop, MessageFlow, ServerSession, UniqueId, apop_digest,
-    apop_timestamp, verify_apop,
-};
+pub use apop::{ApopTimestamp, apop_digest, apop_timestamp, verify_apop};
+pub use server::{Deletion, Event, Maildrop, MessageFlow, ServerSession, UniqueId};

@@ -8,157 +8,15 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use md5::{Digest, Md5};
 use memchr::memchr2;
 use postamt_wire::sasl::{Credentials, Exchange, Mechanism, Step};
 use postamt_wire::{DotEncoder, Frame, LineFramer, SaslError, Secret, Session};
 
 use crate::command::{Command, MessageNumber};
 use crate::config::ServerConfig;
-use crate::error::{CommandError, Decision, InvalidApopTimestamp, InvalidUniqueId, UsageError};
+use crate::apop::ApopTimestamp;
+use crate::error::{CommandError, Decision, InvalidUniqueId, UsageError};
 use crate::response::{Response, ResponseCode, Status, write_line};
-
-/// The lowercase hex MD5 digest of `timestamp` followed by `secret`, as APOP
-/// computes it (RFC 1939 §7). The example there:
-///
-/// ```
-/// # use postamt_pop3::apop_digest;
-/// assert_eq!(
-///     apop_digest("<1896.697170952@dbc.mtview.ca.us>", "tanstaaf"),
-///     "c4c9334bac560ecc979e58001b3e22fb"
-/// );
-/// ```
-pub fn apop_digest(timestamp: impl AsRef<str>, secret: &str) -> String {
-    let mut md5 = Md5::new();
-    md5.update(timestamp.as_ref().as_bytes());
-    md5.update(secret.as_bytes());
-    let digest = md5.finalize();
-    let mut hex = String::with_capacity(32);
-    for byte in digest {
-        hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
-    }
-    hex
-}
-
-/// Whether `digest` (as the client sent it, either case) is the APOP digest of
-/// `timestamp` and `secret`. The comparison takes the same time wherever the
-/// digests differ.
-pub fn verify_apop(timestamp: impl AsRef<str>, secret: &str, digest: &str) -> bool {
-    let expected = apop_digest(timestamp, secret);
-    if digest.len() != expected.len() {
-        return false;
-    }
-    expected
-        .bytes()
-        .zip(digest.bytes())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b.to_ascii_lowercase()))
-        == 0
-}
-
-/// Builds an APOP greeting timestamp `<pid.clock@host>` (RFC 1939 §7) from
-/// values the caller chooses: the session reads no clock. Use a value that
-/// never repeats, such as a process id and a counter or the time in
-/// nanoseconds. Characters of `host` a timestamp cannot hold (controls,
-/// spaces, `<`, `>`, non-ASCII) become `_`, and a long host is cut so the
-/// timestamp stays within [`ApopTimestamp::MAX_LEN`].
-pub fn apop_timestamp(pid: u32, clock: u128, host: &str) -> ApopTimestamp {
-    let mut text = format!("<{pid}.{clock}@");
-    let room = ApopTimestamp::MAX_LEN - 1 - text.len();
-    text.extend(host.chars().take(room).map(|c| {
-        if c.is_ascii_graphic() && c != '<' && c != '>' {
-            c
-        } else {
-            '_'
-        }
-    }));
-    text.push('>');
-    ApopTimestamp(text.into_boxed_str())
-}
-
-/// The timestamp of an APOP greeting (RFC 1939 §7): `<`, printable ASCII
-/// without `<` or `>`, `>`, at most [`ApopTimestamp::MAX_LEN`] characters.
-/// Checked once when built, so a greeting never carries a malformed one.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct ApopTimestamp(Box<str>);
-
-impl ApopTimestamp {
-    /// The longest timestamp accepted: 200 characters, which leaves the
-    /// greeting well inside the 512 octets of a response line (RFC 2449 §4).
-    pub const MAX_LEN: usize = 200;
-
-    /// Checks `text` and wraps it.
-    pub fn new(text: impl Into<String>) -> Result<Self, InvalidApopTimestamp> {
-        let text: String = text.into();
-        let valid = text.len() >= 3
-            && text.len() <= Self::MAX_LEN
-            && text.starts_with('<')
-            && text.ends_with('>')
-            && text.bytes().all(|b| b.is_ascii_graphic())
-            && !text[1..text.len() - 1].contains(['<', '>']);
-        if valid {
-            Ok(Self(text.into_boxed_str()))
-        } else {
-            Err(InvalidApopTimestamp)
-        }
-    }
-
-    /// The timestamp, brackets included, as digests are computed over it.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApopTimestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for ApopTimestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl AsRef<str> for ApopTimestamp {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for ApopTimestamp {
-    type Err = InvalidApopTimestamp;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::new(s)
-    }
-}
-
-impl TryFrom<String> for ApopTimestamp {
-    type Error = InvalidApopTimestamp;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::new(s)
-    }
-}
-
-impl TryFrom<&str> for ApopTimestamp {
-    type Error = InvalidApopTimestamp;
-    fn try_from(s: &str) -> Result<Self, Self::Error> {
-        Self::new(s)
-    }
-}
-
-impl PartialEq<str> for ApopTimestamp {
-    fn eq(&self, other: &str) -> bool {
-        *self.0 == *other
-    }
-}
-
-impl PartialEq<&str> for ApopTimestamp {
-    fn eq(&self, other: &&str) -> bool {
-        *self.0 == **other
-    }
-}
 
 /// A message's unique id as UIDL lists it: 1 to 70 characters in
 /// 0x21..=0x7E (RFC 1939 §7). Checked once when built.
@@ -554,7 +412,7 @@ pub struct ServerSession {
     events: VecDeque<Event>,
     phase: Phase,
     pending: Option<Decision>,
-    drop: Option<OpenMaildrop>,
+    maildrop: Option<OpenMaildrop>,
     streaming: Option<Streaming>,
     sasl: Option<(Mechanism, Exchange)>,
     apop_timestamp: Option<ApopTimestamp>,
@@ -606,7 +464,7 @@ impl ServerSession {
             events: VecDeque::new(),
             phase: Phase::Authorization { user: None },
             pending: None,
-            drop: None,
+            maildrop: None,
             streaming: None,
             sasl: None,
             tls: config.implicit_tls,
@@ -681,13 +539,13 @@ impl ServerSession {
         if !self.check_decision(Decision::Login)? {
             return Ok(());
         }
-        let drop = OpenMaildrop::new(maildrop);
+        let open = OpenMaildrop::new(maildrop);
         let mut text = Vec::with_capacity(64);
         text.extend_from_slice(self.config.texts.logged_in.as_bytes());
         text.extend_from_slice(b", ");
-        write_count(&mut text, drop.live, drop.live_octets);
+        write_count(&mut text, open.live, open.live_octets);
         self.line(Status::Ok, None, &[&text]);
-        self.drop = Some(drop);
+        self.maildrop = Some(open);
         self.phase = Phase::Transaction;
         self.end_decision();
         Ok(())
@@ -1033,7 +891,7 @@ impl ServerSession {
                     self.close();
                 } else {
                     self.phase = Phase::Update;
-                    let deletions = self.drop.as_ref().map_or_else(Vec::new, |d| {
+                    let deletions = self.maildrop.as_ref().map_or_else(Vec::new, |d| {
                         d.messages
                             .iter()
                             .zip(&d.deleted)
@@ -1157,12 +1015,12 @@ impl ServerSession {
             _ if authorization => self.peer_error(&texts.not_logged_in),
             Command::Noop => self.ok(&texts.noop),
             Command::Stat => {
-                let drop = self
-                    .drop
+                let (live, octets) = self
+                    .maildrop
                     .as_ref()
                     .map_or((0, 0), |d| (d.live, d.live_octets));
                 let mut text = Vec::with_capacity(24);
-                let _ = write!(text, "{} {}", drop.0, drop.1);
+                let _ = write!(text, "{live} {octets}");
                 self.line(Status::Ok, None, &[&text]);
             }
             Command::List(None) => self.listing(false),
@@ -1181,28 +1039,28 @@ impl ServerSession {
             }
             Command::Dele(n) => {
                 if self.lookup(n).is_some()
-                    && let Some(drop) = self.drop.as_mut()
+                    && let Some(maildrop) = self.maildrop.as_mut()
                 {
-                    drop.deleted[n.index()] = true;
-                    drop.live -= 1;
-                    drop.live_octets -= drop.messages[n.index()].size;
+                    maildrop.deleted[n.index()] = true;
+                    maildrop.live -= 1;
+                    maildrop.live_octets -= maildrop.messages[n.index()].size;
                     self.ok(&texts.deleted);
                 }
             }
             Command::Rset => {
-                if let Some(drop) = self.drop.as_mut() {
-                    drop.deleted.iter_mut().for_each(|d| *d = false);
-                    drop.live = drop.messages.len();
-                    drop.live_octets = drop.messages.iter().map(|m| m.size).sum();
+                if let Some(maildrop) = self.maildrop.as_mut() {
+                    maildrop.deleted.iter_mut().for_each(|d| *d = false);
+                    maildrop.live = maildrop.messages.len();
+                    maildrop.live_octets = maildrop.messages.iter().map(|m| m.size).sum();
                 }
-                let drop = self
-                    .drop
+                let (live, octets) = self
+                    .maildrop
                     .as_ref()
                     .map_or((0, 0), |d| (d.live, d.live_octets));
                 let mut text = Vec::with_capacity(64);
                 text.extend_from_slice(texts.maildrop.as_bytes());
                 text.push(b' ');
-                write_count(&mut text, drop.0, drop.1);
+                write_count(&mut text, live, octets);
                 self.line(Status::Ok, None, &[&text]);
             }
             Command::Retr(n) => self.retrieve(n, None),
@@ -1213,12 +1071,12 @@ impl ServerSession {
     /// The listed message `n` if it exists and is not deleted; otherwise the
     /// `-ERR` is written.
     fn lookup(&mut self, n: MessageNumber) -> Option<&Listed> {
-        let found = match self.drop.as_ref() {
+        let found = match self.maildrop.as_ref() {
             None => Err(Lookup::NoSuchMessage),
-            Some(drop) => drop.get(n).map(|_| ()),
+            Some(maildrop) => maildrop.get(n).map(|_| ()),
         };
         match found {
-            Ok(()) => self.drop.as_ref().map(|d| &d.messages[n.index()]),
+            Ok(()) => self.maildrop.as_ref().map(|d| &d.messages[n.index()]),
             Err(Lookup::NoSuchMessage) => {
                 let config = Arc::clone(&self.config);
                 let text = &config.texts.no_such_message;
@@ -1257,7 +1115,7 @@ impl ServerSession {
     }
 
     fn listing(&mut self, uidl: bool) {
-        let Some(drop) = self.drop.as_ref() else {
+        let Some(maildrop) = self.maildrop.as_ref() else {
             return;
         };
         let out = &mut self.out;
@@ -1265,10 +1123,10 @@ impl ServerSession {
             write_line(out, Status::Ok, None, &[self.config.texts.uidl.as_bytes()]);
         } else {
             let mut text = Vec::with_capacity(48);
-            write_count(&mut text, drop.live, drop.live_octets);
+            write_count(&mut text, maildrop.live, maildrop.live_octets);
             write_line(out, Status::Ok, None, &[&text]);
         }
-        for (i, m) in drop.live_messages() {
+        for (i, m) in maildrop.live_messages() {
             if uidl {
                 let _ = write!(out, "{} {}\r\n", i + 1, m.uid);
             } else {
@@ -1544,32 +1402,6 @@ mod tests {
     }
 
     #[test]
-    fn apop_rfc_example() {
-        let ts = "<1896.697170952@dbc.mtview.ca.us>";
-        assert_eq!(
-            apop_digest(ts, "tanstaaf"),
-            "c4c9334bac560ecc979e58001b3e22fb"
-        );
-        assert!(verify_apop(
-            ts,
-            "tanstaaf",
-            "C4C9334BAC560ECC979E58001B3E22FB"
-        ));
-        assert!(!verify_apop(
-            ts,
-            "tanstaaf",
-            "c4c9334bac560ecc979e58001b3e22fa"
-        ));
-        assert!(!verify_apop(
-            ts,
-            "other",
-            "c4c9334bac560ecc979e58001b3e22fb"
-        ));
-        assert!(!verify_apop(ts, "tanstaaf", "c4c9"));
-        assert_eq!(apop_timestamp(1896, 697170952, "dbc.mtview.ca.us"), ts);
-    }
-
-    #[test]
     fn unique_ids_are_checked_when_built() {
         assert_eq!(UniqueId::new("ok").unwrap(), "ok");
         assert_eq!("".parse::<UniqueId>(), Err(InvalidUniqueId));
@@ -1583,20 +1415,5 @@ mod tests {
             Ok(MessageNumber::new(1).unwrap())
         );
         assert_eq!(m.len(), 1);
-    }
-
-    #[test]
-    fn apop_timestamps_are_checked_when_built() {
-        assert!(ApopTimestamp::new("<1.2@h>").is_ok());
-        for bad in ["no brackets", "<a b>", "<>x", "<", "<a<b>", "<\u{e9}>", ""] {
-            assert_eq!(bad.parse::<ApopTimestamp>(), Err(InvalidApopTimestamp), "{bad}");
-        }
-        assert_eq!(
-            apop_timestamp(1, 2, "h\u{f6}st <x>\r\n"),
-            "<1.2@h_st__x___>"
-        );
-        let long = apop_timestamp(u32::MAX, u128::MAX, &"h".repeat(500));
-        assert_eq!(long.as_str().len(), ApopTimestamp::MAX_LEN);
-        assert!(ApopTimestamp::new(long.as_str()).is_ok());
     }
 }
