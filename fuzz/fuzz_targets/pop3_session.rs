@@ -65,7 +65,7 @@ fn run(decisions: &[u8], pieces: &mut dyn Iterator<Item = &[u8]>) -> Run {
                         let mut m = Maildrop::new();
                         for (i, text) in MESSAGES.iter().enumerate() {
                             let uid = format!("u{i}").parse().expect("valid uid");
-                            m.push(text.len() as u64, uid).unwrap();
+                            m.push(postamt_wire::crlf_size(text), uid).unwrap();
                         }
                         s.accept_login(m).unwrap();
                     }

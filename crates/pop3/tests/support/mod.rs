@@ -30,6 +30,20 @@ pub const MESSAGE_1: &[u8] = b"From: alice@example.org\r\nTo: bob@example.org\r\
 pub const MESSAGE_2: &[u8] = b"From: carol@example.org\r\nTo: bob@example.org\r\nSubject: Dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nThe line above is a lone dot.\r\nSee you on Monday, then.\r\nCarol, who likes dots quite a lot.... (truly!!!!)\r\n";
 /// Not UTF-8, and no CRLF at the end.
 pub const MESSAGE_3: &[u8] = b"Subject: raw\r\n\r\n\xff\xfe binary \x80\r\n.no final line end";
+/// Line ends as stores keep them from other tools: bare CR, bare LF, CR CR
+/// LF, and a final line without its end; a dot after a bare CR and after a
+/// bare LF starts a line.
+pub const LINE_ENDS: [&[u8]; 4] = [
+    b"Subject: bare CR\r\rone\rtwo\r.three\r",
+    b"Subject: bare LF\n\none\n.two\n",
+    b"Subject: CR CR LF\r\r\n\r\r\nbody\r\r\n",
+    b"Subject: no end\r\n\r\nlast line",
+];
+
+/// The size a message is listed at: as RETR sends it, before stuffing.
+pub fn listed_size(content: &[u8]) -> u64 {
+    postamt_wire::crlf_size(content)
+}
 
 /// One user of the fixture.
 pub struct User {
@@ -55,6 +69,17 @@ pub fn users() -> Vec<User> {
             password: "tanstaaf",
             locked: false,
             messages: vec![(MESSAGE_3, "raw-1")],
+        },
+        User {
+            name: "erin",
+            password: "erinpw",
+            locked: false,
+            messages: vec![
+                (LINE_ENDS[0], "cr-1"),
+                (LINE_ENDS[1], "lf-2"),
+                (LINE_ENDS[2], "crcrlf-3"),
+                (LINE_ENDS[3], "noend-4"),
+            ],
         },
         User {
             name: "carol",
@@ -294,7 +319,9 @@ impl App {
     fn maildrop(&self, user: usize) -> Maildrop {
         let mut maildrop = Maildrop::new();
         for (content, uid) in &self.users[user].messages {
-            maildrop.push(content.len() as u64, uid.parse().unwrap()).unwrap();
+            maildrop
+                .push(listed_size(content), uid.parse().unwrap())
+                .unwrap();
         }
         maildrop
     }
@@ -356,7 +383,7 @@ impl App {
                 }
                 let user = self.current_user.expect("retrieve before login");
                 let content = self.users[user].messages[message.index()].0;
-                assert_eq!(size, content.len() as u64);
+                assert_eq!(size, listed_size(content));
                 self.streaming = Some((content, 0));
             }
             Event::Commit { deletions } => {
