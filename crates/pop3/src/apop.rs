@@ -185,7 +185,11 @@ mod tests {
     fn apop_timestamps_are_checked_when_built() {
         assert!(ApopTimestamp::new("<1.2@h>").is_ok());
         for bad in ["no brackets", "<a b>", "<>x", "<", "<a<b>", "<\u{e9}>", ""] {
-            assert_eq!(bad.parse::<ApopTimestamp>(), Err(InvalidApopTimestamp), "{bad}");
+            assert_eq!(
+                bad.parse::<ApopTimestamp>(),
+                Err(InvalidApopTimestamp),
+                "{bad}"
+            );
         }
         assert_eq!(
             apop_timestamp(1, 2, "h\u{f6}st <x>\r\n"),

@@ -85,17 +85,17 @@ pub mod error;
 pub mod response;
 mod server;
 
+pub use apop::{ApopTimestamp, apop_digest, apop_timestamp, verify_apop};
+pub use bytes;
 pub use client::{
     ClientConfig, ClientError, ClientEvent, ClientSession, ClientUsageError, ServerCapabilities,
 };
 pub use command::{Command, MessageNumber};
 pub use config::{Extensions, Limits, ServerConfig, ServerTimeouts, Texts};
-pub use bytes;
 pub use error::{
     CommandError, Decision, InvalidApopTimestamp, InvalidUniqueId, ResponseError, UsageError,
 };
 pub use postamt_wire::sasl::{Credentials, Mechanism};
 pub use postamt_wire::{Decoded, Secret, Session};
 pub use response::{MultiLine, MultilineDecoder, MultilineEncoder, Response, ResponseCode, Status};
-pub use apop::{ApopTimestamp, apop_digest, apop_timestamp, verify_apop};
 pub use server::{Deletion, Event, Maildrop, MessageFlow, ServerSession, UniqueId};

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use postamt_pop3::{
-    Decision, Event, Maildrop, MessageFlow, MultilineDecoder, Response, ServerConfig, ServerSession, Session,
-    UniqueId, UsageError,
+    Decision, Event, Maildrop, MessageFlow, MultilineDecoder, Response, ServerConfig,
+    ServerSession, Session, UniqueId, UsageError,
 };
 use postamt_wire::Decoded;
 use postamt_wire::sasl::Mechanism;
@@ -91,7 +91,10 @@ fn a_handshake_the_peer_left_during_is_not_a_mistake() {
     s.receive(now, b"STLS\r\n");
     assert_eq!(s.poll_event(), Some(Event::StartTls));
     s.receive_eof(now);
-    assert_eq!(take(&mut s), "+OK POP3 server ready\r\n+OK Begin TLS negotiation\r\n");
+    assert_eq!(
+        take(&mut s),
+        "+OK POP3 server ready\r\n+OK Begin TLS negotiation\r\n"
+    );
     assert!(s.is_closed());
     assert_eq!(s.tls_established(), Ok(()));
     assert_eq!(take(&mut s), "");

@@ -11,13 +11,8 @@
 
 use std::io::{self, Read};
 
-pub(crate) use postamt_wire::CrlfSize;
 use postamt_wire::CrlfNormalizer;
-
-/// The size of `bytes` as served.
-pub(crate) fn crlf_size(bytes: &[u8]) -> u64 {
-    postamt_wire::crlf_size(bytes)
-}
+pub(crate) use postamt_wire::{CrlfSize, crlf_size};
 
 /// Counts the served size of everything `reader` yields.
 pub(crate) fn crlf_size_of(mut reader: impl Read) -> io::Result<u64> {

@@ -253,7 +253,10 @@ fn listed_size_is_what_retr_sends<H: Harness>() {
         line(&mut rest);
     }
     let total: u64 = sizes.iter().sum();
-    assert_eq!(line(&mut rest), format!("+OK {} messages ({total} octets)", sizes.len()));
+    assert_eq!(
+        line(&mut rest),
+        format!("+OK {} messages ({total} octets)", sizes.len())
+    );
     for (i, size) in sizes.iter().enumerate() {
         assert_eq!(line(&mut rest), format!("{} {size}", i + 1));
     }
@@ -266,7 +269,11 @@ fn listed_size_is_what_retr_sends<H: Harness>() {
             panic!("message {i} does not end");
         };
         rest = &rest[consumed..];
-        assert_eq!(text.len() as u64, *size, "message {i}: listed size = octets sent");
+        assert_eq!(
+            text.len() as u64,
+            *size,
+            "message {i}: listed size = octets sent"
+        );
         assert_eq!(text, served[i], "message {i}");
     }
     assert_eq!(rest, b"+OK Goodbye\r\n");
