@@ -125,9 +125,14 @@ pub struct ServerSession {
 
 impl fmt::Debug for ServerSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Input and output are shown as sizes only: they hold PASS lines and
+        // AUTH payloads. Events and the SASL exchange redact their secrets.
         f.debug_struct("ServerSession")
             .field("phase", &self.phase)
             .field("pending", &self.pending)
+            .field("events", &self.events)
+            .field("sasl", &self.sasl)
+            .field("apop_timestamp", &self.apop_timestamp)
             .field("buffered_input", &self.input.len())
             .field("buffered_output", &self.out.len())
             .field("tls", &self.tls)
