@@ -7,10 +7,21 @@
 //!   responses and their streaming codec ([`MultilineEncoder`],
 //!   [`MultilineDecoder`]).
 //! - [`ServerSession`]: the server's state machine. It owns no socket, reads no
-//!   clock and blocks on nothing; its doc comment is the driving contract.
+//!   clock and blocks on nothing. It is driven through [`Session`], the
+//!   contract every postamt session keeps; its own doc comment says what is
+//!   POP3's (the decisions, streaming a message).
 //! - [`ClientSession`]: the client's state machine, driven the same way: it
 //!   reads the greeting and CAPA, logs in (USER/PASS, APOP, AUTH PLAIN), runs
 //!   STLS, and pipelines maildrop commands, streaming message text out.
+//! - APOP ([`apop_digest`], [`verify_apop`], [`ApopTimestamp`]) for both
+//!   sides, and the validated values a server hands in ([`UniqueId`],
+//!   [`ApopTimestamp`]).
+//!
+//! The server is safe by default: without TLS (STLS, or
+//! [`ServerConfig::implicit_tls`] on port 995) it neither offers nor accepts
+//! logins that carry a password in the clear (USER/PASS, AUTH PLAIN and
+//! LOGIN) unless [`ServerConfig::login_without_tls`] says so. APOP is always
+//! allowed where it is offered.
 //!
 //! # A whole session over in-memory bytes
 //!

@@ -9,6 +9,8 @@ use postamt_wire::sasl::{Credentials, Mechanism};
 use crate::apop::ApopTimestamp;
 use crate::command::MessageNumber;
 use crate::error::{InvalidUniqueId, UsageError};
+#[cfg(doc)]
+use crate::{ServerSession, apop_digest, verify_apop};
 
 /// A message's unique id as UIDL lists it: 1 to 70 characters in
 /// 0x21..=0x7E (RFC 1939 §7). Checked once when built.
@@ -108,9 +110,11 @@ impl Maildrop {
         Self::default()
     }
 
-    /// Adds the next message: its size in octets (as it will be sent, with
-    /// CRLF line ends, before stuffing) and its unique id. Returns its
-    /// message number.
+    /// Adds the next message: its size in octets as RETR will send it,
+    /// before stuffing (the stored bytes' size by the rule of
+    /// [`postamt_wire::crlf`], which [`postamt_wire::crlf_size`] counts and
+    /// `postamt-store` lists), and its unique id. Returns its message
+    /// number.
     pub fn push(&mut self, size: u64, unique_id: UniqueId) -> Result<MessageNumber, UsageError> {
         let number =
             MessageNumber::from_index(self.messages.len()).ok_or(UsageError::TooManyMessages)?;
@@ -195,7 +199,7 @@ pub enum Event {
         deletions: Vec<Deletion>,
     },
     /// STLS was accepted: write out what `poll_transmit` gives, run the TLS
-    /// handshake, then call [`ServerSession::tls_established`]. Bytes received
+    /// handshake, then call [`Session::tls_established`](crate::Session::tls_established). Bytes received
     /// before that are discarded (RFC 2595 §4).
     StartTls,
 }

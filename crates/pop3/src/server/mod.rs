@@ -44,35 +44,46 @@ enum Phase {
 ///
 /// # Driving it
 ///
+/// The session is driven through [`Session`], the contract all postamt
+/// sessions share (its docs give the loop); bring the trait into scope with
+/// `use postamt_pop3::Session`. What is POP3's own:
+///
 /// 1. [`ServerSession::new`] (or [`ServerSession::with_apop`]) writes the
 ///    greeting.
-/// 2. Hand it the bytes that arrive with [`receive`](Self::receive), in any
-///    split, and the end of the stream with [`receive_eof`](Self::receive_eof).
-/// 3. Take [`Event`]s with [`poll_event`](Self::poll_event) and answer each
-///    decision with its method: logins with
-///    [`accept_login`](Self::accept_login) (handing over the [`Maildrop`]
-///    listing), [`reject_login`](Self::reject_login) or
+/// 2. [`Session::receive`] takes the client's bytes in any split;
+///    [`Session::receive_eof`] says the client left. Nothing is deleted
+///    unless QUIT already asked for the commit, which then still completes.
+/// 3. [`Session::poll_event`] gives [`Event`]s; answer each decision with
+///    its method: logins with [`accept_login`](Self::accept_login) (handing
+///    over the [`Maildrop`] listing), [`reject_login`](Self::reject_login),
+///    [`reject_login_with`](Self::reject_login_with) or
 ///    [`maildrop_locked`](Self::maildrop_locked); messages with
 ///    [`message_chunk`](Self::message_chunk) and
-///    [`message_end`](Self::message_end); the commit after QUIT with
-///    [`commit_done`](Self::commit_done) or
+///    [`message_end`](Self::message_end) or
+///    [`message_unavailable`](Self::message_unavailable); the commit after
+///    QUIT with [`commit_done`](Self::commit_done) or
 ///    [`commit_failed`](Self::commit_failed); STLS with
-///    [`tls_established`](Self::tls_established). Until a decision is
-///    answered, no further input is processed: pipelined commands wait and
-///    responses stay in order. A decision can only be answered once its event
-///    has been taken; answering none is a [`UsageError`].
-/// 4. Write out what [`poll_transmit`](Self::poll_transmit) appends. Draining
-///    the output can let the session go on with buffered commands, so poll
-///    events again after it, until it appends nothing.
-/// 5. Time: wait until [`poll_timeout`](Self::poll_timeout) and call
-///    [`handle_timeout`](Self::handle_timeout) (calling it early is harmless).
-///    The inactivity timer stops while the application holds a decision.
-/// 6. Drop the connection once [`is_closed`](Self::is_closed) is true and the
-///    output is written. If it closed without a [`Event::Commit`], nothing is
-///    to be deleted: just release the maildrop.
+///    [`Session::tls_established`] once the handshake is done. Until a
+///    decision is answered, no further input is processed: pipelined
+///    commands wait and responses stay in order.
+/// 4. A decision answered before its event was taken, or when another (or
+///    none) is open, is a [`UsageError`]. A decision answered after the
+///    session closed (the client left, or too many errors) is not: it
+///    returns `Ok` and writes nothing, since the answer is moot.
+/// 5. [`Session::poll_transmit`] appends the output. Draining it can let
+///    the session go on with buffered commands, so poll events again after
+///    it, until neither gives anything.
+/// 6. [`Session::poll_timeout`] and [`Session::handle_timeout`] carry the
+///    inactivity timer (RFC 1939 §3, [`ServerTimeouts::inactivity`]); it
+///    stops while the application holds a decision.
+/// 7. [`Session::is_closed`] turns true once the session has ended and its
+///    events and output are all taken: close the connection then. If it
+///    ended without an [`Event::Commit`], nothing is to be deleted: just
+///    release the maildrop.
 ///
 /// STAT, LIST, UIDL, DELE, RSET, NOOP, CAPA and the errors are answered by the
-/// session alone.
+/// session alone. Logins that send a password in the clear wait for TLS
+/// unless [`ServerConfig::login_without_tls`] allows them.
 ///
 /// # Streaming a message
 ///
@@ -81,8 +92,10 @@ enum Phase {
 /// [`wants_message_bytes`](Self::wants_message_bytes) is true; it turns false
 /// while the output holds more than [`Limits::output_high_water`] octets, so a
 /// message of any size flows through bounded memory. Bytes are stuffed as they
-/// come; the terminating `.` line is added by [`message_end`](Self::message_end).
-/// For TOP the session stops by itself ([`MessageFlow::Finished`]).
+/// come, line ends made CRLF by the rule of [`postamt_wire::crlf`] (list
+/// sizes by the same rule: [`postamt_wire::crlf_size`]); the terminating `.`
+/// line is added by [`message_end`](Self::message_end). For TOP the session
+/// stops by itself ([`MessageFlow::Finished`]).
 ///
 /// ```text
 /// loop {
@@ -94,12 +107,15 @@ enum Phase {
 ///         }
 ///     }
 ///     out.clear();
-///     if session.poll_transmit(&mut out) == 0 { break }
+///     if session.poll_transmit(&mut out) == 0 && session.is_closed() { break }
 ///     socket.write_all(&out)?;
+///     // ... then read, receive, or handle_timeout as the Session docs show
 /// }
 /// ```
 ///
 /// [`Limits::output_high_water`]: crate::Limits::output_high_water
+/// [`ServerTimeouts::inactivity`]: crate::ServerTimeouts::inactivity
+/// [`ServerConfig::login_without_tls`]: crate::ServerConfig::login_without_tls
 pub struct ServerSession {
     config: Arc<ServerConfig>,
     input: Vec<u8>,
@@ -148,7 +164,7 @@ impl ServerSession {
     }
 
     /// A session offering APOP, whose greeting carries `timestamp`, which
-    /// must be unique to this session (see [`apop_timestamp`]).
+    /// must be unique to this session (see [`apop_timestamp`](crate::apop_timestamp)).
     pub fn with_apop(
         config: impl Into<Arc<ServerConfig>>,
         now: Instant,
