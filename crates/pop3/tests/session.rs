@@ -361,6 +361,25 @@ fn top_finishes_by_itself() {
 }
 
 #[test]
+fn a_client_leaving_mid_message_makes_the_rest_moot() {
+    let now = Instant::now();
+    let mut s = logged_in(plaintext(), now, &[30]);
+    s.receive(now, b"RETR 1\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::Retrieve { .. })));
+    assert_eq!(
+        s.message_chunk(b"Subject: x\r\n"),
+        Ok(MessageFlow::Continue)
+    );
+    s.receive_eof(now);
+    assert!(!s.wants_message_bytes());
+    assert_eq!(s.message_chunk(b"more\r\n"), Ok(MessageFlow::Finished));
+    assert_eq!(s.message_end(), Ok(()));
+    assert_eq!(s.message_unavailable(), Ok(()));
+    assert_eq!(take(&mut s), "+OK 30 octets\r\nSubject: x\r\n");
+    assert!(s.is_closed());
+}
+
+#[test]
 fn a_message_that_fails_midway_closes_the_session() {
     let now = Instant::now();
     let mut s = logged_in(plaintext(), now, &[30]);

@@ -322,6 +322,9 @@ impl ServerSession {
     /// while [`wants_message_bytes`](Self::wants_message_bytes) is true, and
     /// the session's memory stays near [`Limits::output_high_water`].
     ///
+    /// Once the session has closed (the client left mid-message) this writes
+    /// nothing and returns [`MessageFlow::Finished`]: stop reading.
+    ///
     /// [`Limits::output_high_water`]: crate::Limits::output_high_water
     pub fn message_chunk(&mut self, chunk: &[u8]) -> Result<MessageFlow, UsageError> {
         if !self.check_decision(Decision::Message)? {
