@@ -14,7 +14,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use postamt_pop3::response::MultilineEncoder;
 use postamt_pop3::{
     ClientConfig, ClientEvent, ClientSession, Command, Decoded, Event, Maildrop, MessageFlow,
-    MessageNumber, MultilineDecoder, Response, ServerConfig, ServerSession,
+    MessageNumber, MultilineDecoder, Response, ServerConfig, ServerSession, Session,
 };
 
 /// The nine commands of the classic session, without CRLF for postamt (its
@@ -88,14 +88,17 @@ fn command_parse(c: &mut Criterion) {
 
 /// A session logged in with one message of `size` octets.
 fn logged_in(size: usize, now: Instant) -> ServerSession {
-    let mut s = ServerSession::new(Arc::new(ServerConfig::default()), now);
+    let mut config = ServerConfig::new();
+    config.login_without_tls = true;
+    let mut s = ServerSession::new(Arc::new(config), now);
     s.receive(now, b"USER bob\r\nPASS topSecret\r\n");
     match s.poll_event() {
         Some(Event::Login { .. }) => {}
         other => panic!("expected a login, got {other:?}"),
     }
     let mut maildrop = Maildrop::new();
-    maildrop.push(size as u64, "uid-1").expect("valid uid");
+    let uid = "uid-1".parse().expect("valid uid");
+    maildrop.push(size as u64, uid).expect("room for one");
     s.accept_login(maildrop).expect("login pending");
     let mut sink = Vec::new();
     while s.poll_transmit(&mut sink) > 0 {}

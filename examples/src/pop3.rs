@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use postamt_pop3::Session as _;
 use postamt_pop3::{Event, MessageFlow, Response, ResponseCode, ServerSession, verify_apop};
 use postamt_store::{MailboxName, Maildrop, StoreError};
 
@@ -18,27 +19,28 @@ use crate::trace::{Protocol, Trace};
 /// Bytes of a message read from the store at a time.
 const CHUNK: usize = 64 * 1024;
 
+// The local driver trait forwards to the one contract, `postamt_wire::Session`.
 impl Session for ServerSession {
     fn receive(&mut self, now: Instant, data: &[u8]) {
-        self.receive(now, data);
+        postamt_pop3::Session::receive(self, now, data);
     }
     fn receive_eof(&mut self, now: Instant) {
-        self.receive_eof(now);
+        postamt_pop3::Session::receive_eof(self, now);
     }
     fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
-        self.poll_transmit(buf);
+        postamt_pop3::Session::poll_transmit(self, buf);
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
+        postamt_pop3::Session::poll_timeout(self)
     }
     fn handle_timeout(&mut self, now: Instant) {
-        self.handle_timeout(now);
+        postamt_pop3::Session::handle_timeout(self, now);
     }
     fn is_closed(&self) -> bool {
-        self.is_closed()
+        postamt_pop3::Session::is_closed(self)
     }
     fn tls_established(&mut self) -> Result<(), String> {
-        self.tls_established().map_err(|e| e.to_string())
+        postamt_pop3::Session::tls_established(self).map_err(|e| e.to_string())
     }
 }
 
@@ -63,8 +65,7 @@ pub(crate) fn serve(
         .map_or(0, |d| d.as_nanos());
     let timestamp =
         postamt_pop3::apop_timestamp(std::process::id(), clock + u128::from(id), &shared.hostname);
-    let session = ServerSession::with_apop(Arc::clone(&shared.pop3), Instant::now(), timestamp)
-        .unwrap_or_else(|_| ServerSession::new(Arc::clone(&shared.pop3), Instant::now()));
+    let session = ServerSession::with_apop(Arc::clone(&shared.pop3), Instant::now(), timestamp);
     let mut state = State::default();
     drive(
         tcp,
@@ -180,7 +181,14 @@ fn login(
         Ok(maildrop) => {
             let mut listing = postamt_pop3::Maildrop::new();
             for m in maildrop.messages() {
-                if let Err(e) = listing.push(m.size, m.uid.as_str()) {
+                // The store's ids are valid UIDLs already; the check is cheap.
+                let pushed = m
+                    .uid
+                    .as_str()
+                    .parse()
+                    .map_err(|e: postamt_pop3::InvalidUniqueId| e.to_string())
+                    .and_then(|uid| listing.push(m.size, uid).map_err(|e| e.to_string()));
+                if let Err(e) = pushed {
                     trace.error(&format!("cannot list {}: {e}", m.uid.as_str()));
                     return session.reject_login_with(Response::err_with(
                         ResponseCode::SysTemp,

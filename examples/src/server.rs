@@ -151,7 +151,8 @@ impl Server {
         // is a classroom server. With TLS it waits for STARTTLS.
         smtp.login_without_tls = !tls;
         let mut pop3 = pop3.unwrap_or_default();
-        pop3.capabilities.stls = tls;
+        pop3.extensions.stls = tls;
+        pop3.login_without_tls = !tls;
         let shared = Arc::new(Shared {
             smtp: Arc::new(smtp),
             pop3: Arc::new(pop3),

@@ -117,8 +117,8 @@ fn send_mail_then_fetch_mail() {
         "{text}"
     );
 
-    // --delete committed at QUIT: nothing is left to list.
-    let listed = Command::new(&fetch)
+    // A server with TLS takes no password in the clear.
+    let plaintext = Command::new(&fetch)
         .args([
             "--server",
             &pop3,
@@ -129,7 +129,27 @@ fn send_mail_then_fetch_mail() {
         ])
         .output()
         .unwrap();
-    assert!(listed.status.success());
+    assert!(!plaintext.status.success());
+
+    // --delete committed at QUIT: nothing is left to list.
+    let listed = Command::new(&fetch)
+        .args([
+            "--server",
+            &pop3,
+            "--user",
+            "bob",
+            "--password",
+            "topSecret",
+            "--stls",
+            "--tls-insecure",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     assert!(!String::from_utf8_lossy(&listed.stdout).contains("Grüße"));
     server.stop();
 }

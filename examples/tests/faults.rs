@@ -160,7 +160,7 @@ fn start(store: Arc<dyn MailStore>, max_connections: usize, timeout: Duration) -
     smtp.timeouts.command = timeout;
     smtp.timeouts.data = timeout;
     let mut pop3 = postamt_pop3::ServerConfig::default();
-    pop3.limits.inactivity_timeout = timeout;
+    pop3.timeouts.inactivity = timeout;
     Server::start_with_configs(options(store, max_connections), Some(smtp), Some(pop3))
         .expect("server starts on ephemeral ports")
 }

@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use postamt_pop3::{Event, Maildrop, MessageFlow, ServerConfig, ServerSession};
+use postamt_pop3::{Event, Maildrop, MessageFlow, ServerConfig, ServerSession, Session};
 
 const MESSAGES: [&[u8]; 3] = [
     b"Subject: a\r\n\r\n.dot\r\nbody\r\n",
@@ -32,13 +32,14 @@ struct Run {
 
 fn run(decisions: &[u8], pieces: &mut dyn Iterator<Item = &[u8]>) -> Run {
     let now = Instant::now();
-    let mut config = ServerConfig::default();
-    config.capabilities.stls = decisions.first().is_some_and(|b| b & 1 == 1);
-    config.capabilities.login_without_tls = decisions.first().is_none_or(|b| b & 2 == 0);
+    let mut config = ServerConfig::new();
+    config.extensions.stls = decisions.first().is_some_and(|b| b & 1 == 1);
+    config.login_without_tls = decisions.first().is_none_or(|b| b & 2 == 0);
     config.limits.max_buffered_input = 4096;
     config.limits.output_high_water = HIGH_WATER;
     config.limits.max_errors = 50;
-    let mut s = ServerSession::with_apop(config, now, "<7.8@fuzz>").expect("valid timestamp");
+    let timestamp = "<7.8@fuzz>".parse().expect("valid timestamp");
+    let mut s = ServerSession::with_apop(config, now, timestamp);
     let mut run = Run {
         output: Vec::new(),
         events: Vec::new(),
@@ -63,7 +64,8 @@ fn run(decisions: &[u8], pieces: &mut dyn Iterator<Item = &[u8]>) -> Run {
                     _ => {
                         let mut m = Maildrop::new();
                         for (i, text) in MESSAGES.iter().enumerate() {
-                            m.push(text.len() as u64, format!("u{i}")).unwrap();
+                            let uid = format!("u{i}").parse().expect("valid uid");
+                            m.push(postamt_wire::crlf_size(text), uid).unwrap();
                         }
                         s.accept_login(m).unwrap();
                     }

@@ -10,10 +10,10 @@ use memchr::memchr;
 use postamt_wire::sasl::{self, Mechanism};
 use postamt_wire::{Decoded, Secret};
 
+use crate::apop::apop_digest;
 use crate::command::{Command, MAX_COMMAND_LINE, MessageNumber};
 use crate::error::ResponseError;
 use crate::response::{MultilineDecoder, Response, Status};
-use crate::server::apop_digest;
 
 /// What a client needs to know up front. Every limit has a safe default.
 ///

@@ -27,9 +27,6 @@ pub struct Limits {
     /// Protocol errors before the session answers `-ERR` and closes: 20, as
     /// Postfix's `smtpd_hard_error_limit` does for SMTP.
     pub max_errors: u32,
-    /// The inactivity autologout timer: 10 minutes (RFC 1939 §3). When it
-    /// expires the session closes without a response and deletes nothing.
-    pub inactivity_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -40,15 +37,33 @@ impl Default for Limits {
             max_buffered_input: 64 * 1024,
             output_high_water: 256 * 1024,
             max_errors: 20,
-            inactivity_timeout: Duration::from_secs(10 * 60),
         }
     }
 }
 
-/// The capabilities a server advertises in its CAPA response and honours.
+/// How long the session waits for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Capabilities {
+pub struct ServerTimeouts {
+    /// The inactivity autologout timer: 10 minutes, the minimum RFC 1939 §3
+    /// allows. It restarts with each complete command and stops while the
+    /// application holds a decision. When it expires the session closes
+    /// without a response and deletes nothing.
+    pub inactivity: Duration,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        Self {
+            inactivity: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// The extensions a server advertises in its CAPA response and honours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Extensions {
     /// USER and PASS (RFC 1939 §7, `USER` in CAPA).
     pub user: bool,
     /// SASL mechanisms for AUTH (RFC 5034); empty disables AUTH.
@@ -58,23 +73,17 @@ pub struct Capabilities {
     /// UTF8 (RFC 6856 §2), advertised as `UTF8 USER`: user names and passwords
     /// may be UTF-8.
     pub utf8: bool,
-    /// Whether USER/PASS, APOP and AUTH are allowed on a connection without
-    /// TLS. On by default so POP3 can be typed by hand over telnet; RFC 2595
-    /// §2.4 asks servers to let this be turned off, and a server offering STLS
-    /// to the internet should turn it off.
-    pub login_without_tls: bool,
     /// The `IMPLEMENTATION` capability (RFC 2449 §6.9), if any.
     pub implementation: Option<Cow<'static, str>>,
 }
 
-impl Default for Capabilities {
+impl Default for Extensions {
     fn default() -> Self {
         Self {
             user: true,
             sasl: vec![Mechanism::Plain],
             stls: false,
             utf8: true,
-            login_without_tls: true,
             implementation: None,
         }
     }
@@ -105,8 +114,8 @@ pub struct Texts {
     pub already_logged_in: Cow<'static, str>,
     /// `-ERR` to a command not offered (AUTH, STLS, USER disabled, ...).
     pub not_offered: Cow<'static, str>,
-    /// `-ERR` to a login command on a connection without TLS when
-    /// [`Capabilities::login_without_tls`] is off.
+    /// `-ERR` to a plaintext login (USER, PASS, AUTH PLAIN or LOGIN) on a
+    /// connection without TLS when [`ServerConfig::login_without_tls`] is off.
     pub tls_required: Cow<'static, str>,
     /// `-ERR` for a message number beyond the maildrop.
     pub no_such_message: Cow<'static, str>,
@@ -187,17 +196,35 @@ impl Default for Texts {
 
 /// Everything a [`ServerSession`](crate::ServerSession) needs to know up front.
 ///
-/// Start from [`ServerConfig::default`] and change the public fields.
+/// Start from [`ServerConfig::new`] and change the public fields.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct ServerConfig {
     /// What is advertised and honoured.
-    pub capabilities: Capabilities,
-    /// Whether the connection is already encrypted (POP3S on port 995, RFC
-    /// 8314): STLS is then not offered and logins are always allowed.
-    pub tls_active: bool,
-    /// Bounds on input, output and time.
+    pub extensions: Extensions,
+    /// Whether the connection is encrypted from its first byte (POP3S on port
+    /// 995, RFC 8314 §3.3): STLS is then not offered and logins are allowed.
+    /// Default false.
+    pub implicit_tls: bool,
+    /// Whether logins that carry the password in the clear (USER/PASS, AUTH
+    /// PLAIN and LOGIN) are allowed before TLS is active. Default **false**,
+    /// as RFC 2595 §2.4 and RFC 8314 advise: such logins are then refused
+    /// with [`Texts::tls_required`] and not advertised in CAPA. APOP sends no
+    /// password and is not affected. Turn it on for a server typed at by
+    /// hand over telnet, on a network you trust.
+    pub login_without_tls: bool,
+    /// Bounds on input and output.
     pub limits: Limits,
+    /// How long the session waits.
+    pub timeouts: ServerTimeouts,
     /// Response texts.
     pub texts: Texts,
+}
+
+impl ServerConfig {
+    /// The defaults: USER, SASL PLAIN, UTF8, no STLS, no plaintext login
+    /// before TLS.
+    pub fn new() -> Self {
+        Self::default()
+    }
 }

@@ -87,6 +87,33 @@ pub enum ResponseError {
     TooLong,
 }
 
+/// A decision the server session waits for, named in
+/// [`UsageError::OtherDecisionPending`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// A login (USER/PASS, APOP, AUTH): `accept_login` or a rejection.
+    Login,
+    /// A message to stream (RETR, TOP): `message_chunk`, `message_end` or
+    /// `message_unavailable`.
+    Message,
+    /// The deletions after QUIT: `commit_done` or `commit_failed`.
+    Commit,
+    /// The TLS handshake after STLS: `tls_established`.
+    Tls,
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Login => "login",
+            Self::Message => "message",
+            Self::Commit => "commit",
+            Self::Tls => "tls handshake",
+        })
+    }
+}
+
 /// The caller used the session in a way the contract does not allow; the peer
 /// did nothing wrong and nothing was sent.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -97,19 +124,10 @@ pub enum UsageError {
     NoDecisionPending,
     /// A decision method was called while a different decision is pending.
     #[error("a different decision is pending: {0}")]
-    OtherDecisionPending(&'static str),
-    /// The session has closed.
-    #[error("the session is closed")]
-    Closed,
-    /// A unique id is not 1 to 70 characters in 0x21..=0x7E (RFC 1939 §7).
-    #[error("invalid unique id")]
-    InvalidUniqueId,
+    OtherDecisionPending(Decision),
     /// The maildrop holds more messages than a message number can count.
     #[error("too many messages")]
     TooManyMessages,
-    /// An APOP timestamp is not `<...>` of printable ASCII (RFC 1939 §7).
-    #[error("invalid APOP timestamp")]
-    InvalidTimestamp,
     /// A response given to reject something is not `-ERR`.
     #[error("a rejection must be an -ERR response")]
     NotAnError,
@@ -118,3 +136,14 @@ pub enum UsageError {
     #[error("message streaming is not in a state to take this call")]
     MessageState,
 }
+
+/// A unique id that is not 1 to 70 characters in 0x21..=0x7E (RFC 1939 §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("invalid unique id: RFC 1939 allows 1 to 70 characters in 0x21..=0x7E")]
+pub struct InvalidUniqueId;
+
+/// An APOP timestamp that is not `<`, printable ASCII without `<` or `>`,
+/// `>` (RFC 1939 §7), or is longer than 200 characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("invalid APOP timestamp: must be <...> of printable ASCII, at most 200 characters")]
+pub struct InvalidApopTimestamp;

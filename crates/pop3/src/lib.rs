@@ -7,20 +7,35 @@
 //!   responses and their streaming codec ([`MultilineEncoder`],
 //!   [`MultilineDecoder`]).
 //! - [`ServerSession`]: the server's state machine. It owns no socket, reads no
-//!   clock and blocks on nothing; its doc comment is the driving contract.
+//!   clock and blocks on nothing. It is driven through [`Session`], the
+//!   contract every postamt session keeps; its own doc comment says what is
+//!   POP3's (the decisions, streaming a message).
 //! - [`ClientSession`]: the client's state machine, driven the same way: it
 //!   reads the greeting and CAPA, logs in (USER/PASS, APOP, AUTH PLAIN), runs
 //!   STLS, and pipelines maildrop commands, streaming message text out.
+//! - APOP ([`apop_digest`], [`verify_apop`], [`ApopTimestamp`]) for both
+//!   sides, and the validated values a server hands in ([`UniqueId`],
+//!   [`ApopTimestamp`]).
+//!
+//! The server is safe by default: without TLS (STLS, or
+//! [`ServerConfig::implicit_tls`] on port 995) it neither offers nor accepts
+//! logins that carry a password in the clear (USER/PASS, AUTH PLAIN and
+//! LOGIN) unless [`ServerConfig::login_without_tls`] says so. APOP is always
+//! allowed where it is offered.
 //!
 //! # A whole session over in-memory bytes
 //!
 //! ```
 //! use std::time::Instant;
-//! use postamt_pop3::{Event, Maildrop, MessageFlow, ServerConfig, ServerSession};
+//! use postamt_pop3::{Event, Maildrop, MessageFlow, ServerConfig, ServerSession, Session};
 //!
 //! let now = Instant::now();
 //! let message: &[u8] = b"Subject: hi\r\n\r\n.a line with a dot\r\nbye\r\n";
-//! let mut session = ServerSession::new(ServerConfig::default(), now);
+//! // USER/PASS in the clear, as on a classroom network; the default waits
+//! // for TLS (STLS, or `implicit_tls` on port 995).
+//! let mut config = ServerConfig::new();
+//! config.login_without_tls = true;
+//! let mut session = ServerSession::new(config, now);
 //! let mut wire = Vec::new();
 //!
 //! // The client pipelines its whole session; the session answers in order.
@@ -31,7 +46,7 @@
 //!             Event::Login { user, password } => {
 //!                 if user == "bob" && password.expose() == "topSecret" {
 //!                     let mut maildrop = Maildrop::new();
-//!                     maildrop.push(message.len() as u64, "msg-1").unwrap();
+//!                     maildrop.push(message.len() as u64, "msg-1".parse().unwrap()).unwrap();
 //!                     session.accept_login(maildrop).unwrap();
 //!                 } else {
 //!                     session.reject_login().unwrap();
@@ -73,6 +88,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod apop;
 mod client;
 pub mod command;
 mod config;
@@ -80,15 +96,17 @@ pub mod error;
 pub mod response;
 mod server;
 
+pub use apop::{ApopTimestamp, apop_digest, apop_timestamp, verify_apop};
+pub use bytes;
 pub use client::{
     ClientConfig, ClientError, ClientEvent, ClientSession, ClientUsageError, ServerCapabilities,
 };
 pub use command::{Command, MessageNumber};
-pub use config::{Capabilities, Limits, ServerConfig, Texts};
-pub use error::{CommandError, ResponseError, UsageError};
-pub use postamt_wire::sasl::{Credentials, Mechanism};
-pub use postamt_wire::{Decoded, Secret};
-pub use response::{MultiLine, MultilineDecoder, MultilineEncoder, Response, ResponseCode, Status};
-pub use server::{
-    Deletion, Event, Maildrop, MessageFlow, ServerSession, apop_digest, apop_timestamp, verify_apop,
+pub use config::{Extensions, Limits, ServerConfig, ServerTimeouts, Texts};
+pub use error::{
+    CommandError, Decision, InvalidApopTimestamp, InvalidUniqueId, ResponseError, UsageError,
 };
+pub use postamt_wire::sasl::{Credentials, Mechanism};
+pub use postamt_wire::{Decoded, Secret, Session};
+pub use response::{MultiLine, MultilineDecoder, MultilineEncoder, Response, ResponseCode, Status};
+pub use server::{Deletion, Event, Maildrop, MessageFlow, ServerSession, UniqueId};

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use postamt_pop3::{
     ClientConfig, ClientError, ClientEvent, ClientSession, ClientUsageError, MessageNumber,
-    ResponseCode, Status,
+    ResponseCode, Session, Status,
 };
 use postamt_wire::sasl::Mechanism;
 use support::{App, MESSAGE_2, Rng, Setup, Split};

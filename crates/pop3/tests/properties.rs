@@ -8,7 +8,7 @@ use std::time::Instant;
 use postamt_pop3::response::MultilineEncoder;
 use postamt_pop3::{
     Command, Event, Maildrop, MessageFlow, MessageNumber, MultiLine, MultilineDecoder, Response,
-    ResponseCode, Secret, ServerConfig, ServerSession, Status,
+    ResponseCode, Secret, ServerConfig, ServerSession, Session, Status,
 };
 use postamt_wire::Decoded;
 use proptest::prelude::*;
@@ -248,12 +248,13 @@ const MESSAGE: &[u8] = b"Subject: x\r\n\r\n.dot\r\nline\r\n";
 /// output and a description of the events.
 fn drive(input: &[u8], cuts: &[usize], high_water: usize) -> (String, Vec<String>, bool) {
     let now = Instant::now();
-    let mut config = ServerConfig::default();
-    config.capabilities.stls = true;
+    let mut config = ServerConfig::new();
+    config.extensions.stls = true;
+    config.login_without_tls = true;
     config.limits.output_high_water = high_water;
     config.limits.max_buffered_input = 4096;
     let cap = 12288;
-    let mut s = ServerSession::with_apop(config, now, "<1.2@example.org>").unwrap();
+    let mut s = ServerSession::with_apop(config, now, "<1.2@example.org>".parse().unwrap());
     let mut out = Vec::new();
     let mut events = Vec::new();
     let mut message: Option<usize> = None;
@@ -266,8 +267,8 @@ fn drive(input: &[u8], cuts: &[usize], high_water: usize) -> (String, Vec<String
                 Event::Login { password, .. } => {
                     if password.expose() == "topSecret" {
                         let mut m = Maildrop::new();
-                        m.push(MESSAGE.len() as u64, "a").unwrap();
-                        m.push(MESSAGE.len() as u64, "b").unwrap();
+                        m.push(MESSAGE.len() as u64, "a".parse().unwrap()).unwrap();
+                        m.push(MESSAGE.len() as u64, "b".parse().unwrap()).unwrap();
                         s.accept_login(m).unwrap();
                     } else {
                         s.reject_login().unwrap();
@@ -322,4 +323,59 @@ fn drive(input: &[u8], cuts: &[usize], high_water: usize) -> (String, Vec<String
         events,
         s.is_closed(),
     )
+}
+
+proptest! {
+    /// One rule for line ends: a message of any bytes, listed at
+    /// `crlf_size`, is sent by RETR as exactly that many octets between the
+    /// `+OK` line and the final dot (after unstuffing), however it is fed.
+    #[test]
+    fn listed_size_is_what_retr_sends(
+        message in prop::collection::vec(
+            prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), any::<u8>()],
+            0..200,
+        ),
+        step in 1usize..17,
+    ) {
+        let now = Instant::now();
+        let mut config = ServerConfig::new();
+        config.login_without_tls = true;
+        let mut s = ServerSession::new(config, now);
+        s.receive(now, b"USER u\r\nPASS p\r\nLIST 1\r\nRETR 1\r\n");
+        let size = postamt_wire::crlf_size(&message);
+        let mut out = Vec::new();
+        loop {
+            let mut progress = false;
+            while let Some(event) = s.poll_event() {
+                progress = true;
+                match event {
+                    Event::Login { .. } => {
+                        let mut m = Maildrop::new();
+                        m.push(size, "id".parse().unwrap()).unwrap();
+                        s.accept_login(m).unwrap();
+                    }
+                    Event::Retrieve { .. } => {
+                        for chunk in message.chunks(step) {
+                            prop_assert_eq!(s.message_chunk(chunk).unwrap(), MessageFlow::Continue);
+                        }
+                        s.message_end().unwrap();
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            if s.poll_transmit(&mut out) == 0 && !progress {
+                break;
+            }
+        }
+        let head = format!(
+            "+OK POP3 server ready\r\n+OK Now send your password with PASS\r\n\
+             +OK Logged in, 1 message ({size} octets)\r\n+OK 1 {size}\r\n+OK {size} octets\r\n"
+        );
+        prop_assert!(out.starts_with(head.as_bytes()));
+        let mut decoder = postamt_wire::DotDecoder::new(postamt_wire::BareLineEndings::Reject, usize::MAX);
+        let mut text = Vec::new();
+        let rest = &out[head.len()..];
+        prop_assert_eq!(decoder.decode(rest, &mut text), Decoded::Complete { consumed: rest.len() });
+        prop_assert_eq!(text.len() as u64, size);
+    }
 }

@@ -8,6 +8,7 @@ mod support;
 
 use std::path::Path;
 
+use postamt_pop3::Session;
 use support::{Split, parse_transcript, run};
 
 fn show(bytes: &[u8]) -> String {

@@ -1,57 +1,26 @@
-//! Serving messages with CRLF line ends, whatever the stored file uses.
+//! Serving messages with the line ends they are sent with, whatever the
+//! stored bytes use.
 //!
-//! POP3 counts and sends octets with CRLF line ends. Files written by other
-//! tools often use bare LF; these helpers turn each bare LF into CRLF while
-//! streaming, and count the size the result will have.
+//! POP3 lists and sends octets with CRLF line ends. The rule that turns
+//! stored bytes into those (bare CR and bare LF become CRLF, a missing final
+//! line end is added) is written once, in [`postamt_wire::crlf`], and is the
+//! one the wire's `DotEncoder` applies. The stores count sizes with it
+//! ([`CrlfSize`]) and serve messages rewritten by it ([`CrlfReader`]), so a
+//! message listed at N octets is read back as exactly N octets, and the
+//! encoder sends those unchanged before stuffing.
 
 use std::io::{self, Read};
 
-/// Counts the size of a byte stream as it will be served with CRLF line ends,
-/// fed in chunks of any size.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct CrlfCounter {
-    raw: u64,
-    crlf: u64,
-    prev_cr: bool,
-}
+use postamt_wire::CrlfNormalizer;
+pub(crate) use postamt_wire::{CrlfSize, crlf_size};
 
-impl CrlfCounter {
-    pub(crate) fn update(&mut self, chunk: &[u8]) {
-        self.raw += chunk.len() as u64;
-        self.crlf += chunk.len() as u64;
-        for &b in chunk {
-            if b == b'\n' && !self.prev_cr {
-                self.crlf += 1;
-            }
-            self.prev_cr = b == b'\r';
-        }
-    }
-
-    /// Octets as stored.
-    pub(crate) fn raw_size(&self) -> u64 {
-        self.raw
-    }
-
-    /// Octets with every bare LF counted as CRLF.
-    pub(crate) fn crlf_size(&self) -> u64 {
-        self.crlf
-    }
-}
-
-/// The size of `bytes` served with CRLF line ends.
-pub(crate) fn crlf_size(bytes: &[u8]) -> u64 {
-    let mut counter = CrlfCounter::default();
-    counter.update(bytes);
-    counter.crlf_size()
-}
-
-/// Counts the CRLF size of everything `reader` yields.
+/// Counts the served size of everything `reader` yields.
 pub(crate) fn crlf_size_of(mut reader: impl Read) -> io::Result<u64> {
-    let mut counter = CrlfCounter::default();
+    let mut counter = CrlfSize::new();
     let mut buf = vec![0; 64 * 1024];
     loop {
         match reader.read(&mut buf) {
-            Ok(0) => return Ok(counter.crlf_size()),
+            Ok(0) => return Ok(counter.size()),
             Ok(n) => counter.update(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -59,18 +28,17 @@ pub(crate) fn crlf_size_of(mut reader: impl Read) -> io::Result<u64> {
     }
 }
 
-/// A reader that passes bytes through, turning each bare LF into CRLF.
-///
-/// A lone CR is passed as it is: it is not a line end we can repair safely.
+/// A reader that serves the bytes of `inner` rewritten by the rule: exactly
+/// [`crlf_size`] octets of them.
 #[derive(Debug)]
 pub(crate) struct CrlfReader<R> {
     inner: R,
     buf: Box<[u8]>,
+    normalizer: CrlfNormalizer,
+    /// Rewritten bytes not yet handed out, from `pos`.
+    pending: Vec<u8>,
     pos: usize,
-    len: usize,
-    prev_cr: bool,
-    /// A CR was emitted at the end of the last read; its LF is still owed.
-    owe_lf: bool,
+    ended: bool,
 }
 
 impl<R: Read> CrlfReader<R> {
@@ -82,10 +50,10 @@ impl<R: Read> CrlfReader<R> {
         Self {
             inner,
             buf: vec![0; capacity.max(1)].into_boxed_slice(),
+            normalizer: CrlfNormalizer::new(),
+            pending: Vec::with_capacity(capacity.max(1) + 2),
             pos: 0,
-            len: 0,
-            prev_cr: false,
-            owe_lf: false,
+            ended: false,
         }
     }
 }
@@ -95,38 +63,28 @@ impl<R: Read> Read for CrlfReader<R> {
         if out.is_empty() {
             return Ok(0);
         }
-        let mut n = 0;
-        if self.owe_lf {
-            out[0] = b'\n';
-            n = 1;
-            self.owe_lf = false;
-        }
-        while n < out.len() {
-            if self.pos == self.len {
-                if n > 0 {
-                    break;
-                }
-                self.len = self.inner.read(&mut self.buf)?;
-                self.pos = 0;
-                if self.len == 0 {
-                    break;
-                }
+        while self.pos == self.pending.len() {
+            if self.ended {
+                return Ok(0);
             }
-            let b = self.buf[self.pos];
-            self.pos += 1;
-            if b == b'\n' && !self.prev_cr {
-                out[n] = b'\r';
-                n += 1;
-                if n == out.len() {
-                    self.owe_lf = true;
-                    self.prev_cr = false;
-                    break;
+            self.pending.clear();
+            self.pos = 0;
+            let n = loop {
+                match self.inner.read(&mut self.buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other?,
                 }
+            };
+            if n == 0 {
+                self.ended = true;
+                self.normalizer.finish(&mut self.pending);
+            } else {
+                self.normalizer.push(&self.buf[..n], &mut self.pending);
             }
-            out[n] = b;
-            n += 1;
-            self.prev_cr = b == b'\r';
         }
+        let n = out.len().min(self.pending.len() - self.pos);
+        out[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }
@@ -136,15 +94,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The rule, spelled out byte by byte, to check the streaming code.
     fn reference(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut prev = 0u8;
-        for &b in bytes {
-            if b == b'\n' && prev != b'\r' {
-                out.push(b'\r');
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'\n' if i == 0 || bytes[i - 1] != b'\r' => out.extend_from_slice(b"\r\n"),
+                b'\r' if bytes.get(i + 1) != Some(&b'\n') => out.extend_from_slice(b"\r\n"),
+                b => out.push(b),
             }
-            out.push(b);
-            prev = b;
+        }
+        if !out.is_empty() && !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
         }
         out
     }
@@ -162,16 +123,20 @@ mod tests {
     }
 
     #[test]
-    fn converts_bare_lf_and_keeps_crlf() {
-        let mut reader = CrlfReader::new(&b"a\nb\r\nc\r\rd\n\n"[..]);
-        assert_eq!(read_in_steps(&mut reader, 100), b"a\r\nb\r\nc\r\rd\r\n\r\n");
-        assert_eq!(crlf_size(b"a\nb\r\nc\r\rd\n\n"), 14);
+    fn bare_cr_bare_lf_and_the_missing_final_line_end() {
+        let mut reader = CrlfReader::new(&b"a\nb\r\nc\r\rd\n\nno end"[..]);
+        assert_eq!(
+            read_in_steps(&mut reader, 100),
+            b"a\r\nb\r\nc\r\n\r\nd\r\n\r\nno end\r\n"
+        );
+        assert_eq!(crlf_size(b"a\nb\r\nc\r\rd\n\nno end"), 24);
+        assert_eq!(read_in_steps(&mut CrlfReader::new(&b""[..]), 1), b"");
     }
 
     #[test]
     fn one_byte_reads_split_the_inserted_cr_from_its_lf() {
-        let mut reader = CrlfReader::with_capacity(&b"\n\nx"[..], 1);
-        assert_eq!(read_in_steps(&mut reader, 1), b"\r\n\r\nx");
+        let mut reader = CrlfReader::with_capacity(&b"\n\nx\r"[..], 1);
+        assert_eq!(read_in_steps(&mut reader, 1), b"\r\n\r\nx\r\n");
     }
 
     proptest! {
@@ -185,12 +150,13 @@ mod tests {
             let mut reader = CrlfReader::with_capacity(&bytes[..], inner_cap);
             prop_assert_eq!(read_in_steps(&mut reader, step), expected.clone());
             prop_assert_eq!(crlf_size(&bytes), expected.len() as u64);
-            let mut counter = CrlfCounter::default();
+            prop_assert_eq!(crlf_size_of(&bytes[..]).unwrap(), expected.len() as u64);
+            let mut counter = CrlfSize::new();
             for chunk in bytes.chunks(step) {
                 counter.update(chunk);
             }
-            prop_assert_eq!(counter.crlf_size(), expected.len() as u64);
-            prop_assert_eq!(counter.raw_size(), bytes.len() as u64);
+            prop_assert_eq!(counter.size(), expected.len() as u64);
+            prop_assert_eq!(counter.raw(), bytes.len() as u64);
         }
     }
 }

@@ -4,6 +4,12 @@
 //! `ROOT/<mailbox>/postamt.lock`. File names follow the convention Dovecot
 //! writes, `<secs>.M<usecs>P<pid>Q<seq>.<host>,S=<size>,W=<crlf size>`, so a
 //! listing needs no file reads; in `cur/` they carry the `:2,<flags>` info.
+//!
+//! `W=` is the size by the rule of [`postamt_wire::crlf`], the size POP3
+//! sends. A name without it is counted from the file. A `W=` that another
+//! tool wrote is trusted: Dovecot counts only bare LF, which agrees with the
+//! rule for every message that has no bare CR and ends with a line end
+//! (all that an MTA delivers).
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -13,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::crlf::{CrlfCounter, CrlfReader, crlf_size_of};
+use crate::crlf::{CrlfReader, CrlfSize, crlf_size_of};
 use crate::store::{check_indices, unique_recipients};
 use crate::{Delivery, MailStore, MailboxName, Maildrop, MessageInfo, StoreError, Uid};
 
@@ -82,7 +88,7 @@ impl MailStore for Maildir {
             base,
             tmp_path,
             file: Some(BufWriter::with_capacity(64 * 1024, file)),
-            counter: CrlfCounter::default(),
+            counter: CrlfSize::new(),
         }))
     }
 
@@ -189,7 +195,7 @@ struct MaildirDelivery {
     base: String,
     tmp_path: PathBuf,
     file: Option<BufWriter<File>>,
-    counter: CrlfCounter,
+    counter: CrlfSize,
 }
 
 impl Delivery for MaildirDelivery {
@@ -220,8 +226,8 @@ impl Delivery for MaildirDelivery {
         let name = format!(
             "{},S={},W={}",
             self.base,
-            self.counter.raw_size(),
-            self.counter.crlf_size()
+            self.counter.raw(),
+            self.counter.size()
         );
         let mut placed: Vec<PathBuf> = Vec::with_capacity(self.dirs.len());
         let result = self.dirs.iter().try_for_each(|dir| {
@@ -435,7 +441,7 @@ fn base_name(name: &str) -> &str {
     name.split_once(':').map_or(name, |(base, _)| base)
 }
 
-/// The `W=` field of a base name: the size with CRLF line ends.
+/// The `W=` field of a base name: the size as served.
 fn crlf_size_field(base: &str) -> Option<u64> {
     base.split(',')
         .skip(1)
@@ -565,7 +571,7 @@ mod tests {
             base: "1.M1P1Q1.test".to_owned(),
             tmp_path: tmp_path.clone(),
             file: Some(BufWriter::with_capacity(16, file)),
-            counter: CrlfCounter::default(),
+            counter: CrlfSize::new(),
         });
         let err = delivery.write_chunk(&[b'x'; 100]).unwrap_err();
         assert!(

@@ -43,7 +43,10 @@ pub trait Delivery: Send {
 pub struct MessageInfo {
     /// The same id in every session, usable as the POP3 UIDL.
     pub uid: Uid,
-    /// Octets as POP3 counts them: with CRLF line ends.
+    /// Octets as POP3 lists and sends them: the stored bytes with their line
+    /// ends made CRLF by the rule of [`postamt_wire::crlf`] (bare CR and
+    /// bare LF become CRLF, a missing final line end is added), which is
+    /// what [`Maildrop::read_message`] yields.
     pub size: u64,
 }
 
@@ -61,8 +64,9 @@ pub trait Maildrop: Send {
     /// `n - 1` here.
     fn messages(&self) -> &[MessageInfo];
 
-    /// Streams message `index` with CRLF line ends, exactly
-    /// `messages()[index].size` octets, without loading it whole.
+    /// Streams message `index` with CRLF line ends (by the rule of
+    /// [`postamt_wire::crlf`]), exactly `messages()[index].size` octets,
+    /// without loading it whole.
     fn read_message(&self, index: usize) -> Result<Box<dyn Read + Send>, StoreError>;
 
     /// Deletes the messages at `indices` (out-of-range indices are an error

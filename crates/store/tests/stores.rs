@@ -151,6 +151,134 @@ fn serves_bare_lf_as_crlf<H: Harness>() {
     assert_eq!(read_all(&*maildrop, 0), expected);
 }
 
+/// Messages as other tools store them, and as they are served: bare CR,
+/// bare LF, CR CR LF, no final line end, a dot after a bare line end.
+const ODD_LINE_ENDS: [(&[u8], &[u8]); 5] = [
+    (
+        b"Subject: cr\r\rbare\rcr\r.dot\r",
+        b"Subject: cr\r\n\r\nbare\r\ncr\r\n.dot\r\n",
+    ),
+    (
+        b"Subject: lf\n\nbare\nlf\n",
+        b"Subject: lf\r\n\r\nbare\r\nlf\r\n",
+    ),
+    (
+        b"Subject: crcrlf\r\r\n\r\nx\r\r\n",
+        b"Subject: crcrlf\r\n\r\n\r\nx\r\n\r\n",
+    ),
+    (
+        b"Subject: noend\r\n\r\nlast line",
+        b"Subject: noend\r\n\r\nlast line\r\n",
+    ),
+    (b"\n.\r", b"\r\n.\r\n"),
+];
+
+/// The rule of `postamt_wire::crlf` end to end: what the store lists is
+/// what a POP3 session's RETR sends between its `+OK` line and the final
+/// dot, once unstuffed.
+fn listed_size_is_what_retr_sends<H: Harness>() {
+    use std::time::Instant;
+
+    use postamt_pop3::{Event, MessageFlow, ServerConfig, ServerSession, Session};
+    use postamt_wire::{Decoded, DotDecoder};
+
+    let h = H::new();
+    for (stored, _) in ODD_LINE_ENDS {
+        // Three bytes at a time, so CR and LF of a pair arrive apart.
+        deliver(h.store(), &["anna"], &stored.chunks(3).collect::<Vec<_>>());
+    }
+    let maildrop = h.store().open_maildrop(&mailbox("anna")).unwrap();
+    let sizes: Vec<u64> = maildrop.messages().iter().map(|m| m.size).collect();
+    let served: Vec<&[u8]> = ODD_LINE_ENDS.iter().map(|(_, served)| *served).collect();
+    assert_eq!(
+        sizes,
+        served.iter().map(|s| s.len() as u64).collect::<Vec<_>>()
+    );
+    for (i, expected) in served.iter().enumerate() {
+        assert_eq!(read_all(&*maildrop, i), *expected, "message {i}");
+    }
+
+    let mut listing = postamt_pop3::Maildrop::new();
+    for m in maildrop.messages() {
+        listing
+            .push(m.size, m.uid.as_str().parse().unwrap())
+            .unwrap();
+    }
+    let mut listing = Some(listing);
+    let mut config = ServerConfig::new();
+    config.login_without_tls = true;
+    let now = Instant::now();
+    let mut session = ServerSession::new(config, now);
+    let mut input = b"USER anna\r\nPASS pw\r\nLIST\r\n".to_vec();
+    for n in 1..=served.len() {
+        input.extend_from_slice(format!("RETR {n}\r\n").as_bytes());
+    }
+    input.extend_from_slice(b"QUIT\r\n");
+    session.receive(now, &input);
+    let mut out = Vec::new();
+    let mut reading: Option<Box<dyn Read + Send>> = None;
+    while !session.is_closed() {
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::Login { .. } => session.accept_login(listing.take().unwrap()).unwrap(),
+                Event::Retrieve { message, size, .. } => {
+                    assert_eq!(size, sizes[message.index()]);
+                    reading = Some(maildrop.read_message(message.index()).unwrap());
+                }
+                Event::Commit { .. } => session.commit_done().unwrap(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        while session.wants_message_bytes() {
+            let mut buf = [0; 7];
+            let n = reading.as_mut().unwrap().read(&mut buf).unwrap();
+            if n == 0 {
+                reading = None;
+                session.message_end().unwrap();
+            } else {
+                assert_eq!(session.message_chunk(&buf[..n]), Ok(MessageFlow::Continue));
+            }
+        }
+        session.poll_transmit(&mut out);
+    }
+
+    fn line(rest: &mut &[u8]) -> String {
+        let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let text = String::from_utf8(rest[..end].to_vec()).unwrap();
+        *rest = &rest[end + 2..];
+        text
+    }
+    let mut rest = &out[..];
+    for _ in 0..3 {
+        line(&mut rest);
+    }
+    let total: u64 = sizes.iter().sum();
+    assert_eq!(
+        line(&mut rest),
+        format!("+OK {} messages ({total} octets)", sizes.len())
+    );
+    for (i, size) in sizes.iter().enumerate() {
+        assert_eq!(line(&mut rest), format!("{} {size}", i + 1));
+    }
+    assert_eq!(line(&mut rest), ".");
+    for (i, size) in sizes.iter().enumerate() {
+        assert_eq!(line(&mut rest), format!("+OK {size} octets"));
+        let mut decoder = DotDecoder::new(postamt_wire::BareLineEndings::Reject, usize::MAX);
+        let mut text = Vec::new();
+        let Decoded::Complete { consumed } = decoder.decode(rest, &mut text) else {
+            panic!("message {i} does not end");
+        };
+        rest = &rest[consumed..];
+        assert_eq!(
+            text.len() as u64,
+            *size,
+            "message {i}: listed size = octets sent"
+        );
+        assert_eq!(text, served[i], "message {i}");
+    }
+    assert_eq!(rest, b"+OK Goodbye\r\n");
+}
+
 fn large_message_in_many_chunks<H: Harness>() {
     let h = H::new();
     let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n";
@@ -385,6 +513,10 @@ macro_rules! suite {
             #[test]
             fn serves_bare_lf_as_crlf() {
                 super::serves_bare_lf_as_crlf::<$harness>();
+            }
+            #[test]
+            fn listed_size_is_what_retr_sends() {
+                super::listed_size_is_what_retr_sends::<$harness>();
             }
             #[test]
             fn large_message_in_many_chunks() {

@@ -493,7 +493,9 @@ impl LineChecker {
 /// Every line that starts with `.` gets a second one, every bare CR or bare LF
 /// becomes CRLF, and [`DotEncoder::finish`] closes the text with `.CRLF`
 /// (adding a CRLF first if the text did not end with one). The output always
-/// decodes back to the input with its line ends made CRLF.
+/// decodes back to the input with its line ends made CRLF by the rule of
+/// [`crlf`](crate::crlf), so [`crlf_size`](crate::crlf_size) of the input is
+/// the size of the decoded text.
 #[derive(Debug, Clone)]
 pub struct DotEncoder {
     at_line_start: bool,

@@ -7,6 +7,9 @@
 //!   SMTP `DATA` and POP3 multi-line responses. The decoder ends only at
 //!   `CRLF . CRLF`, however the input is split. [`LineChecker`] keeps the same
 //!   rules (bare CR/LF, line length) for text that is not dot-stuffed (BDAT).
+//! - [`crlf`] writes down the one rule for line ends of message text on the
+//!   wire (the encoder's), with [`CrlfSize`] to count by it and
+//!   [`CrlfNormalizer`] to rewrite by it.
 //! - [`Secret`] keeps credentials out of `Debug` output.
 //! - [`Session`] is the driving contract all four protocol sessions keep.
 //! - [`sasl`] decodes SASL PLAIN and LOGIN exchanges (RFC 4616, the LOGIN draft)
@@ -16,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod crlf;
 mod dot;
 mod error;
 mod line;
@@ -24,6 +28,7 @@ mod scan;
 mod secret;
 mod session;
 
+pub use crlf::{CrlfNormalizer, CrlfSize, crlf_size};
 pub use dot::{BareLineEndings, Checked, Decoded, DotDecoder, DotEncoder, LineChecker, Violation};
 pub use error::SaslError;
 pub use line::{Frame, LineFramer};

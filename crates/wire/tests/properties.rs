@@ -237,3 +237,51 @@ proptest! {
         prop_assert_eq!(&line_checked(policy, &text, &points, max_line), &want);
     }
 }
+
+/// Bytes rich in line ends, dots and the cases the rule names.
+fn line_end_text() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just(b'\r'),
+            Just(b'\n'),
+            Just(b'.'),
+            Just(b'a'),
+            any::<u8>()
+        ],
+        0..300,
+    )
+}
+
+proptest! {
+    /// The encoder, the counter and the normalizer keep one rule: the text a
+    /// client decodes from the encoder's output is the normalizer's output,
+    /// `crlf_size` octets long, however the input is split; and normalized
+    /// text goes through the encoder with its line ends unchanged.
+    #[test]
+    fn encoder_counter_and_normalizer_agree(text in line_end_text(), step in 1usize..40) {
+        let mut encoder = DotEncoder::new();
+        let mut wire = Vec::new();
+        let mut size = postamt_wire::CrlfSize::new();
+        let mut normalizer = postamt_wire::CrlfNormalizer::new();
+        let mut normal = Vec::new();
+        for chunk in text.chunks(step) {
+            encoder.encode(chunk, &mut wire);
+            size.update(chunk);
+            normalizer.push(chunk, &mut normal);
+        }
+        encoder.finish(&mut wire);
+        normalizer.finish(&mut normal);
+        let mut decoded = Vec::new();
+        let mut decoder = DotDecoder::new(BareLineEndings::Reject, usize::MAX);
+        prop_assert_eq!(decoder.decode(&wire, &mut decoded), Decoded::Complete { consumed: wire.len() });
+        prop_assert!(!decoder.saw_bare_line_ending());
+        prop_assert_eq!(&decoded, &normal);
+        prop_assert_eq!(size.size(), normal.len() as u64);
+        prop_assert_eq!(postamt_wire::crlf_size(&text), normal.len() as u64);
+        let mut again = Vec::new();
+        let mut encoder = DotEncoder::new();
+        encoder.encode(&normal, &mut again);
+        encoder.finish(&mut again);
+        prop_assert_eq!(again, wire);
+    }
+}

@@ -8,7 +8,9 @@
 //! - `T: handshake`  the TLS handshake completes here (after STLS).
 //! - `E: eof`  the client closes its side.
 //! - `= closed` / `= open`  how the session ends.
-//! - `! directive`  set-up (see [`Setup`]); `#` starts a comment.
+//! - `! directive`  set-up (see [`Setup`]); `#` starts a comment. Unlike
+//!   the library, the harness allows plaintext logins before TLS unless
+//!   `! no-plaintext-login` says otherwise.
 //!
 //! In `C:` and `S:` text, `\r`, `\n`, `\\` and `\xHH` are escapes, and
 //! `{c*N}` stands for the character `c` repeated `N` times.
@@ -17,7 +19,8 @@
 use std::time::{Duration, Instant};
 
 use postamt_pop3::{
-    Event, Maildrop, MessageFlow, Response, ResponseCode, ServerConfig, ServerSession, verify_apop,
+    Event, Maildrop, MessageFlow, Response, ResponseCode, ServerConfig, ServerSession, Session,
+    verify_apop,
 };
 use postamt_wire::sasl::Mechanism;
 
@@ -27,6 +30,20 @@ pub const MESSAGE_1: &[u8] = b"From: alice@example.org\r\nTo: bob@example.org\r\
 pub const MESSAGE_2: &[u8] = b"From: carol@example.org\r\nTo: bob@example.org\r\nSubject: Dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nThe line above is a lone dot.\r\nSee you on Monday, then.\r\nCarol, who likes dots quite a lot.... (truly!!!!)\r\n";
 /// Not UTF-8, and no CRLF at the end.
 pub const MESSAGE_3: &[u8] = b"Subject: raw\r\n\r\n\xff\xfe binary \x80\r\n.no final line end";
+/// Line ends as stores keep them from other tools: bare CR, bare LF, CR CR
+/// LF, and a final line without its end; a dot after a bare CR and after a
+/// bare LF starts a line.
+pub const LINE_ENDS: [&[u8]; 4] = [
+    b"Subject: bare CR\r\rone\rtwo\r.three\r",
+    b"Subject: bare LF\n\none\n.two\n",
+    b"Subject: CR CR LF\r\r\n\r\r\nbody\r\r\n",
+    b"Subject: no end\r\n\r\nlast line",
+];
+
+/// The size a message is listed at: as RETR sends it, before stuffing.
+pub fn listed_size(content: &[u8]) -> u64 {
+    postamt_wire::crlf_size(content)
+}
 
 /// One user of the fixture.
 pub struct User {
@@ -54,6 +71,17 @@ pub fn users() -> Vec<User> {
             messages: vec![(MESSAGE_3, "raw-1")],
         },
         User {
+            name: "erin",
+            password: "erinpw",
+            locked: false,
+            messages: vec![
+                (LINE_ENDS[0], "cr-1"),
+                (LINE_ENDS[1], "lf-2"),
+                (LINE_ENDS[2], "crcrlf-3"),
+                (LINE_ENDS[3], "noend-4"),
+            ],
+        },
+        User {
             name: "carol",
             password: "carolpw",
             locked: true,
@@ -71,7 +99,10 @@ pub struct Setup {
     pub stls: bool,
     /// `! tls`: the connection is already encrypted.
     pub tls: bool,
-    /// `! no-plaintext-login`
+    /// `! no-plaintext-login`: the library's default
+    /// (`ServerConfig::login_without_tls` false). Without it the harness
+    /// allows USER/PASS and AUTH PLAIN/LOGIN before TLS, since most
+    /// transcripts play the classroom telnet session.
     pub no_plaintext_login: bool,
     /// `! commit-fails`
     pub commit_fails: bool,
@@ -252,18 +283,18 @@ pub struct App {
 impl App {
     pub fn new(setup: Setup, split: Split, high_water: usize, now: Instant) -> Self {
         let mut config = ServerConfig::default();
-        config.capabilities.stls = setup.stls;
-        config.tls_active = setup.tls;
-        config.capabilities.login_without_tls = !setup.no_plaintext_login;
+        config.extensions.stls = setup.stls;
+        config.implicit_tls = setup.tls;
+        config.login_without_tls = !setup.no_plaintext_login;
         if let Some(sasl) = &setup.sasl {
-            config.capabilities.sasl = sasl.clone();
+            config.extensions.sasl = sasl.clone();
         }
         if let Some(n) = setup.max_errors {
             config.limits.max_errors = n;
         }
         config.limits.output_high_water = high_water;
         let session = match &setup.apop {
-            Some(ts) => ServerSession::with_apop(config, now, ts.clone()).unwrap(),
+            Some(ts) => ServerSession::with_apop(config, now, ts.parse().unwrap()),
             None => ServerSession::new(config, now),
         };
         let seed = match split {
@@ -288,7 +319,9 @@ impl App {
     fn maildrop(&self, user: usize) -> Maildrop {
         let mut maildrop = Maildrop::new();
         for (content, uid) in &self.users[user].messages {
-            maildrop.push(content.len() as u64, *uid).unwrap();
+            maildrop
+                .push(listed_size(content), uid.parse().unwrap())
+                .unwrap();
         }
         maildrop
     }
@@ -350,7 +383,7 @@ impl App {
                 }
                 let user = self.current_user.expect("retrieve before login");
                 let content = self.users[user].messages[message.index()].0;
-                assert_eq!(size, content.len() as u64);
+                assert_eq!(size, listed_size(content));
                 self.streaming = Some((content, 0));
             }
             Event::Commit { deletions } => {
