@@ -6,6 +6,8 @@
 //! - [`DotDecoder`] and [`DotEncoder`] are the streaming dot-stuffing codecs used by
 //!   SMTP `DATA` and POP3 multi-line responses. The decoder ends only at
 //!   `CRLF . CRLF`, however the input is split.
+//! - [`CrlfNormalizer`] makes line ends CRLF by the same rule without stuffing,
+//!   for text sent in counted chunks (SMTP BDAT).
 //! - [`Secret`] keeps credentials out of `Debug` output.
 //! - [`Session`] is the driving contract all four protocol sessions keep.
 //! - [`sasl`] decodes SASL PLAIN and LOGIN exchanges (RFC 4616, the LOGIN draft)
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod crlf;
 mod dot;
 mod error;
 mod line;
@@ -28,3 +31,4 @@ pub use error::SaslError;
 pub use line::{Frame, LineFramer};
 pub use secret::Secret;
 pub use session::Session;
+pub use crlf::CrlfNormalizer;
