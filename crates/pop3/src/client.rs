@@ -250,6 +250,10 @@ pub enum ClientUsageError {
     /// The mechanism is not one this client runs (PLAIN only).
     #[error("unsupported SASL mechanism")]
     UnsupportedMechanism,
+    /// [`tls_established`](ClientSession::tls_established) without a
+    /// [`ClientEvent::StartTls`] waiting for it.
+    #[error("no TLS handshake is due")]
+    NoHandshakeDue,
     /// The session has closed.
     #[error("the session is closed")]
     Closed,
@@ -569,7 +573,7 @@ impl ClientSession {
         match self.phase {
             Phase::Handshake => {}
             Phase::Closed => return Err(ClientUsageError::Closed),
-            _ => return Err(ClientUsageError::Busy),
+            _ => return Err(ClientUsageError::NoHandshakeDue),
         }
         self.tls = true;
         self.caps = None;
@@ -1288,7 +1292,7 @@ mod tests {
             c.login_user("bob", "x\r\nDELE 1"),
             Err(ClientUsageError::InvalidArgument)
         );
-        assert_eq!(c.tls_established(), Err(ClientUsageError::Busy));
+        assert_eq!(c.tls_established(), Err(ClientUsageError::NoHandshakeDue));
         c.login_apop("bob", "secret").unwrap();
         assert_eq!(c.login_user("bob", "x"), Err(ClientUsageError::Busy));
         c.receive(now, b"+OK\r\n");

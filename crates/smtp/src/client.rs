@@ -279,6 +279,10 @@ pub enum ClientUsageError {
     /// The envelope has no recipients.
     #[error("the envelope has no recipients")]
     NoRecipients,
+    /// [`tls_established`](ClientSession::tls_established) without a
+    /// [`ClientEvent::StartTls`] waiting for it.
+    #[error("no TLS handshake is due")]
+    NoHandshakeDue,
     /// The session has closed.
     #[error("the session is closed")]
     Closed,
@@ -404,6 +408,13 @@ impl ClientSession {
         }
     }
 
+    /// Whether TLS is active: after
+    /// [`tls_established`](Self::tls_established), or from the start with
+    /// [`ClientConfig::implicit_tls`].
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     /// What the server offered, once it answered EHLO.
     pub fn capabilities(&self) -> Option<&Capabilities> {
         self.caps.as_ref()
@@ -502,8 +513,10 @@ impl ClientSession {
 
     /// The TLS handshake is done: the client says EHLO again (RFC 3207 §4.2).
     pub fn tls_established(&mut self) -> Result<(), ClientUsageError> {
-        if !matches!(self.phase, Phase::Tls { handshake: true }) {
-            return Err(ClientUsageError::Busy);
+        match self.phase {
+            Phase::Tls { handshake: true } => {}
+            Phase::Closed => return Err(ClientUsageError::Closed),
+            _ => return Err(ClientUsageError::NoHandshakeDue),
         }
         self.tls = true;
         self.caps = None;
@@ -608,11 +621,12 @@ impl ClientSession {
 
     /// Says QUIT; [`ClientEvent::Closed`] follows the server's 221.
     pub fn quit(&mut self) -> Result<(), ClientUsageError> {
-        if self.is_closed() {
-            return Err(ClientUsageError::Closed);
-        }
-        if self.tx.is_some() || !self.expect.is_empty() && !matches!(self.phase, Phase::Ready) {
-            return Err(ClientUsageError::Busy);
+        match self.phase {
+            // Also while a RSET is in flight: QUIT follows it.
+            Phase::Ready if self.tx.is_none() => {}
+            Phase::Closed | Phase::Quitting => return Err(ClientUsageError::Closed),
+            // Between the 220 to STARTTLS and the handshake nothing goes out.
+            _ => return Err(ClientUsageError::Busy),
         }
         self.phase = Phase::Quitting;
         self.send(Command::Quit, Expect::Quit);
