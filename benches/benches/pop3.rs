@@ -16,6 +16,7 @@ use postamt_pop3::{
     ClientConfig, ClientEvent, ClientSession, Command, Decoded, Event, Maildrop, MessageFlow,
     MessageNumber, MultilineDecoder, Response, ServerConfig, ServerSession,
 };
+use postamt_wire::Session;
 
 /// The nine commands of the classic session, without CRLF for postamt (its
 /// parser sees framed lines) and with it for pop3-codec (which frames itself).

@@ -13,7 +13,7 @@ use postamt_benches::{
     smtp_pipelined_session,
 };
 use postamt_smtp::{Command, Event, Reply, ServerConfig, ServerSession};
-use postamt_wire::{BareLineEndings, Decoded, DotDecoder};
+use postamt_wire::{BareLineEndings, Decoded, DotDecoder, Session};
 use smtp_proto::request::receiver::DataReceiver;
 use smtp_proto::response::parser::ResponseReceiver;
 use smtp_proto::{EhloResponse, Request};

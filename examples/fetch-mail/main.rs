@@ -19,9 +19,10 @@ use clap::Parser;
 use postamt_examples::client::ClientStream;
 use postamt_examples::tls;
 use postamt_pop3::{
-    ClientConfig, ClientEvent, ClientSession, Mechanism, MessageNumber, ServerCapabilities,
+    ClientConfig, ClientEvent, ClientSession, Mechanism, MessageNumber, Capabilities,
 };
 use postamt_store::{Delivery, MailStore, MailboxName, Maildir};
+use postamt_wire::Session;
 
 /// Fetch mail with POP3: list it, store it in a Maildir, or print it.
 #[derive(Parser, Debug)]
@@ -288,7 +289,7 @@ fn run(args: &Args) -> Result<bool, String> {
 
 fn login(
     session: &mut ClientSession,
-    caps: &ServerCapabilities,
+    caps: &Capabilities,
     args: &Args,
     password: &str,
 ) -> Result<(), String> {

@@ -17,6 +17,7 @@ use postamt_smtp::{
     ClientConfig, ClientEvent, ClientSession, Envelope, ForwardPath, Mailbox, Mechanism,
     ReversePath,
 };
+use postamt_wire::Session;
 
 /// Send a message with SMTP: the body comes from standard input or a file.
 #[derive(Parser, Debug)]

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use postamt_pop3::{ClientConfig, ClientEvent, ClientSession, MessageNumber};
+use postamt_wire::Session;
 
 fn run(input: &[u8], bytewise: bool, act: bool) -> (Vec<String>, Vec<u8>, usize) {
     let now = Instant::now();

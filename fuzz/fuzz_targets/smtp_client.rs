@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use postamt_smtp::{ClientConfig, ClientEvent, ClientSession, Envelope, ForwardPath, Mechanism, ReversePath};
+use postamt_wire::Session;
 
 fn run(input: &[u8], bytewise: bool, act: bool) -> (Vec<String>, Vec<u8>) {
     let now = Instant::now();

@@ -81,10 +81,11 @@ pub mod response;
 mod server;
 
 pub use client::{
-    ClientConfig, ClientError, ClientEvent, ClientSession, ClientUsageError, ServerCapabilities,
+    Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeouts,
+    ClientUsageError,
 };
 pub use command::{Command, MessageNumber};
-pub use config::{Capabilities, Limits, ServerConfig, Texts};
+pub use config::{Capabilities as Extensions, Limits, ServerConfig, Texts};
 pub use error::{CommandError, ResponseError, UsageError};
 pub use postamt_wire::sasl::{Credentials, Mechanism};
 pub use postamt_wire::{Decoded, Secret};

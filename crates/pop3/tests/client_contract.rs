@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use postamt_wire::Session;
 use postamt_pop3::{ClientConfig, ClientEvent, ClientSession, ClientUsageError, MessageNumber};
 use postamt_wire::sasl::Mechanism;
 
@@ -68,4 +69,106 @@ fn nothing_goes_out_between_the_stls_reply_and_the_handshake() {
     assert_eq!(c.stls(), Err(ClientUsageError::NotOffered));
     c.quit().unwrap();
     assert_eq!(take(&mut c), b"QUIT\r\n");
+}
+
+/// What the server does next in [`drive`].
+enum Peer {
+    Says(&'static [u8]),
+    Closes,
+    Silent,
+}
+
+/// A driver written as the `Session` docs say, `while !is_closed()`: it
+/// answers each `Ready` with `on_ready`, and feeds the script one step per
+/// round (time runs on ten minutes when the server stays silent).
+fn drive(
+    mut c: ClientSession,
+    mut now: Instant,
+    script: &[Peer],
+    mut on_ready: impl FnMut(&mut ClientSession),
+) -> (Vec<ClientEvent>, Vec<u8>) {
+    let mut events = Vec::new();
+    let mut wire = Vec::new();
+    let mut script = script.iter();
+    let mut rounds = 0;
+    while !c.is_closed() {
+        rounds += 1;
+        assert!(rounds < 100, "the loop does not end: {events:?}");
+        while let Some(e) = c.poll_event() {
+            if matches!(e, ClientEvent::Ready(_)) {
+                on_ready(&mut c);
+            }
+            events.push(e);
+        }
+        let n = c.poll_transmit(&mut wire);
+        assert_eq!(c.poll_transmit(&mut Vec::new()), 0);
+        if n > 0 || c.is_closed() {
+            continue;
+        }
+        match script.next() {
+            Some(Peer::Says(bytes)) => c.receive(now, bytes),
+            Some(Peer::Closes) => c.receive_eof(now),
+            Some(Peer::Silent) | None => {
+                now += std::time::Duration::from_secs(600);
+                c.handle_timeout(now);
+            }
+        }
+    }
+    assert_eq!(c.poll_event(), None);
+    (events, wire)
+}
+
+#[test]
+fn a_loop_on_is_closed_sees_the_last_event() {
+    let now = Instant::now();
+    let new = || ClientSession::new(ClientConfig::new(), now);
+    let greeting = Peer::Says(b"+OK hi\r\n");
+    let capa = Peer::Says(b"+OK\r\nUSER\r\n.\r\n");
+
+    // After QUIT and its +OK.
+    let (events, wire) = drive(
+        new(),
+        now,
+        &[greeting, capa, Peer::Says(b"+OK bye\r\n")],
+        |c| c.quit().unwrap(),
+    );
+    assert!(matches!(events.as_slice(), [ClientEvent::Ready(_), ClientEvent::Closed(None)]));
+    assert_eq!(wire, b"CAPA\r\nQUIT\r\n");
+
+    // After QUIT, -ERR (nothing committed): the error, then Closed.
+    let (events, _) = drive(
+        new(),
+        now,
+        &[Peer::Says(b"+OK hi\r\n-ERR\r\n"), Peer::Says(b"-ERR [SYS/TEMP] disk\r\n")],
+        |c| c.quit().unwrap(),
+    );
+    assert!(
+        matches!(
+            events.as_slice(),
+            [ClientEvent::Ready(_), ClientEvent::Error { .. }, ClientEvent::Closed(None)]
+        ),
+        "{events:?}"
+    );
+
+    // A refused greeting, the connection lost, a silent server.
+    let (events, _) = drive(new(), now, &[Peer::Says(b"-ERR go away\r\n")], |_| {});
+    assert!(matches!(
+        events.as_slice(),
+        [ClientEvent::Closed(Some(postamt_pop3::ClientError::Refused(_)))]
+    ));
+    let (events, _) = drive(
+        new(),
+        now,
+        &[Peer::Says(b"+OK hi\r\n-ERR\r\n"), Peer::Closes],
+        |c| c.login_user("bob", "pw").unwrap(),
+    );
+    assert_eq!(
+        events.last(),
+        Some(&ClientEvent::Closed(Some(postamt_pop3::ClientError::ConnectionClosed)))
+    );
+    let (events, _) = drive(new(), now, &[Peer::Says(b"+OK hi\r\n"), Peer::Silent], |_| {});
+    assert_eq!(
+        events,
+        [ClientEvent::Closed(Some(postamt_pop3::ClientError::Timeout))]
+    );
 }

@@ -8,6 +8,7 @@ mod support;
 use std::mem;
 use std::time::Instant;
 
+use postamt_wire::Session;
 use postamt_pop3::{
     ClientConfig, ClientError, ClientEvent, ClientSession, ClientUsageError, MessageNumber,
     ResponseCode, Status,
@@ -82,7 +83,7 @@ impl Pair {
     }
 
     /// Greeting and CAPA: the capabilities the client saw.
-    fn start(&mut self) -> postamt_pop3::ServerCapabilities {
+    fn start(&mut self) -> postamt_pop3::Capabilities {
         match self.drive().as_slice() {
             [ClientEvent::Ready(caps)] => caps.clone(),
             other => panic!("expected Ready, got {other:?}"),

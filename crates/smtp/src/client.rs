@@ -5,288 +5,21 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use postamt_wire::DotEncoder;
+use postamt_wire::{DotEncoder, Session};
 use postamt_wire::sasl::{self, Mechanism};
 
-use crate::address::{Domain, ForwardPath, ReversePath};
-use crate::command::{Command, MailParameters, RcptParameters};
+use crate::address::{Domain, ForwardPath};
+use crate::command::Command;
 use crate::error::ReplyError;
 use crate::reply::{Reply, push_decimal};
 
-/// What a client needs to know up front.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ClientConfig {
-    /// The name the client gives in EHLO/HELO.
-    pub hostname: String,
-    /// Send messages with BDAT when the server offers CHUNKING (RFC 3030).
-    /// BDAT sends the bytes as given: they must already end lines in CRLF.
-    pub prefer_chunking: bool,
-    /// Timeouts of RFC 5321 §4.5.3.2.
-    pub timeouts: ClientTimeouts,
-    /// Longest reply the client keeps while it arrives: 64 KiB. A server
-    /// sending more in one reply is treated as broken.
-    pub max_reply: usize,
-    /// Output kept before the caller writes it, after which
-    /// [`ClientSession::wants_message_bytes`] says no: 256 KiB.
-    pub output_high_water: usize,
-}
+mod capabilities;
+mod config;
+mod events;
 
-impl ClientConfig {
-    /// A configuration with the RFC's timeouts.
-    pub fn new(hostname: impl Into<String>) -> Self {
-        Self {
-            hostname: hostname.into(),
-            prefer_chunking: false,
-            timeouts: ClientTimeouts::default(),
-            max_reply: 64 * 1024,
-            output_high_water: 256 * 1024,
-        }
-    }
-}
-
-/// How long the client waits for each reply (RFC 5321 §4.5.3.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ClientTimeouts {
-    /// The 220 greeting: 5 minutes.
-    pub greeting: Duration,
-    /// Replies to EHLO, MAIL, RCPT and other commands: 5 minutes.
-    pub command: Duration,
-    /// The 354 after DATA: 2 minutes.
-    pub data_start: Duration,
-    /// The reply after the final dot or the last BDAT: 10 minutes.
-    pub data_end: Duration,
-}
-
-impl Default for ClientTimeouts {
-    fn default() -> Self {
-        Self {
-            greeting: Duration::from_secs(5 * 60),
-            command: Duration::from_secs(5 * 60),
-            data_start: Duration::from_secs(2 * 60),
-            data_end: Duration::from_secs(10 * 60),
-        }
-    }
-}
-
-/// What a server offered in its EHLO reply.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Capabilities {
-    /// The server's name from the first line.
-    pub greeting: String,
-    /// Whether EHLO worked; after a HELO fallback nothing else is offered.
-    pub extended: bool,
-    /// PIPELINING (RFC 2920).
-    pub pipelining: bool,
-    /// SIZE (RFC 1870): `Some(0)` means no fixed limit.
-    pub size: Option<u64>,
-    /// 8BITMIME (RFC 6152).
-    pub eight_bit_mime: bool,
-    /// SMTPUTF8 (RFC 6531).
-    pub smtputf8: bool,
-    /// ENHANCEDSTATUSCODES (RFC 2034).
-    pub enhanced_status_codes: bool,
-    /// CHUNKING (RFC 3030).
-    pub chunking: bool,
-    /// BINARYMIME (RFC 3030).
-    pub binary_mime: bool,
-    /// DSN (RFC 3461).
-    pub dsn: bool,
-    /// STARTTLS (RFC 3207).
-    pub starttls: bool,
-    /// AUTH mechanisms as advertised (RFC 4954), upper case.
-    pub auth: Vec<String>,
-    /// Every other keyword line, as sent.
-    pub other: Vec<String>,
-}
-
-impl Capabilities {
-    /// Reads the lines of a 250 reply to EHLO.
-    pub fn from_ehlo(reply: &Reply) -> Self {
-        let mut caps = Self {
-            extended: true,
-            ..Self::default()
-        };
-        let mut lines = reply.lines();
-        caps.greeting = lines.next().map(|l| l.to_string()).unwrap_or_default();
-        for line in lines {
-            let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else {
-                continue;
-            };
-            let upper = keyword.to_ascii_uppercase();
-            match upper.as_str() {
-                "PIPELINING" => caps.pipelining = true,
-                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
-                "8BITMIME" => caps.eight_bit_mime = true,
-                "SMTPUTF8" => caps.smtputf8 = true,
-                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
-                "CHUNKING" => caps.chunking = true,
-                "BINARYMIME" => caps.binary_mime = true,
-                "DSN" => caps.dsn = true,
-                "STARTTLS" => caps.starttls = true,
-                "AUTH" => caps.add_auth(words),
-                _ if upper.starts_with("AUTH=") => {
-                    // The pre-standard form some servers still send.
-                    let first = &keyword[5..];
-                    caps.add_auth(std::iter::once(first).chain(words));
-                }
-                _ => caps.other.push(line.to_string()),
-            }
-        }
-        caps
-    }
-
-    fn add_auth<'a>(&mut self, names: impl Iterator<Item = &'a str>) {
-        for name in names {
-            let name = name.to_ascii_uppercase();
-            if !name.is_empty() && !self.auth.contains(&name) {
-                self.auth.push(name);
-            }
-        }
-    }
-
-    /// Whether AUTH with `mechanism` is offered.
-    pub fn offers_auth(&self, mechanism: Mechanism) -> bool {
-        self.auth.iter().any(|m| m == mechanism.as_str())
-    }
-}
-
-/// Sender, recipients and parameters of one transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    /// The reverse-path (`<>` for bounces).
-    pub from: ReversePath<'static>,
-    /// MAIL parameters. SIZE is filled in by the client when the message
-    /// length is known and the server offers SIZE.
-    pub params: MailParameters<'static>,
-    /// The recipients, each with its RCPT parameters.
-    pub recipients: Vec<(ForwardPath<'static>, RcptParameters<'static>)>,
-}
-
-impl Envelope {
-    /// An envelope from `from` with no recipients yet.
-    pub fn new(from: ReversePath<'static>) -> Self {
-        Self {
-            from,
-            params: MailParameters::default(),
-            recipients: Vec::new(),
-        }
-    }
-
-    /// Adds a recipient.
-    pub fn to(mut self, recipient: ForwardPath<'static>) -> Self {
-        self.recipients.push((recipient, RcptParameters::default()));
-        self
-    }
-}
-
-/// Why a transaction did not deliver.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Failure {
-    /// The server refused the sender.
-    Sender(Reply),
-    /// Every recipient was refused (see the report's `refused`).
-    NoRecipients,
-    /// The server refused DATA or a BDAT chunk.
-    Data(Reply),
-    /// The server refused the message after it was sent.
-    Message(Reply),
-    /// The message is larger than the server's SIZE; nothing was sent.
-    TooBig {
-        /// The message size in octets.
-        size: u64,
-        /// The server's limit.
-        limit: u64,
-    },
-}
-
-/// The outcome of one transaction, recipient by recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    /// Recipients the server accepted, with its replies.
-    pub accepted: Vec<(ForwardPath<'static>, Reply)>,
-    /// Recipients the server refused, with its replies.
-    pub refused: Vec<(ForwardPath<'static>, Reply)>,
-    /// The final reply, or why there was none worth having.
-    pub outcome: Result<Reply, Failure>,
-}
-
-/// What the application must know, in protocol order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientEvent {
-    /// The server greeted and answered EHLO (or HELO): transactions, AUTH and
-    /// STARTTLS may start. Comes again after STARTTLS.
-    Ready(Capabilities),
-    /// The server said 220 to STARTTLS: run the TLS handshake, then call
-    /// [`ClientSession::tls_established`]. Anything the server sent after its
-    /// 220 in plaintext has been discarded.
-    StartTls,
-    /// AUTH succeeded.
-    Authenticated,
-    /// AUTH failed with this reply.
-    AuthFailed(Reply),
-    /// [`ClientSession::start_message`] was accepted by the server (354, or
-    /// BDAT in use): feed the message while
-    /// [`ClientSession::wants_message_bytes`] is true, then call
-    /// [`ClientSession::end_message`].
-    SendMessage,
-    /// A transaction ended.
-    Done(Report),
-    /// The session ended: after QUIT, or for the reason given.
-    Closed(Option<ClientError>),
-}
-
-/// Why a session ended early.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The server refused the connection or a command the session needs.
-    #[error("server refused: {0}")]
-    Refused(Reply),
-    /// The server sent something that is not an SMTP reply.
-    #[error("malformed reply: {0}")]
-    Malformed(ReplyError),
-    /// A reply was longer than [`ClientConfig::max_reply`].
-    #[error("reply too long")]
-    ReplyTooLong,
-    /// No reply within the RFC's time.
-    #[error("timeout waiting for the server")]
-    Timeout,
-    /// The server closed the connection.
-    #[error("connection closed by the server")]
-    ConnectionClosed,
-}
-
-/// The caller asked for something the session cannot do now.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientUsageError {
-    /// The session is busy (not [`ClientEvent::Ready`] yet, or a transaction
-    /// or exchange is running).
-    #[error("the session is not ready for that now")]
-    Busy,
-    /// The server does not offer what was asked (STARTTLS, an AUTH mechanism).
-    #[error("the server does not offer this")]
-    NotOffered,
-    /// No message is being sent.
-    #[error("no message is being sent")]
-    NoMessage,
-    /// The envelope has no recipients.
-    #[error("the envelope has no recipients")]
-    NoRecipients,
-    /// [`tls_established`](ClientSession::tls_established) without a
-    /// [`ClientEvent::StartTls`] waiting for it.
-    #[error("no TLS handshake is due")]
-    NoHandshakeDue,
-    /// The session has closed.
-    #[error("the session is closed")]
-    Closed,
-}
+pub use capabilities::Capabilities;
+pub use config::{ClientConfig, ClientTimeouts};
+pub use events::{ClientError, ClientEvent, ClientUsageError, Envelope, Failure, Report};
 
 /// A reply the client waits for, in the order the commands went out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,21 +92,27 @@ struct Transaction {
     failure: Option<Failure>,
 }
 
-/// One client-side SMTP session, driven by the caller.
-///
-/// The contract mirrors [`ServerSession`](crate::ServerSession): hand it
-/// received bytes with [`receive`](Self::receive), drain
-/// [`poll_event`](Self::poll_event), write what
-/// [`poll_transmit`](Self::poll_transmit) gives, and keep time with
-/// [`poll_timeout`](Self::poll_timeout) and
-/// [`handle_timeout`](Self::handle_timeout). Replies may arrive split
-/// anywhere.
+/// One client-side SMTP session, driven by the caller through
+/// [`postamt_wire::Session`], the contract all four postamt sessions keep:
+/// hand it received bytes with [`receive`](Session::receive), drain
+/// [`poll_event`](Session::poll_event), write what
+/// [`poll_transmit`](Session::poll_transmit) gives, and keep time with
+/// [`poll_timeout`](Session::poll_timeout) and
+/// [`handle_timeout`](Session::handle_timeout). Replies may arrive split
+/// anywhere. [`is_closed`](Session::is_closed) turns true once the session
+/// ended and its last event ([`ClientEvent::Closed`], always) and output
+/// were taken.
 ///
 /// After [`ClientEvent::Ready`], run transactions with
 /// [`send_message`](Self::send_message) (the whole message at once) or
 /// [`start_message`](Self::start_message) and the streaming calls. With
 /// PIPELINING the client sends MAIL, every RCPT and DATA in one write; it goes
 /// on with the accepted recipients and reports the refused ones.
+///
+/// After [`ClientEvent::StartTls`] no command goes out and what the server
+/// sends is discarded until the caller has run the handshake and called
+/// [`tls_established`](Session::tls_established); then the client says EHLO
+/// again.
 #[derive(Debug)]
 pub struct ClientSession {
     config: ClientConfig,
@@ -394,6 +133,7 @@ impl ClientSession {
     pub fn new(config: ClientConfig, now: Instant) -> Self {
         let deadline = Some(now + config.timeouts.greeting);
         Self {
+            tls: config.implicit_tls,
             config,
             phase: Phase::Starting,
             input: Vec::new(),
@@ -401,7 +141,6 @@ impl ClientSession {
             events: VecDeque::new(),
             expect: VecDeque::from([Expect::Greeting]),
             caps: None,
-            tls: false,
             tx: None,
             now,
             deadline,
@@ -409,7 +148,7 @@ impl ClientSession {
     }
 
     /// Whether TLS is active: after
-    /// [`tls_established`](Self::tls_established), or from the start with
+    /// [`tls_established`](Session::tls_established), or from the start with
     /// [`ClientConfig::implicit_tls`].
     pub fn is_tls(&self) -> bool {
         self.tls
@@ -420,86 +159,6 @@ impl ClientSession {
         self.caps.as_ref()
     }
 
-    /// Whether the session has ended.
-    pub fn is_closed(&self) -> bool {
-        matches!(self.phase, Phase::Closed)
-    }
-
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.events.pop_front()
-    }
-
-    /// Appends the bytes to send to `buf`.
-    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(&self.out);
-        self.out.clear();
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) should be called; `None`
-    /// while no reply is awaited.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.expect.is_empty() {
-            None
-        } else {
-            self.deadline
-        }
-    }
-
-    /// Tells the session the time; past a reply deadline it closes.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        if !self.expect.is_empty() && self.deadline.is_some_and(|d| now >= d) {
-            self.fail(ClientError::Timeout);
-        }
-    }
-
-    /// Hands the session bytes from the server.
-    pub fn receive(&mut self, now: Instant, data: &[u8]) {
-        self.now = self.now.max(now);
-        if self.is_closed() {
-            return;
-        }
-        self.input.extend_from_slice(data);
-        let mut used = 0;
-        while !self.is_closed() {
-            if matches!(self.phase, Phase::Tls { handshake: true }) {
-                // Plaintext after the 220 to STARTTLS is never obeyed.
-                used = self.input.len();
-                break;
-            }
-            match Reply::parse(&self.input[used..]) {
-                Ok(Some((reply, n))) => {
-                    used += n;
-                    self.reply(reply);
-                }
-                Ok(None) => {
-                    if self.input.len() - used > self.config.max_reply {
-                        self.fail(ClientError::ReplyTooLong);
-                    }
-                    break;
-                }
-                Err(e) => {
-                    self.fail(ClientError::Malformed(e));
-                    break;
-                }
-            }
-        }
-        self.input.drain(..used.min(self.input.len()));
-    }
-
-    /// Tells the session the server closed the connection.
-    pub fn receive_eof(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        if !self.is_closed() {
-            if matches!(self.phase, Phase::Quitting) {
-                self.close(None);
-            } else {
-                self.fail(ClientError::ConnectionClosed);
-            }
-        }
-    }
-
     /// Asks for STARTTLS; [`ClientEvent::StartTls`] says when to handshake.
     pub fn starttls(&mut self) -> Result<(), ClientUsageError> {
         self.ready()?;
@@ -508,21 +167,6 @@ impl ClientSession {
         }
         self.phase = Phase::Tls { handshake: false };
         self.send(Command::StartTls, Expect::StartTls);
-        Ok(())
-    }
-
-    /// The TLS handshake is done: the client says EHLO again (RFC 3207 §4.2).
-    pub fn tls_established(&mut self) -> Result<(), ClientUsageError> {
-        match self.phase {
-            Phase::Tls { handshake: true } => {}
-            Phase::Closed => return Err(ClientUsageError::Closed),
-            _ => return Err(ClientUsageError::NoHandshakeDue),
-        }
-        self.tls = true;
-        self.caps = None;
-        self.input.clear();
-        self.phase = Phase::Starting;
-        self.ehlo();
         Ok(())
     }
 
@@ -631,6 +275,11 @@ impl ClientSession {
         self.phase = Phase::Quitting;
         self.send(Command::Quit, Expect::Quit);
         Ok(())
+    }
+
+    /// Whether the session has ended (events or output may be left).
+    fn ended(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
     }
 
     fn ready(&self) -> Result<(), ClientUsageError> {
@@ -813,6 +462,9 @@ impl ClientSession {
         self.expect.clear();
         self.deadline = None;
         self.input.clear();
+        // Nothing can follow QUIT's reply, and after a failure whatever was
+        // not written yet has no one to read it.
+        self.out.clear();
         self.events.push_back(ClientEvent::Closed(error));
     }
 
@@ -862,14 +514,7 @@ impl ClientSession {
             }
             Expect::Helo => {
                 if reply.is_positive() {
-                    let caps = Capabilities {
-                        greeting: reply
-                            .lines()
-                            .next()
-                            .map(|l| l.to_string())
-                            .unwrap_or_default(),
-                        ..Capabilities::default()
-                    };
+                    let caps = Capabilities::from_helo(&reply);
                     self.caps = Some(caps.clone());
                     self.ready_again();
                     self.events.push_back(ClientEvent::Ready(caps));
@@ -1041,6 +686,107 @@ impl ClientSession {
         } else {
             self.phase = Phase::Ready;
         }
+    }
+}
+
+
+impl Session for ClientSession {
+    type Event = ClientEvent;
+    type UsageError = ClientUsageError;
+
+    /// Closed and drained: the session ended and its last event (always
+    /// [`ClientEvent::Closed`]) and output have been taken.
+    fn is_closed(&self) -> bool {
+        self.ended() && self.events.is_empty() && self.out.is_empty()
+    }
+
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> usize {
+        let n = self.out.len();
+        buf.append(&mut self.out);
+        n
+    }
+
+    /// When [`handle_timeout`](Session::handle_timeout) should be called; `None`
+    /// while no reply is awaited.
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.expect.is_empty() {
+            None
+        } else {
+            self.deadline
+        }
+    }
+
+    /// Tells the session the time; past a reply deadline it closes.
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if !self.expect.is_empty() && self.deadline.is_some_and(|d| now >= d) {
+            self.fail(ClientError::Timeout);
+        }
+    }
+
+    /// Hands the session bytes from the server.
+    fn receive(&mut self, now: Instant, data: &[u8]) {
+        self.now = self.now.max(now);
+        if self.ended() {
+            return;
+        }
+        self.input.extend_from_slice(data);
+        let mut used = 0;
+        while !self.ended() {
+            if matches!(self.phase, Phase::Tls { handshake: true }) {
+                // Plaintext after the 220 to STARTTLS is never obeyed.
+                used = self.input.len();
+                break;
+            }
+            match Reply::parse(&self.input[used..]) {
+                Ok(Some((reply, n))) => {
+                    used += n;
+                    self.reply(reply);
+                }
+                Ok(None) => {
+                    if self.input.len() - used > self.config.max_reply {
+                        self.fail(ClientError::ReplyTooLong);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.fail(ClientError::Malformed(e));
+                    break;
+                }
+            }
+        }
+        self.input.drain(..used.min(self.input.len()));
+    }
+
+    /// Tells the session the server closed the connection.
+    fn receive_eof(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if !self.ended() {
+            if matches!(self.phase, Phase::Quitting) {
+                self.close(None);
+            } else {
+                self.fail(ClientError::ConnectionClosed);
+            }
+        }
+    }
+
+    /// The TLS handshake is done: the client says EHLO again (RFC 3207 §4.2).
+    fn tls_established(&mut self) -> Result<(), ClientUsageError> {
+        match self.phase {
+            Phase::Tls { handshake: true } => {}
+            Phase::Closed => return Err(ClientUsageError::Closed),
+            _ => return Err(ClientUsageError::NoHandshakeDue),
+        }
+        self.tls = true;
+        self.caps = None;
+        self.input.clear();
+        self.phase = Phase::Starting;
+        self.ehlo();
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use postamt_wire::Session;
 use postamt_smtp::{
     ClientConfig, ClientEvent, ClientSession, ClientUsageError, Envelope, ForwardPath, Mechanism,
     ReversePath,
@@ -75,4 +76,103 @@ fn nothing_goes_out_between_the_starttls_reply_and_the_handshake() {
     assert_eq!(c.starttls(), Err(ClientUsageError::NotOffered));
     c.quit().unwrap();
     assert_eq!(take(&mut c), b"QUIT\r\n");
+}
+
+/// What the server does next in [`drive`].
+enum Peer {
+    Says(&'static [u8]),
+    Closes,
+    Silent,
+}
+
+/// A driver written as the `Session` docs say, `while !is_closed()`: it
+/// answers each `Ready` with `on_ready`, and feeds the script one step per
+/// round (time runs on ten minutes when the server stays silent).
+fn drive(
+    mut c: ClientSession,
+    mut now: Instant,
+    script: &[Peer],
+    mut on_ready: impl FnMut(&mut ClientSession),
+) -> (Vec<ClientEvent>, Vec<u8>) {
+    let mut events = Vec::new();
+    let mut wire = Vec::new();
+    let mut script = script.iter();
+    let mut rounds = 0;
+    while !c.is_closed() {
+        rounds += 1;
+        assert!(rounds < 100, "the loop does not end: {events:?}");
+        while let Some(e) = c.poll_event() {
+            if matches!(e, ClientEvent::Ready(_)) {
+                on_ready(&mut c);
+            }
+            events.push(e);
+        }
+        let n = c.poll_transmit(&mut wire);
+        assert_eq!(c.poll_transmit(&mut Vec::new()), 0);
+        if n > 0 || c.is_closed() {
+            continue;
+        }
+        match script.next() {
+            Some(Peer::Says(bytes)) => c.receive(now, bytes),
+            Some(Peer::Closes) => c.receive_eof(now),
+            Some(Peer::Silent) | None => {
+                now += std::time::Duration::from_secs(600);
+                c.handle_timeout(now);
+            }
+        }
+    }
+    assert_eq!(c.poll_event(), None);
+    (events, wire)
+}
+
+#[test]
+fn a_loop_on_is_closed_sees_the_last_event() {
+    let now = Instant::now();
+    let new = || ClientSession::new(ClientConfig::new("client.example"), now);
+    let greeting = Peer::Says(b"220 mx ESMTP\r\n");
+    let ehlo = Peer::Says(b"250-mx\r\n250 PIPELINING\r\n");
+
+    // After QUIT and its 221.
+    let (events, wire) = drive(
+        new(),
+        now,
+        &[greeting, ehlo, Peer::Says(b"221 bye\r\n")],
+        |c| c.quit().unwrap(),
+    );
+    assert!(matches!(events.as_slice(), [ClientEvent::Ready(_), ClientEvent::Closed(None)]));
+    assert_eq!(wire, b"EHLO client.example\r\nQUIT\r\n");
+
+    // After QUIT, the server closing instead of saying 221 is no error.
+    let (events, _) = drive(
+        new(),
+        now,
+        &[Peer::Says(b"220 mx\r\n250 mx\r\n"), Peer::Closes],
+        |c| c.quit().unwrap(),
+    );
+    assert_eq!(events.last(), Some(&ClientEvent::Closed(None)));
+
+    // A refused greeting, the connection lost, a silent server.
+    let (events, _) = drive(new(), now, &[Peer::Says(b"554 no\r\n")], |_| {});
+    assert!(matches!(
+        events.as_slice(),
+        [ClientEvent::Closed(Some(postamt_smtp::ClientError::Refused(r)))] if r.code() == 554
+    ));
+    let (events, _) = drive(
+        new(),
+        now,
+        &[Peer::Says(b"220 mx\r\n250 mx\r\n"), Peer::Closes],
+        |c| c.send_message(envelope(), Bytes::from_static(b"hi\r\n")).unwrap(),
+    );
+    let [ClientEvent::Ready(_), ClientEvent::Done(report), ClientEvent::Closed(Some(e))] =
+        events.as_slice()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(*e, postamt_smtp::ClientError::ConnectionClosed);
+    assert!(report.outcome.is_err());
+    let (events, _) = drive(new(), now, &[Peer::Says(b"220 mx\r\n"), Peer::Silent], |_| {});
+    assert_eq!(
+        events,
+        [ClientEvent::Closed(Some(postamt_smtp::ClientError::Timeout))]
+    );
 }

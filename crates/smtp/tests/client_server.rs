@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use postamt_wire::Session;
 use postamt_smtp::{
     ClientConfig, ClientError, ClientEvent, ClientSession, Envelope, Failure, ForwardPath, Mailbox,
     Mechanism, ReversePath, ServerConfig, ServerSession,

@@ -1,0 +1,145 @@
+//! What goes in (the envelope) and what comes out (events, reports,
+//! errors) of the client session.
+
+use crate::address::{ForwardPath, ReversePath};
+use crate::command::{MailParameters, RcptParameters};
+use crate::error::ReplyError;
+use crate::reply::Reply;
+
+use super::Capabilities;
+#[cfg(doc)]
+use super::{ClientSession, ClientConfig};
+
+/// Sender, recipients and parameters of one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The reverse-path (`<>` for bounces).
+    pub from: ReversePath<'static>,
+    /// MAIL parameters. SIZE is filled in by the client when the message
+    /// length is known and the server offers SIZE.
+    pub params: MailParameters<'static>,
+    /// The recipients, each with its RCPT parameters.
+    pub recipients: Vec<(ForwardPath<'static>, RcptParameters<'static>)>,
+}
+
+impl Envelope {
+    /// An envelope from `from` with no recipients yet.
+    pub fn new(from: ReversePath<'static>) -> Self {
+        Self {
+            from,
+            params: MailParameters::default(),
+            recipients: Vec::new(),
+        }
+    }
+
+    /// Adds a recipient.
+    pub fn to(mut self, recipient: ForwardPath<'static>) -> Self {
+        self.recipients.push((recipient, RcptParameters::default()));
+        self
+    }
+}
+
+/// Why a transaction did not deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The server refused the sender.
+    Sender(Reply),
+    /// Every recipient was refused (see the report's `refused`).
+    NoRecipients,
+    /// The server refused DATA or a BDAT chunk.
+    Data(Reply),
+    /// The server refused the message after it was sent.
+    Message(Reply),
+    /// The message is larger than the server's SIZE; nothing was sent.
+    TooBig {
+        /// The message size in octets.
+        size: u64,
+        /// The server's limit.
+        limit: u64,
+    },
+}
+
+/// The outcome of one transaction, recipient by recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Recipients the server accepted, with its replies.
+    pub accepted: Vec<(ForwardPath<'static>, Reply)>,
+    /// Recipients the server refused, with its replies.
+    pub refused: Vec<(ForwardPath<'static>, Reply)>,
+    /// The final reply, or why there was none worth having.
+    pub outcome: Result<Reply, Failure>,
+}
+
+/// What the application must know, in protocol order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The server greeted and answered EHLO (or HELO): transactions, AUTH and
+    /// STARTTLS may start. Comes again after STARTTLS.
+    Ready(Capabilities),
+    /// The server said 220 to STARTTLS: run the TLS handshake, then call
+    /// [`tls_established`](postamt_wire::Session::tls_established). Anything the server sent after its
+    /// 220 in plaintext has been discarded.
+    StartTls,
+    /// AUTH succeeded.
+    Authenticated,
+    /// AUTH failed with this reply.
+    AuthFailed(Reply),
+    /// [`ClientSession::start_message`] was accepted by the server (354, or
+    /// BDAT in use): feed the message while
+    /// [`ClientSession::wants_message_bytes`] is true, then call
+    /// [`ClientSession::end_message`].
+    SendMessage,
+    /// A transaction ended.
+    Done(Report),
+    /// The session ended: after QUIT, or for the reason given.
+    Closed(Option<ClientError>),
+}
+
+/// Why a session ended early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server refused the connection or a command the session needs.
+    #[error("server refused: {0}")]
+    Refused(Reply),
+    /// The server sent something that is not an SMTP reply.
+    #[error("malformed reply: {0}")]
+    Malformed(ReplyError),
+    /// A reply was longer than [`ClientConfig::max_reply`].
+    #[error("reply too long")]
+    ReplyTooLong,
+    /// No reply within the RFC's time.
+    #[error("timeout waiting for the server")]
+    Timeout,
+    /// The server closed the connection.
+    #[error("connection closed by the server")]
+    ConnectionClosed,
+}
+
+/// The caller asked for something the session cannot do now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientUsageError {
+    /// The session is busy (not [`ClientEvent::Ready`] yet, or a transaction
+    /// or exchange is running).
+    #[error("the session is not ready for that now")]
+    Busy,
+    /// The server does not offer what was asked (STARTTLS, an AUTH mechanism).
+    #[error("the server does not offer this")]
+    NotOffered,
+    /// No message is being sent.
+    #[error("no message is being sent")]
+    NoMessage,
+    /// The envelope has no recipients.
+    #[error("the envelope has no recipients")]
+    NoRecipients,
+    /// [`tls_established`](postamt_wire::Session::tls_established) without a
+    /// [`ClientEvent::StartTls`] waiting for it.
+    #[error("no TLS handshake is due")]
+    NoHandshakeDue,
+    /// The session has closed.
+    #[error("the session is closed")]
+    Closed,
+}
