@@ -2,6 +2,7 @@
 //! [`ClientSession`] for the driving contract.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::mem;
 use std::time::Instant;
 
@@ -169,7 +170,6 @@ enum Listing {
 /// assert_eq!(client.poll_event(), Some(ClientEvent::Closed(None)));
 /// assert!(client.is_closed());
 /// ```
-#[derive(Debug)]
 pub struct ClientSession {
     config: ClientConfig,
     phase: Phase,
@@ -187,6 +187,27 @@ pub struct ClientSession {
     tls: bool,
     now: Instant,
     deadline: Option<Instant>,
+}
+
+/// By hand: the input and output buffers are shown by length only, as
+/// output waiting to be sent holds PASS, AUTH's response or APOP's digest.
+impl fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("config", &self.config)
+            .field("phase", &self.phase)
+            .field("input_len", &self.input.len())
+            .field("output_len", &self.out.len())
+            .field("events", &self.events)
+            .field("expect", &self.expect)
+            .field("queued", &self.queue.iter().map(|(_, e)| e).collect::<Vec<_>>())
+            .field("body", &self.body)
+            .field("greeting", &self.greeting)
+            .field("caps", &self.caps)
+            .field("tls", &self.tls)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientSession {

@@ -172,3 +172,115 @@ fn a_loop_on_is_closed_sees_the_last_event() {
         [ClientEvent::Closed(Some(postamt_pop3::ClientError::Timeout))]
     );
 }
+
+/// What must never show in `Debug`: the password, its base64, PLAIN's
+/// base64 blob (or a good part of it), and the APOP digest.
+fn assert_no_secret(debug: &str, password: &str, digest: Option<&str>) {
+    let b64 = postamt_wire::sasl::encode_base64(password.as_bytes());
+    let plain = postamt_wire::sasl::encode_plain(None, "bob", password);
+    for needle in ["topSecret", "dG9wU2VjcmV0", &b64, &plain, &plain[..16]] {
+        assert!(!debug.contains(needle), "{needle} in {debug}");
+    }
+    if let Some(digest) = digest {
+        assert!(!debug.contains(digest), "the APOP digest in {debug}");
+        assert!(!debug.contains(&digest[..12]), "the APOP digest in {debug}");
+    }
+}
+
+/// The APOP digest the client sends for `topSecret` and this greeting's
+/// timestamp (RFC 1939 §7 gives it).
+const DIGEST: &str = "69fe7119f1e6ad616f7b8184e002d99b";
+/// RFC 1939 §7's own example: `tanstaaf` for this timestamp.
+const RFC_DIGEST: &str = "c4c9334bac560ecc979e58001b3e22fb";
+
+/// Runs one login with `password` against `replies` (one server response
+/// per step, fed byte by byte), printing the session after every call and
+/// every byte; returns what the client sent.
+fn login_in_debug(
+    login: impl FnOnce(&mut ClientSession) -> Result<(), ClientUsageError>,
+    password: &str,
+    digest: &str,
+    replies: &[&[u8]],
+) -> Vec<u8> {
+    let now = Instant::now();
+    let mut c = ClientSession::new(ClientConfig::new(), now);
+    let mut wire = Vec::new();
+    let check = |c: &ClientSession| {
+        assert_no_secret(&format!("{c:?} {c:#?}"), password, Some(digest));
+    };
+    for byte in b"+OK POP3 ready <1896.697170952@dbc.mtview.ca.us>\r\n+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n" {
+        c.receive(now, &[*byte]);
+        check(&c);
+    }
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Ready(_))));
+    c.poll_transmit(&mut wire);
+    login(&mut c).unwrap();
+    check(&c);
+    for reply in replies {
+        for byte in *reply {
+            c.receive(now, &[*byte]);
+            check(&c);
+        }
+        while let Some(e) = c.poll_event() {
+            assert_no_secret(&format!("{e:?}"), password, Some(digest));
+            assert_eq!(e, ClientEvent::LoggedIn);
+            check(&c);
+        }
+        c.poll_transmit(&mut wire);
+        check(&c);
+    }
+    c.stat().unwrap();
+    c.quit().unwrap();
+    check(&c);
+    c.poll_transmit(&mut wire);
+    c.receive(now, b"+OK 0 0\r\n");
+    c.poll_transmit(&mut wire);
+    c.receive(now, b"+OK bye\r\n");
+    check(&c);
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Stat { .. })));
+    assert_eq!(c.poll_event(), Some(ClientEvent::Closed(None)));
+    check(&c);
+    wire
+}
+
+#[test]
+fn no_secret_in_debug_through_every_login_kind() {
+    let long = format!("topSecret{}", "y".repeat(300));
+    let plain = |p: &str| postamt_wire::sasl::encode_plain(None, "bob", p);
+
+    let wire = login_in_debug(|c| c.login_user("bob", "topSecret"), "topSecret", DIGEST, &[b"+OK\r\n", b"+OK\r\n"]);
+    assert_eq!(wire, b"CAPA\r\nUSER bob\r\nPASS topSecret\r\nSTAT\r\nQUIT\r\n");
+
+    // RFC 1939's example secret, whose digest is in the RFC.
+    let wire = login_in_debug(|c| c.login_apop("mrose", "tanstaaf"), "tanstaaf", RFC_DIGEST, &[b"+OK\r\n"]);
+    assert_eq!(
+        wire,
+        format!("CAPA\r\nAPOP mrose {RFC_DIGEST}\r\nSTAT\r\nQUIT\r\n").as_bytes()
+    );
+    let wire = login_in_debug(|c| c.login_apop("bob", "topSecret"), "topSecret", DIGEST, &[b"+OK\r\n"]);
+    assert_eq!(
+        String::from_utf8(wire).unwrap(),
+        format!("CAPA\r\nAPOP bob {DIGEST}\r\nSTAT\r\nQUIT\r\n")
+    );
+
+    let wire = login_in_debug(
+        |c| c.authenticate(Mechanism::Plain, "bob", "topSecret"),
+        "topSecret",
+        DIGEST,
+        &[b"+OK\r\n"],
+    );
+    assert_eq!(
+        String::from_utf8(wire).unwrap(),
+        format!("CAPA\r\nAUTH PLAIN {}\r\nSTAT\r\nQUIT\r\n", plain("topSecret"))
+    );
+    let wire = login_in_debug(
+        |c| c.authenticate(Mechanism::Plain, "bob", &long),
+        &long,
+        DIGEST,
+        &[b"+ \r\n", b"+OK\r\n"],
+    );
+    assert_eq!(
+        String::from_utf8(wire).unwrap(),
+        format!("CAPA\r\nAUTH PLAIN\r\n{}\r\nSTAT\r\nQUIT\r\n", plain(&long))
+    );
+}

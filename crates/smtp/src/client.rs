@@ -1,11 +1,12 @@
 //! The client side of an SMTP session, as a state machine without I/O.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::mem;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use postamt_wire::{DotEncoder, Session};
+use postamt_wire::{DotEncoder, Secret, Session};
 use postamt_wire::sasl::{self, Mechanism};
 
 use crate::address::{Domain, ForwardPath};
@@ -53,23 +54,35 @@ enum Phase {
     Closed,
 }
 
+/// Where an AUTH exchange stands; what is still to send is base64 of
+/// credentials, so it stays in [`Secret`].
 #[derive(Debug)]
 enum AuthStep {
     /// PLAIN sent without initial response, waiting for 334.
-    PlainPrompt(String),
+    PlainPrompt(Secret<String>),
     /// LOGIN: waiting for the user prompt, then the password prompt.
-    LoginUser(String, String),
-    LoginPassword(String),
+    LoginUser(Secret<String>, Secret<String>),
+    LoginPassword(Secret<String>),
     /// Waiting for 235.
     Final,
 }
 
-#[derive(Debug)]
 enum Body {
     /// Given whole; sent when the server is ready for it.
     Whole(Bytes),
     /// Given in pieces by the caller.
     Streamed,
+}
+
+/// The length, not the text: a message is the sender's business, and may
+/// be megabytes long.
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Whole(b) => write!(f, "Whole({} octets)", b.len()),
+            Self::Streamed => f.write_str("Streamed"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -113,7 +126,6 @@ struct Transaction {
 /// sends is discarded until the caller has run the handshake and called
 /// [`tls_established`](Session::tls_established); then the client says EHLO
 /// again.
-#[derive(Debug)]
 pub struct ClientSession {
     config: ClientConfig,
     phase: Phase,
@@ -126,6 +138,25 @@ pub struct ClientSession {
     tx: Option<Transaction>,
     now: Instant,
     deadline: Option<Instant>,
+}
+
+/// By hand: the input and output buffers are shown by length only, as
+/// output waiting to be sent holds AUTH's credentials and the message.
+impl fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("config", &self.config)
+            .field("phase", &self.phase)
+            .field("input_len", &self.input.len())
+            .field("output_len", &self.out.len())
+            .field("events", &self.events)
+            .field("expect", &self.expect)
+            .field("caps", &self.caps)
+            .field("tls", &self.tls)
+            .field("tx", &self.tx)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientSession {
@@ -183,10 +214,10 @@ impl ClientSession {
         }
         match mechanism {
             Mechanism::Plain => {
-                let response = sasl::encode_plain(None, username, password);
+                let response = Secret::new(sasl::encode_plain(None, username, password));
                 // RFC 4954 §4: no initial response if the line would be too long.
-                if response.len() + 13 <= 512 {
-                    self.send_line(&["AUTH PLAIN ", &response], Expect::Auth);
+                if response.expose().len() + 13 <= 512 {
+                    self.send_line(&["AUTH PLAIN ", response.expose()], Expect::Auth);
                     self.phase = Phase::Auth(AuthStep::Final);
                 } else {
                     self.send_line(&["AUTH PLAIN"], Expect::Auth);
@@ -195,8 +226,8 @@ impl ClientSession {
             }
             _ => {
                 self.send_line(&["AUTH LOGIN"], Expect::Auth);
-                let user = sasl::encode_base64(username.as_bytes());
-                let pass = sasl::encode_base64(password.as_bytes());
+                let user = Secret::new(sasl::encode_base64(username.as_bytes()));
+                let pass = Secret::new(sasl::encode_base64(password.as_bytes()));
                 self.phase = Phase::Auth(AuthStep::LoginUser(user, pass));
             }
         }
@@ -570,15 +601,15 @@ impl ClientSession {
         }
         let next = match step {
             AuthStep::PlainPrompt(response) => {
-                self.send_line(&[&response], Expect::Auth);
+                self.send_line(&[response.expose()], Expect::Auth);
                 AuthStep::Final
             }
             AuthStep::LoginUser(user, pass) => {
-                self.send_line(&[&user], Expect::Auth);
+                self.send_line(&[user.expose()], Expect::Auth);
                 AuthStep::LoginPassword(pass)
             }
             AuthStep::LoginPassword(pass) => {
-                self.send_line(&[&pass], Expect::Auth);
+                self.send_line(&[pass.expose()], Expect::Auth);
                 AuthStep::Final
             }
             AuthStep::Final => {

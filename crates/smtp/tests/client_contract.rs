@@ -176,3 +176,75 @@ fn a_loop_on_is_closed_sees_the_last_event() {
         [ClientEvent::Closed(Some(postamt_smtp::ClientError::Timeout))]
     );
 }
+
+/// What must never show in `Debug`: the password, its base64, and PLAIN's
+/// base64 blob (or a good part of it).
+fn assert_no_secret(debug: &str, password: &str) {
+    let b64 = postamt_wire::sasl::encode_base64(password.as_bytes());
+    let plain = postamt_wire::sasl::encode_plain(None, "bob", password);
+    for needle in ["topSecret", "dG9wU2VjcmV0", &b64, &plain, &plain[..16]] {
+        assert!(!debug.contains(needle), "{needle} in {debug}");
+    }
+}
+
+/// Runs one login with `password` against `replies` (one server reply per
+/// step, fed byte by byte), printing the session after every call and every
+/// byte; returns what the client sent.
+fn login_in_debug(mechanism: Mechanism, password: &str, replies: &[&[u8]]) -> Vec<u8> {
+    let now = Instant::now();
+    let mut c = ClientSession::new(ClientConfig::new("client.example"), now);
+    let mut wire = Vec::new();
+    let check = |c: &ClientSession| assert_no_secret(&format!("{c:?} {c:#?}"), password);
+    for byte in b"220 mx\r\n250-mx\r\n250 AUTH PLAIN LOGIN\r\n" {
+        c.receive(now, &[*byte]);
+        check(&c);
+    }
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Ready(_))));
+    c.poll_transmit(&mut wire);
+    c.authenticate(mechanism, "bob", password).unwrap();
+    check(&c);
+    for reply in replies {
+        for byte in *reply {
+            c.receive(now, &[*byte]);
+            check(&c);
+        }
+        while let Some(e) = c.poll_event() {
+            assert_no_secret(&format!("{e:?}"), password);
+            assert_eq!(e, ClientEvent::Authenticated);
+            check(&c);
+        }
+        c.poll_transmit(&mut wire);
+        check(&c);
+    }
+    c.quit().unwrap();
+    check(&c);
+    c.receive(now, b"221 bye\r\n");
+    check(&c);
+    assert_eq!(c.poll_event(), Some(ClientEvent::Closed(None)));
+    check(&c);
+    wire
+}
+
+#[test]
+fn no_secret_in_debug_through_every_auth_kind() {
+    let long = format!("topSecret{}", "y".repeat(400));
+    let b64 = |s: &str| postamt_wire::sasl::encode_base64(s.as_bytes());
+    let plain = |p: &str| postamt_wire::sasl::encode_plain(None, "bob", p);
+
+    let wire = login_in_debug(Mechanism::Plain, "topSecret", &[b"235 2.7.0 ok\r\n"]);
+    assert!(String::from_utf8(wire).unwrap().ends_with(&format!("AUTH PLAIN {}\r\n", plain("topSecret"))));
+
+    let wire = login_in_debug(Mechanism::Plain, &long, &[b"334 \r\n", b"235 ok\r\n"]);
+    assert!(String::from_utf8(wire).unwrap().ends_with(&format!("AUTH PLAIN\r\n{}\r\n", plain(&long))));
+
+    let wire = login_in_debug(
+        Mechanism::Login,
+        "topSecret",
+        &[b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n", b"235 ok\r\n"],
+    );
+    assert!(String::from_utf8(wire).unwrap().ends_with(&format!(
+        "AUTH LOGIN\r\n{}\r\n{}\r\n",
+        b64("bob"),
+        b64("topSecret")
+    )));
+}
