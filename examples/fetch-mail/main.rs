@@ -19,7 +19,7 @@ use clap::Parser;
 use postamt_examples::client::ClientStream;
 use postamt_examples::tls;
 use postamt_pop3::{
-    ClientConfig, ClientEvent, ClientSession, Mechanism, MessageNumber, Capabilities,
+    Capabilities, ClientConfig, ClientEvent, ClientSession, Mechanism, MessageNumber, Request,
 };
 use postamt_store::{Delivery, MailStore, MailboxName, Maildir};
 use postamt_wire::Session;
@@ -252,14 +252,14 @@ fn run(args: &Args) -> Result<bool, String> {
                     eprintln!("{command}: {response}");
                     all_ok = false;
                     match command {
-                        "USER" | "PASS" | "APOP" | "AUTH" | "STLS" => {
+                        Request::User | Request::Pass | Request::Apop | Request::Auth | Request::Stls => {
                             session.quit().map_err(|e| e.to_string())?;
                         }
-                        "RETR" | "TOP" => {
+                        Request::Retr | Request::Top => {
                             current = None;
                             next(&mut session, &mut todo, &action)?;
                         }
-                        "LIST" => session.quit().map_err(|e| e.to_string())?,
+                        Request::List => session.quit().map_err(|e| e.to_string())?,
                         _ => {}
                     }
                 }

@@ -335,7 +335,7 @@ fn our_client_against_dovecot_pop3() {
         matches!(
             &events[..],
             [ClientEvent::Error {
-                command: "RETR",
+                command: postamt_pop3::Request::Retr,
                 ..
             }]
         ),

@@ -22,7 +22,7 @@ mod events;
 
 pub use capabilities::Capabilities;
 pub use config::{ClientConfig, ClientTimeouts};
-pub use events::{ClientError, ClientEvent, ClientUsageError};
+pub use events::{ClientError, ClientEvent, ClientUsageError, Request};
 
 /// A response the client waits for, in the order the commands went out.
 #[derive(Debug)]
@@ -48,24 +48,24 @@ enum Expect {
 }
 
 impl Expect {
-    fn keyword(&self) -> &'static str {
+    fn request(&self) -> Request {
         match self {
-            Self::Greeting => "greeting",
-            Self::Capa => "CAPA",
-            Self::Stls => "STLS",
-            Self::User(_) => "USER",
-            Self::Pass => "PASS",
-            Self::Apop => "APOP",
-            Self::Auth(_) => "AUTH",
-            Self::Stat => "STAT",
-            Self::List(_) => "LIST",
-            Self::Uidl(_) => "UIDL",
-            Self::Retr(_) => "RETR",
-            Self::Top(_) => "TOP",
-            Self::Dele(_) => "DELE",
-            Self::Rset => "RSET",
-            Self::Noop => "NOOP",
-            Self::Quit => "QUIT",
+            Self::Greeting => Request::Greeting,
+            Self::Capa => Request::Capa,
+            Self::Stls => Request::Stls,
+            Self::User(_) => Request::User,
+            Self::Pass => Request::Pass,
+            Self::Apop => Request::Apop,
+            Self::Auth(_) => Request::Auth,
+            Self::Stat => Request::Stat,
+            Self::List(_) => Request::List,
+            Self::Uidl(_) => Request::Uidl,
+            Self::Retr(_) => Request::Retr,
+            Self::Top(_) => Request::Top,
+            Self::Dele(_) => Request::Dele,
+            Self::Rset => Request::Rset,
+            Self::Noop => Request::Noop,
+            Self::Quit => Request::Quit,
         }
     }
 }
@@ -131,6 +131,12 @@ enum Listing {
 ///    [`tls_established`](Session::tls_established); until then no command
 ///    goes out and what the server sends is discarded. The session then asks
 ///    CAPA again and says [`ClientEvent::Ready`] once more.
+///
+/// Once the session has ended (the server closed, a timeout, a malformed
+/// response: [`ClientEvent::Closed`] is queued) every method that asks for
+/// something returns `Ok(())` and sends nothing: the caller may not have seen
+/// the `Closed` yet, so it is no mistake, and the answer is moot. Usage
+/// errors are only the caller's own mistakes.
 ///
 /// The session opens by reading the greeting (keeping its APOP timestamp)
 /// and sending CAPA. A message's text (RETR, TOP) is unstuffed as it arrives
@@ -271,6 +277,10 @@ impl ClientSession {
     /// Asks for STLS (RFC 2595 §4); [`ClientEvent::StartTls`] says when to
     /// run the handshake.
     pub fn stls(&mut self) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.idle_authorization()?;
         if self.tls || !self.caps.as_ref().is_some_and(|c| c.stls) {
             return Err(ClientUsageError::NotOffered);
@@ -283,6 +293,10 @@ impl ClientSession {
     /// Logs in with USER and PASS (RFC 1939 §7); PASS goes after USER's
     /// `+OK`. [`ClientEvent::LoggedIn`] or [`ClientEvent::Error`] follows.
     pub fn login_user(&mut self, user: &str, password: &str) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.idle_authorization()?;
         if self.caps.as_ref().is_some_and(|c| c.capa && !c.user) {
             return Err(ClientUsageError::NotOffered);
@@ -303,6 +317,10 @@ impl ClientSession {
     /// Logs in with APOP (RFC 1939 §7): the digest of the greeting's
     /// timestamp and `secret`; the secret itself is never sent.
     pub fn login_apop(&mut self, user: &str, secret: &str) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.idle_authorization()?;
         check_name(user)?;
         let Some(timestamp) = self.apop_timestamp() else {
@@ -329,6 +347,10 @@ impl ClientSession {
         user: &str,
         password: &str,
     ) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.idle_authorization()?;
         if mechanism != Mechanism::Plain {
             return Err(ClientUsageError::UnsupportedMechanism);
@@ -407,6 +429,10 @@ impl ClientSession {
     /// deletes the marked messages; [`ClientEvent::Closed`] follows its
     /// response (after [`ClientEvent::Error`] if it could not).
     pub fn quit(&mut self) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         match self.phase {
             Phase::Transaction => {
                 self.phase = Phase::Quitting;
@@ -418,8 +444,10 @@ impl ClientSession {
                 self.send(&Command::Quit, Expect::Quit);
                 Ok(())
             }
-            Phase::Closed | Phase::Quitting => Err(ClientUsageError::Closed),
-            Phase::Starting | Phase::Exchange | Phase::Handshake => Err(ClientUsageError::Busy),
+            Phase::Quitting => Err(ClientUsageError::Quitting),
+            Phase::Starting | Phase::Exchange | Phase::Handshake | Phase::Closed => {
+                Err(ClientUsageError::Busy)
+            }
         }
     }
 
@@ -434,7 +462,7 @@ impl ClientSession {
         match self.phase {
             Phase::Authorization if !self.awaiting() => Ok(()),
             Phase::Transaction => Err(ClientUsageError::AlreadyLoggedIn),
-            Phase::Closed | Phase::Quitting => Err(ClientUsageError::Closed),
+            Phase::Quitting => Err(ClientUsageError::Quitting),
             _ => Err(ClientUsageError::Busy),
         }
     }
@@ -444,14 +472,18 @@ impl ClientSession {
         command: &Command<'_>,
         expect: Expect,
     ) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         match self.phase {
             Phase::Transaction => {
                 self.enqueue(command, expect);
                 Ok(())
             }
-            Phase::Closed | Phase::Quitting => Err(ClientUsageError::Closed),
+            Phase::Quitting => Err(ClientUsageError::Quitting),
             Phase::Authorization | Phase::Exchange => Err(ClientUsageError::NotLoggedIn),
-            Phase::Starting | Phase::Handshake => Err(ClientUsageError::Busy),
+            Phase::Starting | Phase::Handshake | Phase::Closed => Err(ClientUsageError::Busy),
         }
     }
 
@@ -599,7 +631,7 @@ impl ClientSession {
         self.flush_queue();
     }
 
-    fn error(&mut self, command: &'static str, response: Response) {
+    fn error(&mut self, command: Request, response: Response) {
         self.events
             .push_back(ClientEvent::Error { command, response });
     }
@@ -610,7 +642,7 @@ impl ClientSession {
         self.events.push_back(ClientEvent::Ready(caps));
     }
 
-    fn login_failed(&mut self, command: &'static str, response: Response) {
+    fn login_failed(&mut self, command: Request, response: Response) {
         self.phase = Phase::Authorization;
         self.error(command, response);
     }
@@ -625,7 +657,7 @@ impl ClientSession {
             self.close(Some(ClientError::Unsolicited(response)));
             return;
         };
-        let command = expect.keyword();
+        let command = expect.request();
         if response.status() == Status::Continuation && !matches!(expect, Expect::Auth(_)) {
             self.close(Some(ClientError::Unexpected(command)));
             return;
@@ -708,7 +740,7 @@ impl ClientSession {
             }
             Expect::List(Some(n)) | Expect::Uidl(Some(n)) => {
                 if ok {
-                    let listing = if command == "LIST" {
+                    let listing = if command == Request::List {
                         Listing::List
                     } else {
                         Listing::Uidl
@@ -823,12 +855,12 @@ impl ClientSession {
                         Some(ClientEvent::List(mut entry)) => sizes.append(&mut entry),
                         Some(ClientEvent::Uidl(mut entry)) => uids.append(&mut entry),
                         _ => {
-                            let keyword = if command == Listing::List {
-                                "LIST"
+                            let request = if command == Listing::List {
+                                Request::List
                             } else {
-                                "UIDL"
+                                Request::Uidl
                             };
-                            self.close(Some(ClientError::Unexpected(keyword)));
+                            self.close(Some(ClientError::Unexpected(request)));
                             return;
                         }
                     }
@@ -922,7 +954,8 @@ impl Session for ClientSession {
     fn tls_established(&mut self) -> Result<(), ClientUsageError> {
         match self.phase {
             Phase::Handshake => {}
-            Phase::Closed => return Err(ClientUsageError::Closed),
+            // The server went away during the handshake: moot.
+            Phase::Closed => return Ok(()),
             _ => return Err(ClientUsageError::NoHandshakeDue),
         }
         self.tls = true;
@@ -1062,7 +1095,7 @@ mod tests {
         let Some(ClientEvent::Error { command, response }) = c.poll_event() else {
             panic!()
         };
-        assert_eq!(command, "DELE");
+        assert_eq!(command, Request::Dele);
         assert_eq!(response.code(), Some(&crate::ResponseCode::SysTemp));
         assert_eq!(c.poll_event(), Some(ClientEvent::Closed(None)));
         assert!(c.is_closed());
@@ -1103,7 +1136,13 @@ mod tests {
             c.poll_event(),
             Some(ClientEvent::Closed(Some(ClientError::ConnectionClosed)))
         );
-        assert_eq!(c.stat(), Err(ClientUsageError::Closed));
+        // After the end, requests are moot, not mistakes: nothing is sent.
+        assert_eq!(c.stat(), Ok(()));
+        assert_eq!(c.quit(), Ok(()));
+        let mut out = Vec::new();
+        assert_eq!(c.poll_transmit(&mut out), 0);
+        assert_eq!(c.poll_event(), None);
+        assert!(c.is_closed());
     }
 
     #[test]
@@ -1195,7 +1234,7 @@ mod tests {
         c.receive(now, b"+OK many\r\n");
         assert_eq!(
             c.poll_event(),
-            Some(ClientEvent::Closed(Some(ClientError::Unexpected("STAT"))))
+            Some(ClientEvent::Closed(Some(ClientError::Unexpected(Request::Stat))))
         );
     }
 }

@@ -82,7 +82,7 @@ mod server;
 
 pub use client::{
     Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeouts,
-    ClientUsageError,
+    ClientUsageError, Request,
 };
 pub use command::{Command, MessageNumber};
 pub use config::{Capabilities as Extensions, Limits, ServerConfig, Texts};

@@ -284,3 +284,39 @@ fn no_secret_in_debug_through_every_login_kind() {
         format!("CAPA\r\nAUTH PLAIN\r\n{}\r\nSTAT\r\nQUIT\r\n", plain(&long))
     );
 }
+
+#[test]
+fn errors_are_errors_and_peer_trouble_is_no_usage_error() {
+    fn is_error<E: std::error::Error + Send + Sync + 'static>() {}
+    is_error::<postamt_pop3::ClientError>();
+    is_error::<ClientUsageError>();
+    assert_eq!(
+        postamt_pop3::ClientError::Unexpected(postamt_pop3::Request::Stat).to_string(),
+        "unexpected response to STAT"
+    );
+
+    // The server closes with commands queued: the caller's next calls are
+    // moot, not mistakes.
+    let (mut c, now) = ready(b"+OK\r\nUSER\r\n.\r\n");
+    c.login_user("bob", "pw").unwrap();
+    c.receive(now, b"+OK\r\n");
+    c.receive_eof(now);
+    assert_eq!(c.login_user("bob", "pw"), Ok(()));
+    assert_eq!(c.stat(), Ok(()));
+    assert_eq!(c.quit(), Ok(()));
+    assert_eq!(c.tls_established(), Ok(()));
+    let mut wire = Vec::new();
+    c.poll_transmit(&mut wire);
+    assert!(wire.is_empty(), "{wire:?}");
+    assert_eq!(
+        c.poll_event(),
+        Some(ClientEvent::Closed(Some(postamt_pop3::ClientError::ConnectionClosed)))
+    );
+    assert!(c.is_closed());
+
+    // A command after QUIT is the caller's own mistake.
+    let (mut c, _) = ready(b"+OK\r\nUSER\r\n.\r\n");
+    c.quit().unwrap();
+    assert_eq!(c.quit(), Err(ClientUsageError::Quitting));
+    assert_eq!(c.login_user("bob", "pw"), Err(ClientUsageError::Quitting));
+}

@@ -11,7 +11,6 @@ use postamt_wire::sasl::{self, Mechanism};
 
 use crate::address::{Domain, ForwardPath};
 use crate::command::Command;
-use crate::error::ReplyError;
 use crate::reply::{Reply, push_decimal};
 
 mod capabilities;
@@ -122,6 +121,12 @@ struct Transaction {
 /// PIPELINING the client sends MAIL, every RCPT and DATA in one write; it goes
 /// on with the accepted recipients and reports the refused ones.
 ///
+/// Once the session has ended (the server closed, a timeout, a fatal reply:
+/// [`ClientEvent::Closed`] is queued) every method that asks for something
+/// returns `Ok(())` and sends nothing: the caller may not have seen the
+/// `Closed` yet, so it is no mistake, and the answer is moot. Usage errors
+/// are only the caller's own mistakes.
+///
 /// After [`ClientEvent::StartTls`] no command goes out and what the server
 /// sends is discarded until the caller has run the handshake and called
 /// [`tls_established`](Session::tls_established); then the client says EHLO
@@ -192,6 +197,10 @@ impl ClientSession {
 
     /// Asks for STARTTLS; [`ClientEvent::StartTls`] says when to handshake.
     pub fn starttls(&mut self) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.ready()?;
         if self.tls || !self.caps.as_ref().is_some_and(|c| c.starttls) {
             return Err(ClientUsageError::NotOffered);
@@ -208,6 +217,10 @@ impl ClientSession {
         username: &str,
         password: &str,
     ) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.ready()?;
         if !self.caps.as_ref().is_some_and(|c| c.offers_auth(mechanism)) {
             return Err(ClientUsageError::NotOffered);
@@ -267,6 +280,10 @@ impl ClientSession {
 
     /// The next piece of the message, split anywhere.
     pub fn message_chunk(&mut self, chunk: &[u8]) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         let tx = self.tx.as_mut().ok_or(ClientUsageError::NoMessage)?;
         if !tx.sending || tx.ended || !matches!(tx.body, Body::Streamed) {
             return Err(ClientUsageError::NoMessage);
@@ -286,6 +303,10 @@ impl ClientSession {
 
     /// The message is complete.
     pub fn end_message(&mut self) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         let tx = self.tx.as_mut().ok_or(ClientUsageError::NoMessage)?;
         if !tx.sending || tx.ended || !matches!(tx.body, Body::Streamed) {
             return Err(ClientUsageError::NoMessage);
@@ -296,10 +317,14 @@ impl ClientSession {
 
     /// Says QUIT; [`ClientEvent::Closed`] follows the server's 221.
     pub fn quit(&mut self) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         match self.phase {
             // Also while a RSET is in flight: QUIT follows it.
             Phase::Ready if self.tx.is_none() => {}
-            Phase::Closed | Phase::Quitting => return Err(ClientUsageError::Closed),
+            Phase::Quitting => return Err(ClientUsageError::Quitting),
             // Between the 220 to STARTTLS and the handshake nothing goes out.
             _ => return Err(ClientUsageError::Busy),
         }
@@ -316,7 +341,7 @@ impl ClientSession {
     fn ready(&self) -> Result<(), ClientUsageError> {
         match self.phase {
             Phase::Ready if self.tx.is_none() => Ok(()),
-            Phase::Closed => Err(ClientUsageError::Closed),
+            Phase::Quitting => Err(ClientUsageError::Quitting),
             _ => Err(ClientUsageError::Busy),
         }
     }
@@ -327,6 +352,10 @@ impl ClientSession {
         body: Body,
         size: Option<u64>,
     ) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.ready()?;
         if envelope.recipients.is_empty() {
             return Err(ClientUsageError::NoRecipients);
@@ -474,11 +503,7 @@ impl ClientSession {
 
     fn fail(&mut self, error: ClientError) {
         if let Some(tx) = self.tx.take() {
-            let failure = tx.failure.unwrap_or(Failure::Message(Reply::new(
-                451,
-                None,
-                "Connection lost before the transaction completed",
-            )));
+            let failure = tx.failure.unwrap_or(Failure::ConnectionLost);
             self.events.push_back(ClientEvent::Done(Report {
                 accepted: tx.accepted,
                 refused: tx.refused,
@@ -510,7 +535,7 @@ impl ClientSession {
             if reply.code() == 421 {
                 self.fail(ClientError::Refused(reply));
             } else {
-                self.fail(ClientError::Malformed(ReplyError::BadCode));
+                self.fail(ClientError::Unsolicited(reply));
             }
             return;
         };
@@ -809,7 +834,8 @@ impl Session for ClientSession {
     fn tls_established(&mut self) -> Result<(), ClientUsageError> {
         match self.phase {
             Phase::Tls { handshake: true } => {}
-            Phase::Closed => return Err(ClientUsageError::Closed),
+            // The server went away during the handshake: moot.
+            Phase::Closed => return Ok(()),
             _ => return Err(ClientUsageError::NoHandshakeDue),
         }
         self.tls = true;

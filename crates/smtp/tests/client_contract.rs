@@ -169,7 +169,7 @@ fn a_loop_on_is_closed_sees_the_last_event() {
         panic!("{events:?}")
     };
     assert_eq!(*e, postamt_smtp::ClientError::ConnectionClosed);
-    assert!(report.outcome.is_err());
+    assert_eq!(report.outcome, Err(postamt_smtp::Failure::ConnectionLost));
     let (events, _) = drive(new(), now, &[Peer::Says(b"220 mx\r\n"), Peer::Silent], |_| {});
     assert_eq!(
         events,
@@ -247,4 +247,66 @@ fn no_secret_in_debug_through_every_auth_kind() {
         b64("bob"),
         b64("topSecret")
     )));
+}
+
+#[test]
+fn errors_are_errors_and_peer_trouble_is_no_usage_error() {
+    fn is_error<E: std::error::Error + Send + Sync + 'static>() {}
+    is_error::<postamt_smtp::Failure>();
+    is_error::<postamt_smtp::ClientError>();
+    is_error::<ClientUsageError>();
+    assert_eq!(
+        postamt_smtp::Failure::ConnectionLost.to_string(),
+        "the connection was lost before the transaction completed"
+    );
+    assert_eq!(
+        postamt_smtp::Failure::TooBig { size: 11, limit: 10 }.to_string(),
+        "message of 11 octets exceeds the server's limit of 10"
+    );
+
+    // A reply nobody asked for is that, not a made-up parse error.
+    let (mut c, now) = ready(b"250 mx\r\n");
+    c.receive(now, b"250 surprise\r\n");
+    let Some(ClientEvent::Closed(Some(postamt_smtp::ClientError::Unsolicited(r)))) = c.poll_event()
+    else {
+        panic!()
+    };
+    assert_eq!(r.code(), 250);
+
+    // The server closes while the caller streams: the caller's next calls
+    // are moot, not mistakes.
+    let (mut c, now) = ready(b"250 mx\r\n");
+    c.start_message(envelope(), None).unwrap();
+    assert_eq!(take(&mut c), b"MAIL FROM:<anna@kolleg.de>\r\n");
+    c.receive(now, b"250 ok\r\n");
+    assert_eq!(take(&mut c), b"RCPT TO:<bob@kolleg.de>\r\n");
+    c.receive(now, b"250 ok\r\n");
+    assert_eq!(take(&mut c), b"DATA\r\n");
+    c.receive(now, b"354 go\r\n");
+    assert_eq!(c.poll_event(), Some(ClientEvent::SendMessage));
+    c.message_chunk(b"Subject: x\r\n").unwrap();
+    c.receive_eof(now);
+    assert!(!c.wants_message_bytes());
+    assert_eq!(c.message_chunk(b"more\r\n"), Ok(()));
+    assert_eq!(c.end_message(), Ok(()));
+    assert_eq!(c.quit(), Ok(()));
+    assert_eq!(c.send_message(envelope(), Bytes::from_static(b"x")), Ok(()));
+    assert_eq!(c.tls_established(), Ok(()));
+    assert!(take(&mut c).is_empty());
+    let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [ClientEvent::Done(r), ClientEvent::Closed(Some(postamt_smtp::ClientError::ConnectionClosed))]
+                if r.outcome == Err(postamt_smtp::Failure::ConnectionLost)
+        ),
+        "{events:?}"
+    );
+    assert!(c.is_closed());
+
+    // A second QUIT is the caller's own mistake.
+    let (mut c, _) = ready(b"250 mx\r\n");
+    c.quit().unwrap();
+    assert_eq!(c.quit(), Err(ClientUsageError::Quitting));
+    assert_eq!(c.start_message(envelope(), None), Err(ClientUsageError::Quitting));
 }

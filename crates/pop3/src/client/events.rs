@@ -1,5 +1,7 @@
 //! What comes out of the client session: events and errors.
 
+use std::fmt;
+
 use bytes::Bytes;
 
 use crate::command::MessageNumber;
@@ -61,8 +63,8 @@ pub enum ClientEvent {
     /// leaves it in plaintext, ready. After `-ERR` to QUIT the deletions were
     /// not committed; [`ClientEvent::Closed`] follows.
     Error {
-        /// The command's keyword (`PASS`, `RETR`, ...).
-        command: &'static str,
+        /// What the server refused.
+        command: Request,
         /// The server's response.
         response: Response,
     },
@@ -83,7 +85,7 @@ pub enum ClientError {
     /// A `+OK` line or a listing line does not say what the command asks for
     /// (STAT without two numbers, a LIST line without a size, ...).
     #[error("unexpected response to {0}")]
-    Unexpected(&'static str),
+    Unexpected(Request),
     /// The server sent a response nobody asked for.
     #[error("unsolicited response: {0}")]
     Unsolicited(Response),
@@ -102,7 +104,8 @@ pub enum ClientError {
 }
 
 /// The caller asked for something the session cannot do now; nothing was
-/// sent.
+/// sent. Never caused by the server: after the session ended, requests
+/// return `Ok(())` instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientUsageError {
@@ -136,7 +139,76 @@ pub enum ClientUsageError {
     /// [`ClientEvent::StartTls`] waiting for it.
     #[error("no TLS handshake is due")]
     NoHandshakeDue,
-    /// The session has closed.
-    #[error("the session is closed")]
-    Closed,
+    /// QUIT was asked for already: nothing more can be asked.
+    #[error("QUIT was already asked for")]
+    Quitting,
+}
+
+/// What a server's response answered: its greeting, or one of the client's
+/// commands. Displayed as the command's keyword (`PASS`, `RETR`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Request {
+    /// The greeting, which answers the connection.
+    Greeting,
+    /// `CAPA` (RFC 2449).
+    Capa,
+    /// `STLS` (RFC 2595).
+    Stls,
+    /// `USER`.
+    User,
+    /// `PASS`.
+    Pass,
+    /// `APOP`.
+    Apop,
+    /// `AUTH` (RFC 5034), including its exchange.
+    Auth,
+    /// `STAT`.
+    Stat,
+    /// `LIST`.
+    List,
+    /// `UIDL`.
+    Uidl,
+    /// `RETR`.
+    Retr,
+    /// `TOP`.
+    Top,
+    /// `DELE`.
+    Dele,
+    /// `RSET`.
+    Rset,
+    /// `NOOP`.
+    Noop,
+    /// `QUIT`.
+    Quit,
+}
+
+impl Request {
+    /// The command's keyword, or `greeting`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Greeting => "greeting",
+            Self::Capa => "CAPA",
+            Self::Stls => "STLS",
+            Self::User => "USER",
+            Self::Pass => "PASS",
+            Self::Apop => "APOP",
+            Self::Auth => "AUTH",
+            Self::Stat => "STAT",
+            Self::List => "LIST",
+            Self::Uidl => "UIDL",
+            Self::Retr => "RETR",
+            Self::Top => "TOP",
+            Self::Dele => "DELE",
+            Self::Rset => "RSET",
+            Self::Noop => "NOOP",
+            Self::Quit => "QUIT",
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

@@ -40,24 +40,35 @@ impl Envelope {
 }
 
 /// Why a transaction did not deliver.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Failure {
     /// The server refused the sender.
+    #[error("sender refused: {0}")]
     Sender(Reply),
     /// Every recipient was refused (see the report's `refused`).
+    #[error("every recipient was refused")]
     NoRecipients,
     /// The server refused DATA or a BDAT chunk.
+    #[error("message data refused: {0}")]
     Data(Reply),
     /// The server refused the message after it was sent.
+    #[error("message refused: {0}")]
     Message(Reply),
     /// The message is larger than the server's SIZE; nothing was sent.
+    #[error("message of {size} octets exceeds the server's limit of {limit}")]
     TooBig {
         /// The message size in octets.
         size: u64,
         /// The server's limit.
         limit: u64,
     },
+    /// The session ended before the server's final reply (the
+    /// [`ClientEvent::Closed`] that follows says why). If the whole message
+    /// had gone out, the server may have kept it: RFC 5321 §6.1 leaves such a
+    /// message to be sent again, possibly twice.
+    #[error("the connection was lost before the transaction completed")]
+    ConnectionLost,
 }
 
 /// The outcome of one transaction, recipient by recipient.
@@ -116,9 +127,15 @@ pub enum ClientError {
     /// The server closed the connection.
     #[error("connection closed by the server")]
     ConnectionClosed,
+    /// The server sent a reply nobody asked for (other than 421, which is
+    /// [`Refused`](Self::Refused)).
+    #[error("unsolicited reply: {0}")]
+    Unsolicited(Reply),
 }
 
-/// The caller asked for something the session cannot do now.
+/// The caller asked for something the session cannot do now; nothing was
+/// sent. Never caused by the server: after the session ended, requests
+/// return `Ok(())` instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientUsageError {
@@ -139,7 +156,7 @@ pub enum ClientUsageError {
     /// [`ClientEvent::StartTls`] waiting for it.
     #[error("no TLS handshake is due")]
     NoHandshakeDue,
-    /// The session has closed.
-    #[error("the session is closed")]
-    Closed,
+    /// QUIT was asked for already: nothing more can be asked.
+    #[error("QUIT was already asked for")]
+    Quitting,
 }
