@@ -6,7 +6,7 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use postamt_wire::{DotEncoder, Secret, Session};
+use postamt_wire::{CrlfNormalizer, DotEncoder, Secret, Session};
 use postamt_wire::sasl::{self, Mechanism};
 
 use crate::address::{Domain, ForwardPath};
@@ -101,6 +101,12 @@ struct Transaction {
     /// The caller has ended the message.
     ended: bool,
     encoder: DotEncoder,
+    /// `BODY=BINARYMIME`: the bytes go by BDAT as given.
+    binary: bool,
+    /// Line-end repair for BDAT, the rule DATA's encoder applies.
+    crlf: CrlfNormalizer,
+    /// One BDAT chunk after repair, so its size is known before it goes.
+    scratch: Vec<u8>,
     failure: Option<Failure>,
 }
 
@@ -247,13 +253,28 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Sends a whole message. Line ends are made CRLF and dots stuffed for
-    /// DATA; with BDAT the bytes go as they are.
+    /// Sends a whole message. Line ends are made CRLF (a bare CR or LF
+    /// becomes CRLF, a last line without one gets one), over DATA (dots then
+    /// stuffed) and BDAT alike, so the server gets the same text either way;
+    /// only a `BODY=BINARYMIME` message goes as given (by BDAT: the server
+    /// must offer CHUNKING and BINARYMIME). SIZE, when the server offers it,
+    /// declares the octets after that repair.
     pub fn send_message(
         &mut self,
         envelope: Envelope,
-        message: Bytes,
+        message: impl Into<Bytes>,
     ) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
+        self.ready()?;
+        let message = message.into();
+        let message = if is_binary(&envelope) || CrlfNormalizer::is_normalized(&message) {
+            message
+        } else {
+            Bytes::from(CrlfNormalizer::normalize(&message))
+        };
         let size = message.len() as u64;
         self.begin(envelope, Body::Whole(message), Some(size))
     }
@@ -291,13 +312,21 @@ impl ClientSession {
         if chunk.is_empty() {
             return Ok(());
         }
-        if tx.chunking {
-            write_bdat(&mut self.out, chunk.len() as u64, false);
-            self.out.extend_from_slice(chunk);
-            self.expect.push_back(Expect::Bdat { last: false });
-        } else {
+        if !tx.chunking {
             tx.encoder.encode(chunk, &mut self.out);
+            return Ok(());
         }
+        let text: &[u8] = if tx.binary {
+            chunk
+        } else {
+            tx.scratch.clear();
+            tx.crlf.encode(chunk, &mut tx.scratch);
+            &tx.scratch
+        };
+        // The size counts the octets that go, after the line-end repair.
+        write_bdat(&mut self.out, text.len() as u64, false);
+        self.out.extend_from_slice(text);
+        self.expect.push_back(Expect::Bdat { last: false });
         Ok(())
     }
 
@@ -374,7 +403,12 @@ impl ClientSession {
         if caps.size.is_some() && envelope.params.size.is_none() {
             envelope.params.size = size;
         }
-        let chunking = self.config.prefer_chunking && caps.chunking;
+        let binary = is_binary(&envelope);
+        if binary && !(caps.chunking && caps.binary_mime) {
+            // RFC 3030 §3: BINARYMIME only by BDAT, and only when offered.
+            return Err(ClientUsageError::NotOffered);
+        }
+        let chunking = (self.config.prefer_chunking || binary) && caps.chunking;
         let mut queue = VecDeque::new();
         let mut line = Vec::new();
         Command::Mail {
@@ -407,6 +441,9 @@ impl ClientSession {
             sending: false,
             ended: false,
             encoder: DotEncoder::new(),
+            binary,
+            crlf: CrlfNormalizer::new(),
+            scratch: Vec::new(),
             failure: None,
         });
         self.phase = Phase::Transaction;
@@ -460,9 +497,18 @@ impl ClientSession {
             Body::Streamed => None,
         };
         if tx.chunking {
-            let bytes = whole.unwrap_or_default();
+            // A whole message was repaired in send_message; a streamed one
+            // may still lack the end of its last line.
+            tx.scratch.clear();
+            if !tx.binary {
+                tx.crlf.finish(&mut tx.scratch);
+            }
+            let bytes: &[u8] = match &whole {
+                Some(b) => b,
+                None => &tx.scratch,
+            };
             write_bdat(&mut self.out, bytes.len() as u64, true);
-            self.out.extend_from_slice(&bytes);
+            self.out.extend_from_slice(bytes);
             self.expect.push_back(Expect::Bdat { last: true });
         } else {
             if let Some(bytes) = whole {
@@ -845,6 +891,10 @@ impl Session for ClientSession {
         self.ehlo();
         Ok(())
     }
+}
+
+fn is_binary(envelope: &Envelope) -> bool {
+    envelope.params.body == Some(crate::command::Body::BinaryMime)
 }
 
 fn write_bdat(out: &mut Vec<u8>, size: u64, last: bool) {

@@ -310,3 +310,42 @@ fn errors_are_errors_and_peer_trouble_is_no_usage_error() {
     assert_eq!(c.quit(), Err(ClientUsageError::Quitting));
     assert_eq!(c.start_message(envelope(), None), Err(ClientUsageError::Quitting));
 }
+
+#[test]
+fn binarymime_goes_as_given_and_only_by_bdat() {
+    let binary = || {
+        let mut e = envelope();
+        e.params.body = Some(postamt_smtp::Body::BinaryMime);
+        e
+    };
+    let (mut c, _) = ready(b"250-mx\r\n250 CHUNKING\r\n");
+    assert_eq!(
+        c.send_message(binary(), &b"\x00\n\r"[..]),
+        Err(ClientUsageError::NotOffered)
+    );
+    let (mut c, now) = ready(b"250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 BINARYMIME\r\n");
+    c.send_message(binary(), &b"\x00bare\n\r"[..]).unwrap();
+    assert_eq!(
+        take(&mut c),
+        b"MAIL FROM:<anna@kolleg.de> BODY=BINARYMIME\r\nRCPT TO:<bob@kolleg.de>\r\nBDAT 7 LAST\r\n\x00bare\n\r"
+    );
+    c.receive(now, b"250 ok\r\n250 ok\r\n250 stored\r\n");
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Done(r)) if r.outcome.is_ok()));
+
+    // Not binary: streamed through BDAT, repaired, each size what went.
+    let mut config = ClientConfig::new("client.example");
+    config.prefer_chunking = true;
+    let mut c = ClientSession::new(config, now);
+    c.receive(now, b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Ready(_))));
+    take(&mut c);
+    c.start_message(envelope(), None).unwrap();
+    assert_eq!(c.poll_event(), Some(ClientEvent::SendMessage));
+    c.message_chunk(b"a\nb\r").unwrap();
+    c.message_chunk(b"\nc").unwrap();
+    c.end_message().unwrap();
+    assert_eq!(
+        take(&mut c),
+        b"MAIL FROM:<anna@kolleg.de>\r\nRCPT TO:<bob@kolleg.de>\r\nBDAT 5\r\na\r\nb\rBDAT 2\r\n\ncBDAT 2 LAST\r\n\r\n"
+    );
+}

@@ -88,6 +88,20 @@ impl CrlfNormalizer {
         tail.len()
     }
 
+    /// Whether `input` is already what [`normalize`](Self::normalize) would
+    /// make of it (every line end CRLF, the last line ended, or empty), so a
+    /// caller can keep it without a copy.
+    pub fn is_normalized(input: &[u8]) -> bool {
+        let mut rest = input;
+        while let Some(at) = memchr2(b'\r', b'\n', rest) {
+            if rest[at] == b'\n' || rest.get(at + 1) != Some(&b'\n') {
+                return false;
+            }
+            rest = &rest[at + 2..];
+        }
+        rest.is_empty()
+    }
+
     /// Normalises a whole text at once, final line end included.
     pub fn normalize(input: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(input.len() + 2);
@@ -172,6 +186,14 @@ mod tests {
                 }
                 assert_eq!(dot(&CrlfNormalizer::normalize(&input)), dot(&input), "{input:?}");
             }
+        }
+    }
+
+    #[test]
+    fn knows_normal_text() {
+        for (input, want) in CASES {
+            assert_eq!(CrlfNormalizer::is_normalized(input), input == want, "{input:?}");
+            assert!(CrlfNormalizer::is_normalized(want));
         }
     }
 

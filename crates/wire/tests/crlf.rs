@@ -52,6 +52,8 @@ proptest! {
         }
         prop_assert!(out.is_empty() || out.ends_with(b"\r\n"));
         prop_assert_eq!(dot(&out), dot(&input));
+        prop_assert!(CrlfNormalizer::is_normalized(&out));
+        prop_assert_eq!(CrlfNormalizer::is_normalized(&input), out == input);
         prop_assert_eq!(CrlfNormalizer::normalize(&out), out);
     }
 }

@@ -15,7 +15,9 @@ pub struct ClientConfig {
     /// false.
     pub implicit_tls: bool,
     /// Send messages with BDAT when the server offers CHUNKING (RFC 3030).
-    /// BDAT sends the bytes as given: they must already end lines in CRLF.
+    /// Line ends are repaired exactly as for DATA (only `BODY=BINARYMIME`
+    /// goes as given, and always by BDAT), so the server gets the same text
+    /// either way.
     pub prefer_chunking: bool,
     /// Timeouts of RFC 5321 §4.5.3.2.
     pub timeouts: ClientTimeouts,
