@@ -137,6 +137,52 @@ struct Transaction {
 /// sends is discarded until the caller has run the handshake and called
 /// [`tls_established`](Session::tls_established); then the client says EHLO
 /// again.
+///
+/// ```
+/// use std::time::Instant;
+/// use postamt_smtp::{ClientConfig, ClientEvent, ClientSession, Envelope, ForwardPath, ReversePath};
+/// use postamt_wire::Session;
+///
+/// let now = Instant::now();
+/// let mut client = ClientSession::new(ClientConfig::new("client.example"), now);
+/// let mut out = Vec::new();
+/// client.receive(now, b"220 mx.example ESMTP\r\n");
+/// client.poll_transmit(&mut out);
+/// assert_eq!(out, b"EHLO client.example\r\n");
+/// client.receive(now, b"250-mx.example Hello\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n");
+/// let Some(ClientEvent::Ready(caps)) = client.poll_event() else { panic!() };
+/// assert!(caps.pipelining && caps.domain == "mx.example");
+///
+/// let envelope = Envelope::new(ReversePath::Mailbox("anna@example.org".parse().unwrap()))
+///     .to(ForwardPath::Mailbox("bob@example.com".parse().unwrap()));
+/// // Bare LFs, a line opening with a dot, no final line end: all repaired.
+/// client.send_message(envelope, "Subject: hi\n\n.dot\nbye").unwrap();
+/// out.clear();
+/// client.poll_transmit(&mut out);
+/// // PIPELINING: the envelope and DATA in one write.
+/// assert_eq!(
+///     out,
+///     b"MAIL FROM:<anna@example.org> SIZE=26\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
+/// );
+/// client.receive(now, b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n");
+/// out.clear();
+/// client.poll_transmit(&mut out);
+/// assert_eq!(out, b"Subject: hi\r\n\r\n..dot\r\nbye\r\n.\r\n");
+/// client.receive(now, b"250 2.0.0 queued as 42\r\n");
+/// let Some(ClientEvent::Done(report)) = client.poll_event() else { panic!() };
+/// assert_eq!(report.accepted.len(), 1);
+/// assert_eq!(report.outcome.unwrap().code(), 250);
+///
+/// client.quit().unwrap();
+/// out.clear();
+/// client.poll_transmit(&mut out);
+/// assert_eq!(out, b"QUIT\r\n");
+/// client.receive(now, b"221 2.0.0 bye\r\n");
+/// // Closed, but not drained: the last event is still to be taken.
+/// assert!(!client.is_closed());
+/// assert_eq!(client.poll_event(), Some(ClientEvent::Closed(None)));
+/// assert!(client.is_closed());
+/// ```
 pub struct ClientSession {
     config: ClientConfig,
     phase: Phase,
