@@ -206,7 +206,10 @@ impl fmt::Debug for ClientSession {
             .field("output_len", &self.out.len())
             .field("events", &self.events)
             .field("expect", &self.expect)
-            .field("queued", &self.queue.iter().map(|(_, e)| e).collect::<Vec<_>>())
+            .field(
+                "queued",
+                &self.queue.iter().map(|(_, e)| e).collect::<Vec<_>>(),
+            )
             .field("body", &self.body)
             .field("greeting", &self.greeting)
             .field("caps", &self.caps)
@@ -1234,7 +1237,9 @@ mod tests {
         c.receive(now, b"+OK many\r\n");
         assert_eq!(
             c.poll_event(),
-            Some(ClientEvent::Closed(Some(ClientError::Unexpected(Request::Stat))))
+            Some(ClientEvent::Closed(Some(ClientError::Unexpected(
+                Request::Stat
+            ))))
         );
     }
 }

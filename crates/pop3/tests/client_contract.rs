@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use postamt_wire::Session;
 use postamt_pop3::{ClientConfig, ClientEvent, ClientSession, ClientUsageError, MessageNumber};
+use postamt_wire::Session;
 use postamt_wire::sasl::Mechanism;
 
 fn take(c: &mut ClientSession) -> Vec<u8> {
@@ -39,8 +39,14 @@ fn nothing_goes_out_between_the_stls_reply_and_the_handshake() {
     assert_eq!(c.poll_event(), Some(ClientEvent::StartTls));
     assert_eq!(c.poll_event(), None);
     assert_eq!(c.quit(), Err(ClientUsageError::Busy));
-    assert_eq!(c.login_user("bob", "topSecret"), Err(ClientUsageError::Busy));
-    assert_eq!(c.login_apop("bob", "topSecret"), Err(ClientUsageError::Busy));
+    assert_eq!(
+        c.login_user("bob", "topSecret"),
+        Err(ClientUsageError::Busy)
+    );
+    assert_eq!(
+        c.login_apop("bob", "topSecret"),
+        Err(ClientUsageError::Busy)
+    );
     assert_eq!(
         c.authenticate(Mechanism::Plain, "bob", "topSecret"),
         Err(ClientUsageError::Busy)
@@ -55,7 +61,11 @@ fn nothing_goes_out_between_the_stls_reply_and_the_handshake() {
     assert_eq!(c.poll_event(), None);
     assert!(take(&mut c).is_empty());
     assert!(!c.is_closed());
-    assert_eq!(c.poll_timeout(), None, "the handshake is the caller's to time");
+    assert_eq!(
+        c.poll_timeout(),
+        None,
+        "the handshake is the caller's to time"
+    );
 
     c.tls_established().unwrap();
     assert!(c.is_tls());
@@ -132,20 +142,30 @@ fn a_loop_on_is_closed_sees_the_last_event() {
         &[greeting, capa, Peer::Says(b"+OK bye\r\n")],
         |c| c.quit().unwrap(),
     );
-    assert!(matches!(events.as_slice(), [ClientEvent::Ready(_), ClientEvent::Closed(None)]));
+    assert!(matches!(
+        events.as_slice(),
+        [ClientEvent::Ready(_), ClientEvent::Closed(None)]
+    ));
     assert_eq!(wire, b"CAPA\r\nQUIT\r\n");
 
     // After QUIT, -ERR (nothing committed): the error, then Closed.
     let (events, _) = drive(
         new(),
         now,
-        &[Peer::Says(b"+OK hi\r\n-ERR\r\n"), Peer::Says(b"-ERR [SYS/TEMP] disk\r\n")],
+        &[
+            Peer::Says(b"+OK hi\r\n-ERR\r\n"),
+            Peer::Says(b"-ERR [SYS/TEMP] disk\r\n"),
+        ],
         |c| c.quit().unwrap(),
     );
     assert!(
         matches!(
             events.as_slice(),
-            [ClientEvent::Ready(_), ClientEvent::Error { .. }, ClientEvent::Closed(None)]
+            [
+                ClientEvent::Ready(_),
+                ClientEvent::Error { .. },
+                ClientEvent::Closed(None)
+            ]
         ),
         "{events:?}"
     );
@@ -154,7 +174,9 @@ fn a_loop_on_is_closed_sees_the_last_event() {
     let (events, _) = drive(new(), now, &[Peer::Says(b"-ERR go away\r\n")], |_| {});
     assert!(matches!(
         events.as_slice(),
-        [ClientEvent::Closed(Some(postamt_pop3::ClientError::Refused(_)))]
+        [ClientEvent::Closed(Some(
+            postamt_pop3::ClientError::Refused(_)
+        ))]
     ));
     let (events, _) = drive(
         new(),
@@ -164,12 +186,21 @@ fn a_loop_on_is_closed_sees_the_last_event() {
     );
     assert_eq!(
         events.last(),
-        Some(&ClientEvent::Closed(Some(postamt_pop3::ClientError::ConnectionClosed)))
+        Some(&ClientEvent::Closed(Some(
+            postamt_pop3::ClientError::ConnectionClosed
+        )))
     );
-    let (events, _) = drive(new(), now, &[Peer::Says(b"+OK hi\r\n"), Peer::Silent], |_| {});
+    let (events, _) = drive(
+        new(),
+        now,
+        &[Peer::Says(b"+OK hi\r\n"), Peer::Silent],
+        |_| {},
+    );
     assert_eq!(
         events,
-        [ClientEvent::Closed(Some(postamt_pop3::ClientError::Timeout))]
+        [ClientEvent::Closed(Some(
+            postamt_pop3::ClientError::Timeout
+        ))]
     );
 }
 
@@ -208,7 +239,9 @@ fn login_in_debug(
     let check = |c: &ClientSession| {
         assert_no_secret(&format!("{c:?} {c:#?}"), password, Some(digest));
     };
-    for byte in b"+OK POP3 ready <1896.697170952@dbc.mtview.ca.us>\r\n+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n" {
+    for byte in
+        b"+OK POP3 ready <1896.697170952@dbc.mtview.ca.us>\r\n+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n"
+    {
         c.receive(now, &[*byte]);
         check(&c);
     }
@@ -248,16 +281,34 @@ fn no_secret_in_debug_through_every_login_kind() {
     let long = format!("topSecret{}", "y".repeat(300));
     let plain = |p: &str| postamt_wire::sasl::encode_plain(None, "bob", p);
 
-    let wire = login_in_debug(|c| c.login_user("bob", "topSecret"), "topSecret", DIGEST, &[b"+OK\r\n", b"+OK\r\n"]);
-    assert_eq!(wire, b"CAPA\r\nUSER bob\r\nPASS topSecret\r\nSTAT\r\nQUIT\r\n");
+    let wire = login_in_debug(
+        |c| c.login_user("bob", "topSecret"),
+        "topSecret",
+        DIGEST,
+        &[b"+OK\r\n", b"+OK\r\n"],
+    );
+    assert_eq!(
+        wire,
+        b"CAPA\r\nUSER bob\r\nPASS topSecret\r\nSTAT\r\nQUIT\r\n"
+    );
 
     // RFC 1939's example secret, whose digest is in the RFC.
-    let wire = login_in_debug(|c| c.login_apop("mrose", "tanstaaf"), "tanstaaf", RFC_DIGEST, &[b"+OK\r\n"]);
+    let wire = login_in_debug(
+        |c| c.login_apop("mrose", "tanstaaf"),
+        "tanstaaf",
+        RFC_DIGEST,
+        &[b"+OK\r\n"],
+    );
     assert_eq!(
         wire,
         format!("CAPA\r\nAPOP mrose {RFC_DIGEST}\r\nSTAT\r\nQUIT\r\n").as_bytes()
     );
-    let wire = login_in_debug(|c| c.login_apop("bob", "topSecret"), "topSecret", DIGEST, &[b"+OK\r\n"]);
+    let wire = login_in_debug(
+        |c| c.login_apop("bob", "topSecret"),
+        "topSecret",
+        DIGEST,
+        &[b"+OK\r\n"],
+    );
     assert_eq!(
         String::from_utf8(wire).unwrap(),
         format!("CAPA\r\nAPOP bob {DIGEST}\r\nSTAT\r\nQUIT\r\n")
@@ -271,7 +322,10 @@ fn no_secret_in_debug_through_every_login_kind() {
     );
     assert_eq!(
         String::from_utf8(wire).unwrap(),
-        format!("CAPA\r\nAUTH PLAIN {}\r\nSTAT\r\nQUIT\r\n", plain("topSecret"))
+        format!(
+            "CAPA\r\nAUTH PLAIN {}\r\nSTAT\r\nQUIT\r\n",
+            plain("topSecret")
+        )
     );
     let wire = login_in_debug(
         |c| c.authenticate(Mechanism::Plain, "bob", &long),
@@ -310,7 +364,9 @@ fn errors_are_errors_and_peer_trouble_is_no_usage_error() {
     assert!(wire.is_empty(), "{wire:?}");
     assert_eq!(
         c.poll_event(),
-        Some(ClientEvent::Closed(Some(postamt_pop3::ClientError::ConnectionClosed)))
+        Some(ClientEvent::Closed(Some(
+            postamt_pop3::ClientError::ConnectionClosed
+        )))
     );
     assert!(c.is_closed());
 

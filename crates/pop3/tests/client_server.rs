@@ -8,11 +8,11 @@ mod support;
 use std::mem;
 use std::time::Instant;
 
-use postamt_wire::Session;
 use postamt_pop3::{
     ClientConfig, ClientError, ClientEvent, ClientSession, ClientUsageError, MessageNumber,
     Request, ResponseCode, Status,
 };
+use postamt_wire::Session;
 use postamt_wire::sasl::Mechanism;
 use support::{App, MESSAGE_2, Rng, Setup, Split};
 
@@ -392,7 +392,10 @@ fn pipelined_commands_go_out_in_one_write() {
                 ClientEvent::MessageEnd,
             ]
         );
-        assert_eq!(error(&outcomes[6]), (Request::Retr, "No such message".into()));
+        assert_eq!(
+            error(&outcomes[6]),
+            (Request::Retr, "No such message".into())
+        );
         assert_eq!(
             outcomes[7..10],
             [

@@ -6,8 +6,8 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use postamt_wire::{CrlfNormalizer, DotEncoder, Secret, Session};
 use postamt_wire::sasl::{self, Mechanism};
+use postamt_wire::{CrlfNormalizer, DotEncoder, Secret, Session};
 
 use crate::address::{Domain, ForwardPath};
 use crate::command::Command;
@@ -836,7 +836,6 @@ impl ClientSession {
         }
     }
 }
-
 
 impl Session for ClientSession {
     type Event = ClientEvent;

@@ -6,11 +6,11 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use postamt_wire::Session;
 use postamt_smtp::{
     ClientConfig, ClientEvent, ClientSession, ClientUsageError, Envelope, ForwardPath, Mechanism,
     ReversePath,
 };
+use postamt_wire::Session;
 
 fn envelope() -> Envelope {
     Envelope::new(ReversePath::Mailbox("anna@kolleg.de".parse().unwrap()))
@@ -36,7 +36,8 @@ fn ready(ehlo: &[u8]) -> (ClientSession, Instant) {
 
 #[test]
 fn nothing_goes_out_between_the_starttls_reply_and_the_handshake() {
-    let (mut c, now) = ready(b"250-mx.kolleg.de\r\n250-PIPELINING\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n");
+    let (mut c, now) =
+        ready(b"250-mx.kolleg.de\r\n250-PIPELINING\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n");
     assert_eq!(c.tls_established(), Err(ClientUsageError::NoHandshakeDue));
     c.starttls().unwrap();
     assert_eq!(take(&mut c), b"STARTTLS\r\n");
@@ -57,12 +58,19 @@ fn nothing_goes_out_between_the_starttls_reply_and_the_handshake() {
         Err(ClientUsageError::Busy)
     );
     assert_eq!(c.starttls(), Err(ClientUsageError::Busy));
-    assert_eq!(c.start_message(envelope(), None), Err(ClientUsageError::Busy));
+    assert_eq!(
+        c.start_message(envelope(), None),
+        Err(ClientUsageError::Busy)
+    );
     c.receive(now, b"221 injected too\r\n");
     assert_eq!(c.poll_event(), None);
     assert!(take(&mut c).is_empty());
     assert!(!c.is_closed());
-    assert_eq!(c.poll_timeout(), None, "the handshake is the caller's to time");
+    assert_eq!(
+        c.poll_timeout(),
+        None,
+        "the handshake is the caller's to time"
+    );
 
     c.tls_established().unwrap();
     assert!(c.is_tls());
@@ -139,7 +147,10 @@ fn a_loop_on_is_closed_sees_the_last_event() {
         &[greeting, ehlo, Peer::Says(b"221 bye\r\n")],
         |c| c.quit().unwrap(),
     );
-    assert!(matches!(events.as_slice(), [ClientEvent::Ready(_), ClientEvent::Closed(None)]));
+    assert!(matches!(
+        events.as_slice(),
+        [ClientEvent::Ready(_), ClientEvent::Closed(None)]
+    ));
     assert_eq!(wire, b"EHLO client.example\r\nQUIT\r\n");
 
     // After QUIT, the server closing instead of saying 221 is no error.
@@ -161,19 +172,32 @@ fn a_loop_on_is_closed_sees_the_last_event() {
         new(),
         now,
         &[Peer::Says(b"220 mx\r\n250 mx\r\n"), Peer::Closes],
-        |c| c.send_message(envelope(), Bytes::from_static(b"hi\r\n")).unwrap(),
+        |c| {
+            c.send_message(envelope(), Bytes::from_static(b"hi\r\n"))
+                .unwrap()
+        },
     );
-    let [ClientEvent::Ready(_), ClientEvent::Done(report), ClientEvent::Closed(Some(e))] =
-        events.as_slice()
+    let [
+        ClientEvent::Ready(_),
+        ClientEvent::Done(report),
+        ClientEvent::Closed(Some(e)),
+    ] = events.as_slice()
     else {
         panic!("{events:?}")
     };
     assert_eq!(*e, postamt_smtp::ClientError::ConnectionClosed);
     assert_eq!(report.outcome, Err(postamt_smtp::Failure::ConnectionLost));
-    let (events, _) = drive(new(), now, &[Peer::Says(b"220 mx\r\n"), Peer::Silent], |_| {});
+    let (events, _) = drive(
+        new(),
+        now,
+        &[Peer::Says(b"220 mx\r\n"), Peer::Silent],
+        |_| {},
+    );
     assert_eq!(
         events,
-        [ClientEvent::Closed(Some(postamt_smtp::ClientError::Timeout))]
+        [ClientEvent::Closed(Some(
+            postamt_smtp::ClientError::Timeout
+        ))]
     );
 }
 
@@ -232,15 +256,27 @@ fn no_secret_in_debug_through_every_auth_kind() {
     let plain = |p: &str| postamt_wire::sasl::encode_plain(None, "bob", p);
 
     let wire = login_in_debug(Mechanism::Plain, "topSecret", &[b"235 2.7.0 ok\r\n"]);
-    assert!(String::from_utf8(wire).unwrap().ends_with(&format!("AUTH PLAIN {}\r\n", plain("topSecret"))));
+    assert!(
+        String::from_utf8(wire)
+            .unwrap()
+            .ends_with(&format!("AUTH PLAIN {}\r\n", plain("topSecret")))
+    );
 
     let wire = login_in_debug(Mechanism::Plain, &long, &[b"334 \r\n", b"235 ok\r\n"]);
-    assert!(String::from_utf8(wire).unwrap().ends_with(&format!("AUTH PLAIN\r\n{}\r\n", plain(&long))));
+    assert!(
+        String::from_utf8(wire)
+            .unwrap()
+            .ends_with(&format!("AUTH PLAIN\r\n{}\r\n", plain(&long)))
+    );
 
     let wire = login_in_debug(
         Mechanism::Login,
         "topSecret",
-        &[b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n", b"235 ok\r\n"],
+        &[
+            b"334 VXNlcm5hbWU6\r\n",
+            b"334 UGFzc3dvcmQ6\r\n",
+            b"235 ok\r\n",
+        ],
     );
     assert!(String::from_utf8(wire).unwrap().ends_with(&format!(
         "AUTH LOGIN\r\n{}\r\n{}\r\n",
@@ -260,7 +296,11 @@ fn errors_are_errors_and_peer_trouble_is_no_usage_error() {
         "the connection was lost before the transaction completed"
     );
     assert_eq!(
-        postamt_smtp::Failure::TooBig { size: 11, limit: 10 }.to_string(),
+        postamt_smtp::Failure::TooBig {
+            size: 11,
+            limit: 10
+        }
+        .to_string(),
         "message of 11 octets exceeds the server's limit of 10"
     );
 
@@ -308,7 +348,10 @@ fn errors_are_errors_and_peer_trouble_is_no_usage_error() {
     let (mut c, _) = ready(b"250 mx\r\n");
     c.quit().unwrap();
     assert_eq!(c.quit(), Err(ClientUsageError::Quitting));
-    assert_eq!(c.start_message(envelope(), None), Err(ClientUsageError::Quitting));
+    assert_eq!(
+        c.start_message(envelope(), None),
+        Err(ClientUsageError::Quitting)
+    );
 }
 
 #[test]
@@ -336,7 +379,10 @@ fn binarymime_goes_as_given_and_only_by_bdat() {
     let mut config = ClientConfig::new("client.example");
     config.prefer_chunking = true;
     let mut c = ClientSession::new(config, now);
-    c.receive(now, b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+    c.receive(
+        now,
+        b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n",
+    );
     assert!(matches!(c.poll_event(), Some(ClientEvent::Ready(_))));
     take(&mut c);
     c.start_message(envelope(), None).unwrap();

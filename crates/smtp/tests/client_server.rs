@@ -6,11 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use postamt_wire::Session;
 use postamt_smtp::{
     ClientConfig, ClientError, ClientEvent, ClientSession, Envelope, Failure, ForwardPath, Mailbox,
     Mechanism, ReversePath, ServerConfig, ServerSession,
 };
+use postamt_wire::Session;
 
 fn mailbox(s: &str) -> Mailbox<'static> {
     s.parse().unwrap()
@@ -507,7 +507,10 @@ fn bdat_payload(wire: &[u8]) -> Vec<u8> {
             assert!(rest.is_empty() || rest.starts_with(b"QUIT") || rest.starts_with(b"MAIL"));
             return payload;
         }
-        assert!(wire[at..].starts_with(b"BDAT "), "a BDAT chunk ran over its size");
+        assert!(
+            wire[at..].starts_with(b"BDAT "),
+            "a BDAT chunk ran over its size"
+        );
     }
 }
 
@@ -526,7 +529,8 @@ fn data_and_bdat_deliver_the_same_text() {
         for message in messages {
             let want = postamt_wire::CrlfNormalizer::normalize(message);
             let mut seen = Vec::new();
-            for (chunking, streamed) in [(false, false), (false, true), (true, false), (true, true)] {
+            for (chunking, streamed) in [(false, false), (false, true), (true, false), (true, true)]
+            {
                 let mut client = ClientConfig::new("client.example");
                 client.prefer_chunking = chunking;
                 let mut p = Pair::new(server_config(), client, seed);

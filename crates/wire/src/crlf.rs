@@ -184,7 +184,11 @@ mod tests {
                     input.push(alphabet[code % 4]);
                     code /= 4;
                 }
-                assert_eq!(dot(&CrlfNormalizer::normalize(&input)), dot(&input), "{input:?}");
+                assert_eq!(
+                    dot(&CrlfNormalizer::normalize(&input)),
+                    dot(&input),
+                    "{input:?}"
+                );
             }
         }
     }
@@ -192,7 +196,11 @@ mod tests {
     #[test]
     fn knows_normal_text() {
         for (input, want) in CASES {
-            assert_eq!(CrlfNormalizer::is_normalized(input), input == want, "{input:?}");
+            assert_eq!(
+                CrlfNormalizer::is_normalized(input),
+                input == want,
+                "{input:?}"
+            );
             assert!(CrlfNormalizer::is_normalized(want));
         }
     }

@@ -26,9 +26,9 @@ mod scan;
 mod secret;
 mod session;
 
+pub use crlf::CrlfNormalizer;
 pub use dot::{BareLineEndings, Checked, Decoded, DotDecoder, DotEncoder, Violation};
 pub use error::SaslError;
 pub use line::{Frame, LineFramer};
 pub use secret::Secret;
 pub use session::Session;
-pub use crlf::CrlfNormalizer;

@@ -15,7 +15,13 @@ fn dot(input: &[u8]) -> Vec<u8> {
 
 fn text() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(
-        prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a'), any::<u8>()],
+        prop_oneof![
+            Just(b'\r'),
+            Just(b'\n'),
+            Just(b'.'),
+            Just(b'a'),
+            any::<u8>()
+        ],
         0..300,
     )
 }

@@ -125,7 +125,10 @@ mod tests {
 
         let (reply, _) = Reply::parse(b"250 old.example\r\n").unwrap().unwrap();
         let caps = Capabilities::from_helo(&reply);
-        assert_eq!((caps.domain.as_str(), caps.greet.as_str()), ("old.example", ""));
+        assert_eq!(
+            (caps.domain.as_str(), caps.greet.as_str()),
+            ("old.example", "")
+        );
         assert!(!caps.extended && caps.auth.is_empty());
     }
 }

@@ -1,8 +1,8 @@
 //! What the client is told up front.
 
-use std::time::Duration;
 #[cfg(doc)]
 use super::ClientSession;
+use std::time::Duration;
 
 /// What a client needs to know up front.
 #[derive(Debug, Clone, PartialEq, Eq)]

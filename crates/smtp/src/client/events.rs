@@ -8,7 +8,7 @@ use crate::reply::Reply;
 
 use super::Capabilities;
 #[cfg(doc)]
-use super::{ClientSession, ClientConfig};
+use super::{ClientConfig, ClientSession};
 
 /// Sender, recipients and parameters of one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
