@@ -376,3 +376,41 @@ fn errors_are_errors_and_peer_trouble_is_no_usage_error() {
     assert_eq!(c.quit(), Err(ClientUsageError::Quitting));
     assert_eq!(c.login_user("bob", "pw"), Err(ClientUsageError::Quitting));
 }
+
+#[test]
+fn implicit_tls_is_tls_from_the_start() {
+    let now = Instant::now();
+    let mut config = ClientConfig::new();
+    config.implicit_tls = true;
+    let mut c = ClientSession::new(config, now);
+    assert!(c.is_tls());
+    c.receive(now, b"+OK hi\r\n+OK\r\nSTLS\r\nUSER\r\n.\r\n");
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Ready(caps)) if caps.stls));
+    assert_eq!(c.stls(), Err(ClientUsageError::NotOffered));
+    assert_eq!(c.tls_established(), Err(ClientUsageError::NoHandshakeDue));
+    assert_eq!(take(&mut c), b"CAPA\r\n");
+}
+
+#[test]
+fn injected_plaintext_is_dropped_however_split() {
+    let input: &[u8] = b"+OK begin TLS\r\n+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n";
+    for cut in 0..=input.len() {
+        for cut2 in cut..=input.len() {
+            let (mut c, now) = ready(b"+OK\r\nSTLS\r\n.\r\n");
+            c.stls().unwrap();
+            assert_eq!(take(&mut c), b"STLS\r\n");
+            for piece in [&input[..cut], &input[cut..cut2], &input[cut2..]] {
+                c.receive(now, piece);
+            }
+            assert_eq!(c.poll_event(), Some(ClientEvent::StartTls));
+            assert_eq!(c.poll_event(), None);
+            c.tls_established().unwrap();
+            assert_eq!(take(&mut c), b"CAPA\r\n");
+            c.receive(now, b"+OK\r\nUSER\r\n.\r\n");
+            let Some(ClientEvent::Ready(caps)) = c.poll_event() else {
+                panic!("cut {cut} {cut2}")
+            };
+            assert!(caps.sasl.is_empty() && caps.user);
+        }
+    }
+}

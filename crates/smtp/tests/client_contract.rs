@@ -395,3 +395,41 @@ fn binarymime_goes_as_given_and_only_by_bdat() {
         b"MAIL FROM:<anna@kolleg.de>\r\nRCPT TO:<bob@kolleg.de>\r\nBDAT 5\r\na\r\nb\rBDAT 2\r\n\ncBDAT 2 LAST\r\n\r\n"
     );
 }
+
+#[test]
+fn implicit_tls_is_tls_from_the_start() {
+    let now = Instant::now();
+    let mut config = ClientConfig::new("client.example");
+    config.implicit_tls = true;
+    let mut c = ClientSession::new(config, now);
+    assert!(c.is_tls());
+    c.receive(now, b"220 mx\r\n250-mx\r\n250 STARTTLS\r\n");
+    assert!(matches!(c.poll_event(), Some(ClientEvent::Ready(caps)) if caps.starttls));
+    assert_eq!(c.starttls(), Err(ClientUsageError::NotOffered));
+    assert_eq!(c.tls_established(), Err(ClientUsageError::NoHandshakeDue));
+    assert_eq!(take(&mut c), b"EHLO client.example\r\n");
+}
+
+#[test]
+fn injected_plaintext_is_dropped_however_split() {
+    let input: &[u8] = b"220 2.0.0 go ahead\r\n250-mx\r\n250 AUTH PLAIN\r\n";
+    for cut in 0..=input.len() {
+        for cut2 in cut..=input.len() {
+            let (mut c, now) = ready(b"250-mx\r\n250 STARTTLS\r\n");
+            c.starttls().unwrap();
+            assert_eq!(take(&mut c), b"STARTTLS\r\n");
+            for piece in [&input[..cut], &input[cut..cut2], &input[cut2..]] {
+                c.receive(now, piece);
+            }
+            assert_eq!(c.poll_event(), Some(ClientEvent::StartTls));
+            assert_eq!(c.poll_event(), None);
+            c.tls_established().unwrap();
+            assert_eq!(take(&mut c), b"EHLO client.example\r\n");
+            c.receive(now, b"250 mx\r\n");
+            let Some(ClientEvent::Ready(caps)) = c.poll_event() else {
+                panic!("cut {cut} {cut2}")
+            };
+            assert!(caps.auth.is_empty());
+        }
+    }
+}

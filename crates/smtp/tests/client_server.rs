@@ -104,6 +104,7 @@ impl Pair {
 
 fn server_config() -> ServerConfig {
     let mut c = ServerConfig::new("mx.kolleg.de");
+    // MERGE: the server branch renames this to `c.login_without_tls = true`.
     c.extensions.auth_without_tls = true;
     c
 }
@@ -371,7 +372,8 @@ fn starttls_then_ehlo_again() {
         );
         p.client.starttls().unwrap();
         assert_eq!(p.run(), [ClientEvent::StartTls]);
-        // Both sides would run the handshake here.
+        // Both sides would run the handshake here. MERGE: once the server
+        // waits for its handshake too, add `p.server.tls_established().unwrap();`.
         p.client.tls_established().unwrap();
         let caps = p.ready();
         assert!(!caps.starttls);
