@@ -24,8 +24,9 @@ pub enum ClientEvent {
     /// TLS.
     Ready(Capabilities),
     /// The server said `+OK` to STLS: run the TLS handshake, then call
-    /// [`tls_established`](postamt_wire::Session::tls_established). Anything the server sent after
-    /// its `+OK` in plaintext has been discarded.
+    /// [`tls_established`](postamt_wire::Session::tls_established). Until
+    /// then no command goes out, and whatever the server sends after its
+    /// `+OK` in plaintext is discarded (RFC 2595 §4).
     StartTls,
     /// The login (USER/PASS, APOP or AUTH) succeeded: the maildrop is open.
     LoggedIn,
@@ -110,8 +111,9 @@ pub enum ClientError {
 #[non_exhaustive]
 pub enum ClientUsageError {
     /// The session is not ready for this now: before
-    /// [`ClientEvent::Ready`], during a login or STLS, or (for login and
-    /// STLS) while other commands are outstanding.
+    /// [`ClientEvent::Ready`], during a login or STLS (a TLS handshake due
+    /// included), or (for login and STLS) while other commands are
+    /// outstanding.
     #[error("the session is not ready for that now")]
     Busy,
     /// A maildrop command before [`ClientEvent::LoggedIn`].

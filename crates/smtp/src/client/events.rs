@@ -90,8 +90,9 @@ pub enum ClientEvent {
     /// STARTTLS may start. Comes again after STARTTLS.
     Ready(Capabilities),
     /// The server said 220 to STARTTLS: run the TLS handshake, then call
-    /// [`tls_established`](postamt_wire::Session::tls_established). Anything the server sent after its
-    /// 220 in plaintext has been discarded.
+    /// [`tls_established`](postamt_wire::Session::tls_established). Until
+    /// then no command goes out, and whatever the server sends after its 220
+    /// in plaintext is discarded (RFC 3207 §4.2).
     StartTls,
     /// AUTH succeeded.
     Authenticated,
@@ -139,8 +140,8 @@ pub enum ClientError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientUsageError {
-    /// The session is busy (not [`ClientEvent::Ready`] yet, or a transaction
-    /// or exchange is running).
+    /// The session is busy: not [`ClientEvent::Ready`] yet, a transaction or
+    /// an exchange is running, or a TLS handshake is due.
     #[error("the session is not ready for that now")]
     Busy,
     /// The server does not offer what was asked (STARTTLS, an AUTH mechanism).
