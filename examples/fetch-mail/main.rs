@@ -4,6 +4,7 @@
 //! cargo run --example fetch-mail -- --user bob --password topSecret            # list
 //! cargo run --example fetch-mail -- --user bob --fetch-to ~/Mail --delete       # move into a Maildir
 //! POSTAMT_PASSWORD=topSecret cargo run --example fetch-mail -- --user bob --print
+//! cargo run --example fetch-mail -- --server pop.example:995 --tls --user bob   # implicit TLS
 //! ```
 //!
 //! Without `--fetch-to` or `--print` it lists the messages: number, size, and
@@ -16,12 +17,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use postamt_examples::client::ClientStream;
+use postamt_examples::client::{self, ClientStream};
 use postamt_examples::tls;
 use postamt_pop3::{
-    ClientConfig, ClientEvent, ClientSession, Mechanism, MessageNumber, ServerCapabilities,
+    Capabilities, ClientConfig, ClientEvent, ClientSession, Mechanism, MessageNumber, Request,
 };
 use postamt_store::{Delivery, MailStore, MailboxName, Maildir};
+use postamt_wire::Session;
 
 /// Fetch mail with POP3: list it, store it in a Maildir, or print it.
 #[derive(Parser, Debug)]
@@ -42,7 +44,10 @@ struct Args {
     /// Switch to TLS with STLS before logging in.
     #[arg(long)]
     stls: bool,
-    /// Trust the certificate(s) in this PEM file for STLS.
+    /// TLS from the first byte (POP3S on port 995, RFC 8314).
+    #[arg(long, conflicts_with = "stls")]
+    tls: bool,
+    /// Trust the certificate(s) in this PEM file for TLS.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
     /// Accept any certificate (a classroom server's self-signed one).
@@ -112,7 +117,7 @@ fn run(args: &Args) -> Result<bool, String> {
         (None, true) => Action::Print,
         (None, false) => Action::List,
     };
-    let mut tls = if args.stls {
+    let mut tls = if args.stls || args.tls {
         Some(
             tls::client_from_args(args.tls_ca.as_deref(), args.tls_insecure)
                 .map_err(|e| e.to_string())?,
@@ -124,7 +129,16 @@ fn run(args: &Args) -> Result<bool, String> {
 
     let mut stream = ClientStream::connect(&args.server, Duration::from_secs(30))
         .map_err(|e| format!("{}: {e}", args.server))?;
-    let mut session = ClientSession::new(ClientConfig::default(), Instant::now());
+    let mut config = ClientConfig::new();
+    if args.tls {
+        let tls = tls.take().ok_or("TLS without TLS settings")?;
+        stream = stream
+            .start_tls(tls, &host)
+            .map_err(|e| format!("TLS: {e}"))?;
+        config.implicit_tls = true;
+    }
+    let mut session = ClientSession::new(config, Instant::now());
+    let mut result = Err("the session ended without a word".to_string());
     // Messages still to fetch, and the one being read.
     let mut todo: Vec<(MessageNumber, u64)> = Vec::new();
     let mut sizes: Vec<(MessageNumber, u64)> = Vec::new();
@@ -133,7 +147,8 @@ fn run(args: &Args) -> Result<bool, String> {
     let mut out = Vec::new();
     let mut buf = vec![0; 64 * 1024];
     let stdout = std::io::stdout();
-    loop {
+    // Closed means closed and drained: the loop sees the last event.
+    while !session.is_closed() {
         while let Some(event) = session.poll_event() {
             if args.verbose && !matches!(event, ClientEvent::MessageData(_)) {
                 eprintln!("{event:?}");
@@ -147,9 +162,9 @@ fn run(args: &Args) -> Result<bool, String> {
                     }
                 }
                 ClientEvent::StartTls => {
-                    out.clear();
-                    session.poll_transmit(&mut out);
-                    stream.send(&out).map_err(|e| e.to_string())?;
+                    // Nothing is pending after STLS; the session waits.
+                    client::flush(&mut stream, &mut session, &mut out)
+                        .map_err(|e| e.to_string())?;
                     let config = tls.take().ok_or("STLS without TLS settings")?;
                     stream = stream
                         .start_tls(config, &host)
@@ -251,44 +266,40 @@ fn run(args: &Args) -> Result<bool, String> {
                     eprintln!("{command}: {response}");
                     all_ok = false;
                     match command {
-                        "USER" | "PASS" | "APOP" | "AUTH" | "STLS" => {
+                        Request::User
+                        | Request::Pass
+                        | Request::Apop
+                        | Request::Auth
+                        | Request::Stls => {
                             session.quit().map_err(|e| e.to_string())?;
                         }
-                        "RETR" | "TOP" => {
+                        Request::Retr | Request::Top => {
                             current = None;
                             next(&mut session, &mut todo, &action)?;
                         }
-                        "LIST" => session.quit().map_err(|e| e.to_string())?,
+                        Request::List => session.quit().map_err(|e| e.to_string())?,
                         _ => {}
                     }
                 }
-                ClientEvent::Closed(None) => return Ok(all_ok),
+                ClientEvent::Closed(None) => result = Ok(all_ok),
                 ClientEvent::Closed(Some(e)) => {
                     if current.is_some() {
                         eprintln!("the connection ended in the middle of a message");
                     }
-                    return Err(e.to_string());
+                    result = Err(e.to_string());
                 }
                 _ => {}
             }
         }
-        out.clear();
-        session.poll_transmit(&mut out);
-        stream.send(&out).map_err(|e| e.to_string())?;
-        match stream
-            .read_until(&mut buf, session.poll_timeout())
-            .map_err(|e| e.to_string())?
-        {
-            None => session.handle_timeout(Instant::now()),
-            Some(0) => session.receive_eof(Instant::now()),
-            Some(n) => session.receive(Instant::now(), &buf[..n]),
-        }
+        client::exchange(&mut stream, &mut session, &mut out, &mut buf)
+            .map_err(|e| e.to_string())?;
     }
+    result
 }
 
 fn login(
     session: &mut ClientSession,
-    caps: &ServerCapabilities,
+    caps: &Capabilities,
     args: &Args,
     password: &str,
 ) -> Result<(), String> {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! echo "Hallo Bob" | cargo run --example send-mail -- --from anna@kolleg.de --to bob@kolleg.de --subject Hallo
+//! cargo run --example send-mail -- --server smtp.example:465 --tls --auth anna:geheim ...   # implicit TLS
 //! ```
 
 use std::io::Read;
@@ -11,12 +12,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use bytes::Bytes;
 use clap::Parser;
-use postamt_examples::client::ClientStream;
+use postamt_examples::client::{self, ClientStream};
 use postamt_examples::tls;
 use postamt_smtp::{
     ClientConfig, ClientEvent, ClientSession, Envelope, ForwardPath, Mailbox, Mechanism,
     ReversePath,
 };
+use postamt_wire::Session;
 
 /// Send a message with SMTP: the body comes from standard input or a file.
 #[derive(Parser, Debug)]
@@ -40,7 +42,10 @@ struct Args {
     /// Switch to TLS with STARTTLS before anything else.
     #[arg(long)]
     starttls: bool,
-    /// Trust the certificate(s) in this PEM file for STARTTLS.
+    /// TLS from the first byte (submissions on port 465, RFC 8314).
+    #[arg(long, conflicts_with = "starttls")]
+    tls: bool,
+    /// Trust the certificate(s) in this PEM file for TLS.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
     /// Accept any certificate (a classroom server's self-signed one).
@@ -124,7 +129,7 @@ fn run(args: &Args) -> Result<bool, String> {
         Some(a) => Some(a.split_once(':').ok_or("--auth wants USER:PASSWORD")?),
         None => None,
     };
-    let tls = if args.starttls {
+    let tls = if args.starttls || args.tls {
         Some(
             tls::client_from_args(args.tls_ca.as_deref(), args.tls_insecure)
                 .map_err(|e| e.to_string())?,
@@ -138,14 +143,23 @@ fn run(args: &Args) -> Result<bool, String> {
         .map_err(|e| format!("{}: {e}", args.server))?;
     let mut config = ClientConfig::new(args.helo.clone());
     config.prefer_chunking = args.chunking;
+    let mut tls = tls;
+    if args.tls {
+        let tls = tls.take().ok_or("TLS without TLS settings")?;
+        stream = stream
+            .start_tls(tls, &host)
+            .map_err(|e| format!("TLS: {e}"))?;
+        config.implicit_tls = true;
+    }
     let mut session = ClientSession::new(config, Instant::now());
     let mut envelope = Some(envelope);
-    let mut tls = tls;
     let mut logged_in = credentials.is_none();
     let mut delivered = false;
+    let mut result = Err("the session ended without a word".to_string());
     let mut out = Vec::new();
     let mut buf = vec![0; 16 * 1024];
-    loop {
+    // Closed means closed and drained: the loop sees the last event.
+    while !session.is_closed() {
         while let Some(event) = session.poll_event() {
             if args.verbose {
                 eprintln!("{event:?}");
@@ -171,9 +185,9 @@ fn run(args: &Args) -> Result<bool, String> {
                     }
                 }
                 ClientEvent::StartTls => {
-                    out.clear();
-                    session.poll_transmit(&mut out);
-                    stream.send(&out).map_err(|e| e.to_string())?;
+                    // Nothing is pending after STARTTLS; the session waits.
+                    client::flush(&mut stream, &mut session, &mut out)
+                        .map_err(|e| e.to_string())?;
                     let config = tls.take().ok_or("STARTTLS without TLS settings")?;
                     stream = stream
                         .start_tls(config, &host)
@@ -201,25 +215,17 @@ fn run(args: &Args) -> Result<bool, String> {
                             println!("message sent: {reply}");
                             delivered = report.refused.is_empty();
                         }
-                        Err(failure) => println!("message not sent: {failure:?}"),
+                        Err(failure) => println!("message not sent: {failure}"),
                     }
                     session.quit().map_err(|e| e.to_string())?;
                 }
-                ClientEvent::Closed(None) => return Ok(delivered),
-                ClientEvent::Closed(Some(e)) => return Err(e.to_string()),
+                ClientEvent::Closed(None) => result = Ok(delivered),
+                ClientEvent::Closed(Some(e)) => result = Err(e.to_string()),
                 _ => {}
             }
         }
-        out.clear();
-        session.poll_transmit(&mut out);
-        stream.send(&out).map_err(|e| e.to_string())?;
-        match stream
-            .read_until(&mut buf, session.poll_timeout())
-            .map_err(|e| e.to_string())?
-        {
-            None => session.handle_timeout(Instant::now()),
-            Some(0) => session.receive_eof(Instant::now()),
-            Some(n) => session.receive(Instant::now(), &buf[..n]),
-        }
+        client::exchange(&mut stream, &mut session, &mut out, &mut buf)
+            .map_err(|e| e.to_string())?;
     }
+    result
 }

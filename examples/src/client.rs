@@ -1,11 +1,13 @@
 //! A blocking socket for the client examples: plain TCP, upgraded to TLS
-//! after STARTTLS/STLS.
+//! after STARTTLS/STLS (or at once, for implicit TLS), and the one loop step
+//! that moves bytes for any [`Session`].
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use postamt_wire::Session;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 
@@ -110,4 +112,39 @@ impl ClientStream {
             Err(e) => Err(e),
         }
     }
+}
+
+/// One turn of a client's loop, as the [`Session`] docs drive a session:
+/// writes what it has to send, then (unless it is closed) waits for the
+/// server until its next deadline and hands over the bytes, the end of the
+/// stream or the time. Call it while `!session.is_closed()`, after taking
+/// the session's events.
+pub fn exchange<S: Session>(
+    stream: &mut ClientStream,
+    session: &mut S,
+    out: &mut Vec<u8>,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    flush(stream, session, out)?;
+    if session.is_closed() {
+        return Ok(());
+    }
+    match stream.read_until(buf, session.poll_timeout())? {
+        None => session.handle_timeout(Instant::now()),
+        Some(0) => session.receive_eof(Instant::now()),
+        Some(n) => session.receive(Instant::now(), &buf[..n]),
+    }
+    Ok(())
+}
+
+/// Writes what the session has to send now (before a TLS handshake, the
+/// last plaintext bytes).
+pub fn flush<S: Session>(
+    stream: &mut ClientStream,
+    session: &mut S,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    out.clear();
+    session.poll_transmit(out);
+    stream.send(out)
 }

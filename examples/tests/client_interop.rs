@@ -13,6 +13,7 @@ use postamt_smtp::{
     ClientConfig, ClientEvent, ClientSession, Envelope, Failure, ForwardPath, Mechanism,
     ReversePath,
 };
+use postamt_wire::Session;
 
 /// Runs the client until `until` says stop, feeding it what the server sends.
 fn pump(

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use postamt_examples::client::ClientStream;
 use postamt_pop3::{ClientConfig, ClientEvent, ClientSession, MessageNumber};
 use postamt_store::{MailStore, MailboxName, Maildir};
+use postamt_wire::Session;
 
 const DOVECOT: &str = "/usr/sbin/dovecot";
 
@@ -212,7 +213,7 @@ impl Conn {
         let stream =
             ClientStream::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(5)).unwrap();
         let mut config = ClientConfig::default();
-        config.reply_timeout = Duration::from_secs(10);
+        config.timeouts.response = Duration::from_secs(10);
         Self {
             session: ClientSession::new(config, Instant::now()),
             stream,
@@ -334,7 +335,7 @@ fn our_client_against_dovecot_pop3() {
         matches!(
             &events[..],
             [ClientEvent::Error {
-                command: "RETR",
+                command: postamt_pop3::Request::Retr,
                 ..
             }]
         ),

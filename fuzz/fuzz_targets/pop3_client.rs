@@ -3,13 +3,15 @@
 //! Invariants: no panic; with an application that only listens, whole and
 //! byte-by-byte input give the same events and sent bytes; with one that
 //! logs in and fetches, output stays bounded, message data never exceeds the
-//! input, and the session ends with exactly one `Closed`.
+//! input, the session ends with exactly one `Closed`, and the password
+//! never shows in the session's `Debug`.
 #![no_main]
 
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use postamt_pop3::{ClientConfig, ClientEvent, ClientSession, MessageNumber};
+use postamt_wire::Session;
 
 fn run(input: &[u8], bytewise: bool, act: bool) -> (Vec<String>, Vec<u8>, usize) {
     let now = Instant::now();
@@ -43,6 +45,7 @@ fn run(input: &[u8], bytewise: bool, act: bool) -> (Vec<String>, Vec<u8>, usize)
         }
         session.poll_transmit(&mut sent);
         let _ = session.poll_timeout();
+        assert!(!format!("{session:?}").contains("topSecret"), "a secret in Debug");
     }
     session.receive_eof(now);
     while let Some(event) = session.poll_event() {

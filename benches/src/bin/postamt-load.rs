@@ -29,6 +29,7 @@ use bytes::Bytes;
 use clap::Parser;
 use postamt_pop3::MessageNumber;
 use postamt_smtp::{Envelope, ForwardPath, Mailbox, ReversePath};
+use postamt_wire::Session;
 
 /// Load-test a mail server on this machine: SMTP transactions and POP3
 /// sessions from concurrent clients, with messages/s, p50/p99 latency and

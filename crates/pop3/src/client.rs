@@ -2,258 +2,27 @@
 //! [`ClientSession`] for the driving contract.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::mem;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use memchr::memchr;
 use postamt_wire::sasl::{self, Mechanism};
-use postamt_wire::{Decoded, Secret};
+use postamt_wire::{Decoded, Secret, Session};
 
 use crate::apop::apop_digest;
 use crate::command::{Command, MAX_COMMAND_LINE, MessageNumber};
 use crate::error::ResponseError;
 use crate::response::{MultilineDecoder, Response, Status};
 
-/// What a client needs to know up front. Every limit has a safe default.
-///
-/// Start from [`ClientConfig::default`] and change the public fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ClientConfig {
-    /// How long the client waits for each response, and between the pieces
-    /// of a multi-line one: 10 minutes, the server's own inactivity timer
-    /// (RFC 1939 §3).
-    pub reply_timeout: Duration,
-    /// Longest status line, CRLF included: 1024 octets, twice the 512 of
-    /// RFC 2449 §4, for servers with long greetings. A longer line ends the
-    /// session with [`ClientError::LineTooLong`] instead of being buffered.
-    pub max_response_line: usize,
-    /// Longest multi-line listing (CAPA, LIST, UIDL) kept while it arrives,
-    /// unstuffed: 4 MiB, room for about 150 000 UIDL lines. A server sending
-    /// more ends the session with [`ClientError::ListingTooLong`]. Message
-    /// text (RETR, TOP) is never kept: it is handed on as it arrives.
-    pub max_listing: usize,
-}
+mod capabilities;
+mod config;
+mod events;
 
-impl Default for ClientConfig {
-    fn default() -> Self {
-        Self {
-            reply_timeout: Duration::from_secs(10 * 60),
-            max_response_line: 1024,
-            max_listing: 4 * 1024 * 1024,
-        }
-    }
-}
-
-/// What a server offered in its CAPA response (RFC 2449 §6).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServerCapabilities {
-    /// Whether the server answered CAPA at all; a server of RFC 1939 alone
-    /// does not, and then nothing else here is known.
-    pub capa: bool,
-    /// `USER`: login with USER and PASS.
-    pub user: bool,
-    /// `SASL`: the mechanisms for AUTH, upper case (RFC 5034 §6).
-    pub sasl: Vec<String>,
-    /// `STLS` (RFC 2595 §4).
-    pub stls: bool,
-    /// `PIPELINING`: commands may be sent without waiting (RFC 2449 §6.6).
-    pub pipelining: bool,
-    /// `TOP`.
-    pub top: bool,
-    /// `UIDL`.
-    pub uidl: bool,
-    /// `UTF8` (RFC 6856 §2).
-    pub utf8: bool,
-    /// `RESP-CODES`: `-ERR` responses carry response codes (RFC 2449 §6.4).
-    pub resp_codes: bool,
-    /// `AUTH-RESP-CODE`: login failures carry `[AUTH]` (RFC 3206 §6).
-    pub auth_resp_code: bool,
-    /// `IMPLEMENTATION`'s text, if sent.
-    pub implementation: Option<String>,
-    /// `EXPIRE`'s arguments, if sent (RFC 2449 §6.7).
-    pub expire: Option<String>,
-    /// `LOGIN-DELAY`'s arguments, if sent (RFC 2449 §6.5).
-    pub login_delay: Option<String>,
-    /// Every other capability line, as sent.
-    pub other: Vec<String>,
-}
-
-impl ServerCapabilities {
-    /// Reads the lines of a CAPA listing, each without its CRLF.
-    pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        let mut caps = Self {
-            capa: true,
-            ..Self::default()
-        };
-        for line in lines {
-            let line = String::from_utf8_lossy(line);
-            let line = line.trim();
-            let (keyword, args) = match line.split_once(' ') {
-                Some((k, a)) => (k, a.trim()),
-                None => (line, ""),
-            };
-            match keyword.to_ascii_uppercase().as_str() {
-                "" => {}
-                "USER" => caps.user = true,
-                "SASL" => {
-                    for name in args.split_ascii_whitespace() {
-                        let name = name.to_ascii_uppercase();
-                        if !caps.sasl.contains(&name) {
-                            caps.sasl.push(name);
-                        }
-                    }
-                }
-                "STLS" => caps.stls = true,
-                "PIPELINING" => caps.pipelining = true,
-                "TOP" => caps.top = true,
-                "UIDL" => caps.uidl = true,
-                "UTF8" => caps.utf8 = true,
-                "RESP-CODES" => caps.resp_codes = true,
-                "AUTH-RESP-CODE" => caps.auth_resp_code = true,
-                "IMPLEMENTATION" => caps.implementation = Some(args.to_string()),
-                "EXPIRE" => caps.expire = Some(args.to_string()),
-                "LOGIN-DELAY" => caps.login_delay = Some(args.to_string()),
-                _ => caps.other.push(line.to_string()),
-            }
-        }
-        caps
-    }
-
-    /// Whether AUTH with `mechanism` is offered.
-    pub fn offers_sasl(&self, mechanism: Mechanism) -> bool {
-        self.sasl.iter().any(|m| m == mechanism.as_str())
-    }
-}
-
-/// What the application must know, in the order of the commands.
-///
-/// Each command the caller queues yields exactly one outcome: its typed
-/// result, or [`ClientEvent::Error`] with the server's `-ERR`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientEvent {
-    /// The server greeted and answered CAPA (or refused it): login and STLS
-    /// may start. Comes again after STLS, with what the server offers over
-    /// TLS.
-    Ready(ServerCapabilities),
-    /// The server said `+OK` to STLS: run the TLS handshake, then call
-    /// [`ClientSession::tls_established`]. Anything the server sent after
-    /// its `+OK` in plaintext has been discarded.
-    StartTls,
-    /// The login (USER/PASS, APOP or AUTH) succeeded: the maildrop is open.
-    LoggedIn,
-    /// STAT's answer.
-    Stat {
-        /// Messages in the maildrop, not counting those marked as deleted.
-        count: u32,
-        /// Their total size in octets.
-        octets: u64,
-    },
-    /// LIST's answer: message numbers and sizes in octets (one entry for
-    /// `LIST n`).
-    List(Vec<(MessageNumber, u64)>),
-    /// UIDL's answer: message numbers and unique ids (one entry for
-    /// `UIDL n`).
-    Uidl(Vec<(MessageNumber, String)>),
-    /// RETR or TOP was accepted: the message's text follows as
-    /// [`ClientEvent::MessageData`], then [`ClientEvent::MessageEnd`].
-    MessageStart(MessageNumber),
-    /// A piece of the message, unstuffed, exactly as the server holds it
-    /// (CRLF line ends). Pieces split anywhere, as the bytes arrived.
-    MessageData(Bytes),
-    /// The message is complete. Without it (the connection ended first),
-    /// the pieces so far are not the whole message.
-    MessageEnd,
-    /// DELE succeeded: the message is marked, and goes at QUIT.
-    Deleted(MessageNumber),
-    /// RSET succeeded: no message is marked any more.
-    Reset,
-    /// NOOP succeeded.
-    Noop,
-    /// The server said `-ERR` (its response code, if any, is in
-    /// [`Response::code`]: `[IN-USE]`, `[AUTH]`, `[SYS/TEMP]`, ...). A login
-    /// that fails leaves the session ready for another; a refused STLS
-    /// leaves it in plaintext, ready. After `-ERR` to QUIT the deletions were
-    /// not committed; [`ClientEvent::Closed`] follows.
-    Error {
-        /// The command's keyword (`PASS`, `RETR`, ...).
-        command: &'static str,
-        /// The server's response.
-        response: Response,
-    },
-    /// The session ended: after QUIT's response, or for the reason given.
-    Closed(Option<ClientError>),
-}
-
-/// Why a session ended early.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The server's greeting was `-ERR`.
-    #[error("server refused: {0}")]
-    Refused(Response),
-    /// The server sent a line that is not a POP3 response.
-    #[error("malformed response: {0}")]
-    Malformed(ResponseError),
-    /// A `+OK` line or a listing line does not say what the command asks for
-    /// (STAT without two numbers, a LIST line without a size, ...).
-    #[error("unexpected response to {0}")]
-    Unexpected(&'static str),
-    /// The server sent a response nobody asked for.
-    #[error("unsolicited response: {0}")]
-    Unsolicited(Response),
-    /// A status line was longer than [`ClientConfig::max_response_line`].
-    #[error("response line too long")]
-    LineTooLong,
-    /// A listing was longer than [`ClientConfig::max_listing`].
-    #[error("listing too long")]
-    ListingTooLong,
-    /// No response within [`ClientConfig::reply_timeout`].
-    #[error("timeout waiting for the server")]
-    Timeout,
-    /// The server closed the connection before QUIT's response.
-    #[error("connection closed by the server")]
-    ConnectionClosed,
-}
-
-/// The caller asked for something the session cannot do now; nothing was
-/// sent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientUsageError {
-    /// The session is not ready for this now: before
-    /// [`ClientEvent::Ready`], during a login or STLS, or (for login and
-    /// STLS) while other commands are outstanding.
-    #[error("the session is not ready for that now")]
-    Busy,
-    /// A maildrop command before [`ClientEvent::LoggedIn`].
-    #[error("not logged in")]
-    NotLoggedIn,
-    /// A login command or STLS after [`ClientEvent::LoggedIn`].
-    #[error("already logged in")]
-    AlreadyLoggedIn,
-    /// The server does not offer this (STLS, USER, a SASL mechanism), or TLS
-    /// is already active.
-    #[error("the server does not offer this")]
-    NotOffered,
-    /// APOP needs a timestamp in the greeting, and there was none.
-    #[error("the greeting carries no APOP timestamp")]
-    NoApopTimestamp,
-    /// An argument would break the command line: a user name with a space
-    /// or control character, a password with CR, LF or NUL, or a line
-    /// longer than 255 octets (RFC 2449 §4).
-    #[error("invalid argument")]
-    InvalidArgument,
-    /// The mechanism is not one this client runs (PLAIN only).
-    #[error("unsupported SASL mechanism")]
-    UnsupportedMechanism,
-    /// The session has closed.
-    #[error("the session is closed")]
-    Closed,
-}
+pub use capabilities::Capabilities;
+pub use config::{ClientConfig, ClientTimeouts};
+pub use events::{ClientError, ClientEvent, ClientUsageError, Request};
 
 /// A response the client waits for, in the order the commands went out.
 #[derive(Debug)]
@@ -279,24 +48,24 @@ enum Expect {
 }
 
 impl Expect {
-    fn keyword(&self) -> &'static str {
+    fn request(&self) -> Request {
         match self {
-            Self::Greeting => "greeting",
-            Self::Capa => "CAPA",
-            Self::Stls => "STLS",
-            Self::User(_) => "USER",
-            Self::Pass => "PASS",
-            Self::Apop => "APOP",
-            Self::Auth(_) => "AUTH",
-            Self::Stat => "STAT",
-            Self::List(_) => "LIST",
-            Self::Uidl(_) => "UIDL",
-            Self::Retr(_) => "RETR",
-            Self::Top(_) => "TOP",
-            Self::Dele(_) => "DELE",
-            Self::Rset => "RSET",
-            Self::Noop => "NOOP",
-            Self::Quit => "QUIT",
+            Self::Greeting => Request::Greeting,
+            Self::Capa => Request::Capa,
+            Self::Stls => Request::Stls,
+            Self::User(_) => Request::User,
+            Self::Pass => Request::Pass,
+            Self::Apop => Request::Apop,
+            Self::Auth(_) => Request::Auth,
+            Self::Stat => Request::Stat,
+            Self::List(_) => Request::List,
+            Self::Uidl(_) => Request::Uidl,
+            Self::Retr(_) => Request::Retr,
+            Self::Top(_) => Request::Top,
+            Self::Dele(_) => Request::Dele,
+            Self::Rset => Request::Rset,
+            Self::Noop => Request::Noop,
+            Self::Quit => Request::Quit,
         }
     }
 }
@@ -339,28 +108,35 @@ enum Listing {
     Uidl,
 }
 
-/// One client-side POP3 session, driven by the caller.
+/// One client-side POP3 session, driven by the caller through
+/// [`postamt_wire::Session`], the contract all four postamt sessions keep:
 ///
-/// The contract mirrors [`ServerSession`](crate::ServerSession) and the SMTP
-/// client of `postamt-smtp`:
-///
-/// 1. [`receive`](Self::receive) takes the bytes that arrived, split
-///    anywhere; [`receive_eof`](Self::receive_eof) says the server closed.
-/// 2. [`poll_event`](Self::poll_event) gives what happened, one event at a
-///    time, in the order of the commands: drain it after every `receive`.
+/// 1. [`receive`](Session::receive) takes the bytes that arrived, split
+///    anywhere; [`receive_eof`](Session::receive_eof) says the server closed.
+/// 2. [`poll_event`](Session::poll_event) gives what happened, one event at
+///    a time, in the order of the commands: drain it after every `receive`.
 /// 3. Commands are queued with methods ([`login_user`](Self::login_user),
 ///    [`stat`](Self::stat), [`retr`](Self::retr), ...); each yields exactly
 ///    one outcome event. After login, maildrop commands may be queued at any
 ///    time: with `PIPELINING` in CAPA they go out at once, otherwise one
 ///    after each response.
-/// 4. [`poll_transmit`](Self::poll_transmit) appends the bytes to write.
-/// 5. [`poll_timeout`](Self::poll_timeout) and
-///    [`handle_timeout`](Self::handle_timeout) carry time in; the session
+/// 4. [`poll_transmit`](Session::poll_transmit) appends the bytes to write.
+/// 5. [`poll_timeout`](Session::poll_timeout) and
+///    [`handle_timeout`](Session::handle_timeout) carry time in; the session
 ///    reads no clock.
-/// 6. [`is_closed`](Self::is_closed) says when to drop the connection.
+/// 6. [`is_closed`](Session::is_closed) turns true once the session ended
+///    and its last event ([`ClientEvent::Closed`], always) and output were
+///    taken: then drop the connection.
 /// 7. STLS: after [`ClientEvent::StartTls`] run the handshake, then call
-///    [`tls_established`](Self::tls_established); the session asks CAPA
-///    again and says [`ClientEvent::Ready`] once more.
+///    [`tls_established`](Session::tls_established); until then no command
+///    goes out and what the server sends is discarded. The session then asks
+///    CAPA again and says [`ClientEvent::Ready`] once more.
+///
+/// Once the session has ended (the server closed, a timeout, a malformed
+/// response: [`ClientEvent::Closed`] is queued) every method that asks for
+/// something returns `Ok(())` and sends nothing: the caller may not have seen
+/// the `Closed` yet, so it is no mistake, and the answer is moot. Usage
+/// errors are only the caller's own mistakes.
 ///
 /// The session opens by reading the greeting (keeping its APOP timestamp)
 /// and sending CAPA. A message's text (RETR, TOP) is unstuffed as it arrives
@@ -370,9 +146,10 @@ enum Listing {
 /// ```
 /// use std::time::Instant;
 /// use postamt_pop3::{ClientConfig, ClientEvent, ClientSession};
+/// use postamt_pop3::Session;
 ///
 /// let now = Instant::now();
-/// let mut client = ClientSession::new(ClientConfig::default(), now);
+/// let mut client = ClientSession::new(ClientConfig::new(), now);
 /// let mut out = Vec::new();
 /// client.receive(now, b"+OK ready\r\n");
 /// client.poll_transmit(&mut out);
@@ -385,16 +162,20 @@ enum Listing {
 /// assert_eq!(client.poll_event(), Some(ClientEvent::LoggedIn));
 /// client.stat().unwrap();
 /// client.retr(postamt_pop3::MessageNumber::new(1).unwrap()).unwrap();
+/// client.quit().unwrap();
 /// out.clear();
 /// client.poll_transmit(&mut out);
-/// assert_eq!(out, b"USER bob\r\nPASS topSecret\r\nSTAT\r\nRETR 1\r\n");
-/// client.receive(now, b"+OK 1 9\r\n+OK\r\n..hi\r\nyo\r\n.\r\n");
+/// assert_eq!(out, b"USER bob\r\nPASS topSecret\r\nSTAT\r\nRETR 1\r\nQUIT\r\n");
+/// client.receive(now, b"+OK 1 9\r\n+OK\r\n..hi\r\nyo\r\n.\r\n+OK bye\r\n");
 /// assert_eq!(client.poll_event(), Some(ClientEvent::Stat { count: 1, octets: 9 }));
 /// assert!(matches!(client.poll_event(), Some(ClientEvent::MessageStart(_))));
 /// assert_eq!(client.poll_event(), Some(ClientEvent::MessageData(".hi\r\nyo\r\n".into())));
 /// assert_eq!(client.poll_event(), Some(ClientEvent::MessageEnd));
+/// // Closed, but not drained: the last event is still to be taken.
+/// assert!(!client.is_closed());
+/// assert_eq!(client.poll_event(), Some(ClientEvent::Closed(None)));
+/// assert!(client.is_closed());
 /// ```
-#[derive(Debug)]
 pub struct ClientSession {
     config: ClientConfig,
     phase: Phase,
@@ -408,17 +189,42 @@ pub struct ClientSession {
     queue: VecDeque<(Vec<u8>, Expect)>,
     body: Option<Body>,
     greeting: Option<Response>,
-    caps: Option<ServerCapabilities>,
+    caps: Option<Capabilities>,
     tls: bool,
     now: Instant,
     deadline: Option<Instant>,
 }
 
+/// By hand: the input and output buffers are shown by length only, as
+/// output waiting to be sent holds PASS, AUTH's response or APOP's digest.
+impl fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("config", &self.config)
+            .field("phase", &self.phase)
+            .field("input_len", &self.input.len())
+            .field("output_len", &self.out.len())
+            .field("events", &self.events)
+            .field("expect", &self.expect)
+            .field(
+                "queued",
+                &self.queue.iter().map(|(_, e)| e).collect::<Vec<_>>(),
+            )
+            .field("body", &self.body)
+            .field("greeting", &self.greeting)
+            .field("caps", &self.caps)
+            .field("tls", &self.tls)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClientSession {
     /// A session on a fresh connection, waiting for the server's greeting.
     pub fn new(config: ClientConfig, now: Instant) -> Self {
-        let deadline = Some(now + config.reply_timeout);
+        let deadline = Some(now + config.timeouts.response);
         Self {
+            tls: config.implicit_tls,
             config,
             phase: Phase::Starting,
             input: Vec::new(),
@@ -429,18 +235,9 @@ impl ClientSession {
             body: None,
             greeting: None,
             caps: None,
-            tls: false,
             now,
             deadline,
         }
-    }
-
-    /// A session on a connection that is already encrypted (POP3S, port
-    /// 995): STLS is not offered.
-    pub fn new_tls(config: ClientConfig, now: Instant) -> Self {
-        let mut session = Self::new(config, now);
-        session.tls = true;
-        session
     }
 
     /// The server's greeting, once it arrived.
@@ -454,12 +251,12 @@ impl ClientSession {
     }
 
     /// What the server offered, once it answered CAPA.
-    pub fn capabilities(&self) -> Option<&ServerCapabilities> {
+    pub fn capabilities(&self) -> Option<&Capabilities> {
         self.caps.as_ref()
     }
 
-    /// Whether TLS is active (after [`tls_established`](Self::tls_established)
-    /// or from [`new_tls`](Self::new_tls)).
+    /// Whether TLS is active (after [`tls_established`](Session::tls_established)
+    /// or from the start with [`ClientConfig::implicit_tls`]).
     pub fn is_tls(&self) -> bool {
         self.tls
     }
@@ -467,11 +264,6 @@ impl ClientSession {
     /// Whether the login succeeded and the maildrop is open.
     pub fn is_logged_in(&self) -> bool {
         matches!(self.phase, Phase::Transaction)
-    }
-
-    /// Whether the session has ended.
-    pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
     }
 
     /// Commands sent or queued whose responses have not arrived in full
@@ -485,75 +277,13 @@ impl ClientSession {
         !self.expect.is_empty() || self.body.is_some()
     }
 
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.events.pop_front()
-    }
-
-    /// Appends the bytes to send to `buf`; returns how many.
-    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> usize {
-        let n = self.out.len();
-        buf.extend_from_slice(&self.out);
-        self.out.clear();
-        n
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) should be called; `None`
-    /// while no response is awaited.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.awaiting() {
-            None
-        } else {
-            self.deadline
-        }
-    }
-
-    /// Tells the session the time; past a response deadline it closes with
-    /// [`ClientError::Timeout`]. Safe to call early.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        if self.awaiting() && self.deadline.is_some_and(|d| now >= d) {
-            self.close(Some(ClientError::Timeout));
-        }
-    }
-
-    /// Hands the session bytes from the server.
-    pub fn receive(&mut self, now: Instant, data: &[u8]) {
-        self.now = self.now.max(now);
-        if self.is_closed() || data.is_empty() {
-            return;
-        }
-        // Bytes are progress: the deadline runs from the last of them.
-        self.deadline = Some(self.now + self.config.reply_timeout);
-        if self.input.is_empty() {
-            let used = self.process(data);
-            if !self.is_closed() && self.phase != Phase::Handshake {
-                self.input.extend_from_slice(&data[used..]);
-            }
-        } else {
-            let mut input = mem::take(&mut self.input);
-            input.extend_from_slice(data);
-            let used = self.process(&input);
-            if !self.is_closed() && self.phase != Phase::Handshake {
-                input.drain(..used);
-                self.input = input;
-            }
-        }
-    }
-
-    /// Tells the session the server closed the connection. Before QUIT's
-    /// response that is [`ClientError::ConnectionClosed`]: nothing marked
-    /// was deleted.
-    pub fn receive_eof(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        if !self.is_closed() {
-            self.close(Some(ClientError::ConnectionClosed));
-        }
-    }
-
     /// Asks for STLS (RFC 2595 §4); [`ClientEvent::StartTls`] says when to
     /// run the handshake.
     pub fn stls(&mut self) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.idle_authorization()?;
         if self.tls || !self.caps.as_ref().is_some_and(|c| c.stls) {
             return Err(ClientUsageError::NotOffered);
@@ -563,25 +293,13 @@ impl ClientSession {
         Ok(())
     }
 
-    /// The TLS handshake after STLS is done: the session forgets what it
-    /// knew of the server and asks CAPA again (RFC 2595 §4).
-    pub fn tls_established(&mut self) -> Result<(), ClientUsageError> {
-        match self.phase {
-            Phase::Handshake => {}
-            Phase::Closed => return Err(ClientUsageError::Closed),
-            _ => return Err(ClientUsageError::Busy),
-        }
-        self.tls = true;
-        self.caps = None;
-        self.input.clear();
-        self.phase = Phase::Starting;
-        self.send(&Command::Capa, Expect::Capa);
-        Ok(())
-    }
-
     /// Logs in with USER and PASS (RFC 1939 §7); PASS goes after USER's
     /// `+OK`. [`ClientEvent::LoggedIn`] or [`ClientEvent::Error`] follows.
     pub fn login_user(&mut self, user: &str, password: &str) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.idle_authorization()?;
         if self.caps.as_ref().is_some_and(|c| c.capa && !c.user) {
             return Err(ClientUsageError::NotOffered);
@@ -602,6 +320,10 @@ impl ClientSession {
     /// Logs in with APOP (RFC 1939 §7): the digest of the greeting's
     /// timestamp and `secret`; the secret itself is never sent.
     pub fn login_apop(&mut self, user: &str, secret: &str) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.idle_authorization()?;
         check_name(user)?;
         let Some(timestamp) = self.apop_timestamp() else {
@@ -628,6 +350,10 @@ impl ClientSession {
         user: &str,
         password: &str,
     ) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.idle_authorization()?;
         if mechanism != Mechanism::Plain {
             return Err(ClientUsageError::UnsupportedMechanism);
@@ -706,6 +432,10 @@ impl ClientSession {
     /// deletes the marked messages; [`ClientEvent::Closed`] follows its
     /// response (after [`ClientEvent::Error`] if it could not).
     pub fn quit(&mut self) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         match self.phase {
             Phase::Transaction => {
                 self.phase = Phase::Quitting;
@@ -717,18 +447,25 @@ impl ClientSession {
                 self.send(&Command::Quit, Expect::Quit);
                 Ok(())
             }
-            Phase::Closed | Phase::Quitting => Err(ClientUsageError::Closed),
-            Phase::Starting | Phase::Exchange | Phase::Handshake => Err(ClientUsageError::Busy),
+            Phase::Quitting => Err(ClientUsageError::Quitting),
+            Phase::Starting | Phase::Exchange | Phase::Handshake | Phase::Closed => {
+                Err(ClientUsageError::Busy)
+            }
         }
     }
 
     // ----- internals -----
 
+    /// Whether the session has ended (events may be left).
+    fn ended(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
     fn idle_authorization(&self) -> Result<(), ClientUsageError> {
         match self.phase {
             Phase::Authorization if !self.awaiting() => Ok(()),
             Phase::Transaction => Err(ClientUsageError::AlreadyLoggedIn),
-            Phase::Closed | Phase::Quitting => Err(ClientUsageError::Closed),
+            Phase::Quitting => Err(ClientUsageError::Quitting),
             _ => Err(ClientUsageError::Busy),
         }
     }
@@ -738,14 +475,18 @@ impl ClientSession {
         command: &Command<'_>,
         expect: Expect,
     ) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         match self.phase {
             Phase::Transaction => {
                 self.enqueue(command, expect);
                 Ok(())
             }
-            Phase::Closed | Phase::Quitting => Err(ClientUsageError::Closed),
+            Phase::Quitting => Err(ClientUsageError::Quitting),
             Phase::Authorization | Phase::Exchange => Err(ClientUsageError::NotLoggedIn),
-            Phase::Starting | Phase::Handshake => Err(ClientUsageError::Busy),
+            Phase::Starting | Phase::Handshake | Phase::Closed => Err(ClientUsageError::Busy),
         }
     }
 
@@ -782,11 +523,14 @@ impl ClientSession {
     }
 
     fn arm(&mut self) {
-        self.deadline = Some(self.now + self.config.reply_timeout);
+        self.deadline = Some(self.now + self.config.timeouts.response);
     }
 
     fn close(&mut self, error: Option<ClientError>) {
         self.phase = Phase::Closed;
+        // After QUIT's response nothing is left to send; after a failure
+        // what was not written yet has no one to read it.
+        self.out.clear();
         self.expect.clear();
         self.queue.clear();
         self.body = None;
@@ -799,7 +543,7 @@ impl ClientSession {
     /// is left is the start of a line.
     fn process(&mut self, input: &[u8]) -> usize {
         let mut used = 0;
-        while used < input.len() && !self.is_closed() {
+        while used < input.len() && !self.ended() {
             if self.phase == Phase::Handshake {
                 // Plaintext after the +OK to STLS is never obeyed.
                 return input.len();
@@ -890,7 +634,7 @@ impl ClientSession {
         self.flush_queue();
     }
 
-    fn error(&mut self, command: &'static str, response: Response) {
+    fn error(&mut self, command: Request, response: Response) {
         self.events
             .push_back(ClientEvent::Error { command, response });
     }
@@ -901,7 +645,7 @@ impl ClientSession {
         self.events.push_back(ClientEvent::Ready(caps));
     }
 
-    fn login_failed(&mut self, command: &'static str, response: Response) {
+    fn login_failed(&mut self, command: Request, response: Response) {
         self.phase = Phase::Authorization;
         self.error(command, response);
     }
@@ -916,7 +660,7 @@ impl ClientSession {
             self.close(Some(ClientError::Unsolicited(response)));
             return;
         };
-        let command = expect.keyword();
+        let command = expect.request();
         if response.status() == Status::Continuation && !matches!(expect, Expect::Auth(_)) {
             self.close(Some(ClientError::Unexpected(command)));
             return;
@@ -937,7 +681,7 @@ impl ClientSession {
                     return;
                 }
                 // A server of RFC 1939 alone: nothing is known.
-                self.caps = Some(ServerCapabilities::default());
+                self.caps = Some(Capabilities::default());
                 self.ready();
             }
             Expect::Stls => {
@@ -999,7 +743,7 @@ impl ClientSession {
             }
             Expect::List(Some(n)) | Expect::Uidl(Some(n)) => {
                 if ok {
-                    let listing = if command == "LIST" {
+                    let listing = if command == Request::List {
                         Listing::List
                     } else {
                         Listing::Uidl
@@ -1103,7 +847,7 @@ impl ClientSession {
             .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
         match command {
             Listing::Capa => {
-                self.caps = Some(ServerCapabilities::from_lines(lines));
+                self.caps = Some(Capabilities::from_lines(lines));
                 self.ready();
             }
             Listing::List | Listing::Uidl => {
@@ -1114,12 +858,12 @@ impl ClientSession {
                         Some(ClientEvent::List(mut entry)) => sizes.append(&mut entry),
                         Some(ClientEvent::Uidl(mut entry)) => uids.append(&mut entry),
                         _ => {
-                            let keyword = if command == Listing::List {
-                                "LIST"
+                            let request = if command == Listing::List {
+                                Request::List
                             } else {
-                                "UIDL"
+                                Request::Uidl
                             };
-                            self.close(Some(ClientError::Unexpected(keyword)));
+                            self.close(Some(ClientError::Unexpected(request)));
                             return;
                         }
                     }
@@ -1132,6 +876,97 @@ impl ClientSession {
             }
         }
         self.response_done();
+    }
+}
+
+impl Session for ClientSession {
+    type Event = ClientEvent;
+    type UsageError = ClientUsageError;
+
+    /// Closed and drained: the session ended and its last event (always
+    /// [`ClientEvent::Closed`]) and output have been taken.
+    fn is_closed(&self) -> bool {
+        self.ended() && self.events.is_empty() && self.out.is_empty()
+    }
+
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> usize {
+        let n = self.out.len();
+        buf.append(&mut self.out);
+        n
+    }
+
+    /// When [`handle_timeout`](Session::handle_timeout) should be called; `None`
+    /// while no response is awaited.
+    fn poll_timeout(&self) -> Option<Instant> {
+        if !self.awaiting() {
+            None
+        } else {
+            self.deadline
+        }
+    }
+
+    /// Tells the session the time; past a response deadline it closes with
+    /// [`ClientError::Timeout`]. Safe to call early.
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self.awaiting() && self.deadline.is_some_and(|d| now >= d) {
+            self.close(Some(ClientError::Timeout));
+        }
+    }
+
+    /// Hands the session bytes from the server.
+    fn receive(&mut self, now: Instant, data: &[u8]) {
+        self.now = self.now.max(now);
+        if self.ended() || data.is_empty() {
+            return;
+        }
+        // Bytes are progress: the deadline runs from the last of them.
+        self.deadline = Some(self.now + self.config.timeouts.response);
+        if self.input.is_empty() {
+            let used = self.process(data);
+            if !self.ended() && self.phase != Phase::Handshake {
+                self.input.extend_from_slice(&data[used..]);
+            }
+        } else {
+            let mut input = mem::take(&mut self.input);
+            input.extend_from_slice(data);
+            let used = self.process(&input);
+            if !self.ended() && self.phase != Phase::Handshake {
+                input.drain(..used);
+                self.input = input;
+            }
+        }
+    }
+
+    /// Tells the session the server closed the connection. Before QUIT's
+    /// response that is [`ClientError::ConnectionClosed`]: nothing marked
+    /// was deleted.
+    fn receive_eof(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if !self.ended() {
+            self.close(Some(ClientError::ConnectionClosed));
+        }
+    }
+
+    /// The TLS handshake after STLS is done: the session forgets what it
+    /// knew of the server and asks CAPA again (RFC 2595 §4).
+    fn tls_established(&mut self) -> Result<(), ClientUsageError> {
+        match self.phase {
+            Phase::Handshake => {}
+            // The server went away during the handshake: moot.
+            Phase::Closed => return Ok(()),
+            _ => return Err(ClientUsageError::NoHandshakeDue),
+        }
+        self.tls = true;
+        self.caps = None;
+        self.input.clear();
+        self.phase = Phase::Starting;
+        self.send(&Command::Capa, Expect::Capa);
+        Ok(())
     }
 }
 
@@ -1179,6 +1014,8 @@ fn check_secret(secret: &str) -> Result<(), ClientUsageError> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn n(v: u32) -> MessageNumber {
@@ -1199,7 +1036,7 @@ mod tests {
 
     #[test]
     fn capabilities_are_parsed() {
-        let caps = ServerCapabilities::from_lines([
+        let caps = Capabilities::from_lines([
             &b"TOP"[..],
             b"user",
             b"SASL PLAIN login",
@@ -1261,7 +1098,7 @@ mod tests {
         let Some(ClientEvent::Error { command, response }) = c.poll_event() else {
             panic!()
         };
-        assert_eq!(command, "DELE");
+        assert_eq!(command, Request::Dele);
         assert_eq!(response.code(), Some(&crate::ResponseCode::SysTemp));
         assert_eq!(c.poll_event(), Some(ClientEvent::Closed(None)));
         assert!(c.is_closed());
@@ -1288,7 +1125,7 @@ mod tests {
             c.login_user("bob", "x\r\nDELE 1"),
             Err(ClientUsageError::InvalidArgument)
         );
-        assert_eq!(c.tls_established(), Err(ClientUsageError::Busy));
+        assert_eq!(c.tls_established(), Err(ClientUsageError::NoHandshakeDue));
         c.login_apop("bob", "secret").unwrap();
         assert_eq!(c.login_user("bob", "x"), Err(ClientUsageError::Busy));
         c.receive(now, b"+OK\r\n");
@@ -1302,7 +1139,13 @@ mod tests {
             c.poll_event(),
             Some(ClientEvent::Closed(Some(ClientError::ConnectionClosed)))
         );
-        assert_eq!(c.stat(), Err(ClientUsageError::Closed));
+        // After the end, requests are moot, not mistakes: nothing is sent.
+        assert_eq!(c.stat(), Ok(()));
+        assert_eq!(c.quit(), Ok(()));
+        let mut out = Vec::new();
+        assert_eq!(c.poll_transmit(&mut out), 0);
+        assert_eq!(c.poll_event(), None);
+        assert!(c.is_closed());
     }
 
     #[test]
@@ -1394,7 +1237,9 @@ mod tests {
         c.receive(now, b"+OK many\r\n");
         assert_eq!(
             c.poll_event(),
-            Some(ClientEvent::Closed(Some(ClientError::Unexpected("STAT"))))
+            Some(ClientEvent::Closed(Some(ClientError::Unexpected(
+                Request::Stat
+            ))))
         );
     }
 }

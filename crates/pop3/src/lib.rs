@@ -99,7 +99,8 @@ mod server;
 pub use apop::{ApopTimestamp, apop_digest, apop_timestamp, verify_apop};
 pub use bytes;
 pub use client::{
-    ClientConfig, ClientError, ClientEvent, ClientSession, ClientUsageError, ServerCapabilities,
+    Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, ClientTimeouts,
+    ClientUsageError, Request,
 };
 pub use command::{Command, MessageNumber};
 pub use config::{Extensions, Limits, ServerConfig, ServerTimeouts, Texts};

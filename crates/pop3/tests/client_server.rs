@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use postamt_pop3::{
     ClientConfig, ClientError, ClientEvent, ClientSession, ClientUsageError, MessageNumber,
-    ResponseCode, Session, Status,
+    Request, ResponseCode, Session, Status,
 };
 use postamt_wire::sasl::Mechanism;
 use support::{App, MESSAGE_2, Rng, Setup, Split};
@@ -82,7 +82,7 @@ impl Pair {
     }
 
     /// Greeting and CAPA: the capabilities the client saw.
-    fn start(&mut self) -> postamt_pop3::ServerCapabilities {
+    fn start(&mut self) -> postamt_pop3::Capabilities {
         match self.drive().as_slice() {
             [ClientEvent::Ready(caps)] => caps.clone(),
             other => panic!("expected Ready, got {other:?}"),
@@ -202,7 +202,7 @@ fn apop_login() {
         let [ClientEvent::Error { command, response }] = events.as_slice() else {
             panic!("{events:?}")
         };
-        assert_eq!(*command, "APOP");
+        assert_eq!(*command, Request::Apop);
         assert_eq!(response.code(), Some(&ResponseCode::Auth));
         pair.client.login_apop("bob", "topSecret").unwrap();
         assert_eq!(pair.drive(), [ClientEvent::LoggedIn]);
@@ -261,7 +261,7 @@ fn wrong_password_then_right_one() {
         let [ClientEvent::Error { command, response }] = events.as_slice() else {
             panic!("{events:?}")
         };
-        assert_eq!(*command, "PASS");
+        assert_eq!(*command, Request::Pass);
         assert_eq!(response.status(), Status::Err);
         assert_eq!(response.code(), Some(&ResponseCode::Auth));
         assert_eq!(response.text(), "Invalid user name or password");
@@ -282,7 +282,7 @@ fn maildrop_in_use() {
         let [ClientEvent::Error { command, response }] = events.as_slice() else {
             panic!("{events:?}")
         };
-        assert_eq!(*command, "PASS");
+        assert_eq!(*command, Request::Pass);
         assert_eq!(response.code(), Some(&ResponseCode::InUse));
         assert_eq!(response.text(), "Maildrop is locked by another session");
         pair.client.quit().unwrap();
@@ -324,7 +324,7 @@ fn system_errors_carry_their_codes() {
         else {
             panic!("{events:?}")
         };
-        assert_eq!(*command, "QUIT");
+        assert_eq!(*command, Request::Quit);
         assert_eq!(response.code(), Some(&ResponseCode::SysTemp));
     }
 }
@@ -391,7 +391,10 @@ fn pipelined_commands_go_out_in_one_write() {
                 ClientEvent::MessageEnd,
             ]
         );
-        assert_eq!(error(&outcomes[6]), ("RETR", "No such message".into()));
+        assert_eq!(
+            error(&outcomes[6]),
+            (Request::Retr, "No such message".into())
+        );
         assert_eq!(
             outcomes[7..10],
             [
@@ -402,7 +405,7 @@ fn pipelined_commands_go_out_in_one_write() {
         );
         assert_eq!(
             error(&outcomes[10]),
-            ("DELE", "Message already deleted".into())
+            (Request::Dele, "Message already deleted".into())
         );
         assert_eq!(
             outcomes[11..],
@@ -451,7 +454,7 @@ fn top_and_uidl_of_one_message() {
         pair.client.uidl(Some(n(3))).unwrap();
         let events = pair.drive();
         assert!(
-            matches!(&events[..], [ClientEvent::Error { command: "UIDL", response }] if response.text() == "No such message"),
+            matches!(&events[..], [ClientEvent::Error { command: Request::Uidl, response }] if response.text() == "No such message"),
             "{events:?}"
         );
     }

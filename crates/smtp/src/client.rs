@@ -1,288 +1,25 @@
 //! The client side of an SMTP session, as a state machine without I/O.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::mem;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use postamt_wire::DotEncoder;
 use postamt_wire::sasl::{self, Mechanism};
+use postamt_wire::{CrlfNormalizer, DotEncoder, Secret, Session};
 
-use crate::address::{Domain, ForwardPath, ReversePath};
-use crate::command::{Command, MailParameters, RcptParameters};
-use crate::error::ReplyError;
+use crate::address::{Domain, ForwardPath};
+use crate::command::Command;
 use crate::reply::{Reply, push_decimal};
 
-/// What a client needs to know up front.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ClientConfig {
-    /// The name the client gives in EHLO/HELO.
-    pub hostname: String,
-    /// Send messages with BDAT when the server offers CHUNKING (RFC 3030).
-    /// BDAT sends the bytes as given: they must already end lines in CRLF.
-    pub prefer_chunking: bool,
-    /// Timeouts of RFC 5321 §4.5.3.2.
-    pub timeouts: ClientTimeouts,
-    /// Longest reply the client keeps while it arrives: 64 KiB. A server
-    /// sending more in one reply is treated as broken.
-    pub max_reply: usize,
-    /// Output kept before the caller writes it, after which
-    /// [`ClientSession::wants_message_bytes`] says no: 256 KiB.
-    pub output_high_water: usize,
-}
+mod capabilities;
+mod config;
+mod events;
 
-impl ClientConfig {
-    /// A configuration with the RFC's timeouts.
-    pub fn new(hostname: impl Into<String>) -> Self {
-        Self {
-            hostname: hostname.into(),
-            prefer_chunking: false,
-            timeouts: ClientTimeouts::default(),
-            max_reply: 64 * 1024,
-            output_high_water: 256 * 1024,
-        }
-    }
-}
-
-/// How long the client waits for each reply (RFC 5321 §4.5.3.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ClientTimeouts {
-    /// The 220 greeting: 5 minutes.
-    pub greeting: Duration,
-    /// Replies to EHLO, MAIL, RCPT and other commands: 5 minutes.
-    pub command: Duration,
-    /// The 354 after DATA: 2 minutes.
-    pub data_start: Duration,
-    /// The reply after the final dot or the last BDAT: 10 minutes.
-    pub data_end: Duration,
-}
-
-impl Default for ClientTimeouts {
-    fn default() -> Self {
-        Self {
-            greeting: Duration::from_secs(5 * 60),
-            command: Duration::from_secs(5 * 60),
-            data_start: Duration::from_secs(2 * 60),
-            data_end: Duration::from_secs(10 * 60),
-        }
-    }
-}
-
-/// What a server offered in its EHLO reply.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Capabilities {
-    /// The server's name from the first line.
-    pub greeting: String,
-    /// Whether EHLO worked; after a HELO fallback nothing else is offered.
-    pub extended: bool,
-    /// PIPELINING (RFC 2920).
-    pub pipelining: bool,
-    /// SIZE (RFC 1870): `Some(0)` means no fixed limit.
-    pub size: Option<u64>,
-    /// 8BITMIME (RFC 6152).
-    pub eight_bit_mime: bool,
-    /// SMTPUTF8 (RFC 6531).
-    pub smtputf8: bool,
-    /// ENHANCEDSTATUSCODES (RFC 2034).
-    pub enhanced_status_codes: bool,
-    /// CHUNKING (RFC 3030).
-    pub chunking: bool,
-    /// BINARYMIME (RFC 3030).
-    pub binary_mime: bool,
-    /// DSN (RFC 3461).
-    pub dsn: bool,
-    /// STARTTLS (RFC 3207).
-    pub starttls: bool,
-    /// AUTH mechanisms as advertised (RFC 4954), upper case.
-    pub auth: Vec<String>,
-    /// Every other keyword line, as sent.
-    pub other: Vec<String>,
-}
-
-impl Capabilities {
-    /// Reads the lines of a 250 reply to EHLO.
-    pub fn from_ehlo(reply: &Reply) -> Self {
-        let mut caps = Self {
-            extended: true,
-            ..Self::default()
-        };
-        let mut lines = reply.lines();
-        caps.greeting = lines.next().map(|l| l.to_string()).unwrap_or_default();
-        for line in lines {
-            let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else {
-                continue;
-            };
-            let upper = keyword.to_ascii_uppercase();
-            match upper.as_str() {
-                "PIPELINING" => caps.pipelining = true,
-                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
-                "8BITMIME" => caps.eight_bit_mime = true,
-                "SMTPUTF8" => caps.smtputf8 = true,
-                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
-                "CHUNKING" => caps.chunking = true,
-                "BINARYMIME" => caps.binary_mime = true,
-                "DSN" => caps.dsn = true,
-                "STARTTLS" => caps.starttls = true,
-                "AUTH" => caps.add_auth(words),
-                _ if upper.starts_with("AUTH=") => {
-                    // The pre-standard form some servers still send.
-                    let first = &keyword[5..];
-                    caps.add_auth(std::iter::once(first).chain(words));
-                }
-                _ => caps.other.push(line.to_string()),
-            }
-        }
-        caps
-    }
-
-    fn add_auth<'a>(&mut self, names: impl Iterator<Item = &'a str>) {
-        for name in names {
-            let name = name.to_ascii_uppercase();
-            if !name.is_empty() && !self.auth.contains(&name) {
-                self.auth.push(name);
-            }
-        }
-    }
-
-    /// Whether AUTH with `mechanism` is offered.
-    pub fn offers_auth(&self, mechanism: Mechanism) -> bool {
-        self.auth.iter().any(|m| m == mechanism.as_str())
-    }
-}
-
-/// Sender, recipients and parameters of one transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    /// The reverse-path (`<>` for bounces).
-    pub from: ReversePath<'static>,
-    /// MAIL parameters. SIZE is filled in by the client when the message
-    /// length is known and the server offers SIZE.
-    pub params: MailParameters<'static>,
-    /// The recipients, each with its RCPT parameters.
-    pub recipients: Vec<(ForwardPath<'static>, RcptParameters<'static>)>,
-}
-
-impl Envelope {
-    /// An envelope from `from` with no recipients yet.
-    pub fn new(from: ReversePath<'static>) -> Self {
-        Self {
-            from,
-            params: MailParameters::default(),
-            recipients: Vec::new(),
-        }
-    }
-
-    /// Adds a recipient.
-    pub fn to(mut self, recipient: ForwardPath<'static>) -> Self {
-        self.recipients.push((recipient, RcptParameters::default()));
-        self
-    }
-}
-
-/// Why a transaction did not deliver.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Failure {
-    /// The server refused the sender.
-    Sender(Reply),
-    /// Every recipient was refused (see the report's `refused`).
-    NoRecipients,
-    /// The server refused DATA or a BDAT chunk.
-    Data(Reply),
-    /// The server refused the message after it was sent.
-    Message(Reply),
-    /// The message is larger than the server's SIZE; nothing was sent.
-    TooBig {
-        /// The message size in octets.
-        size: u64,
-        /// The server's limit.
-        limit: u64,
-    },
-}
-
-/// The outcome of one transaction, recipient by recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    /// Recipients the server accepted, with its replies.
-    pub accepted: Vec<(ForwardPath<'static>, Reply)>,
-    /// Recipients the server refused, with its replies.
-    pub refused: Vec<(ForwardPath<'static>, Reply)>,
-    /// The final reply, or why there was none worth having.
-    pub outcome: Result<Reply, Failure>,
-}
-
-/// What the application must know, in protocol order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientEvent {
-    /// The server greeted and answered EHLO (or HELO): transactions, AUTH and
-    /// STARTTLS may start. Comes again after STARTTLS.
-    Ready(Capabilities),
-    /// The server said 220 to STARTTLS: run the TLS handshake, then call
-    /// [`ClientSession::tls_established`]. Anything the server sent after its
-    /// 220 in plaintext has been discarded.
-    StartTls,
-    /// AUTH succeeded.
-    Authenticated,
-    /// AUTH failed with this reply.
-    AuthFailed(Reply),
-    /// [`ClientSession::start_message`] was accepted by the server (354, or
-    /// BDAT in use): feed the message while
-    /// [`ClientSession::wants_message_bytes`] is true, then call
-    /// [`ClientSession::end_message`].
-    SendMessage,
-    /// A transaction ended.
-    Done(Report),
-    /// The session ended: after QUIT, or for the reason given.
-    Closed(Option<ClientError>),
-}
-
-/// Why a session ended early.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The server refused the connection or a command the session needs.
-    #[error("server refused: {0}")]
-    Refused(Reply),
-    /// The server sent something that is not an SMTP reply.
-    #[error("malformed reply: {0}")]
-    Malformed(ReplyError),
-    /// A reply was longer than [`ClientConfig::max_reply`].
-    #[error("reply too long")]
-    ReplyTooLong,
-    /// No reply within the RFC's time.
-    #[error("timeout waiting for the server")]
-    Timeout,
-    /// The server closed the connection.
-    #[error("connection closed by the server")]
-    ConnectionClosed,
-}
-
-/// The caller asked for something the session cannot do now.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientUsageError {
-    /// The session is busy (not [`ClientEvent::Ready`] yet, or a transaction
-    /// or exchange is running).
-    #[error("the session is not ready for that now")]
-    Busy,
-    /// The server does not offer what was asked (STARTTLS, an AUTH mechanism).
-    #[error("the server does not offer this")]
-    NotOffered,
-    /// No message is being sent.
-    #[error("no message is being sent")]
-    NoMessage,
-    /// The envelope has no recipients.
-    #[error("the envelope has no recipients")]
-    NoRecipients,
-    /// The session has closed.
-    #[error("the session is closed")]
-    Closed,
-}
+pub use capabilities::Capabilities;
+pub use config::{ClientConfig, ClientTimeouts};
+pub use events::{ClientError, ClientEvent, ClientUsageError, Envelope, Failure, Report};
 
 /// A reply the client waits for, in the order the commands went out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,23 +53,35 @@ enum Phase {
     Closed,
 }
 
+/// Where an AUTH exchange stands; what is still to send is base64 of
+/// credentials, so it stays in [`Secret`].
 #[derive(Debug)]
 enum AuthStep {
     /// PLAIN sent without initial response, waiting for 334.
-    PlainPrompt(String),
+    PlainPrompt(Secret<String>),
     /// LOGIN: waiting for the user prompt, then the password prompt.
-    LoginUser(String, String),
-    LoginPassword(String),
+    LoginUser(Secret<String>, Secret<String>),
+    LoginPassword(Secret<String>),
     /// Waiting for 235.
     Final,
 }
 
-#[derive(Debug)]
 enum Body {
     /// Given whole; sent when the server is ready for it.
     Whole(Bytes),
     /// Given in pieces by the caller.
     Streamed,
+}
+
+/// The length, not the text: a message is the sender's business, and may
+/// be megabytes long.
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Whole(b) => write!(f, "Whole({} octets)", b.len()),
+            Self::Streamed => f.write_str("Streamed"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -352,25 +101,88 @@ struct Transaction {
     /// The caller has ended the message.
     ended: bool,
     encoder: DotEncoder,
+    /// `BODY=BINARYMIME`: the bytes go by BDAT as given.
+    binary: bool,
+    /// Line-end repair for BDAT, the rule DATA's encoder applies.
+    crlf: CrlfNormalizer,
+    /// One BDAT chunk after repair, so its size is known before it goes.
+    scratch: Vec<u8>,
     failure: Option<Failure>,
 }
 
-/// One client-side SMTP session, driven by the caller.
-///
-/// The contract mirrors [`ServerSession`](crate::ServerSession): hand it
-/// received bytes with [`receive`](Self::receive), drain
-/// [`poll_event`](Self::poll_event), write what
-/// [`poll_transmit`](Self::poll_transmit) gives, and keep time with
-/// [`poll_timeout`](Self::poll_timeout) and
-/// [`handle_timeout`](Self::handle_timeout). Replies may arrive split
-/// anywhere.
+/// One client-side SMTP session, driven by the caller through
+/// [`postamt_wire::Session`], the contract all four postamt sessions keep:
+/// hand it received bytes with [`receive`](Session::receive), drain
+/// [`poll_event`](Session::poll_event), write what
+/// [`poll_transmit`](Session::poll_transmit) gives, and keep time with
+/// [`poll_timeout`](Session::poll_timeout) and
+/// [`handle_timeout`](Session::handle_timeout). Replies may arrive split
+/// anywhere. [`is_closed`](Session::is_closed) turns true once the session
+/// ended and its last event ([`ClientEvent::Closed`], always) and output
+/// were taken.
 ///
 /// After [`ClientEvent::Ready`], run transactions with
 /// [`send_message`](Self::send_message) (the whole message at once) or
 /// [`start_message`](Self::start_message) and the streaming calls. With
 /// PIPELINING the client sends MAIL, every RCPT and DATA in one write; it goes
 /// on with the accepted recipients and reports the refused ones.
-#[derive(Debug)]
+///
+/// Once the session has ended (the server closed, a timeout, a fatal reply:
+/// [`ClientEvent::Closed`] is queued) every method that asks for something
+/// returns `Ok(())` and sends nothing: the caller may not have seen the
+/// `Closed` yet, so it is no mistake, and the answer is moot. Usage errors
+/// are only the caller's own mistakes.
+///
+/// After [`ClientEvent::StartTls`] no command goes out and what the server
+/// sends is discarded until the caller has run the handshake and called
+/// [`tls_established`](Session::tls_established); then the client says EHLO
+/// again.
+///
+/// ```
+/// use std::time::Instant;
+/// use postamt_smtp::{ClientConfig, ClientEvent, ClientSession, Envelope, ForwardPath, ReversePath};
+/// use postamt_smtp::Session;
+///
+/// let now = Instant::now();
+/// let mut client = ClientSession::new(ClientConfig::new("client.example"), now);
+/// let mut out = Vec::new();
+/// client.receive(now, b"220 mx.example ESMTP\r\n");
+/// client.poll_transmit(&mut out);
+/// assert_eq!(out, b"EHLO client.example\r\n");
+/// client.receive(now, b"250-mx.example Hello\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n");
+/// let Some(ClientEvent::Ready(caps)) = client.poll_event() else { panic!() };
+/// assert!(caps.pipelining && caps.domain == "mx.example");
+///
+/// let envelope = Envelope::new(ReversePath::Mailbox("anna@example.org".parse().unwrap()))
+///     .to(ForwardPath::Mailbox("bob@example.com".parse().unwrap()));
+/// // Bare LFs, a line opening with a dot, no final line end: all repaired.
+/// client.send_message(envelope, "Subject: hi\n\n.dot\nbye").unwrap();
+/// out.clear();
+/// client.poll_transmit(&mut out);
+/// // PIPELINING: the envelope and DATA in one write.
+/// assert_eq!(
+///     out,
+///     b"MAIL FROM:<anna@example.org> SIZE=26\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
+/// );
+/// client.receive(now, b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n");
+/// out.clear();
+/// client.poll_transmit(&mut out);
+/// assert_eq!(out, b"Subject: hi\r\n\r\n..dot\r\nbye\r\n.\r\n");
+/// client.receive(now, b"250 2.0.0 queued as 42\r\n");
+/// let Some(ClientEvent::Done(report)) = client.poll_event() else { panic!() };
+/// assert_eq!(report.accepted.len(), 1);
+/// assert_eq!(report.outcome.unwrap().code(), 250);
+///
+/// client.quit().unwrap();
+/// out.clear();
+/// client.poll_transmit(&mut out);
+/// assert_eq!(out, b"QUIT\r\n");
+/// client.receive(now, b"221 2.0.0 bye\r\n");
+/// // Closed, but not drained: the last event is still to be taken.
+/// assert!(!client.is_closed());
+/// assert_eq!(client.poll_event(), Some(ClientEvent::Closed(None)));
+/// assert!(client.is_closed());
+/// ```
 pub struct ClientSession {
     config: ClientConfig,
     phase: Phase,
@@ -385,11 +197,31 @@ pub struct ClientSession {
     deadline: Option<Instant>,
 }
 
+/// By hand: the input and output buffers are shown by length only, as
+/// output waiting to be sent holds AUTH's credentials and the message.
+impl fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("config", &self.config)
+            .field("phase", &self.phase)
+            .field("input_len", &self.input.len())
+            .field("output_len", &self.out.len())
+            .field("events", &self.events)
+            .field("expect", &self.expect)
+            .field("caps", &self.caps)
+            .field("tls", &self.tls)
+            .field("tx", &self.tx)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClientSession {
     /// A session on a fresh connection, waiting for the server's greeting.
     pub fn new(config: ClientConfig, now: Instant) -> Self {
         let deadline = Some(now + config.timeouts.greeting);
         Self {
+            tls: config.implicit_tls,
             config,
             phase: Phase::Starting,
             input: Vec::new(),
@@ -397,11 +229,17 @@ impl ClientSession {
             events: VecDeque::new(),
             expect: VecDeque::from([Expect::Greeting]),
             caps: None,
-            tls: false,
             tx: None,
             now,
             deadline,
         }
+    }
+
+    /// Whether TLS is active: after
+    /// [`tls_established`](Session::tls_established), or from the start with
+    /// [`ClientConfig::implicit_tls`].
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// What the server offered, once it answered EHLO.
@@ -409,107 +247,18 @@ impl ClientSession {
         self.caps.as_ref()
     }
 
-    /// Whether the session has ended.
-    pub fn is_closed(&self) -> bool {
-        matches!(self.phase, Phase::Closed)
-    }
-
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.events.pop_front()
-    }
-
-    /// Appends the bytes to send to `buf`.
-    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(&self.out);
-        self.out.clear();
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) should be called; `None`
-    /// while no reply is awaited.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.expect.is_empty() {
-            None
-        } else {
-            self.deadline
-        }
-    }
-
-    /// Tells the session the time; past a reply deadline it closes.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        if !self.expect.is_empty() && self.deadline.is_some_and(|d| now >= d) {
-            self.fail(ClientError::Timeout);
-        }
-    }
-
-    /// Hands the session bytes from the server.
-    pub fn receive(&mut self, now: Instant, data: &[u8]) {
-        self.now = self.now.max(now);
-        if self.is_closed() {
-            return;
-        }
-        self.input.extend_from_slice(data);
-        let mut used = 0;
-        while !self.is_closed() {
-            if matches!(self.phase, Phase::Tls { handshake: true }) {
-                // Plaintext after the 220 to STARTTLS is never obeyed.
-                used = self.input.len();
-                break;
-            }
-            match Reply::parse(&self.input[used..]) {
-                Ok(Some((reply, n))) => {
-                    used += n;
-                    self.reply(reply);
-                }
-                Ok(None) => {
-                    if self.input.len() - used > self.config.max_reply {
-                        self.fail(ClientError::ReplyTooLong);
-                    }
-                    break;
-                }
-                Err(e) => {
-                    self.fail(ClientError::Malformed(e));
-                    break;
-                }
-            }
-        }
-        self.input.drain(..used.min(self.input.len()));
-    }
-
-    /// Tells the session the server closed the connection.
-    pub fn receive_eof(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        if !self.is_closed() {
-            if matches!(self.phase, Phase::Quitting) {
-                self.close(None);
-            } else {
-                self.fail(ClientError::ConnectionClosed);
-            }
-        }
-    }
-
     /// Asks for STARTTLS; [`ClientEvent::StartTls`] says when to handshake.
     pub fn starttls(&mut self) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.ready()?;
         if self.tls || !self.caps.as_ref().is_some_and(|c| c.starttls) {
             return Err(ClientUsageError::NotOffered);
         }
         self.phase = Phase::Tls { handshake: false };
         self.send(Command::StartTls, Expect::StartTls);
-        Ok(())
-    }
-
-    /// The TLS handshake is done: the client says EHLO again (RFC 3207 §4.2).
-    pub fn tls_established(&mut self) -> Result<(), ClientUsageError> {
-        if !matches!(self.phase, Phase::Tls { handshake: true }) {
-            return Err(ClientUsageError::Busy);
-        }
-        self.tls = true;
-        self.caps = None;
-        self.input.clear();
-        self.phase = Phase::Starting;
-        self.ehlo();
         Ok(())
     }
 
@@ -520,16 +269,20 @@ impl ClientSession {
         username: &str,
         password: &str,
     ) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.ready()?;
         if !self.caps.as_ref().is_some_and(|c| c.offers_auth(mechanism)) {
             return Err(ClientUsageError::NotOffered);
         }
         match mechanism {
             Mechanism::Plain => {
-                let response = sasl::encode_plain(None, username, password);
+                let response = Secret::new(sasl::encode_plain(None, username, password));
                 // RFC 4954 §4: no initial response if the line would be too long.
-                if response.len() + 13 <= 512 {
-                    self.send_line(&["AUTH PLAIN ", &response], Expect::Auth);
+                if response.expose().len() + 13 <= 512 {
+                    self.send_line(&["AUTH PLAIN ", response.expose()], Expect::Auth);
                     self.phase = Phase::Auth(AuthStep::Final);
                 } else {
                     self.send_line(&["AUTH PLAIN"], Expect::Auth);
@@ -538,21 +291,36 @@ impl ClientSession {
             }
             _ => {
                 self.send_line(&["AUTH LOGIN"], Expect::Auth);
-                let user = sasl::encode_base64(username.as_bytes());
-                let pass = sasl::encode_base64(password.as_bytes());
+                let user = Secret::new(sasl::encode_base64(username.as_bytes()));
+                let pass = Secret::new(sasl::encode_base64(password.as_bytes()));
                 self.phase = Phase::Auth(AuthStep::LoginUser(user, pass));
             }
         }
         Ok(())
     }
 
-    /// Sends a whole message. Line ends are made CRLF and dots stuffed for
-    /// DATA; with BDAT the bytes go as they are.
+    /// Sends a whole message. Line ends are made CRLF (a bare CR or LF
+    /// becomes CRLF, a last line without one gets one), over DATA (dots then
+    /// stuffed) and BDAT alike, so the server gets the same text either way;
+    /// only a `BODY=BINARYMIME` message goes as given (by BDAT: the server
+    /// must offer CHUNKING and BINARYMIME). SIZE, when the server offers it,
+    /// declares the octets after that repair.
     pub fn send_message(
         &mut self,
         envelope: Envelope,
-        message: Bytes,
+        message: impl Into<Bytes>,
     ) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
+        self.ready()?;
+        let message = message.into();
+        let message = if is_binary(&envelope) || CrlfNormalizer::is_normalized(&message) {
+            message
+        } else {
+            Bytes::from(CrlfNormalizer::normalize(&message))
+        };
         let size = message.len() as u64;
         self.begin(envelope, Body::Whole(message), Some(size))
     }
@@ -579,6 +347,10 @@ impl ClientSession {
 
     /// The next piece of the message, split anywhere.
     pub fn message_chunk(&mut self, chunk: &[u8]) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         let tx = self.tx.as_mut().ok_or(ClientUsageError::NoMessage)?;
         if !tx.sending || tx.ended || !matches!(tx.body, Body::Streamed) {
             return Err(ClientUsageError::NoMessage);
@@ -586,18 +358,30 @@ impl ClientSession {
         if chunk.is_empty() {
             return Ok(());
         }
-        if tx.chunking {
-            write_bdat(&mut self.out, chunk.len() as u64, false);
-            self.out.extend_from_slice(chunk);
-            self.expect.push_back(Expect::Bdat { last: false });
-        } else {
+        if !tx.chunking {
             tx.encoder.encode(chunk, &mut self.out);
+            return Ok(());
         }
+        let text: &[u8] = if tx.binary {
+            chunk
+        } else {
+            tx.scratch.clear();
+            tx.crlf.push(chunk, &mut tx.scratch);
+            &tx.scratch
+        };
+        // The size counts the octets that go, after the line-end repair.
+        write_bdat(&mut self.out, text.len() as u64, false);
+        self.out.extend_from_slice(text);
+        self.expect.push_back(Expect::Bdat { last: false });
         Ok(())
     }
 
     /// The message is complete.
     pub fn end_message(&mut self) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         let tx = self.tx.as_mut().ok_or(ClientUsageError::NoMessage)?;
         if !tx.sending || tx.ended || !matches!(tx.body, Body::Streamed) {
             return Err(ClientUsageError::NoMessage);
@@ -608,21 +392,31 @@ impl ClientSession {
 
     /// Says QUIT; [`ClientEvent::Closed`] follows the server's 221.
     pub fn quit(&mut self) -> Result<(), ClientUsageError> {
-        if self.is_closed() {
-            return Err(ClientUsageError::Closed);
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
         }
-        if self.tx.is_some() || !self.expect.is_empty() && !matches!(self.phase, Phase::Ready) {
-            return Err(ClientUsageError::Busy);
+        match self.phase {
+            // Also while a RSET is in flight: QUIT follows it.
+            Phase::Ready if self.tx.is_none() => {}
+            Phase::Quitting => return Err(ClientUsageError::Quitting),
+            // Between the 220 to STARTTLS and the handshake nothing goes out.
+            _ => return Err(ClientUsageError::Busy),
         }
         self.phase = Phase::Quitting;
         self.send(Command::Quit, Expect::Quit);
         Ok(())
     }
 
+    /// Whether the session has ended (events or output may be left).
+    fn ended(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
     fn ready(&self) -> Result<(), ClientUsageError> {
         match self.phase {
             Phase::Ready if self.tx.is_none() => Ok(()),
-            Phase::Closed => Err(ClientUsageError::Closed),
+            Phase::Quitting => Err(ClientUsageError::Quitting),
             _ => Err(ClientUsageError::Busy),
         }
     }
@@ -633,6 +427,10 @@ impl ClientSession {
         body: Body,
         size: Option<u64>,
     ) -> Result<(), ClientUsageError> {
+        if self.ended() {
+            // The session is over (the Closed event says why): moot.
+            return Ok(());
+        }
         self.ready()?;
         if envelope.recipients.is_empty() {
             return Err(ClientUsageError::NoRecipients);
@@ -651,7 +449,12 @@ impl ClientSession {
         if caps.size.is_some() && envelope.params.size.is_none() {
             envelope.params.size = size;
         }
-        let chunking = self.config.prefer_chunking && caps.chunking;
+        let binary = is_binary(&envelope);
+        if binary && !(caps.chunking && caps.binary_mime) {
+            // RFC 3030 §3: BINARYMIME only by BDAT, and only when offered.
+            return Err(ClientUsageError::NotOffered);
+        }
+        let chunking = (self.config.prefer_chunking || binary) && caps.chunking;
         let mut queue = VecDeque::new();
         let mut line = Vec::new();
         Command::Mail {
@@ -684,6 +487,9 @@ impl ClientSession {
             sending: false,
             ended: false,
             encoder: DotEncoder::new(),
+            binary,
+            crlf: CrlfNormalizer::new(),
+            scratch: Vec::new(),
             failure: None,
         });
         self.phase = Phase::Transaction;
@@ -737,9 +543,18 @@ impl ClientSession {
             Body::Streamed => None,
         };
         if tx.chunking {
-            let bytes = whole.unwrap_or_default();
+            // A whole message was repaired in send_message; a streamed one
+            // may still lack the end of its last line.
+            tx.scratch.clear();
+            if !tx.binary {
+                tx.crlf.finish(&mut tx.scratch);
+            }
+            let bytes: &[u8] = match &whole {
+                Some(b) => b,
+                None => &tx.scratch,
+            };
             write_bdat(&mut self.out, bytes.len() as u64, true);
-            self.out.extend_from_slice(&bytes);
+            self.out.extend_from_slice(bytes);
             self.expect.push_back(Expect::Bdat { last: true });
         } else {
             if let Some(bytes) = whole {
@@ -780,11 +595,7 @@ impl ClientSession {
 
     fn fail(&mut self, error: ClientError) {
         if let Some(tx) = self.tx.take() {
-            let failure = tx.failure.unwrap_or(Failure::Message(Reply::new(
-                451,
-                None,
-                "Connection lost before the transaction completed",
-            )));
+            let failure = tx.failure.unwrap_or(Failure::ConnectionLost);
             self.events.push_back(ClientEvent::Done(Report {
                 accepted: tx.accepted,
                 refused: tx.refused,
@@ -799,6 +610,9 @@ impl ClientSession {
         self.expect.clear();
         self.deadline = None;
         self.input.clear();
+        // Nothing can follow QUIT's reply, and after a failure whatever was
+        // not written yet has no one to read it.
+        self.out.clear();
         self.events.push_back(ClientEvent::Closed(error));
     }
 
@@ -813,7 +627,7 @@ impl ClientSession {
             if reply.code() == 421 {
                 self.fail(ClientError::Refused(reply));
             } else {
-                self.fail(ClientError::Malformed(ReplyError::BadCode));
+                self.fail(ClientError::Unsolicited(reply));
             }
             return;
         };
@@ -848,14 +662,7 @@ impl ClientSession {
             }
             Expect::Helo => {
                 if reply.is_positive() {
-                    let caps = Capabilities {
-                        greeting: reply
-                            .lines()
-                            .next()
-                            .map(|l| l.to_string())
-                            .unwrap_or_default(),
-                        ..Capabilities::default()
-                    };
+                    let caps = Capabilities::from_helo(&reply);
                     self.caps = Some(caps.clone());
                     self.ready_again();
                     self.events.push_back(ClientEvent::Ready(caps));
@@ -911,15 +718,15 @@ impl ClientSession {
         }
         let next = match step {
             AuthStep::PlainPrompt(response) => {
-                self.send_line(&[&response], Expect::Auth);
+                self.send_line(&[response.expose()], Expect::Auth);
                 AuthStep::Final
             }
             AuthStep::LoginUser(user, pass) => {
-                self.send_line(&[&user], Expect::Auth);
+                self.send_line(&[user.expose()], Expect::Auth);
                 AuthStep::LoginPassword(pass)
             }
             AuthStep::LoginPassword(pass) => {
-                self.send_line(&[&pass], Expect::Auth);
+                self.send_line(&[pass.expose()], Expect::Auth);
                 AuthStep::Final
             }
             AuthStep::Final => {
@@ -1028,6 +835,111 @@ impl ClientSession {
             self.phase = Phase::Ready;
         }
     }
+}
+
+impl Session for ClientSession {
+    type Event = ClientEvent;
+    type UsageError = ClientUsageError;
+
+    /// Closed and drained: the session ended and its last event (always
+    /// [`ClientEvent::Closed`]) and output have been taken.
+    fn is_closed(&self) -> bool {
+        self.ended() && self.events.is_empty() && self.out.is_empty()
+    }
+
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> usize {
+        let n = self.out.len();
+        buf.append(&mut self.out);
+        n
+    }
+
+    /// When [`handle_timeout`](Session::handle_timeout) should be called; `None`
+    /// while no reply is awaited.
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.expect.is_empty() {
+            None
+        } else {
+            self.deadline
+        }
+    }
+
+    /// Tells the session the time; past a reply deadline it closes.
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if !self.expect.is_empty() && self.deadline.is_some_and(|d| now >= d) {
+            self.fail(ClientError::Timeout);
+        }
+    }
+
+    /// Hands the session bytes from the server.
+    fn receive(&mut self, now: Instant, data: &[u8]) {
+        self.now = self.now.max(now);
+        if self.ended() {
+            return;
+        }
+        self.input.extend_from_slice(data);
+        let mut used = 0;
+        while !self.ended() {
+            if matches!(self.phase, Phase::Tls { handshake: true }) {
+                // Plaintext after the 220 to STARTTLS is never obeyed.
+                used = self.input.len();
+                break;
+            }
+            match Reply::parse(&self.input[used..]) {
+                Ok(Some((reply, n))) => {
+                    used += n;
+                    self.reply(reply);
+                }
+                Ok(None) => {
+                    if self.input.len() - used > self.config.max_reply {
+                        self.fail(ClientError::ReplyTooLong);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.fail(ClientError::Malformed(e));
+                    break;
+                }
+            }
+        }
+        self.input.drain(..used.min(self.input.len()));
+    }
+
+    /// Tells the session the server closed the connection.
+    fn receive_eof(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if !self.ended() {
+            if matches!(self.phase, Phase::Quitting) {
+                self.close(None);
+            } else {
+                self.fail(ClientError::ConnectionClosed);
+            }
+        }
+    }
+
+    /// The TLS handshake is done: the client says EHLO again (RFC 3207 §4.2).
+    fn tls_established(&mut self) -> Result<(), ClientUsageError> {
+        match self.phase {
+            Phase::Tls { handshake: true } => {}
+            // The server went away during the handshake: moot.
+            Phase::Closed => return Ok(()),
+            _ => return Err(ClientUsageError::NoHandshakeDue),
+        }
+        self.tls = true;
+        self.caps = None;
+        self.input.clear();
+        self.phase = Phase::Starting;
+        self.ehlo();
+        Ok(())
+    }
+}
+
+fn is_binary(envelope: &Envelope) -> bool {
+    envelope.params.body == Some(crate::command::Body::BinaryMime)
 }
 
 fn write_bdat(out: &mut Vec<u8>, size: u64, last: bool) {

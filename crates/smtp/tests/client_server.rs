@@ -146,10 +146,11 @@ fn pipelined_transaction_with_a_refused_recipient() {
             data,
             r#"data "Subject: hi\r\n\r\n.dot line\r\nlast line without end\r\n""#
         );
-        // MAIL, both RCPTs and DATA went out in one write, SIZE declared.
+        // MAIL, both RCPTs and DATA went out in one write, SIZE declared
+        // (the octets after line-end repair: 44 given, 49 sent).
         let wire = String::from_utf8_lossy(&p.wire);
         assert!(
-            wire.contains("MAIL FROM:<anna@kolleg.de> SIZE=44\r\nRCPT TO:<bob@kolleg.de>\r\nRCPT TO:<nobody@kolleg.de>\r\nDATA\r\n"),
+            wire.contains("MAIL FROM:<anna@kolleg.de> SIZE=49\r\nRCPT TO:<bob@kolleg.de>\r\nRCPT TO:<nobody@kolleg.de>\r\nDATA\r\n"),
             "{wire}"
         );
         p.client.quit().unwrap();
@@ -319,7 +320,7 @@ fn oversize_messages_are_not_sent() {
     p.client
         .send_message(
             envelope("anna@kolleg.de", &["bob@kolleg.de"]),
-            Bytes::from(vec![b'x'; 101]),
+            [vec![b'x'; 99], b"\r\n".to_vec()].concat(),
         )
         .unwrap();
     let events = p.run();
@@ -474,4 +475,98 @@ fn plaintext_after_the_starttls_reply_is_discarded() {
         panic!()
     };
     assert!(caps.eight_bit_mime && caps.auth.is_empty() && !caps.starttls);
+}
+
+/// What the server delivered last, as the scripted application wrote it.
+fn delivered(p: &Pair) -> String {
+    p.app
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.starts_with("data "))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Checks that every BDAT on `wire` announced exactly the octets that
+/// followed it; returns the octets of the message.
+fn bdat_payload(wire: &[u8]) -> Vec<u8> {
+    let mut at = memchr::memmem::find(wire, b"BDAT ").expect("a BDAT");
+    let mut payload = Vec::new();
+    loop {
+        let end = at + memchr::memmem::find(&wire[at..], b"\r\n").unwrap();
+        let line = std::str::from_utf8(&wire[at..end]).unwrap();
+        let mut words = line.split(' ').skip(1);
+        let size: usize = words.next().unwrap().parse().unwrap();
+        let last = words.next() == Some("LAST");
+        payload.extend_from_slice(&wire[end + 2..end + 2 + size]);
+        at = end + 2 + size;
+        if last {
+            // What follows is a command again (or nothing).
+            let rest = &wire[at..];
+            assert!(rest.is_empty() || rest.starts_with(b"QUIT") || rest.starts_with(b"MAIL"));
+            return payload;
+        }
+        assert!(
+            wire[at..].starts_with(b"BDAT "),
+            "a BDAT chunk ran over its size"
+        );
+    }
+}
+
+#[test]
+fn data_and_bdat_deliver_the_same_text() {
+    let messages: [&[u8]; 7] = [
+        b"Subject: lf\n\nbare LF\nlines\n",
+        b"Subject: cr\r\n\r\nbare CR\rhere\r",
+        b"Subject: end\r\n\r\n.dot\r\n..two\r\nno final CRLF",
+        b"mixed\r\r\n\n\r.\n.\r\n\n",
+        b"\r",
+        b"x",
+        b"Subject: fine\r\n\r\nalready CRLF\r\n.\r\n",
+    ];
+    for_seeds(|seed| {
+        for message in messages {
+            let want = postamt_wire::CrlfNormalizer::normalize(message);
+            let mut seen = Vec::new();
+            for (chunking, streamed) in [(false, false), (false, true), (true, false), (true, true)]
+            {
+                let mut client = ClientConfig::new("client.example");
+                client.prefer_chunking = chunking;
+                let mut p = Pair::new(server_config(), client, seed);
+                p.ready();
+                let env = envelope("anna@kolleg.de", &["bob@kolleg.de"]);
+                if streamed {
+                    p.client.start_message(env, None).unwrap();
+                    assert_eq!(p.run(), [ClientEvent::SendMessage]);
+                    let mut rest = message;
+                    while !rest.is_empty() {
+                        let n = p.cut(rest.len()).min(rest.len());
+                        p.client.message_chunk(&rest[..n]).unwrap();
+                        rest = &rest[n..];
+                    }
+                    p.client.end_message().unwrap();
+                } else {
+                    p.client.send_message(env, message).unwrap();
+                }
+                let events = p.run();
+                let [ClientEvent::Done(report)] = events.as_slice() else {
+                    panic!("{events:?}")
+                };
+                assert!(report.outcome.is_ok(), "{report:?}");
+                if chunking {
+                    assert_eq!(bdat_payload(&p.wire), want, "seed {seed} {message:?}");
+                } else {
+                    assert!(!p.wire.windows(5).any(|w| w == b"BDAT "));
+                }
+                seen.push(delivered(&p));
+            }
+            assert!(seen.iter().all(|d| *d == seen[0]), "seed {seed}: {seen:?}");
+            assert_eq!(
+                seen[0],
+                format!("data {:?}", String::from_utf8_lossy(&want)),
+                "seed {seed}"
+            );
+        }
+    });
 }

@@ -160,6 +160,29 @@ impl CrlfNormalizer {
         }
         *self = Self::new();
     }
+
+    /// Whether `text` is already what [`normalize`](Self::normalize) makes
+    /// of it (every line end CRLF and the last line ended, or empty), so a
+    /// caller can keep it without a copy.
+    pub fn is_normalized(text: &[u8]) -> bool {
+        let mut rest = text;
+        while let Some(at) = memchr2(b'\r', b'\n', rest) {
+            if rest[at] == b'\n' || rest.get(at + 1) != Some(&b'\n') {
+                return false;
+            }
+            rest = &rest[at + 2..];
+        }
+        rest.is_empty()
+    }
+
+    /// Rewrites a whole text at once, the end of its last line included.
+    pub fn normalize(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len() + 2);
+        let mut n = Self::new();
+        n.push(text, &mut out);
+        n.finish(&mut out);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +197,20 @@ mod tests {
         }
         n.finish(&mut out);
         out
+    }
+
+    #[test]
+    fn normalized_text_is_recognised() {
+        for text in [&b""[..], b"a\r\n", b"a\r\nb\r\n\r\n"] {
+            assert!(CrlfNormalizer::is_normalized(text), "{text:?}");
+            assert_eq!(CrlfNormalizer::normalize(text), text);
+        }
+        for text in [&b"a"[..], b"a\n", b"a\r", b"a\rb\r\n", b"a\r\nb"] {
+            assert!(!CrlfNormalizer::is_normalized(text), "{text:?}");
+            assert!(CrlfNormalizer::is_normalized(&CrlfNormalizer::normalize(
+                text
+            )));
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!   rules (bare CR/LF, line length) for text that is not dot-stuffed (BDAT).
 //! - [`crlf`] writes down the one rule for line ends of message text on the
 //!   wire (the encoder's), with [`CrlfSize`] to count by it and
-//!   [`CrlfNormalizer`] to rewrite by it.
+//!   [`CrlfNormalizer`] to rewrite by it (the POP3 store, SMTP BDAT).
 //! - [`Secret`] keeps credentials out of `Debug` output.
 //! - [`Session`] is the driving contract all four protocol sessions keep.
 //! - [`sasl`] decodes SASL PLAIN and LOGIN exchanges (RFC 4616, the LOGIN draft)
