@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConnection, StreamOwned};
 
+use postamt_wire::Session;
+
 use crate::trace::Trace;
 
 /// Longest wait in one read, so a connection notices a server shutdown.
@@ -74,44 +76,6 @@ impl Write for Stream {
     }
 }
 
-/// What both protocol sessions offer the I/O loop.
-pub(crate) trait Session {
-    fn receive(&mut self, now: Instant, data: &[u8]);
-    fn receive_eof(&mut self, now: Instant);
-    fn poll_transmit(&mut self, buf: &mut Vec<u8>);
-    fn poll_timeout(&self) -> Option<Instant>;
-    fn handle_timeout(&mut self, now: Instant);
-    fn is_closed(&self) -> bool;
-    /// The TLS handshake after STARTTLS/STLS completed.
-    fn tls_established(&mut self) -> Result<(), String>;
-}
-
-// The SMTP session keeps the shared contract, `postamt_smtp::Session`; this
-// adapter goes once the POP3 session keeps it too and `drive` takes that trait.
-impl Session for postamt_smtp::ServerSession {
-    fn receive(&mut self, now: Instant, data: &[u8]) {
-        postamt_smtp::Session::receive(self, now, data);
-    }
-    fn receive_eof(&mut self, now: Instant) {
-        postamt_smtp::Session::receive_eof(self, now);
-    }
-    fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
-        postamt_smtp::Session::poll_transmit(self, buf);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        postamt_smtp::Session::poll_timeout(self)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        postamt_smtp::Session::handle_timeout(self, now);
-    }
-    fn is_closed(&self) -> bool {
-        postamt_smtp::Session::is_closed(self)
-    }
-    fn tls_established(&mut self) -> Result<(), String> {
-        postamt_smtp::Session::tls_established(self).map_err(|e| e.to_string())
-    }
-}
-
 /// What the application part of a connection asks of the loop.
 pub(crate) enum Next {
     Continue,
@@ -169,7 +133,7 @@ pub(crate) fn drive<S: Session>(
                     .ok_or_else(|| io::Error::other("STARTTLS without a TLS configuration"))?;
                 stream = stream.start_tls(config)?;
                 if let Err(e) = session.tls_established() {
-                    trace.error(&e);
+                    trace.error(&e.to_string());
                 }
                 trace.note("TLS handshake complete");
                 next = app(&mut session, trace);

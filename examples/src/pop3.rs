@@ -11,7 +11,7 @@ use postamt_pop3::Session as _;
 use postamt_pop3::{Event, MessageFlow, Response, ResponseCode, ServerSession, verify_apop};
 use postamt_store::{MailboxName, Maildrop, StoreError};
 
-use crate::conn::{Next, Session, drive};
+use crate::conn::{Next, drive};
 use crate::server::Shared;
 use crate::smtp::FAILED_LOGIN_DELAY;
 use crate::trace::{Protocol, Trace};
@@ -19,30 +19,6 @@ use crate::trace::{Protocol, Trace};
 /// Bytes of a message read from the store at a time.
 const CHUNK: usize = 64 * 1024;
 
-// The local driver trait forwards to the one contract, `postamt_wire::Session`.
-impl Session for ServerSession {
-    fn receive(&mut self, now: Instant, data: &[u8]) {
-        postamt_pop3::Session::receive(self, now, data);
-    }
-    fn receive_eof(&mut self, now: Instant) {
-        postamt_pop3::Session::receive_eof(self, now);
-    }
-    fn poll_transmit(&mut self, buf: &mut Vec<u8>) {
-        postamt_pop3::Session::poll_transmit(self, buf);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        postamt_pop3::Session::poll_timeout(self)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        postamt_pop3::Session::handle_timeout(self, now);
-    }
-    fn is_closed(&self) -> bool {
-        postamt_pop3::Session::is_closed(self)
-    }
-    fn tls_established(&mut self) -> Result<(), String> {
-        postamt_pop3::Session::tls_established(self).map_err(|e| e.to_string())
-    }
-}
 
 /// The open maildrop (its lock held) and the message being sent, if any.
 #[derive(Default)]
