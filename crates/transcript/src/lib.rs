@@ -363,6 +363,11 @@ pub trait Application: Sized {
 
     /// Checks the session's invariants after every drain (bounded buffers).
     fn check(&mut self) {}
+
+    /// Called before each action after the start: an application that
+    /// answers a decision late (after the peer has gone, say) answers it in
+    /// the next [`idle`](Application::idle) after this.
+    fn next_action(&mut self) {}
 }
 
 /// What one run produced, action by action.
@@ -407,6 +412,9 @@ pub fn run<A: Application>(transcript: &Transcript, split: Split) -> Result<(), 
             output: Vec::new(),
             events: Vec::new(),
         };
+        if action.act != Act::Start {
+            app.next_action();
+        }
         match &action.act {
             Act::Start => {}
             Act::Send(bytes) => {

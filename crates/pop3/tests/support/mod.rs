@@ -1,27 +1,20 @@
-//! A scripted application around a `ServerSession`, answering decisions from a
-//! fixture, and a reader for transcript files.
-//!
-//! Transcript lines:
-//! - `C: text`  the client sends `text` and CRLF; `C~ text` sends it without CRLF.
-//! - `S: text`  the server sends `text` and CRLF.
-//! - `A: text`  the application sees this event (see [`App::describe`]).
-//! - `T: handshake`  the TLS handshake completes here (after STLS).
-//! - `E: eof`  the client closes its side.
-//! - `= closed` / `= open`  how the session ends.
-//! - `! directive`  set-up (see [`Setup`]); `#` starts a comment. Unlike
-//!   the library, the harness allows plaintext logins before TLS unless
-//!   `! no-plaintext-login` says otherwise.
-//!
-//! In `C:` and `S:` text, `\r`, `\n`, `\\` and `\xHH` are escapes, and
-//! `{c*N}` stands for the character `c` repeated `N` times.
+//! A scripted application around a POP3 `ServerSession`, answering
+//! decisions from a fixture, and its place in the shared transcript harness
+//! (`postamt-transcript`). Transcripts set it up with `!config` keys (see
+//! [`Setup`]) and describe events as [`App::handle`] logs them. Unlike the
+//! library, the fixture allows plaintext logins before TLS unless
+//! `!config no-plaintext-login` says otherwise, since most transcripts play
+//! the classroom telnet session.
 #![allow(dead_code, unreachable_pub)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use postamt_pop3::{
     Event, Maildrop, MessageFlow, Response, ResponseCode, ServerConfig, ServerSession, Session,
     verify_apop,
 };
+use postamt_transcript::{Application, Transcript};
+pub use postamt_transcript::{Rng, Split};
 use postamt_wire::sasl::Mechanism;
 
 /// 120 octets.
@@ -90,179 +83,74 @@ pub fn users() -> Vec<User> {
     ]
 }
 
-/// Set-up from `!` directives.
+/// Set-up from `!config` lines.
 #[derive(Clone, Default)]
 pub struct Setup {
-    /// `! apop <timestamp>`
+    /// `!config apop=<timestamp>`
     pub apop: Option<String>,
-    /// `! stls`
+    /// `!config stls`
     pub stls: bool,
-    /// `! tls`: the connection is already encrypted.
+    /// `!config tls`: the connection is already encrypted.
     pub tls: bool,
-    /// `! no-plaintext-login`: the library's default
+    /// `!config no-plaintext-login`: the library's default
     /// (`ServerConfig::login_without_tls` false). Without it the harness
     /// allows USER/PASS and AUTH PLAIN/LOGIN before TLS, since most
     /// transcripts play the classroom telnet session.
     pub no_plaintext_login: bool,
-    /// `! commit-fails`
+    /// `!config commit-fails`
     pub commit_fails: bool,
-    /// `! sasl PLAIN LOGIN`
+    /// `!config sasl=PLAIN LOGIN`
     pub sasl: Option<Vec<Mechanism>>,
-    /// `! max-errors N`
+    /// `!config max-errors=N`
     pub max_errors: Option<u32>,
-    /// `! store-down`: logins get -ERR [SYS/TEMP].
+    /// `!config store-down`: logins get -ERR [SYS/TEMP].
     pub store_down: bool,
-    /// `! unreadable N`: message N cannot be read.
+    /// `!config hold-commit`: the commit after QUIT is answered only after
+    /// the transcript's next action (say, the end of the stream).
+    pub hold_commit: bool,
+    /// `!config unreadable=N`: message N cannot be read.
     pub unreadable: Option<u32>,
 }
 
-pub enum Step {
-    Bytes(Vec<u8>),
-    Handshake,
-    Eof,
-}
-
-pub struct Transcript {
-    pub setup: Setup,
-    pub steps: Vec<Step>,
-    pub expected_output: Vec<u8>,
-    pub expected_events: Vec<String>,
-    pub expect_closed: Option<bool>,
-}
-
-pub fn unescape(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if i + 1 < bytes.len() => {
-                match bytes[i + 1] {
-                    b'r' => out.push(b'\r'),
-                    b'n' => out.push(b'\n'),
-                    b'\\' => out.push(b'\\'),
-                    b'x' => {
-                        let hex = &text[i + 2..i + 4];
-                        out.push(u8::from_str_radix(hex, 16).expect("bad \\x escape"));
-                        i += 2;
-                    }
-                    other => panic!("unknown escape \\{}", other as char),
+impl Setup {
+    /// The set-up a transcript's `!config` lines ask for.
+    pub fn from_transcript(t: &Transcript) -> Self {
+        let mut setup = Self::default();
+        for c in &t.settings {
+            match c.key.as_str() {
+                "apop" => setup.apop = Some(c.value.clone()),
+                "stls" => setup.stls = true,
+                "tls" => setup.tls = true,
+                "no-plaintext-login" => setup.no_plaintext_login = true,
+                "commit-fails" => setup.commit_fails = true,
+                "hold-commit" => setup.hold_commit = true,
+                "store-down" => setup.store_down = true,
+                "unreadable" => setup.unreadable = Some(c.number()),
+                "sasl" => {
+                    setup.sasl = Some(
+                        c.value
+                            .split_whitespace()
+                            .map(|w| w.parse().unwrap())
+                            .collect(),
+                    );
                 }
-                i += 2;
-            }
-            b'{' if bytes.get(i + 2) == Some(&b'*') => {
-                let end = text[i..].find('}').expect("unclosed {c*N}") + i;
-                let c = bytes[i + 1];
-                let n: usize = text[i + 3..end].parse().expect("bad count");
-                out.extend(std::iter::repeat_n(c, n));
-                i = end + 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
+                "max-errors" => setup.max_errors = Some(c.number()),
+                // Set by the runner, not by transcripts: see transcripts.rs.
+                "high-water" => {}
+                other => panic!("{} line {}: unknown !config {other}", t.name, c.line),
             }
         }
-    }
-    out
-}
-
-pub fn parse_transcript(text: &str) -> Transcript {
-    let mut t = Transcript {
-        setup: Setup::default(),
-        steps: Vec::new(),
-        expected_output: Vec::new(),
-        expected_events: Vec::new(),
-        expect_closed: None,
-    };
-    let push_bytes = |steps: &mut Vec<Step>, bytes: Vec<u8>| match steps.last_mut() {
-        Some(Step::Bytes(b)) => b.extend_from_slice(&bytes),
-        _ => steps.push(Step::Bytes(bytes)),
-    };
-    for (number, line) in text.lines().enumerate() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (tag, rest) = line.split_at(2.min(line.len()));
-        let rest = rest.strip_prefix(' ').unwrap_or(rest);
-        match tag {
-            "C:" => {
-                let mut bytes = unescape(rest);
-                bytes.extend_from_slice(b"\r\n");
-                push_bytes(&mut t.steps, bytes);
-            }
-            "C~" => push_bytes(&mut t.steps, unescape(rest)),
-            "S:" => {
-                t.expected_output.extend_from_slice(&unescape(rest));
-                t.expected_output.extend_from_slice(b"\r\n");
-            }
-            "A:" => t.expected_events.push(rest.to_string()),
-            "T:" => t.steps.push(Step::Handshake),
-            "E:" => t.steps.push(Step::Eof),
-            "= " | "=" => t.expect_closed = Some(line == "= closed"),
-            "! " | "!" => {
-                let mut words = line[1..].split_whitespace();
-                match words.next() {
-                    Some("apop") => t.setup.apop = words.next().map(str::to_string),
-                    Some("stls") => t.setup.stls = true,
-                    Some("tls") => t.setup.tls = true,
-                    Some("no-plaintext-login") => t.setup.no_plaintext_login = true,
-                    Some("commit-fails") => t.setup.commit_fails = true,
-                    Some("store-down") => t.setup.store_down = true,
-                    Some("unreadable") => {
-                        t.setup.unreadable = words.next().map(|n| n.parse().unwrap())
-                    }
-                    Some("sasl") => {
-                        t.setup.sasl = Some(words.map(|w| w.parse().unwrap()).collect());
-                    }
-                    Some("max-errors") => {
-                        t.setup.max_errors = words.next().map(|n| n.parse().unwrap())
-                    }
-                    other => panic!("line {}: unknown directive {other:?}", number + 1),
-                }
-            }
-            _ => panic!("line {}: cannot read {line:?}", number + 1),
-        }
-    }
-    t
-}
-
-/// How the driver cuts the client's bytes and the message chunks.
-#[derive(Clone, Debug)]
-pub enum Split {
-    Whole,
-    Bytewise,
-    Random(u64),
-}
-
-/// A small deterministic generator (xorshift), so failures can be replayed.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        setup
     }
 }
 
-impl Split {
-    fn piece(&self, rng: &mut Rng, remaining: usize) -> usize {
-        match self {
-            Self::Whole => remaining,
-            Self::Bytewise => 1,
-            Self::Random(_) => 1 + rng.below(remaining.min(24)),
-        }
-    }
+/// A commit the fixture holds back (`hold-commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    None,
+    Held,
+    /// The next action has come: answer now.
+    Due,
 }
 
 /// The application: answers decisions from the fixture and records events.
@@ -276,6 +164,7 @@ pub struct App {
     pub max_buffered_output: usize,
     current_user: Option<usize>,
     streaming: Option<(&'static [u8], usize)>,
+    commit: Commit,
     split: Split,
     rng: Rng,
 }
@@ -297,10 +186,6 @@ impl App {
             Some(ts) => ServerSession::with_apop(config, now, ts.parse().unwrap()),
             None => ServerSession::new(config, now),
         };
-        let seed = match split {
-            Split::Random(seed) => seed,
-            _ => 1,
-        };
         Self {
             setup,
             users: users(),
@@ -311,8 +196,9 @@ impl App {
             max_buffered_output: 0,
             current_user: None,
             streaming: None,
+            commit: Commit::None,
             split,
-            rng: Rng::new(seed),
+            rng: split.rng(),
         }
     }
 
@@ -389,15 +275,49 @@ impl App {
             Event::Commit { deletions } => {
                 let list: Vec<String> = deletions.iter().map(|d| d.message.to_string()).collect();
                 self.events.push(format!("commit [{}]", list.join(",")));
-                if self.setup.commit_fails {
-                    self.session.commit_failed().unwrap();
+                if self.setup.hold_commit {
+                    self.commit = Commit::Held;
                 } else {
-                    self.session.commit_done().unwrap();
+                    self.commit();
                 }
             }
             Event::StartTls => self.events.push("starttls".to_string()),
             other => panic!("unexpected event {other:?}"),
         }
+    }
+
+    fn commit(&mut self) {
+        self.commit = Commit::None;
+        if self.setup.commit_fails {
+            self.session.commit_failed().unwrap();
+        } else {
+            self.session.commit_done().unwrap();
+        }
+    }
+
+    /// Feeds the message being retrieved while the session wants bytes, in
+    /// pieces as the split says; returns whether it fed anything.
+    fn stream(&mut self) -> bool {
+        let mut fed = false;
+        while self.session.wants_message_bytes() {
+            fed = true;
+            let (content, offset) = self.streaming.expect("wants bytes without a message");
+            if offset == content.len() {
+                self.streaming = None;
+                self.session.message_end().unwrap();
+                continue;
+            }
+            let n = self.split.piece(&mut self.rng, content.len() - offset);
+            match self
+                .session
+                .message_chunk(&content[offset..offset + n])
+                .unwrap()
+            {
+                MessageFlow::Continue => self.streaming = Some((content, offset + n)),
+                MessageFlow::Finished => self.streaming = None,
+            }
+        }
+        fed
     }
 
     /// Answers events, streams messages and collects output until nothing moves.
@@ -408,24 +328,7 @@ impl App {
                 progress = true;
                 self.handle(event);
             }
-            while self.session.wants_message_bytes() {
-                progress = true;
-                let (content, offset) = self.streaming.expect("wants bytes without a message");
-                if offset == content.len() {
-                    self.streaming = None;
-                    self.session.message_end().unwrap();
-                    continue;
-                }
-                let n = self.split.piece(&mut self.rng, content.len() - offset);
-                match self
-                    .session
-                    .message_chunk(&content[offset..offset + n])
-                    .unwrap()
-                {
-                    MessageFlow::Continue => self.streaming = Some((content, offset + n)),
-                    MessageFlow::Finished => self.streaming = None,
-                }
-            }
+            progress |= self.stream();
             self.max_buffered_input = self.max_buffered_input.max(self.session.buffered_input());
             self.max_buffered_output = self.max_buffered_output.max(self.session.buffered_output());
             let mut buf = Vec::new();
@@ -450,24 +353,42 @@ impl App {
     }
 }
 
-/// Runs a transcript with one split and high-water mark; returns the app.
-pub fn run(t: &Transcript, split: Split, high_water: usize) -> App {
-    let now = Instant::now();
-    let mut app = App::new(t.setup.clone(), split, high_water, now);
-    app.pump();
-    for (i, step) in t.steps.iter().enumerate() {
-        let now = now + Duration::from_secs(i as u64);
-        match step {
-            Step::Bytes(bytes) => app.feed(now, bytes),
-            Step::Handshake => {
-                app.session.tls_established().unwrap();
-                app.pump();
-            }
-            Step::Eof => {
-                app.session.receive_eof(now);
-                app.pump();
-            }
+impl Application for App {
+    type Session = ServerSession;
+
+    fn start(t: &Transcript, split: Split, now: Instant) -> Self {
+        let high_water = t.setting("high-water").map_or(256 * 1024, |s| s.number());
+        Self::new(Setup::from_transcript(t), split, high_water, now)
+    }
+
+    fn session(&mut self) -> &mut ServerSession {
+        &mut self.session
+    }
+
+    fn event(&mut self, event: Event, log: &mut Vec<String>) {
+        self.handle(event);
+        log.append(&mut self.events);
+    }
+
+    fn idle(&mut self) -> bool {
+        if self.commit == Commit::Due {
+            self.commit();
+            return true;
+        }
+        self.stream()
+    }
+
+    fn next_action(&mut self) {
+        if self.commit == Commit::Held {
+            self.commit = Commit::Due;
         }
     }
-    app
+
+    fn check(&mut self) {
+        let held = self.session.buffered_input();
+        assert!(
+            held <= 64 * 1024,
+            "the session holds {held} octets of input"
+        );
+    }
 }
