@@ -19,7 +19,6 @@ use crate::trace::{Protocol, Trace};
 /// Bytes of a message read from the store at a time.
 const CHUNK: usize = 64 * 1024;
 
-
 /// The open maildrop (its lock held) and the message being sent, if any.
 #[derive(Default)]
 struct State {

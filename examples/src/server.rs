@@ -33,6 +33,25 @@ pub struct Options {
     pub max_connections: usize,
 }
 
+impl Options {
+    /// Loopback, free ports, `mail.kolleg.de`, no TLS, no trace, and the
+    /// default limits; change what differs with struct update syntax:
+    /// `Options { smtp_port: 2525, ..Options::new(store, directory) }`.
+    pub fn new(store: Arc<dyn MailStore>, directory: Arc<dyn Directory>) -> Self {
+        Self {
+            listen: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            smtp_port: 0,
+            pop3_port: 0,
+            hostname: "mail.kolleg.de".to_string(),
+            store,
+            directory,
+            tls: None,
+            trace: false,
+            max_connections: 100,
+        }
+    }
+}
+
 /// What every connection shares.
 pub(crate) struct Shared {
     pub(crate) smtp: Arc<postamt_smtp::ServerConfig>,

@@ -4,7 +4,6 @@
 //! not, and then the test says it skipped.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -28,15 +27,12 @@ fn send_mail_then_fetch_mail() {
         return;
     };
     let server = Server::start(Options {
-        listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        smtp_port: 0,
-        pop3_port: 0,
-        hostname: "mail.kolleg.de".to_string(),
-        store: Arc::new(MemoryStore::new()),
-        directory: Arc::new(StaticDirectory::demo()),
         tls: Some(postamt_examples::tls::self_signed("mail.kolleg.de").unwrap()),
-        trace: false,
         max_connections: 20,
+        ..Options::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(StaticDirectory::demo()),
+        )
     })
     .unwrap();
     let smtp = server.smtp_addr().to_string();

@@ -6,7 +6,7 @@
 //! `Server::start_with_configs`, so every test runs in a few seconds.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -142,15 +142,9 @@ impl Maildrop for FailingMaildrop {
 
 fn options(store: Arc<dyn MailStore>, max_connections: usize) -> Options {
     Options {
-        listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        smtp_port: 0,
-        pop3_port: 0,
         hostname: HOST.to_string(),
-        store,
-        directory: Arc::new(StaticDirectory::demo()),
-        tls: None,
-        trace: false,
         max_connections,
+        ..Options::new(store, Arc::new(StaticDirectory::demo()))
     }
 }
 

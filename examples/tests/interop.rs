@@ -3,7 +3,7 @@
 //! byte for byte as a student would.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -22,15 +22,9 @@ fn start_with(
     max_connections: usize,
 ) -> Server {
     Server::start(Options {
-        listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        smtp_port: 0,
-        pop3_port: 0,
-        hostname: "mail.kolleg.de".to_string(),
-        store,
-        directory: Arc::new(StaticDirectory::demo()),
         tls,
-        trace: false,
         max_connections,
+        ..Options::new(store, Arc::new(StaticDirectory::demo()))
     })
     .expect("server starts on ephemeral ports")
 }

@@ -113,11 +113,10 @@ fn run(args: Args) -> Result<(), String> {
         smtp_port: args.smtp_port,
         pop3_port: args.pop3_port,
         hostname: args.hostname.clone(),
-        store,
-        directory,
         tls: tls.clone(),
         trace: args.trace,
         max_connections: args.max_connections,
+        ..Options::new(store, directory)
     })
     .map_err(|e| e.to_string())?;
 

@@ -13,7 +13,6 @@
 //! test that dies takes its server with it.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -34,17 +33,10 @@ fn main() -> ExitCode {
         };
         smtp.limits.max_message_size = size;
     }
-    let options = Options {
-        listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        smtp_port: 0,
-        pop3_port: 0,
-        hostname: "mail.kolleg.de".to_string(),
-        store: Arc::new(Maildir::new(root)),
-        directory: Arc::new(StaticDirectory::demo()),
-        tls: None,
-        trace: false,
-        max_connections: 100,
-    };
+    let options = Options::new(
+        Arc::new(Maildir::new(root)),
+        Arc::new(StaticDirectory::demo()),
+    );
     let server = match Server::start_with_configs(options, Some(smtp), None) {
         Ok(server) => server,
         Err(e) => {
