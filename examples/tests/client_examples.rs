@@ -11,6 +11,8 @@ use std::sync::Arc;
 use postamt_examples::{Options, Server};
 use postamt_store::{MemoryStore, StaticDirectory};
 
+mod peers;
+
 /// Where cargo put the example `name`: next to this test's `deps/` folder.
 fn example(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -21,8 +23,9 @@ fn example(name: &str) -> Option<PathBuf> {
 #[test]
 fn send_mail_then_fetch_mail() {
     let (Some(send), Some(fetch)) = (example("send-mail"), example("fetch-mail")) else {
-        eprintln!(
-            "send_mail_then_fetch_mail skipped: the examples are not built (run `cargo test --workspace`)"
+        peers::missing(
+            "the send-mail and fetch-mail examples",
+            "run `cargo test --workspace`, which builds them",
         );
         return;
     };

@@ -15,6 +15,8 @@ use postamt_smtp::{
 };
 use postamt_wire::Session;
 
+mod peers;
+
 /// Runs the client until `until` says stop, feeding it what the server sends.
 fn pump(
     stream: &mut ClientStream,
@@ -58,7 +60,7 @@ fn client_against_aiosmtpd() {
         .status()
         .is_ok_and(|s| s.success());
     if !available {
-        eprintln!("client_against_aiosmtpd skipped: aiosmtpd not installed (pip install aiosmtpd)");
+        peers::missing("aiosmtpd", "pip install aiosmtpd");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -178,9 +180,7 @@ impl Drop for Reaper {
 fn client_against_smtp_sink() {
     let sink = "/usr/sbin/smtp-sink";
     if !Path::new(sink).exists() {
-        eprintln!(
-            "client_against_smtp_sink skipped: {sink} not installed (Debian package postfix)"
-        );
+        peers::missing(sink, "Debian package postfix");
         return;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")

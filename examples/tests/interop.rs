@@ -12,6 +12,8 @@ use std::time::Duration;
 use postamt_examples::{Options, Server};
 use postamt_store::{MailStore, Maildir, MemoryStore, StaticDirectory};
 
+mod peers;
+
 fn start(store: Arc<dyn MailStore>) -> Server {
     start_with(store, None, 20)
 }
@@ -327,7 +329,7 @@ fn the_handout_session_over_telnet() {
 #[test]
 fn swaks_and_fetchmail() {
     if !have_any("swaks", "--version") || !have_any("fetchmail", "--version") {
-        eprintln!("swaks_and_fetchmail skipped: swaks or fetchmail not installed");
+        peers::missing("swaks or fetchmail", "Debian packages swaks and fetchmail");
         return;
     }
     let server = start(Arc::new(MemoryStore::new()));

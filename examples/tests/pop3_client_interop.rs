@@ -17,6 +17,8 @@ use postamt_pop3::{ClientConfig, ClientEvent, ClientSession, MessageNumber};
 use postamt_store::{MailStore, MailboxName, Maildir};
 use postamt_wire::Session;
 
+mod peers;
+
 const DOVECOT: &str = "/usr/sbin/dovecot";
 
 /// 5 lines, two of them needing stuffing; 150 octets.
@@ -283,7 +285,7 @@ fn message(events: &[ClientEvent], number: u32) -> Vec<u8> {
 #[test]
 fn our_client_against_dovecot_pop3() {
     if !Path::new(DOVECOT).exists() {
-        eprintln!("note: {DOVECOT} is missing (Debian package dovecot-pop3d); skipping");
+        peers::missing(DOVECOT, "Debian package dovecot-pop3d");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
