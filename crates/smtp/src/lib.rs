@@ -1,16 +1,71 @@
-//! Sans-IO SMTP (RFC 5321) and LMTP (RFC 2033).
+//! Sans-IO SMTP (RFC 5321) and LMTP (RFC 2033), server and client.
 //!
-//! Commands and replies as types with parsers and renderers, and a
-//! [`ServerSession`] state machine that turns bytes from a client into events
-//! for the application and bytes to send back. Nothing here touches a socket,
-//! a thread or a clock: the caller moves bytes and passes the time in, so the
-//! same session runs on `std::net`, on an async runtime, or in a test.
+//! Commands and replies as types with parsers and renderers, a
+//! [`ServerSession`] that turns a client's bytes into events for the
+//! application and replies, and a [`ClientSession`] that sends mail and
+//! reports each recipient's fate. Nothing here touches a socket, a thread or
+//! a clock: the caller moves bytes and passes the time in, so the same
+//! sessions run on `std::net`, on an async runtime, or in a test.
 //!
-//! Both sessions, [`ServerSession`] and [`ClientSession`], keep the one
-//! driving contract of [`Session`] (from `postamt-wire`, re-exported here
-//! with [`bytes`], whose `Bytes` carry message data): bring the trait into
-//! scope to drive them. See [`ServerSession`] for the server's steps and a
-//! complete example.
+//! Both keep the one driving contract of [`Session`] (from `postamt-wire`,
+//! re-exported here with [`bytes`], whose `Bytes` carry message data): bring
+//! the trait into scope to drive them. [`ServerSession`] and
+//! [`ClientSession`] describe their own events and decisions.
+//!
+//! # Both sides, wired together in memory
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Instant;
+//! use postamt_smtp::{
+//!     ClientConfig, ClientEvent, ClientSession, Envelope, Event, ServerConfig, ServerSession,
+//!     Session,
+//! };
+//!
+//! let now = Instant::now();
+//! let mut server = ServerSession::new(ServerConfig::new("mx.example"), now);
+//! let mut client = ClientSession::new(ClientConfig::new("client.example"), now);
+//! let (mut stored, mut report, mut wire) = (Vec::new(), None, Vec::new());
+//! while !client.is_closed() {
+//!     // What the server said reaches the client...
+//!     wire.clear();
+//!     server.poll_transmit(&mut wire);
+//!     client.receive(now, &wire);
+//!     while let Some(event) = client.poll_event() {
+//!         match event {
+//!             ClientEvent::Ready(_) => {
+//!                 let envelope = Envelope::new("<anna@example.org>".parse()?)
+//!                     .to("<bob@mx.example>".parse()?);
+//!                 client.send_message(envelope, "Subject: Hi\r\n\r\nHello Bob\r\n")?;
+//!             }
+//!             ClientEvent::Done(r) => {
+//!                 report = Some(r);
+//!                 client.quit()?;
+//!             }
+//!             _ => {}
+//!         }
+//!     }
+//!     // ...and what the client said reaches the server.
+//!     wire.clear();
+//!     client.poll_transmit(&mut wire);
+//!     server.receive(now, &wire);
+//!     while let Some(event) = server.poll_event() {
+//!         match event {
+//!             Event::Mail { .. } | Event::Rcpt { .. } => server.accept()?,
+//!             Event::MessageData(bytes) => stored.extend_from_slice(&bytes),
+//!             // Say 250 only once the message is stored durably.
+//!             Event::MessageEnd => server.accept()?,
+//!             _ => {}
+//!         }
+//!     }
+//! }
+//! assert_eq!(stored, b"Subject: Hi\r\n\r\nHello Bob\r\n");
+//! let report = report.expect("the transaction ended");
+//! assert_eq!(report.accepted.len(), 1);
+//! assert_eq!(report.outcome.map(|reply| reply.code()), Ok(250));
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
