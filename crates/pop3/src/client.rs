@@ -528,9 +528,8 @@ impl ClientSession {
 
     fn close(&mut self, error: Option<ClientError>) {
         self.phase = Phase::Closed;
-        // After QUIT's response nothing is left to send; after a failure
-        // what was not written yet has no one to read it.
-        self.out.clear();
+        // What was already said stays queued for the caller to write, so the
+        // bytes sent never depend on how the server's input was split.
         self.expect.clear();
         self.queue.clear();
         self.body = None;
@@ -1134,6 +1133,9 @@ mod tests {
             c.login_user("bob", "x"),
             Err(ClientUsageError::AlreadyLoggedIn)
         );
+        let mut sent = Vec::new();
+        c.poll_transmit(&mut sent);
+        assert!(sent.starts_with(b"APOP bob "));
         c.receive_eof(now);
         assert_eq!(
             c.poll_event(),

@@ -359,9 +359,11 @@ fn errors_are_errors_and_peer_trouble_is_no_usage_error() {
     assert_eq!(c.stat(), Ok(()));
     assert_eq!(c.quit(), Ok(()));
     assert_eq!(c.tls_established(), Ok(()));
+    // What was said before the end is still handed over (the bytes sent do
+    // not depend on how the input was split); the moot calls added nothing.
     let mut wire = Vec::new();
     c.poll_transmit(&mut wire);
-    assert!(wire.is_empty(), "{wire:?}");
+    assert_eq!(String::from_utf8_lossy(&wire), "USER bob\r\nPASS pw\r\n");
     assert_eq!(
         c.poll_event(),
         Some(ClientEvent::Closed(Some(

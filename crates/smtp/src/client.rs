@@ -610,9 +610,8 @@ impl ClientSession {
         self.expect.clear();
         self.deadline = None;
         self.input.clear();
-        // Nothing can follow QUIT's reply, and after a failure whatever was
-        // not written yet has no one to read it.
-        self.out.clear();
+        // What was already said stays queued for the caller to write, so the
+        // bytes sent never depend on how the server's input was split.
         self.events.push_back(ClientEvent::Closed(error));
     }
 

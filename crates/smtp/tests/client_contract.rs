@@ -332,7 +332,9 @@ fn errors_are_errors_and_peer_trouble_is_no_usage_error() {
     assert_eq!(c.quit(), Ok(()));
     assert_eq!(c.send_message(envelope(), Bytes::from_static(b"x")), Ok(()));
     assert_eq!(c.tls_established(), Ok(()));
-    assert!(take(&mut c).is_empty());
+    // The chunk given before the end is still handed over; the moot calls
+    // after it added nothing.
+    assert_eq!(take(&mut c), b"Subject: x\r\n");
     let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
     assert!(
         matches!(
