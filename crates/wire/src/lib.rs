@@ -12,6 +12,9 @@
 //!   [`CrlfNormalizer`] to rewrite by it (the POP3 store, SMTP BDAT).
 //! - [`Secret`] keeps credentials out of `Debug` output.
 //! - [`Session`] is the driving contract all four protocol sessions keep.
+//! - [`TelnetFilter`] turns what a person types into a telnet client (option
+//!   negotiation, Backspace) into what a session expects, and leaves a mail
+//!   client's bytes alone.
 //! - [`sasl`] decodes SASL PLAIN and LOGIN exchanges (RFC 4616, the LOGIN draft)
 //!   for servers and encodes them for clients.
 //!
@@ -27,6 +30,7 @@ pub mod sasl;
 mod scan;
 mod secret;
 mod session;
+mod telnet;
 
 pub use crlf::{CrlfNormalizer, CrlfSize, crlf_size};
 pub use dot::{BareLineEndings, Checked, Decoded, DotDecoder, DotEncoder, LineChecker, Violation};
@@ -34,3 +38,4 @@ pub use error::SaslError;
 pub use line::{Frame, LineFramer};
 pub use secret::Secret;
 pub use session::Session;
+pub use telnet::{Reads, TelnetFilter};

@@ -285,3 +285,73 @@ proptest! {
         prop_assert_eq!(again, wire);
     }
 }
+
+/// The telnet filter over `text` cut at `points`, asking for `reads`
+/// throughout: what the session gets and what the client gets back.
+fn telnet_filtered(
+    text: &[u8],
+    points: &[usize],
+    reads: postamt_wire::Reads,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut f = postamt_wire::TelnetFilter::new(16);
+    let (mut out, mut replies) = (Vec::new(), Vec::new());
+    for w in points.windows(2) {
+        let mut rest = &text[w[0]..w[1]];
+        while !rest.is_empty() {
+            let n = f.push(rest, reads, &mut out);
+            assert!(n > 0 && n <= rest.len());
+            rest = &rest[n..];
+        }
+        f.poll_reply(&mut replies);
+    }
+    (out, replies)
+}
+
+/// Bytes rich in what the telnet filter looks at.
+fn typed_text() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just(255u8),
+            Just(251u8),
+            Just(253u8),
+            Just(250u8),
+            Just(240u8),
+            Just(b'\r'),
+            Just(b'\n'),
+            Just(0u8),
+            Just(8u8),
+            Just(0x7fu8),
+            Just(0xc3u8),
+            Just(0xbcu8),
+            Just(b'a'),
+            any::<u8>()
+        ],
+        0..200,
+    )
+}
+
+proptest! {
+    /// However typed input is cut, the session gets the same bytes and the
+    /// client the same refusals; no output line is ever longer than what
+    /// came in; and a mail client's message (no negotiation) passes as is.
+    #[test]
+    fn telnet_filter_does_not_depend_on_the_split(
+        text in typed_text(),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        use postamt_wire::Reads;
+        for reads in [Reads::Lines, Reads::Message] {
+            let whole = telnet_filtered(&text, &[0, text.len()], reads);
+            let bytewise: Vec<usize> = (0..=text.len()).collect();
+            prop_assert_eq!(&telnet_filtered(&text, &bytewise, reads), &whole);
+            let points = splits(text.len(), &cuts);
+            prop_assert_eq!(&telnet_filtered(&text, &points, reads), &whole);
+            prop_assert!(whole.0.len() <= text.len());
+        }
+        if !text.contains(&255) {
+            let (out, replies) = telnet_filtered(&text, &[0, text.len()], Reads::Message);
+            prop_assert_eq!(out, text);
+            prop_assert!(replies.is_empty());
+        }
+    }
+}
