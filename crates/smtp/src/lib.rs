@@ -90,7 +90,7 @@ pub use postamt_wire::BareLineEndings;
 pub use postamt_wire::Session;
 pub use postamt_wire::sasl::{Credentials, Mechanism};
 pub use reply::{EnhancedCode, Reply};
-pub use server::{AbortReason, Decision, Event, Hello, ServerSession};
+pub use server::{AbortReason, Decision, Event, Hello, InputMode, ServerSession};
 
 /// The README's Rust examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -526,3 +526,42 @@ fn debug_output_never_shows_the_password() {
         );
     }
 }
+
+#[test]
+fn input_mode_says_what_is_read_next() {
+    use postamt_smtp::InputMode;
+    let now = Instant::now();
+    let mut config = ServerConfig::new("mx.kolleg.de");
+    config.login_without_tls = true;
+    let mut s = ServerSession::new(config, now);
+    assert_eq!(s.input_mode(), InputMode::Command);
+    s.receive(now, b"EHLO c\r\nAUTH PLAIN\r\n");
+    assert_eq!(s.input_mode(), InputMode::SaslResponse);
+    s.receive(now, b"*\r\nMAIL FROM:<a@b.example>\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::Hello { .. })));
+    assert!(matches!(s.poll_event(), Some(Event::Mail { .. })));
+    s.accept().unwrap();
+    s.receive(now, b"RCPT TO:<c@d.example>\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::Rcpt { .. })));
+    s.accept().unwrap();
+    s.receive(now, b"BDAT 10\r\nSubj");
+    assert_eq!(s.input_mode(), InputMode::Chunk { remaining: 6 });
+    s.receive(now, b"ect:\r\n");
+    assert_eq!(s.input_mode(), InputMode::Command);
+    s.receive(now, b"RSET\r\nMAIL FROM:<a@b.example>\r\n");
+    while s
+        .poll_event()
+        .is_some_and(|e| !matches!(e, Event::Mail { .. }))
+    {}
+    s.accept().unwrap();
+    s.receive(now, b"RCPT TO:<c@d.example>\r\n");
+    while s
+        .poll_event()
+        .is_some_and(|e| !matches!(e, Event::Rcpt { .. }))
+    {}
+    s.accept().unwrap();
+    s.receive(now, b"DATA\r\n");
+    assert_eq!(s.input_mode(), InputMode::Data);
+    s.receive(now, b"Hi\r\n.\r\n");
+    assert_eq!(s.input_mode(), InputMode::Command);
+}

@@ -49,6 +49,25 @@ enum Input {
     },
 }
 
+/// What a [`ServerSession`] reads next from the client
+/// ([`ServerSession::input_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InputMode {
+    /// A command line.
+    Command,
+    /// A line answering an AUTH challenge (base64 credentials).
+    SaslResponse,
+    /// Message text after DATA, up to `CRLF . CRLF`.
+    Data,
+    /// The octets left of a BDAT chunk (also of one that was refused and is
+    /// skipped).
+    Chunk {
+        /// How many octets are still to come.
+        remaining: u64,
+    },
+}
+
 /// Where a mail transaction stands (RFC 5321 §3.3).
 #[derive(Debug, Default)]
 enum Phase {
@@ -329,6 +348,20 @@ impl ServerSession {
     /// which a transcript or log must mask.
     pub fn expects_sasl_response(&self) -> bool {
         matches!(self.input, Input::Auth(..))
+    }
+
+    /// What the session reads next from the client, for a driver that puts
+    /// something in front of it which must tell command lines from message
+    /// text (an input filter, a transcript).
+    pub fn input_mode(&self) -> InputMode {
+        match self.input {
+            Input::Command => InputMode::Command,
+            Input::Auth(..) => InputMode::SaslResponse,
+            Input::Data(_) => InputMode::Data,
+            Input::Bdat { remaining, .. } | Input::Skip { remaining } => {
+                InputMode::Chunk { remaining }
+            }
+        }
     }
 
     /// The decision the session waits for, if any.
