@@ -361,3 +361,57 @@ fn delivery_to_several_mailboxes_shares_one_name() {
     assert!(names(&anna_path.join("tmp")).is_empty());
     assert!(names(&bob_path.join("tmp")).is_empty());
 }
+
+#[test]
+fn mailbox_size_comes_from_the_names() {
+    let (_dir, store, anna, path) = setup();
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 0, "no folder yet");
+    deliver(&store, &anna, b"Subject: x\r\n\r\nLF line\n");
+    make_maildir(&path);
+    // The name's S= is believed without reading the file ...
+    fs::write(path.join("cur/1700000000.M1P1.other,S=1000:2,S"), b"short").unwrap();
+    // ... a name without S= is counted by the file's length ...
+    fs::write(path.join("new/1700000001.M1P1.other"), b"12345678").unwrap();
+    // ... and tmp/, dot files and folders are not mail.
+    fs::write(path.join("tmp/1700000002.M1P1.other,S=99999"), b"x").unwrap();
+    fs::write(path.join("cur/.hidden,S=99999"), b"x").unwrap();
+    fs::create_dir(path.join("cur/folder,S=99999")).unwrap();
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 22 + 1000 + 8);
+
+    // A POP3 deletion frees its octets; so does another tool's.
+    let maildrop = store.open_maildrop(&anna).unwrap();
+    assert_eq!(maildrop.messages().len(), 3);
+    maildrop.commit_deletions(&[0]).unwrap();
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 22 + 8);
+    let limited = store.with_mailbox_size_limit(Some(31));
+    limited.check_room(&anna, 1).unwrap();
+    assert!(matches!(
+        limited.check_room(&anna, 2),
+        Err(StoreError::QuotaExceeded { limit: 31, .. })
+    ));
+    for name in names(&path.join("cur")) {
+        if name.contains("other") {
+            fs::remove_file(path.join("cur").join(name)).unwrap();
+        }
+    }
+    assert_eq!(limited.mailbox_size(&anna).unwrap(), 22);
+}
+
+#[test]
+fn a_refused_delivery_removes_its_tmp_file_at_once() {
+    let (_dir, store, anna, path) = setup();
+    let store = store.with_mailbox_size_limit(Some(10));
+    let mut delivery = store.begin_delivery(std::slice::from_ref(&anna)).unwrap();
+    delivery.write_chunk(b"0123456789").unwrap();
+    assert_eq!(names(&path.join("tmp")).len(), 1);
+    let err = delivery.write_chunk(b"x").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "mailbox anna is full (limit 10 octets)",
+        "{err:?}"
+    );
+    // Gone while the delivery still lives, before the client's data ends.
+    assert!(names(&path.join("tmp")).is_empty());
+    drop(delivery);
+    assert!(names(&path.join("new")).is_empty());
+}
