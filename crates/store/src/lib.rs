@@ -67,7 +67,7 @@ mod summary;
 pub use directory::{ApopSecret, Directory, StaticDirectory, constant_time_eq};
 pub use error::StoreError;
 pub use mailbox::{MAX_MAILBOX_NAME_LEN, MAX_UID_LEN, MailboxName, Uid};
-pub use maildir::{LOCK_FILE_NAME, Maildir, STALE_TMP_AGE};
+pub use maildir::{LOCK_FILE_NAME, Maildir, SIZE_CACHE_MARGIN, STALE_TMP_AGE};
 pub use memory::{DEFAULT_MEMORY_LIMIT, MemoryStore};
 pub use store::{DEFAULT_MAILBOX_SIZE_LIMIT, Delivery, MailStore, Maildrop, MessageInfo};
 pub use summary::{Summary, summary};

@@ -13,17 +13,20 @@
 //!
 //! A mailbox's size for its limit is the sum of the `S=` fields (the stored
 //! octets) of the names in `new/` and `cur/`, so it too needs no file reads
-//! (a name without `S=` costs one `stat`). It is listed afresh at every ask,
-//! without a cache: always right after our deliveries, POP3 deletions and
-//! other tools' changes, at the cost of one directory read, and the limit
-//! bounds how many names there are to read.
+//! (a name without `S=` costs one `stat`). Each folder's sum is kept with
+//! the folder's modification time and reused while that time stays the
+//! same, so an unchanged folder costs one `stat`. Any entry added, removed
+//! or renamed (our deliveries, POP3 deletions, other tools) changes the
+//! time; since two changes within one tick of the file system's clock may
+//! leave the same time, a sum is only kept for a folder that had not
+//! changed for [`SIZE_CACHE_MARGIN`] when it was listed.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::crlf::{CrlfReader, CrlfSize, crlf_size_of};
@@ -33,6 +36,11 @@ use crate::{Delivery, MailStore, MailboxName, Maildrop, MessageInfo, StoreError,
 /// Files in `tmp/` older than this are leftovers of crashed deliveries; the
 /// Maildir convention says to remove them after 36 hours.
 pub const STALE_TMP_AGE: Duration = Duration::from_secs(36 * 60 * 60);
+
+/// How long a folder must have been unchanged before its size is cached:
+/// above the coarsest timestamp granularity of common file systems (FAT's
+/// 2 s), so a later change always shows as a new modification time.
+pub const SIZE_CACHE_MARGIN: Duration = Duration::from_secs(3);
 
 /// The lock file's name inside each mailbox folder. It sits beside `tmp/`,
 /// `new/` and `cur/`, where Maildir readers do not look for mail.
@@ -53,6 +61,15 @@ pub const LOCK_FILE_NAME: &str = "postamt.lock";
 pub struct Maildir {
     root: PathBuf,
     mailbox_size_limit: Option<u64>,
+    /// Stored octets of `new/` and `cur/` folders, shared by clones.
+    sizes: Arc<Mutex<HashMap<PathBuf, ListedSize>>>,
+}
+
+/// A folder's stored octets, as listed while its modification time was `mtime`.
+#[derive(Clone, Copy, Debug)]
+struct ListedSize {
+    mtime: SystemTime,
+    octets: u64,
 }
 
 impl Maildir {
@@ -62,6 +79,7 @@ impl Maildir {
         Self {
             root: root.into(),
             mailbox_size_limit: Some(DEFAULT_MAILBOX_SIZE_LIMIT),
+            sizes: Arc::default(),
         }
     }
 
@@ -83,7 +101,7 @@ impl Maildir {
         let dir = self.mailbox_path(mailbox);
         let mut total = 0u64;
         for sub in ["new", "cur"] {
-            total = total.saturating_add(stored_size(&dir.join(sub))?);
+            total = total.saturating_add(self.folder_size(&dir.join(sub))?);
         }
         Ok(total)
     }
@@ -96,6 +114,43 @@ impl Maildir {
     /// The Maildir folder of `mailbox` (the one holding `tmp/`, `new/`, `cur/`).
     pub fn mailbox_path(&self, mailbox: &MailboxName) -> PathBuf {
         self.root.join(mailbox.as_str())
+    }
+
+    /// The stored octets of one `new/` or `cur/` folder, cached as the
+    /// module documentation says.
+    fn folder_size(&self, dir: &Path) -> Result<u64, StoreError> {
+        let mtime = match fs::metadata(dir) {
+            Ok(meta) => meta.modified().ok(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::io("stat", dir, e)),
+        };
+        let cached = |sizes: &HashMap<PathBuf, ListedSize>| {
+            let hit = sizes.get(dir)?;
+            (Some(hit.mtime) == mtime).then_some(hit.octets)
+        };
+        if let Some(octets) = cached(&self.lock_sizes()) {
+            return Ok(octets);
+        }
+        let listed_at = SystemTime::now();
+        let octets = stored_size(dir)?;
+        let mut sizes = self.lock_sizes();
+        match mtime {
+            Some(mtime)
+                if mtime
+                    .checked_add(SIZE_CACHE_MARGIN)
+                    .is_some_and(|settled| settled <= listed_at) =>
+            {
+                sizes.insert(dir.to_path_buf(), ListedSize { mtime, octets });
+            }
+            _ => {
+                sizes.remove(dir);
+            }
+        }
+        Ok(octets)
+    }
+
+    fn lock_sizes(&self) -> MutexGuard<'_, HashMap<PathBuf, ListedSize>> {
+        self.sizes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Creates the mailbox's folders if they are missing, fsyncing the

@@ -415,3 +415,48 @@ fn a_refused_delivery_removes_its_tmp_file_at_once() {
     drop(delivery);
     assert!(names(&path.join("new")).is_empty());
 }
+
+/// Sets a folder's modification time, as a clock tick that two changes
+/// share would leave it.
+fn set_mtime(dir: &Path, mtime: SystemTime) {
+    File::open(dir).unwrap().set_modified(mtime).unwrap();
+}
+
+fn mtime(dir: &Path) -> SystemTime {
+    fs::metadata(dir).unwrap().modified().unwrap()
+}
+
+#[test]
+fn a_settled_folder_size_is_cached_until_the_folder_changes() {
+    let (_dir, store, anna, path) = setup();
+    deliver(&store, &anna, b"Subject: x\r\n\r\n12345678\r\n");
+    let cur = path.join("cur");
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    set_mtime(&cur, hour_ago);
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 24);
+    // A change that keeps the time is not seen: the size was cached (and a
+    // clone shares the cache) ...
+    fs::write(cur.join("1700000000.M1P1.other,S=1000:2,"), b"").unwrap();
+    set_mtime(&cur, hour_ago);
+    assert_eq!(store.clone().mailbox_size(&anna).unwrap(), 24);
+    // ... and every real change moves the time on.
+    set_mtime(&cur, SystemTime::now());
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 1024);
+    let maildrop = store.open_maildrop(&anna).unwrap();
+    maildrop.commit_deletions(&[0]).unwrap();
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 24);
+}
+
+#[test]
+fn a_folder_changed_within_the_margin_is_listed_at_every_ask() {
+    let (_dir, store, anna, path) = setup();
+    deliver(&store, &anna, b"Subject: x\r\n\r\n12345678\r\n");
+    let new = path.join("new");
+    let recent = mtime(&new);
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 24);
+    // Two changes in one tick: the time stays, the size is right anyway.
+    fs::write(new.join("1700000000.M1P1.other,S=1000"), b"").unwrap();
+    set_mtime(&new, recent);
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 1024);
+    assert!(postamt_store::SIZE_CACHE_MARGIN >= Duration::from_secs(2));
+}
