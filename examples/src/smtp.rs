@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use postamt_smtp::{Event, ForwardPath, Hello, Reply, ServerSession, Session};
-use postamt_store::{Delivery, MailboxName};
+use postamt_smtp::{EnhancedCode, Event, ForwardPath, Hello, Reply, ServerSession, Session};
+use postamt_store::{Delivery, MailboxName, StoreError};
 
 use crate::conn::{Next, drive};
 use crate::server::Shared;
@@ -26,8 +26,12 @@ struct Transaction {
     peer: SocketAddr,
     from: String,
     recipients: Vec<MailboxName>,
+    /// The MAIL `SIZE=` the client declared (0: none), asked of each RCPT's mailbox.
+    size: u64,
     delivery: Option<Box<dyn Delivery>>,
     failed: bool,
+    /// The reply for a delivery the store refused for room (else 451).
+    refusal: Option<Reply>,
 }
 
 pub(crate) fn serve(
@@ -45,8 +49,10 @@ pub(crate) fn serve(
         peer,
         from: String::new(),
         recipients: Vec::new(),
+        size: 0,
         delivery: None,
         failed: false,
+        refusal: None,
     };
     drive(
         tcp,
@@ -95,37 +101,52 @@ fn handle(
                 session.reject(Reply::auth_failed())
             }
         }
-        Event::Mail { from, .. } => {
+        Event::Mail { from, params } => {
             tx.from = from.to_string();
             tx.recipients.clear();
+            tx.size = params.size.unwrap_or(0);
             session.accept()
         }
         Event::Rcpt { to, .. } => {
             match recipient_mailbox(&to, session.is_authenticated(), shared) {
-                Ok(mailbox) => {
-                    tx.recipients.push(mailbox);
-                    session.accept()
-                }
+                Ok(mailbox) => match shared.store.check_room(&mailbox, tx.size) {
+                    Ok(()) => {
+                        tx.recipients.push(mailbox);
+                        session.accept()
+                    }
+                    Err(e) => {
+                        let reply = match no_room(&e) {
+                            Some(reply) => {
+                                trace.note(&format!("recipient refused: {e}"));
+                                reply
+                            }
+                            None => {
+                                trace.error(&format!("cannot ask the store for room: {e}"));
+                                Reply::local_error()
+                            }
+                        };
+                        session.reject(reply)
+                    }
+                },
                 Err(reply) => session.reject(reply),
             }
         }
         Event::MessageStart => {
             tx.failed = false;
+            tx.refusal = None;
             tx.delivery = match shared.store.begin_delivery(&tx.recipients) {
                 Ok(mut delivery) => {
                     let header = trace_header(tx, session, shared);
                     match delivery.write_chunk(header.as_bytes()) {
                         Ok(()) => Some(delivery),
                         Err(e) => {
-                            trace.error(&format!("writing the trace header failed: {e}"));
-                            tx.failed = true;
+                            tx.fail("writing the trace header failed", &e, trace);
                             None
                         }
                     }
                 }
                 Err(e) => {
-                    trace.error(&format!("cannot begin delivery: {e}"));
-                    tx.failed = true;
+                    tx.fail("cannot begin delivery", &e, trace);
                     None
                 }
             };
@@ -135,25 +156,33 @@ fn handle(
             if let Some(delivery) = tx.delivery.as_mut()
                 && let Err(e) = delivery.write_chunk(&bytes)
             {
-                trace.error(&format!("delivery failed while writing: {e}"));
+                // Dropping the delivery releases what it held at once; the
+                // rest of the message is read and discarded.
                 tx.delivery = None;
-                tx.failed = true;
+                tx.fail("delivery failed while writing", &e, trace);
             }
             Ok(())
         }
         Event::MessageEnd => {
             tx.recipients.clear();
             let stored = match tx.delivery.take() {
-                Some(delivery) if !tx.failed => delivery.commit().map_err(|e| e.to_string()),
+                Some(delivery) if !tx.failed => delivery.commit().map_err(|e| {
+                    let reply = no_room(&e);
+                    (e.to_string(), reply)
+                }),
                 // The delivery failed earlier and was dropped; that was logged.
-                _ => Err("the delivery failed earlier".to_string()),
+                _ => Err(("the delivery failed earlier".to_string(), tx.refusal.take())),
             };
             match stored {
                 Ok(()) => {
                     trace.note("message stored");
                     session.accept()
                 }
-                Err(e) => {
+                Err((e, Some(reply))) => {
+                    trace.note(&format!("message from {} refused: {e}", tx.from));
+                    session.reject(reply)
+                }
+                Err((e, None)) => {
                     trace.error(&format!("message from {} not stored: {e}", tx.from));
                     session.reject(Reply::local_error())
                 }
@@ -168,6 +197,46 @@ fn handle(
     };
     if let Err(e) = decided {
         trace.error(&format!("session refused a decision: {e}"));
+    }
+}
+
+impl Transaction {
+    /// Marks the delivery failed: for room, with the reply the message gets
+    /// at its end; otherwise as an error, which gets 451.
+    fn fail(&mut self, what: &str, e: &StoreError, trace: &Trace) {
+        self.failed = true;
+        self.refusal = no_room(e);
+        if self.refusal.is_some() {
+            trace.note(&format!("{what}: {e}"));
+        } else {
+            trace.error(&format!("{what}: {e}"));
+        }
+    }
+}
+
+/// `452 4.2.2 Mailbox full` (RFC 3463 X.2.2): the recipient's mailbox has
+/// no room. A mailbox full is temporary: the client keeps the message and
+/// tries again, and mail fetched and deleted over POP3 makes room.
+fn mailbox_full() -> Reply {
+    Reply::new(452, EnhancedCode::new(4, 2, 2), "Mailbox full")
+}
+
+/// `452 4.3.1 Insufficient system storage` (RFC 5321 §4.2.2, RFC 3463
+/// X.3.1): the store as a whole has no room.
+fn storage_full() -> Reply {
+    Reply::new(
+        452,
+        EnhancedCode::new(4, 3, 1),
+        "Insufficient system storage",
+    )
+}
+
+/// The reply for a store that has no room, `None` for any other error.
+fn no_room(e: &StoreError) -> Option<Reply> {
+    match e {
+        StoreError::QuotaExceeded { .. } => Some(mailbox_full()),
+        StoreError::StorageFull { .. } => Some(storage_full()),
+        _ => None,
     }
 }
 

@@ -14,7 +14,9 @@ use std::sync::mpsc;
 use clap::Parser;
 use postamt_examples::domains::ExtraDomains;
 use postamt_examples::{Options, Server, tls};
-use postamt_store::{Directory, MailStore, Maildir, MemoryStore, StaticDirectory};
+use postamt_store::{
+    DEFAULT_MEMORY_LIMIT, Directory, MailStore, Maildir, MemoryStore, StaticDirectory,
+};
 
 /// The accounts of the classic exercise, used when no users file is given.
 const DEMO_ACCOUNTS: [(&str, &str); 2] =
@@ -67,6 +69,40 @@ struct Args {
     /// Connections per protocol; more are turned away with 421 / -ERR [SYS/TEMP].
     #[arg(long, default_value_t = 200)]
     max_connections: usize,
+    /// Largest size of one mailbox, in octets or with K, M or G (binary:
+    /// 1M = 1048576); 0 means no limit. A full mailbox gets 452 4.2.2.
+    #[arg(long, default_value = "50M", value_parser = parse_size)]
+    mailbox_size_limit: u64,
+    /// With --memory: the most mail kept in memory, all mailboxes together,
+    /// in octets or with K, M or G; 0 means no limit; default 512M. A full
+    /// store gets 452 4.3.1.
+    #[arg(long, requires = "memory", value_parser = parse_size)]
+    memory_limit: Option<u64>,
+}
+
+/// A size in octets: digits, then optionally K, M or G (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        _ => return Err(format!("{text:?}: give octets, or a number with K, M or G")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?}: give octets, or a number with K, M or G"))
+}
+
+/// 0 means no limit, as in Postfix's mailbox_size_limit.
+fn limit(size: u64) -> Option<u64> {
+    (size > 0).then_some(size)
 }
 
 fn main() {
@@ -94,12 +130,18 @@ fn run(args: Args) -> Result<(), String> {
     domains.extend(args.domains.iter().cloned());
     let directory: Arc<dyn Directory> =
         Arc::new(ExtraDomains::new(directory, own, args.domains.clone()));
+    let mailbox_limit = limit(args.mailbox_size_limit);
+    let memory_limit = limit(args.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT));
     let store: Arc<dyn MailStore> = if args.memory {
-        Arc::new(MemoryStore::new())
+        Arc::new(
+            MemoryStore::new()
+                .with_mailbox_size_limit(mailbox_limit)
+                .with_total_size_limit(memory_limit),
+        )
     } else {
         std::fs::create_dir_all(&args.maildir)
             .map_err(|e| format!("{}: {e}", args.maildir.display()))?;
-        Arc::new(Maildir::new(&args.maildir))
+        Arc::new(Maildir::new(&args.maildir).with_mailbox_size_limit(mailbox_limit))
     };
     let tls = match (&args.tls_cert, &args.tls_key, args.tls_self_signed) {
         (Some(cert), Some(key), _) => {
@@ -143,6 +185,16 @@ fn run(args: Args) -> Result<(), String> {
             args.maildir.display()
         );
     }
+    let shown = |limit: Option<u64>| limit.map_or("no limit".to_string(), show_size);
+    if args.memory {
+        println!(
+            "Limits: {} per mailbox, {} in memory in all.",
+            shown(mailbox_limit),
+            shown(memory_limit)
+        );
+    } else {
+        println!("Limits: {} per mailbox.", shown(mailbox_limit));
+    }
     match tls {
         Some(_) if args.tls_self_signed => {
             println!("STARTTLS and STLS: on (self-signed certificate)")
@@ -161,6 +213,16 @@ fn run(args: Args) -> Result<(), String> {
     println!("Stopping: no new connections; open sessions get a few seconds to finish.");
     server.stop();
     Ok(())
+}
+
+/// A size as people read it: `50 MiB`, `1536 KiB`, or octets.
+fn show_size(octets: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if octets >= 1 << shift && octets.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", octets >> shift);
+        }
+    }
+    format!("{octets} octets")
 }
 
 /// The addresses students type: the listening address, or every

@@ -26,6 +26,22 @@ pub enum StoreError {
     /// A delivery was begun without any recipient.
     #[error("a delivery needs at least one recipient")]
     NoRecipients,
+    /// The message does not fit in `mailbox`: it would pass the mailbox's
+    /// size limit. Temporary: deletions make room (SMTP `452 4.2.2`).
+    #[error("mailbox {mailbox} is full (limit {limit} octets)")]
+    QuotaExceeded {
+        /// The mailbox that has no room.
+        mailbox: MailboxName,
+        /// Its limit in octets.
+        limit: u64,
+    },
+    /// The store as a whole has no room: the message would pass its total
+    /// limit (SMTP `452 4.3.1`).
+    #[error("the store is full (limit {limit} octets for all mailboxes)")]
+    StorageFull {
+        /// The total limit in octets.
+        limit: u64,
+    },
     /// A message index outside the maildrop's listing.
     #[error("no message with index {index} (the maildrop lists {count})")]
     NoSuchMessage {

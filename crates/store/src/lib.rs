@@ -12,6 +12,11 @@
 //!   deletions only on commit).
 //! - [`MemoryStore`] keeps mail in memory; [`Maildir`] keeps it in Maildir
 //!   folders that Dovecot, mutt and neomutt read and write too.
+//! - Both limit each mailbox's size ([`DEFAULT_MAILBOX_SIZE_LIMIT`], 50 MiB),
+//!   and [`MemoryStore`] all it holds ([`DEFAULT_MEMORY_LIMIT`], 512 MiB):
+//!   [`MailStore::check_room`] asks before a message, and
+//!   [`Delivery::write_chunk`] refuses the chunk that would pass a limit
+//!   ([`StoreError::QuotaExceeded`], [`StoreError::StorageFull`]).
 //! - [`summary`] gives From, To, Subject and Date for listings and logs.
 //!
 //! Everything is synchronous; an async server calls it from a blocking pool.
@@ -62,7 +67,7 @@ mod summary;
 pub use directory::{ApopSecret, Directory, StaticDirectory, constant_time_eq};
 pub use error::StoreError;
 pub use mailbox::{MAX_MAILBOX_NAME_LEN, MAX_UID_LEN, MailboxName, Uid};
-pub use maildir::{LOCK_FILE_NAME, Maildir, STALE_TMP_AGE};
-pub use memory::MemoryStore;
-pub use store::{Delivery, MailStore, Maildrop, MessageInfo};
+pub use maildir::{LOCK_FILE_NAME, Maildir, SIZE_CACHE_MARGIN, STALE_TMP_AGE};
+pub use memory::{DEFAULT_MEMORY_LIMIT, MemoryStore};
+pub use store::{DEFAULT_MAILBOX_SIZE_LIMIT, Delivery, MailStore, Maildrop, MessageInfo};
 pub use summary::{Summary, summary};

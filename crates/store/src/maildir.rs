@@ -10,22 +10,37 @@
 //! tool wrote is trusted: Dovecot counts only bare LF, which agrees with the
 //! rule for every message that has no bare CR and ends with a line end
 //! (all that an MTA delivers).
+//!
+//! A mailbox's size for its limit is the sum of the `S=` fields (the stored
+//! octets) of the names in `new/` and `cur/`, so it too needs no file reads
+//! (a name without `S=` costs one `stat`). Each folder's sum is kept with
+//! the folder's modification time and reused while that time stays the
+//! same, so an unchanged folder costs one `stat`. Any entry added, removed
+//! or renamed (our deliveries, POP3 deletions, other tools) changes the
+//! time; since two changes within one tick of the file system's clock may
+//! leave the same time, a sum is only kept for a folder that had not
+//! changed for [`SIZE_CACHE_MARGIN`] when it was listed.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::crlf::{CrlfReader, CrlfSize, crlf_size_of};
-use crate::store::{check_indices, unique_recipients};
+use crate::store::{DEFAULT_MAILBOX_SIZE_LIMIT, check_indices, fits, unique_recipients};
 use crate::{Delivery, MailStore, MailboxName, Maildrop, MessageInfo, StoreError, Uid};
 
 /// Files in `tmp/` older than this are leftovers of crashed deliveries; the
 /// Maildir convention says to remove them after 36 hours.
 pub const STALE_TMP_AGE: Duration = Duration::from_secs(36 * 60 * 60);
+
+/// How long a folder must have been unchanged before its size is cached:
+/// above the coarsest timestamp granularity of common file systems (FAT's
+/// 2 s), so a later change always shows as a new modification time.
+pub const SIZE_CACHE_MARGIN: Duration = Duration::from_secs(3);
 
 /// The lock file's name inside each mailbox folder. It sits beside `tmp/`,
 /// `new/` and `cur/`, where Maildir readers do not look for mail.
@@ -36,16 +51,59 @@ pub const LOCK_FILE_NAME: &str = "postamt.lock";
 /// Folders are created when first needed. Deliveries are durable when
 /// [`Delivery::commit`] returns: the file is written in `tmp/`, fsynced,
 /// linked into each recipient's `new/`, and `new/` is fsynced.
+///
+/// Each mailbox holds at most [`DEFAULT_MAILBOX_SIZE_LIMIT`] stored octets
+/// unless changed with [`with_mailbox_size_limit`](Self::with_mailbox_size_limit).
+/// A delivery checks against the size its mailboxes had when it began, so
+/// deliveries running at the same time to one mailbox may together pass the
+/// limit by what they carry (as Postfix's per-delivery check may).
 #[derive(Clone, Debug)]
 pub struct Maildir {
     root: PathBuf,
+    mailbox_size_limit: Option<u64>,
+    /// Stored octets of `new/` and `cur/` folders, shared by clones.
+    sizes: Arc<Mutex<HashMap<PathBuf, ListedSize>>>,
+}
+
+/// A folder's stored octets, as listed while its modification time was `mtime`.
+#[derive(Clone, Copy, Debug)]
+struct ListedSize {
+    mtime: SystemTime,
+    octets: u64,
 }
 
 impl Maildir {
-    /// A store under `root`. Nothing is touched until mail is delivered or a
-    /// maildrop is opened.
+    /// A store under `root`, with the default mailbox size limit. Nothing is
+    /// touched until mail is delivered or a maildrop is opened.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            mailbox_size_limit: Some(DEFAULT_MAILBOX_SIZE_LIMIT),
+            sizes: Arc::default(),
+        }
+    }
+
+    /// Sets the limit of each mailbox's stored octets; `None` means no
+    /// limit (and `Some(0)`, a mailbox that takes nothing).
+    pub fn with_mailbox_size_limit(mut self, limit: Option<u64>) -> Self {
+        self.mailbox_size_limit = limit;
+        self
+    }
+
+    /// The limit of each mailbox, in octets.
+    pub fn mailbox_size_limit(&self) -> Option<u64> {
+        self.mailbox_size_limit
+    }
+
+    /// Octets stored in `mailbox` (in `new/` and `cur/`), from the file
+    /// names' `S=` fields; 0 for a mailbox that does not exist yet.
+    pub fn mailbox_size(&self, mailbox: &MailboxName) -> Result<u64, StoreError> {
+        let dir = self.mailbox_path(mailbox);
+        let mut total = 0u64;
+        for sub in ["new", "cur"] {
+            total = total.saturating_add(self.folder_size(&dir.join(sub))?);
+        }
+        Ok(total)
     }
 
     /// The root folder.
@@ -56,6 +114,43 @@ impl Maildir {
     /// The Maildir folder of `mailbox` (the one holding `tmp/`, `new/`, `cur/`).
     pub fn mailbox_path(&self, mailbox: &MailboxName) -> PathBuf {
         self.root.join(mailbox.as_str())
+    }
+
+    /// The stored octets of one `new/` or `cur/` folder, cached as the
+    /// module documentation says.
+    fn folder_size(&self, dir: &Path) -> Result<u64, StoreError> {
+        let mtime = match fs::metadata(dir) {
+            Ok(meta) => meta.modified().ok(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::io("stat", dir, e)),
+        };
+        let cached = |sizes: &HashMap<PathBuf, ListedSize>| {
+            let hit = sizes.get(dir)?;
+            (Some(hit.mtime) == mtime).then_some(hit.octets)
+        };
+        if let Some(octets) = cached(&self.lock_sizes()) {
+            return Ok(octets);
+        }
+        let listed_at = SystemTime::now();
+        let octets = stored_size(dir)?;
+        let mut sizes = self.lock_sizes();
+        match mtime {
+            Some(mtime)
+                if mtime
+                    .checked_add(SIZE_CACHE_MARGIN)
+                    .is_some_and(|settled| settled <= listed_at) =>
+            {
+                sizes.insert(dir.to_path_buf(), ListedSize { mtime, octets });
+            }
+            _ => {
+                sizes.remove(dir);
+            }
+        }
+        Ok(octets)
+    }
+
+    fn lock_sizes(&self) -> MutexGuard<'_, HashMap<PathBuf, ListedSize>> {
+        self.sizes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Creates the mailbox's folders if they are missing, fsyncing the
@@ -81,6 +176,23 @@ impl MailStore for Maildir {
             .iter()
             .map(|mailbox| self.ensure_layout(mailbox))
             .collect::<Result<Vec<_>, _>>()?;
+        let quota = match self.mailbox_size_limit {
+            None => None,
+            Some(limit) => {
+                let mut tightest: Option<Quota> = None;
+                for mailbox in unique_recipients(recipients)? {
+                    let room = limit.saturating_sub(self.mailbox_size(&mailbox)?);
+                    if tightest.as_ref().is_none_or(|q| room < q.room) {
+                        tightest = Some(Quota {
+                            mailbox,
+                            limit,
+                            room,
+                        });
+                    }
+                }
+                tightest
+            }
+        };
         let tmp = dirs[0].join("tmp");
         let (base, tmp_path, file) = create_unique(&tmp)?;
         Ok(Box::new(MaildirDelivery {
@@ -89,7 +201,23 @@ impl MailStore for Maildir {
             tmp_path,
             file: Some(BufWriter::with_capacity(64 * 1024, file)),
             counter: CrlfSize::new(),
+            quota,
+            refused: false,
         }))
+    }
+
+    fn check_room(&self, mailbox: &MailboxName, size: u64) -> Result<(), StoreError> {
+        let Some(limit) = self.mailbox_size_limit else {
+            return Ok(());
+        };
+        if fits(self.mailbox_size(mailbox)?, size, Some(limit)) {
+            Ok(())
+        } else {
+            Err(StoreError::QuotaExceeded {
+                mailbox: mailbox.clone(),
+                limit,
+            })
+        }
     }
 
     fn open_maildrop(&self, mailbox: &MailboxName) -> Result<Box<dyn Maildrop>, StoreError> {
@@ -188,6 +316,40 @@ fn create_unique(tmp: &Path) -> Result<(String, PathBuf, File), StoreError> {
     }
 }
 
+/// The octets of every file in a `new/` or `cur/` folder, from their names.
+fn stored_size(dir: &Path) -> Result<u64, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StoreError::io("read", dir, e)),
+    };
+    let mut total = 0u64;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("read", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let size = match raw_size_field(base_name(&name)) {
+            Some(size) => size,
+            // Named by a tool that writes no S=, or removed meanwhile (0).
+            None => entry.metadata().map_or(0, |meta| meta.len()),
+        };
+        total = total.saturating_add(size);
+    }
+    Ok(total)
+}
+
+/// The mailbox with the least room among a delivery's recipients.
+#[derive(Debug)]
+struct Quota {
+    mailbox: MailboxName,
+    limit: u64,
+    /// Octets it could still take when the delivery began.
+    room: u64,
+}
+
 #[derive(Debug)]
 struct MaildirDelivery {
     /// Each recipient's Maildir folder; the file is written in the first's tmp/.
@@ -196,6 +358,10 @@ struct MaildirDelivery {
     tmp_path: PathBuf,
     file: Option<BufWriter<File>>,
     counter: CrlfSize,
+    /// `None`: no limit.
+    quota: Option<Quota>,
+    /// A chunk was refused for the limit; the tmp file is gone.
+    refused: bool,
 }
 
 impl Delivery for MaildirDelivery {
@@ -203,6 +369,16 @@ impl Delivery for MaildirDelivery {
         let Some(file) = self.file.as_mut() else {
             return Err(self.earlier_failure());
         };
+        if !chunk.is_empty()
+            && let Some(quota) = &self.quota
+            && !fits(self.counter.raw(), chunk.len() as u64, Some(quota.room))
+        {
+            // Give up the file now, so that nothing of it stays on disk.
+            self.file = None;
+            let _ = fs::remove_file(&self.tmp_path);
+            self.refused = true;
+            return Err(self.earlier_failure());
+        }
         if let Err(e) = file.write_all(chunk) {
             // A partly written chunk must never be committed: give up the file.
             self.file = None;
@@ -249,6 +425,12 @@ impl Delivery for MaildirDelivery {
 
 impl MaildirDelivery {
     fn earlier_failure(&self) -> StoreError {
+        if let (true, Some(quota)) = (self.refused, &self.quota) {
+            return StoreError::QuotaExceeded {
+                mailbox: quota.mailbox.clone(),
+                limit: quota.limit,
+            };
+        }
         StoreError::io(
             "write",
             &self.tmp_path,
@@ -443,9 +625,18 @@ fn base_name(name: &str) -> &str {
 
 /// The `W=` field of a base name: the size as served.
 fn crlf_size_field(base: &str) -> Option<u64> {
+    size_field(base, "W=")
+}
+
+/// The `S=` field of a base name: the octets stored.
+fn raw_size_field(base: &str) -> Option<u64> {
+    size_field(base, "S=")
+}
+
+fn size_field(base: &str, key: &str) -> Option<u64> {
     base.split(',')
         .skip(1)
-        .find_map(|field| field.strip_prefix("W=")?.parse().ok())
+        .find_map(|field| field.strip_prefix(key)?.parse().ok())
 }
 
 #[derive(Debug)]
@@ -531,6 +722,8 @@ mod tests {
         let name = "1700000000.M5P6Q7.host,S=10,W=12:2,S";
         assert_eq!(base_name(name), "1700000000.M5P6Q7.host,S=10,W=12");
         assert_eq!(crlf_size_field(base_name(name)), Some(12));
+        assert_eq!(raw_size_field(base_name(name)), Some(10));
+        assert_eq!(raw_size_field("1700000000.M5P6Q7.host,W=12"), None);
         assert_eq!(crlf_size_field("1700000000.M5P6Q7.host,S=10"), None);
         assert_eq!(crlf_size_field("1700000000.M5P6Q7.host,W=x"), None);
         assert_eq!(crlf_size_field("W=5.host"), None);
@@ -572,6 +765,8 @@ mod tests {
             tmp_path: tmp_path.clone(),
             file: Some(BufWriter::with_capacity(16, file)),
             counter: CrlfSize::new(),
+            quota: None,
+            refused: false,
         });
         let err = delivery.write_chunk(&[b'x'; 100]).unwrap_err();
         assert!(

@@ -20,6 +20,33 @@ pub trait MailStore: Send + Sync {
     /// maildrop lives, another open of the same mailbox fails with
     /// [`StoreError::Locked`]. A mailbox that never received mail opens empty.
     fn open_maildrop(&self, mailbox: &MailboxName) -> Result<Box<dyn Maildrop>, StoreError>;
+
+    /// Asks, before a message is sent, whether `mailbox` has room for one of
+    /// `size` octets (0: size unknown, asks only whether the mailbox is below
+    /// its limit), so that SMTP can refuse the recipient at RCPT. Fails with
+    /// [`StoreError::QuotaExceeded`] or [`StoreError::StorageFull`] when not.
+    ///
+    /// Only advice: the room may be gone when the message comes, and
+    /// [`Delivery::write_chunk`] checks again. The default, for stores
+    /// without limits, always has room.
+    fn check_room(&self, mailbox: &MailboxName, size: u64) -> Result<(), StoreError> {
+        let _ = (mailbox, size);
+        Ok(())
+    }
+}
+
+/// The default limit of one mailbox's stored octets: 50 MiB, the order of
+/// Postfix's `mailbox_size_limit` (51 200 000 octets).
+pub const DEFAULT_MAILBOX_SIZE_LIMIT: u64 = 50 * 1024 * 1024;
+
+/// Whether `add` more octets fit beside `used` under `limit` (`None`: no
+/// limit). Adding nothing asks whether anything fits at all.
+pub(crate) fn fits(used: u64, add: u64, limit: Option<u64>) -> bool {
+    match limit {
+        None => true,
+        Some(limit) if add == 0 => used < limit,
+        Some(limit) => used.checked_add(add).is_some_and(|total| total <= limit),
+    }
 }
 
 /// One message being delivered, written in chunks of any size so that it
@@ -30,6 +57,12 @@ pub trait MailStore: Send + Sync {
 pub trait Delivery: Send {
     /// Appends the next bytes of the message, as they will be stored (the SMTP
     /// side hands over CRLF line ends, after removing the dot-stuffing).
+    ///
+    /// A chunk that would take a recipient's mailbox (or the store) past its
+    /// size limit is refused before any of it is kept, with
+    /// [`StoreError::QuotaExceeded`] (or [`StoreError::StorageFull`]); the
+    /// delivery is then void, holds nothing, and every later call fails
+    /// the same way.
     fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError>;
 
     /// Makes the message part of every recipient's mailbox. When this returns

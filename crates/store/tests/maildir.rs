@@ -361,3 +361,102 @@ fn delivery_to_several_mailboxes_shares_one_name() {
     assert!(names(&anna_path.join("tmp")).is_empty());
     assert!(names(&bob_path.join("tmp")).is_empty());
 }
+
+#[test]
+fn mailbox_size_comes_from_the_names() {
+    let (_dir, store, anna, path) = setup();
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 0, "no folder yet");
+    deliver(&store, &anna, b"Subject: x\r\n\r\nLF line\n");
+    make_maildir(&path);
+    // The name's S= is believed without reading the file ...
+    fs::write(path.join("cur/1700000000.M1P1.other,S=1000:2,S"), b"short").unwrap();
+    // ... a name without S= is counted by the file's length ...
+    fs::write(path.join("new/1700000001.M1P1.other"), b"12345678").unwrap();
+    // ... and tmp/, dot files and folders are not mail.
+    fs::write(path.join("tmp/1700000002.M1P1.other,S=99999"), b"x").unwrap();
+    fs::write(path.join("cur/.hidden,S=99999"), b"x").unwrap();
+    fs::create_dir(path.join("cur/folder,S=99999")).unwrap();
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 22 + 1000 + 8);
+
+    // A POP3 deletion frees its octets; so does another tool's.
+    let maildrop = store.open_maildrop(&anna).unwrap();
+    assert_eq!(maildrop.messages().len(), 3);
+    maildrop.commit_deletions(&[0]).unwrap();
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 22 + 8);
+    let limited = store.with_mailbox_size_limit(Some(31));
+    limited.check_room(&anna, 1).unwrap();
+    assert!(matches!(
+        limited.check_room(&anna, 2),
+        Err(StoreError::QuotaExceeded { limit: 31, .. })
+    ));
+    for name in names(&path.join("cur")) {
+        if name.contains("other") {
+            fs::remove_file(path.join("cur").join(name)).unwrap();
+        }
+    }
+    assert_eq!(limited.mailbox_size(&anna).unwrap(), 22);
+}
+
+#[test]
+fn a_refused_delivery_removes_its_tmp_file_at_once() {
+    let (_dir, store, anna, path) = setup();
+    let store = store.with_mailbox_size_limit(Some(10));
+    let mut delivery = store.begin_delivery(std::slice::from_ref(&anna)).unwrap();
+    delivery.write_chunk(b"0123456789").unwrap();
+    assert_eq!(names(&path.join("tmp")).len(), 1);
+    let err = delivery.write_chunk(b"x").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "mailbox anna is full (limit 10 octets)",
+        "{err:?}"
+    );
+    // Gone while the delivery still lives, before the client's data ends.
+    assert!(names(&path.join("tmp")).is_empty());
+    drop(delivery);
+    assert!(names(&path.join("new")).is_empty());
+}
+
+/// Sets a folder's modification time, as a clock tick that two changes
+/// share would leave it.
+fn set_mtime(dir: &Path, mtime: SystemTime) {
+    File::open(dir).unwrap().set_modified(mtime).unwrap();
+}
+
+fn mtime(dir: &Path) -> SystemTime {
+    fs::metadata(dir).unwrap().modified().unwrap()
+}
+
+#[test]
+fn a_settled_folder_size_is_cached_until_the_folder_changes() {
+    let (_dir, store, anna, path) = setup();
+    deliver(&store, &anna, b"Subject: x\r\n\r\n12345678\r\n");
+    let cur = path.join("cur");
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    set_mtime(&cur, hour_ago);
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 24);
+    // A change that keeps the time is not seen: the size was cached (and a
+    // clone shares the cache) ...
+    fs::write(cur.join("1700000000.M1P1.other,S=1000:2,"), b"").unwrap();
+    set_mtime(&cur, hour_ago);
+    assert_eq!(store.clone().mailbox_size(&anna).unwrap(), 24);
+    // ... and every real change moves the time on.
+    set_mtime(&cur, SystemTime::now());
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 1024);
+    let maildrop = store.open_maildrop(&anna).unwrap();
+    maildrop.commit_deletions(&[0]).unwrap();
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 24);
+}
+
+#[test]
+fn a_folder_changed_within_the_margin_is_listed_at_every_ask() {
+    let (_dir, store, anna, path) = setup();
+    deliver(&store, &anna, b"Subject: x\r\n\r\n12345678\r\n");
+    let new = path.join("new");
+    let recent = mtime(&new);
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 24);
+    // Two changes in one tick: the time stays, the size is right anyway.
+    fs::write(new.join("1700000000.M1P1.other,S=1000"), b"").unwrap();
+    set_mtime(&new, recent);
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 1024);
+    assert!(postamt_store::SIZE_CACHE_MARGIN >= Duration::from_secs(2));
+}

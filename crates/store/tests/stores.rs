@@ -13,6 +13,8 @@ use postamt_store::{MailStore, MailboxName, Maildir, Maildrop, MemoryStore, Stor
 trait Harness: Sized {
     type Store: MailStore + Clone + 'static;
     fn new() -> Self;
+    /// A store whose mailboxes hold at most `limit` octets each.
+    fn with_mailbox_limit(limit: u64) -> Self;
     fn store(&self) -> &Self::Store;
     /// Files a delivery may have left outside the listing (none for memory).
     fn stray_files(&self, mailbox: &MailboxName) -> Vec<String>;
@@ -24,6 +26,9 @@ impl Harness for Memory {
     type Store = MemoryStore;
     fn new() -> Self {
         Self(MemoryStore::new())
+    }
+    fn with_mailbox_limit(limit: u64) -> Self {
+        Self(MemoryStore::new().with_mailbox_size_limit(Some(limit)))
     }
     fn store(&self) -> &MemoryStore {
         &self.0
@@ -44,6 +49,13 @@ impl Harness for OnDisk {
         let dir = tempfile::tempdir().unwrap();
         Self {
             store: Maildir::new(dir.path()),
+            _dir: dir,
+        }
+    }
+    fn with_mailbox_limit(limit: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            store: Maildir::new(dir.path()).with_mailbox_size_limit(Some(limit)),
             _dir: dir,
         }
     }
@@ -501,6 +513,103 @@ fn concurrent_deliveries_all_arrive<H: Harness>() {
     assert_eq!(bodies.len(), 40);
 }
 
+// ---------------------------------------------------------------------------
+// Mailbox size limits.
+
+/// A message of exactly `n` stored octets.
+fn sized(n: usize) -> Vec<u8> {
+    let mut bytes = b"Subject: q\r\n\r\n".to_vec();
+    assert!(n >= bytes.len() + 2);
+    bytes.resize(n - 2, b'q');
+    bytes.extend_from_slice(b"\r\n");
+    bytes
+}
+
+fn is_quota(result: Result<(), StoreError>, name: &str, expected_limit: u64) -> bool {
+    matches!(result, Err(StoreError::QuotaExceeded { mailbox, limit })
+        if mailbox.as_str() == name && limit == expected_limit)
+}
+
+fn default_limits_are_50_mib<H: Harness>() {
+    let h = H::new();
+    // 50 MiB fit with the default; one more octet is refused at the ask.
+    let anna = mailbox("anna");
+    h.store().check_room(&anna, 50 * 1024 * 1024).unwrap();
+    assert!(is_quota(
+        h.store().check_room(&anna, 50 * 1024 * 1024 + 1),
+        "anna",
+        postamt_store::DEFAULT_MAILBOX_SIZE_LIMIT
+    ));
+}
+
+fn under_the_limit_is_stored<H: Harness>() {
+    let h = H::with_mailbox_limit(1000);
+    let anna = mailbox("anna");
+    h.store().check_room(&anna, 0).unwrap();
+    h.store().check_room(&anna, 1000).unwrap();
+    assert!(is_quota(h.store().check_room(&anna, 1001), "anna", 1000));
+    deliver(h.store(), &["anna"], &[&sized(600)]);
+    h.store().check_room(&anna, 400).unwrap();
+    assert!(is_quota(h.store().check_room(&anna, 401), "anna", 1000));
+    assert_eq!(contents(h.store(), "anna"), [sized(600)]);
+}
+
+fn exactly_at_the_limit_is_stored<H: Harness>() {
+    let h = H::with_mailbox_limit(1000);
+    let anna = mailbox("anna");
+    deliver(h.store(), &["anna"], &[&sized(600)]);
+    let last = sized(400);
+    // In pieces, the last of which reaches the limit exactly.
+    deliver(h.store(), &["anna"], &[&last[..399], &last[399..]]);
+    assert_eq!(contents(h.store(), "anna"), [sized(600), sized(400)]);
+    // Full: nothing more fits, not even a message of unknown size.
+    assert!(is_quota(h.store().check_room(&anna, 0), "anna", 1000));
+    assert!(is_quota(h.store().check_room(&anna, 1), "anna", 1000));
+    // Other mailboxes have their own room.
+    h.store().check_room(&mailbox("bob"), 1000).unwrap();
+}
+
+fn over_the_limit_is_refused_mid_write<H: Harness>() {
+    let h = H::with_mailbox_limit(1000);
+    deliver(h.store(), &["anna"], &[&sized(600)]);
+    // Seen once, so that Maildir's new/ is empty again.
+    assert_eq!(contents(h.store(), "anna"), [sized(600)]);
+    // bob has room; anna has 400 octets left: the whole message is refused
+    // for both when the chunk that would pass anna's limit comes.
+    let recipients = [mailbox("bob"), mailbox("anna")];
+    let mut delivery = h.store().begin_delivery(&recipients).unwrap();
+    delivery.write_chunk(&[b'x'; 300]).unwrap();
+    delivery.write_chunk(&[b'x'; 100]).unwrap();
+    assert!(is_quota(delivery.write_chunk(b"x"), "anna", 1000));
+    assert!(is_quota(delivery.write_chunk(b""), "anna", 1000), "void");
+    assert!(is_quota(delivery.commit(), "anna", 1000));
+    for name in &recipients {
+        assert_eq!(h.stray_files(name), Vec::<String>::new());
+    }
+    assert_eq!(contents(h.store(), "anna"), [sized(600)]);
+    assert!(contents(h.store(), "bob").is_empty());
+    // A message that fits still goes in after the refusal.
+    deliver(h.store(), &["anna"], &[&sized(400)]);
+    assert_eq!(contents(h.store(), "anna"), [sized(600), sized(400)]);
+}
+
+fn deleting_frees_room<H: Harness>() {
+    let h = H::with_mailbox_limit(1000);
+    let anna = mailbox("anna");
+    deliver(h.store(), &["anna"], &[&sized(600)]);
+    deliver(h.store(), &["anna"], &[&sized(400)]);
+    assert!(is_quota(h.store().check_room(&anna, 0), "anna", 1000));
+    // A maildrop that only looks frees nothing.
+    drop(h.store().open_maildrop(&anna).unwrap());
+    assert!(is_quota(h.store().check_room(&anna, 0), "anna", 1000));
+    let maildrop = h.store().open_maildrop(&anna).unwrap();
+    maildrop.commit_deletions(&[0]).unwrap();
+    h.store().check_room(&anna, 600).unwrap();
+    assert!(is_quota(h.store().check_room(&anna, 601), "anna", 1000));
+    deliver(h.store(), &["anna"], &[&sized(600)]);
+    assert_eq!(contents(h.store(), "anna"), [sized(400), sized(600)]);
+}
+
 macro_rules! suite {
     ($module:ident, $harness:ty) => {
         mod $module {
@@ -566,6 +675,26 @@ macro_rules! suite {
             fn concurrent_deliveries_all_arrive() {
                 super::concurrent_deliveries_all_arrive::<$harness>();
             }
+            #[test]
+            fn default_limits_are_50_mib() {
+                super::default_limits_are_50_mib::<$harness>();
+            }
+            #[test]
+            fn under_the_limit_is_stored() {
+                super::under_the_limit_is_stored::<$harness>();
+            }
+            #[test]
+            fn exactly_at_the_limit_is_stored() {
+                super::exactly_at_the_limit_is_stored::<$harness>();
+            }
+            #[test]
+            fn over_the_limit_is_refused_mid_write() {
+                super::over_the_limit_is_refused_mid_write::<$harness>();
+            }
+            #[test]
+            fn deleting_frees_room() {
+                super::deleting_frees_room::<$harness>();
+            }
         }
     };
 }
@@ -597,4 +726,101 @@ fn stores_are_usable_as_trait_objects_across_threads() {
         .unwrap();
         assert_eq!(bytes, FIRST);
     }
+}
+
+#[test]
+fn no_limit_takes_anything() {
+    let mem = MemoryStore::new()
+        .with_mailbox_size_limit(None)
+        .with_total_size_limit(None);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Maildir::new(dir.path()).with_mailbox_size_limit(None);
+    assert_eq!(mem.mailbox_size_limit(), None);
+    assert_eq!(mem.total_size_limit(), None);
+    assert_eq!(disk.mailbox_size_limit(), None);
+    let anna = mailbox("anna");
+    mem.check_room(&anna, u64::MAX).unwrap();
+    disk.check_room(&anna, u64::MAX).unwrap();
+}
+
+#[test]
+fn memory_store_defaults() {
+    let store = MemoryStore::new();
+    assert_eq!(store.mailbox_size_limit(), Some(50 * 1024 * 1024));
+    assert_eq!(store.total_size_limit(), Some(512 * 1024 * 1024));
+    assert_eq!(postamt_store::DEFAULT_MEMORY_LIMIT, 512 * 1024 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        Maildir::new(dir.path()).mailbox_size_limit(),
+        Some(50 * 1024 * 1024)
+    );
+}
+
+#[test]
+fn memory_total_limit_counts_all_mailboxes() {
+    let store = MemoryStore::new()
+        .with_mailbox_size_limit(Some(1000))
+        .with_total_size_limit(Some(1500));
+    let full =
+        |r: Result<(), StoreError>| matches!(r, Err(StoreError::StorageFull { limit: 1500 }));
+    deliver(&store, &["anna"], &[&sized(1000)]);
+    // A message for two mailboxes is held once and counts once.
+    deliver(&store, &["bob", "carl"], &[&sized(400)]);
+    assert_eq!(store.total_size(), 1400);
+    assert_eq!(store.mailbox_size(&mailbox("bob")), 400);
+    assert_eq!(store.mailbox_size(&mailbox("carl")), 400);
+    // dora's own limit has room, the store has 100 octets left.
+    store.check_room(&mailbox("dora"), 100).unwrap();
+    assert!(full(store.check_room(&mailbox("dora"), 101)));
+    let mut delivery = store.begin_delivery(&[mailbox("dora")]).unwrap();
+    delivery.write_chunk(&[b'x'; 100]).unwrap();
+    assert_eq!(store.total_size(), 1500, "a delivery in progress reserves");
+    assert!(full(store.check_room(&mailbox("erik"), 0)));
+    assert!(full(delivery.write_chunk(b"x")));
+    assert_eq!(
+        store.total_size(),
+        1400,
+        "a refused delivery gives back all"
+    );
+    assert!(full(delivery.commit()));
+    assert!(contents(&store, "dora").is_empty());
+    // Deleting bob's copy keeps carl's: no octets come back yet.
+    store
+        .open_maildrop(&mailbox("bob"))
+        .unwrap()
+        .commit_deletions(&[0])
+        .unwrap();
+    assert_eq!(store.total_size(), 1400);
+    assert_eq!(store.mailbox_size(&mailbox("bob")), 0);
+    store
+        .open_maildrop(&mailbox("carl"))
+        .unwrap()
+        .commit_deletions(&[0])
+        .unwrap();
+    assert_eq!(store.total_size(), 1000);
+    deliver(&store, &["dora"], &[&sized(500)]);
+    assert_eq!(store.total_size(), 1500);
+}
+
+#[test]
+fn memory_deliveries_in_progress_share_the_room() {
+    let store = MemoryStore::new().with_mailbox_size_limit(Some(1000));
+    let anna = [mailbox("anna")];
+    let mut first = store.begin_delivery(&anna).unwrap();
+    let mut second = store.begin_delivery(&anna).unwrap();
+    first.write_chunk(&[b'x'; 700]).unwrap();
+    second.write_chunk(&[b'x'; 300]).unwrap();
+    let refused = first.write_chunk(b"x");
+    assert!(
+        matches!(&refused, Err(StoreError::QuotaExceeded { mailbox, limit: 1000 }) if mailbox.as_str() == "anna"),
+        "{refused:?}"
+    );
+    // The refused one gave its 700 back; an aborted one gives back too.
+    let mut third = store.begin_delivery(&anna).unwrap();
+    third.write_chunk(&[b'x'; 700]).unwrap();
+    drop(second);
+    assert_eq!(store.total_size(), 700);
+    third.commit().unwrap();
+    assert_eq!(store.mailbox_size(&anna[0]), 700);
+    assert_eq!(store.total_size(), 700);
 }
