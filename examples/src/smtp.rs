@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use postamt_smtp::{EnhancedCode, Event, ForwardPath, Hello, Reply, ServerSession, Session};
+use postamt_smtp::{Event, ForwardPath, Hello, Reply, ServerSession, Session};
 use postamt_store::{Delivery, MailboxName, StoreError};
 
 use crate::conn::{Next, drive};
@@ -214,28 +214,11 @@ impl Transaction {
     }
 }
 
-/// `452 4.2.2 Mailbox full` (RFC 3463 X.2.2): the recipient's mailbox has
-/// no room. A mailbox full is temporary: the client keeps the message and
-/// tries again, and mail fetched and deleted over POP3 makes room.
-fn mailbox_full() -> Reply {
-    Reply::new(452, EnhancedCode::new(4, 2, 2), "Mailbox full")
-}
-
-/// `452 4.3.1 Insufficient system storage` (RFC 5321 §4.2.2, RFC 3463
-/// X.3.1): the store as a whole has no room.
-fn storage_full() -> Reply {
-    Reply::new(
-        452,
-        EnhancedCode::new(4, 3, 1),
-        "Insufficient system storage",
-    )
-}
-
 /// The reply for a store that has no room, `None` for any other error.
 fn no_room(e: &StoreError) -> Option<Reply> {
     match e {
-        StoreError::QuotaExceeded { .. } => Some(mailbox_full()),
-        StoreError::StorageFull { .. } => Some(storage_full()),
+        StoreError::QuotaExceeded { .. } => Some(Reply::mailbox_full()),
+        StoreError::StorageFull { .. } => Some(Reply::storage_full()),
         _ => None,
     }
 }

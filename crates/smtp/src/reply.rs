@@ -133,7 +133,9 @@ impl EnhancedCode {
     pub const CANNOT_VERIFY: Self = Self::known(2, 5, 0);
     pub const AUTH_OK: Self = Self::known(2, 7, 0);
     pub const OTHER_TEMPORARY: Self = Self::known(4, 0, 0);
+    pub const MAILBOX_FULL: Self = Self::known(4, 2, 2);
     pub const SYSTEM_TEMPORARY: Self = Self::known(4, 3, 0);
+    pub const SYSTEM_STORAGE: Self = Self::known(4, 3, 1);
     pub const TIMEOUT: Self = Self::known(4, 4, 2);
     pub const TOO_MANY_RECIPIENTS: Self = Self::known(4, 5, 3);
     pub const TEMPORARY_SECURITY: Self = Self::known(4, 7, 0);
@@ -240,6 +242,22 @@ impl Reply {
     /// `550 5.7.1`: the server does not relay to that domain.
     pub fn relay_denied() -> Self {
         Self::new(550, Some(EnhancedCode::RELAY_DENIED), "Relaying denied")
+    }
+
+    /// `452 4.2.2`: the recipient's mailbox has no room (RFC 3463 X.2.2).
+    /// Temporary: the client keeps the message and tries again later.
+    pub fn mailbox_full() -> Self {
+        Self::new(452, Some(EnhancedCode::MAILBOX_FULL), "Mailbox full")
+    }
+
+    /// `452 4.3.1`: the server as a whole has no room to store the message
+    /// (RFC 5321 §4.2.2, RFC 3463 X.3.1).
+    pub fn storage_full() -> Self {
+        Self::new(
+            452,
+            Some(EnhancedCode::SYSTEM_STORAGE),
+            "Insufficient system storage",
+        )
     }
 
     /// `451 4.3.0`: a local failure (the store could not take the message).
