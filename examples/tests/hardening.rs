@@ -1,0 +1,464 @@
+//! The toy server against hostile clients (issue 16), over real sockets:
+//! passwords never reach `--trace` however the client splits its bytes, a
+//! TLS handshake has an overall deadline, one address cannot take every
+//! connection slot, a stalled trace reader never holds up a greeting, and
+//! the trace escapes characters that steer a terminal. Each test asserts
+//! what a client sees (exact replies, closed or not) and the trace's text.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use postamt_examples::{Options, Server};
+use postamt_store::{MemoryStore, StaticDirectory};
+
+mod peers;
+
+const HOST: &str = "mail.kolleg.de";
+/// Longest wait for any single reply or trace line; far above what any
+/// step needs.
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// A trace that the test reads.
+
+/// The trace's output, split into lines as the writer thread delivers them.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<(Vec<u8>, Vec<String>)>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (partial, lines) = &mut *guard;
+        partial.extend_from_slice(buf);
+        while let Some(lf) = partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=lf).collect();
+            lines.push(String::from_utf8_lossy(&line[..lf]).into_owned());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// Waits for a line ending with `last`, then takes every line up to it.
+    fn take_through(&self, last: &str) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(i) = guard.1.iter().position(|l| l.ends_with(last)) {
+                    return guard.1.drain(..=i).collect();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no trace line ending with {last:?}; have {:?}",
+                self.0.lock().unwrap().1
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn options(capture: &Capture) -> Options {
+    Options {
+        hostname: HOST.to_string(),
+        trace: true,
+        trace_output: Some(Box::new(capture.clone())),
+        ..Options::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(StaticDirectory::demo()),
+        )
+    }
+}
+
+fn traced_server() -> (Server, Capture) {
+    let capture = Capture::default();
+    let server = Server::start(options(&capture)).expect("server starts");
+    (server, capture)
+}
+
+// ---------------------------------------------------------------------------
+// Talking to the server.
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+/// Reads lines until one starts with `prefix`; returns them all.
+fn read_until(reader: &mut BufReader<TcpStream>, prefix: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read a line");
+        assert!(!line.is_empty(), "closed before {prefix:?}; got {seen:?}");
+        seen.push_str(&line);
+        if line.starts_with(prefix) {
+            return seen;
+        }
+    }
+}
+
+/// One conversation: read the greeting, send `prelude` and read up to a
+/// line starting with `wait`, then send the body `script` made from the
+/// greeting, whole or split in two writes at `split`, and read until the
+/// server closes (the body ends with QUIT). Returns the client's address
+/// and what it received after the prelude.
+fn converse(
+    addr: SocketAddr,
+    prelude: &[u8],
+    wait: &str,
+    script: &dyn Fn(&str) -> Vec<u8>,
+    split: Option<usize>,
+) -> (SocketAddr, String) {
+    let tcp = connect(addr);
+    let local = tcp.local_addr().unwrap();
+    let mut reader = BufReader::new(tcp.try_clone().unwrap());
+    let mut writer = tcp;
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    if !prelude.is_empty() {
+        writer.write_all(prelude).unwrap();
+        read_until(&mut reader, wait);
+    }
+    let body = script(&greeting);
+    match split {
+        None => writer.write_all(&body).unwrap(),
+        Some(at) => {
+            writer.write_all(&body[..at]).unwrap();
+            // Long enough for the server to read the first part alone.
+            thread::sleep(Duration::from_millis(1));
+            writer.write_all(&body[at..]).unwrap();
+        }
+    }
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).expect("read to the close");
+    (local, rest)
+}
+
+/// The trace of the conversation from `local`, which ended with `last`:
+/// its lines without the connection tag, the connection note and the
+/// greeting (POP3's holds a fresh APOP timestamp each time).
+fn trace_of(capture: &Capture, local: SocketAddr, last: &str) -> Vec<String> {
+    let lines = capture.take_through(last);
+    let note = format!(" -- connection from {local}");
+    let first = lines
+        .iter()
+        .position(|l| l.ends_with(&note))
+        .unwrap_or_else(|| panic!("no connection note for {local} in {lines:?}"));
+    let tag = lines[first][..lines[first].len() - note.len()].to_string() + " ";
+    let mut own: Vec<String> = lines[first + 1..]
+        .iter()
+        .map(|l| {
+            l.strip_prefix(&tag)
+                .unwrap_or_else(|| panic!("a line of another connection: {l}"))
+                .to_string()
+        })
+        .collect();
+    assert!(own[0].starts_with("S: "), "the greeting first: {own:?}");
+    own.remove(0);
+    own
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Runs `script` whole and then split at every byte, connecting afresh each
+/// time. Every run must get the same replies and leave the same trace; no
+/// trace line may hold any of `secrets`. Returns the replies and the trace.
+fn every_split(
+    addr: SocketAddr,
+    capture: &Capture,
+    prelude: &[u8],
+    wait: &str,
+    script: &dyn Fn(&str) -> Vec<u8>,
+    last: &str,
+    secrets: &[String],
+) -> (String, Vec<String>) {
+    let check = |trace: &[String], how: &str| {
+        for line in trace {
+            for secret in secrets {
+                assert!(
+                    !line.contains(secret.as_str()),
+                    "{how}: the trace line {line:?} shows the secret {secret:?}"
+                );
+            }
+        }
+    };
+    let (local, replies) = converse(addr, prelude, wait, script, None);
+    let trace = trace_of(capture, local, last);
+    check(&trace, "sent whole");
+    let len = script("").len();
+    for at in 1..len {
+        let (local, got) = converse(addr, prelude, wait, script, Some(at));
+        let split_trace = trace_of(capture, local, last);
+        let how = format!("split at byte {at}");
+        check(&split_trace, &how);
+        assert_eq!(got, replies, "{how}: the replies differ");
+        assert_eq!(split_trace, trace, "{how}: the trace differs");
+    }
+    (replies, trace)
+}
+
+/// The forms of a password that must never show: plain and base64.
+fn forms(password: &str) -> Vec<String> {
+    vec![password.to_string(), base64(password.as_bytes())]
+}
+
+/// Every 8-character piece of `blob`: none may show, not even a part.
+fn pieces(blob: &str) -> Vec<String> {
+    blob.as_bytes()
+        .windows(8)
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect()
+}
+
+/// Where the AUTH command is in an SMTP trace (after EHLO and its reply).
+fn from_auth(trace: &[String]) -> usize {
+    let at = trace.iter().position(|l| l.starts_with("C: AUTH"));
+    at.unwrap_or_else(|| panic!("no AUTH in {trace:?}"))
+}
+
+const EHLO: &[u8] = b"EHLO client.example\r\n";
+const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";
+const SMTP_BYE: &str = "221 2.0.0 mail.kolleg.de See you later\r\n";
+
+// ---------------------------------------------------------------------------
+// Point 1: passwords never in the trace.
+
+#[test]
+fn smtp_auth_login_pipelined_in_one_write_is_masked_at_every_split() {
+    let (server, capture) = traced_server();
+    let user = base64(b"anna@kolleg.de");
+    let pass = base64(b"geheim");
+    let script = |_: &str| format!("AUTH LOGIN\r\n{user}\r\n{pass}\r\nQUIT\r\n").into_bytes();
+    let mut secrets = forms("geheim");
+    secrets.push(user.clone());
+    let (replies, trace) = every_split(
+        server.smtp_addr(),
+        &capture,
+        EHLO,
+        "250 ",
+        &script,
+        "S: 221 2.0.0 mail.kolleg.de See you later",
+        &secrets,
+    );
+    assert_eq!(
+        replies,
+        format!("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n{AUTH_OK}{SMTP_BYE}")
+    );
+    assert_eq!(
+        trace[from_auth(&trace)..],
+        [
+            "C: AUTH LOGIN",
+            "S: 334 VXNlcm5hbWU6",
+            "C: ****",
+            "S: 334 UGFzc3dvcmQ6",
+            "C: ****",
+            "-- authenticated as anna@kolleg.de",
+            "S: 235 2.7.0 Authentication successful",
+            "C: QUIT",
+            "S: 221 2.0.0 mail.kolleg.de See you later",
+        ]
+    );
+    server.stop();
+}
+
+#[test]
+fn smtp_auth_login_password_right_after_the_user_line_is_masked() {
+    let (server, capture) = traced_server();
+    let user = base64(b"anna@kolleg.de");
+    let pass = base64(b"geheim");
+    // The client waits for the first 334 only, then sends both answers.
+    let prelude = [EHLO, b"AUTH LOGIN\r\n"].concat();
+    let script = |_: &str| format!("{user}\r\n{pass}\r\nQUIT\r\n").into_bytes();
+    let (replies, trace) = every_split(
+        server.smtp_addr(),
+        &capture,
+        &prelude,
+        "334 ",
+        &script,
+        "S: 221 2.0.0 mail.kolleg.de See you later",
+        &forms("geheim"),
+    );
+    assert_eq!(replies, format!("334 UGFzc3dvcmQ6\r\n{AUTH_OK}{SMTP_BYE}"));
+    assert_eq!(
+        trace[from_auth(&trace)..],
+        [
+            "C: AUTH LOGIN",
+            "S: 334 VXNlcm5hbWU6",
+            "C: ****",
+            "S: 334 UGFzc3dvcmQ6",
+            "C: ****",
+            "-- authenticated as anna@kolleg.de",
+            "S: 235 2.7.0 Authentication successful",
+            "C: QUIT",
+            "S: 221 2.0.0 mail.kolleg.de See you later",
+        ]
+    );
+    server.stop();
+}
+
+#[test]
+fn smtp_auth_plain_without_initial_response_is_masked_at_every_split() {
+    let (server, capture) = traced_server();
+    let blob = base64(b"\0anna@kolleg.de\0geheim");
+    let script = |_: &str| format!("AUTH PLAIN\r\n{blob}\r\nQUIT\r\n").into_bytes();
+    let mut secrets = forms("geheim");
+    secrets.extend(pieces(&blob));
+    let (replies, trace) = every_split(
+        server.smtp_addr(),
+        &capture,
+        EHLO,
+        "250 ",
+        &script,
+        "S: 221 2.0.0 mail.kolleg.de See you later",
+        &secrets,
+    );
+    assert_eq!(replies, format!("334 \r\n{AUTH_OK}{SMTP_BYE}"));
+    assert_eq!(
+        trace[from_auth(&trace)..],
+        [
+            "C: AUTH PLAIN",
+            "S: 334 ",
+            "C: ****",
+            "-- authenticated as anna@kolleg.de",
+            "S: 235 2.7.0 Authentication successful",
+            "C: QUIT",
+            "S: 221 2.0.0 mail.kolleg.de See you later",
+        ]
+    );
+    server.stop();
+}
+
+#[test]
+fn smtp_over_long_auth_plain_line_shows_no_part_of_its_tail() {
+    let (server, capture) = traced_server();
+    // Longer than the trace keeps whole (1000) and than a command line may
+    // be (512): the password sits at the far end.
+    let mut plain = vec![b'x'; 780];
+    plain.extend_from_slice(b"\0anna@kolleg.de\0geheim");
+    let blob = base64(&plain);
+    assert!(blob.len() > 1000);
+    let script = |_: &str| format!("AUTH PLAIN {blob}\r\nQUIT\r\n").into_bytes();
+    let mut secrets = forms("geheim");
+    secrets.extend(pieces(&blob));
+    let (replies, trace) = every_split(
+        server.smtp_addr(),
+        &capture,
+        EHLO,
+        "250 ",
+        &script,
+        "S: 221 2.0.0 mail.kolleg.de See you later",
+        &secrets,
+    );
+    assert_eq!(replies, format!("500 5.5.2 Line too long\r\n{SMTP_BYE}"));
+    assert_eq!(
+        trace[from_auth(&trace)..],
+        [
+            "C: AUTH PLAIN ****",
+            "S: 500 5.5.2 Line too long",
+            "C: QUIT",
+            "S: 221 2.0.0 mail.kolleg.de See you later",
+        ]
+    );
+    server.stop();
+}
+
+const POP3_BYE: &str = "S: +OK Goodbye";
+const POP3_IN: &str = "+OK Logged in, 0 messages (0 octets)\r\n";
+/// The trace of a POP3 login as bob, after its last line, to the end.
+const POP3_TAIL: [&str; 5] = [
+    "-- bob logged in to bob@kolleg.de",
+    "S: +OK Logged in, 0 messages (0 octets)",
+    "C: QUIT",
+    "-- 0 message(s) deleted",
+    POP3_BYE,
+];
+
+#[test]
+fn pop3_auth_plain_without_initial_response_is_masked_at_every_split() {
+    let (server, capture) = traced_server();
+    let blob = base64(b"\0bob\0topSecret");
+    let script = |_: &str| format!("AUTH PLAIN\r\n{blob}\r\nQUIT\r\n").into_bytes();
+    let mut secrets = forms("topSecret");
+    secrets.extend(pieces(&blob));
+    let (replies, trace) = every_split(
+        server.pop3_addr(),
+        &capture,
+        b"",
+        "",
+        &script,
+        POP3_BYE,
+        &secrets,
+    );
+    assert_eq!(replies, format!("+ \r\n{POP3_IN}+OK Goodbye\r\n"));
+    assert_eq!(trace[..3], ["C: AUTH PLAIN", "S: + ", "C: ****"]);
+    assert_eq!(trace[3..], POP3_TAIL);
+    server.stop();
+}
+
+#[test]
+fn pop3_user_pass_is_masked_at_every_split() {
+    let (server, capture) = traced_server();
+    let script = |_: &str| b"USER bob\r\nPASS topSecret\r\nQUIT\r\n".to_vec();
+    let (replies, trace) = every_split(
+        server.pop3_addr(),
+        &capture,
+        b"",
+        "",
+        &script,
+        POP3_BYE,
+        &forms("topSecret"),
+    );
+    assert_eq!(
+        replies,
+        format!("+OK Now send your password with PASS\r\n{POP3_IN}+OK Goodbye\r\n")
+    );
+    assert_eq!(
+        trace[..3],
+        [
+            "C: USER bob",
+            "S: +OK Now send your password with PASS",
+            "C: PASS ****"
+        ]
+    );
+    assert_eq!(trace[3..], POP3_TAIL);
+    server.stop();
+}
+
+#[test]
+fn pop3_apop_digest_is_masked_at_every_split() {
+    let (server, capture) = traced_server();
+    let script = |greeting: &str| {
+        // The timestamp is the greeting's last word, `<...>`.
+        let stamp = greeting.trim_end().rsplit(' ').next().unwrap_or("");
+        let digest = postamt_pop3::apop_digest(stamp, "topSecret");
+        format!("APOP bob {digest}\r\nQUIT\r\n").into_bytes()
+    };
+    let (replies, trace) = every_split(
+        server.pop3_addr(),
+        &capture,
+        b"",
+        "",
+        &script,
+        POP3_BYE,
+        &forms("topSecret"),
+    );
+    assert_eq!(replies, format!("{POP3_IN}+OK Goodbye\r\n"));
+    assert_eq!(trace[0], "C: APOP bob ****");
+    assert_eq!(trace[1..], POP3_TAIL);
+    // Every run's trace is this one, so no digest showed either.
+    server.stop();
+}
