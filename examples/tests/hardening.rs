@@ -46,6 +46,21 @@ impl Write for Capture {
 }
 
 impl Capture {
+    /// Waits until `done` holds for the lines so far; returns them.
+    fn lines_when(&self, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                if done(&guard.1) {
+                    return guard.1.clone();
+                }
+            }
+            assert!(Instant::now() < deadline, "the trace never got there");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits for a line ending with `last`, then takes every line up to it.
     fn take_through(&self, last: &str) -> Vec<String> {
         let deadline = Instant::now() + WAIT;
@@ -108,6 +123,21 @@ fn read_until(reader: &mut BufReader<TcpStream>, prefix: &str) -> String {
     }
 }
 
+/// Whether the server has closed the connection: EOF (or a reset) within
+/// `within`, with nothing more sent.
+fn closed_within(tcp: &TcpStream, within: Duration) -> bool {
+    tcp.set_read_timeout(Some(within)).unwrap();
+    let mut byte = [0; 1];
+    match (&*tcp).read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+    }
+}
+
 /// One conversation: read the greeting, send `prelude` and read up to a
 /// line starting with `wait`, then send the body `script` made from the
 /// greeting, whole or split in two writes at `split`, and read until the
@@ -149,7 +179,11 @@ fn converse(
 /// its lines without the connection tag, the connection note and the
 /// greeting (POP3's holds a fresh APOP timestamp each time).
 fn trace_of(capture: &Capture, local: SocketAddr, last: &str) -> Vec<String> {
-    let lines = capture.take_through(last);
+    session_lines(&capture.take_through(last), local)
+}
+
+/// The lines of the connection from `local` among `lines`, as [`trace_of`].
+fn session_lines(lines: &[String], local: SocketAddr) -> Vec<String> {
     let note = format!(" -- connection from {local}");
     let first = lines
         .iter()
@@ -158,11 +192,7 @@ fn trace_of(capture: &Capture, local: SocketAddr, last: &str) -> Vec<String> {
     let tag = lines[first][..lines[first].len() - note.len()].to_string() + " ";
     let mut own: Vec<String> = lines[first + 1..]
         .iter()
-        .map(|l| {
-            l.strip_prefix(&tag)
-                .unwrap_or_else(|| panic!("a line of another connection: {l}"))
-                .to_string()
-        })
+        .filter_map(|l| l.strip_prefix(&tag).map(str::to_string))
         .collect();
     assert!(own[0].starts_with("S: "), "the greeting first: {own:?}");
     own.remove(0);
@@ -461,4 +491,101 @@ fn pop3_apop_digest_is_masked_at_every_split() {
     assert_eq!(trace[1..], POP3_TAIL);
     // Every run's trace is this one, so no digest showed either.
     server.stop();
+}
+
+// ---------------------------------------------------------------------------
+// Point 2: the TLS handshake has an overall deadline, and a stop ends it.
+
+fn tls_server(handshake: Duration) -> (Server, Capture) {
+    let capture = Capture::default();
+    let server = Server::start(Options {
+        tls: Some(postamt_examples::tls::self_signed(HOST).unwrap()),
+        tls_handshake_timeout: handshake,
+        ..options(&capture)
+    })
+    .expect("server starts");
+    (server, capture)
+}
+
+/// Asks for TLS (EHLO and STARTTLS, or STLS) and sends the 5-byte header
+/// of a 16 KiB handshake record, which the server waits to complete.
+fn stalled_handshake(addr: SocketAddr, smtp: bool) -> TcpStream {
+    let tcp = connect(addr);
+    let mut reader = BufReader::new(tcp.try_clone().unwrap());
+    let mut writer = tcp.try_clone().unwrap();
+    if smtp {
+        read_until(&mut reader, "220 ");
+        writer.write_all(EHLO).unwrap();
+        read_until(&mut reader, "250 ");
+        writer.write_all(b"STARTTLS\r\n").unwrap();
+        assert_eq!(
+            read_until(&mut reader, ""),
+            "220 2.0.0 Ready to start TLS\r\n"
+        );
+    } else {
+        read_until(&mut reader, "+OK ");
+        writer.write_all(b"STLS\r\n").unwrap();
+        assert_eq!(read_until(&mut reader, ""), "+OK Begin TLS negotiation\r\n");
+    }
+    writer.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00]).unwrap();
+    tcp
+}
+
+#[test]
+fn tls_handshake_trickling_a_byte_every_300_ms_is_cut_off_at_its_deadline() {
+    let (server, capture) = tls_server(Duration::from_secs(2));
+    for (addr, smtp) in [(server.smtp_addr(), true), (server.pop3_addr(), false)] {
+        let tcp = stalled_handshake(addr, smtp);
+        let local = tcp.local_addr().unwrap();
+        let started = Instant::now();
+        // A byte every 300 ms: every read is well inside any per-read
+        // timeout, so only the overall deadline ends this.
+        let closed = loop {
+            if (&tcp).write_all(&[0]).is_err() || closed_within(&tcp, Duration::from_millis(300)) {
+                break true;
+            }
+            if started.elapsed() > WAIT {
+                break false;
+            }
+        };
+        assert!(closed, "still handshaking after {WAIT:?} (smtp: {smtp})");
+        let trace = trace_of(
+            &capture,
+            local,
+            "-- TLS handshake failed: TLS handshake not finished in time",
+        );
+        assert_eq!(
+            trace.last().unwrap(),
+            "-- TLS handshake failed: TLS handshake not finished in time"
+        );
+    }
+    server.stop();
+}
+
+#[test]
+fn server_stop_ends_a_tls_handshake_in_progress_within_the_grace() {
+    // The deadline is far off: only the stop can end these handshakes.
+    let (server, capture) = tls_server(Duration::from_secs(300));
+    let smtp = stalled_handshake(server.smtp_addr(), true);
+    let pop3 = stalled_handshake(server.pop3_addr(), false);
+    assert_eq!(server.active_connections(), 2);
+    let asked = Instant::now();
+    server.stop();
+    // The stop grace is 3 s; stop() waits at most a second longer for the
+    // connections to end, and they had ended: both are closed by now.
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(4), "stop took {took:?}");
+    const ABANDONED: &str = "-- server stopping: TLS handshake abandoned";
+    let lines = capture.lines_when(|l| l.iter().filter(|l| l.ends_with(ABANDONED)).count() == 2);
+    for (tcp, last) in [
+        (&smtp, "S: 220 2.0.0 Ready to start TLS"),
+        (&pop3, "S: +OK Begin TLS negotiation"),
+    ] {
+        assert!(
+            closed_within(tcp, Duration::from_millis(100)),
+            "still open after the stop"
+        );
+        let trace = session_lines(&lines, tcp.local_addr().unwrap());
+        assert_eq!(trace[trace.len() - 2..], [last, ABANDONED]);
+    }
 }
