@@ -589,3 +589,94 @@ fn server_stop_ends_a_tls_handshake_in_progress_within_the_grace() {
         assert_eq!(trace[trace.len() - 2..], [last, ABANDONED]);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Point 3: one address cannot take every slot.
+
+/// A connection from `source` (a loopback address other than 127.0.0.1 is
+/// another client to the server).
+fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    let source: std::net::IpAddr = source.parse().unwrap();
+    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    socket.connect(&addr.into()).expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp
+}
+
+/// The first line the server sends, read byte by byte (nothing more).
+fn first_line(tcp: &TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0; 1];
+    while line.last() != Some(&b'\n') {
+        match (&*tcp).read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+#[test]
+fn a_client_address_over_its_limit_is_turned_away_and_others_are_served() {
+    let server = Server::start(Options {
+        hostname: HOST.to_string(),
+        max_connections_per_client: 3,
+        ..Options::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(StaticDirectory::demo()),
+        )
+    })
+    .expect("server starts");
+    let cases = [
+        (
+            server.smtp_addr(),
+            "220 mail.kolleg.de ESMTP postamt ready\r\n",
+            "421 4.7.0 mail.kolleg.de Too many connections from your address, try again later\r\n",
+        ),
+        (
+            server.pop3_addr(),
+            "+OK POP3 server ready",
+            "-ERR [SYS/TEMP] Too many connections from your address\r\n",
+        ),
+    ];
+    // The SMTP connections stay open while POP3 is tried: the limit is
+    // per protocol.
+    let mut kept = Vec::new();
+    for (addr, greeting, refusal) in cases {
+        let mut held: Vec<TcpStream> = (0..3)
+            .map(|_| {
+                let c = connect_from("127.0.0.1", addr);
+                assert!(first_line(&c).starts_with(greeting), "within the limit");
+                c
+            })
+            .collect();
+        let fourth = connect_from("127.0.0.1", addr);
+        assert_eq!(first_line(&fourth), refusal);
+        assert!(closed_within(&fourth, WAIT), "closed after the refusal");
+        // Another address is another client.
+        let other = connect_from("127.0.0.2", addr);
+        assert!(first_line(&other).starts_with(greeting), "127.0.0.2 served");
+        // One leaves: the next from 127.0.0.1 is served once the server
+        // has seen it go.
+        drop(held.pop());
+        let deadline = Instant::now() + WAIT;
+        let next = loop {
+            let c = connect_from("127.0.0.1", addr);
+            let line = first_line(&c);
+            if line.starts_with(greeting) {
+                break c;
+            }
+            assert_eq!(line, refusal);
+            assert!(Instant::now() < deadline, "no slot freed after a close");
+            thread::sleep(Duration::from_millis(20));
+        };
+        held.push(next);
+        held.push(other);
+        kept.push(held);
+    }
+    drop(kept);
+    server.stop();
+}
