@@ -680,3 +680,34 @@ fn a_client_address_over_its_limit_is_turned_away_and_others_are_served() {
     drop(kept);
     server.stop();
 }
+
+// ---------------------------------------------------------------------------
+// Point 10: characters that steer a terminal are shown escaped.
+
+#[test]
+fn trace_shows_bidi_override_and_line_separator_escaped() {
+    let (server, capture) = traced_server();
+    let script = |_: &str| "HELO x\r\nNOOP evil\u{202e}txt\u{2028}next\r\nQUIT\r\n".into();
+    let (local, replies) = converse(server.smtp_addr(), b"", "", &script, None);
+    assert!(
+        replies.ends_with("221 mail.kolleg.de See you later\r\n"),
+        "{replies}"
+    );
+    let lines = capture.take_through("S: 221 mail.kolleg.de See you later");
+    let trace = session_lines(&lines, local);
+    assert_eq!(
+        trace,
+        [
+            "C: HELO x",
+            "S: 250 mail.kolleg.de Hello x",
+            "C: NOOP evil\\u{202e}txt\\u{2028}next",
+            "S: 250 OK",
+            "C: QUIT",
+            "S: 221 mail.kolleg.de See you later",
+        ]
+    );
+    for line in &lines {
+        assert!(!line.contains(['\u{202e}', '\u{2028}']), "raw in {line:?}");
+    }
+    server.stop();
+}
