@@ -711,3 +711,116 @@ fn trace_shows_bidi_override_and_line_separator_escaped() {
     }
     server.stop();
 }
+
+// ---------------------------------------------------------------------------
+// Point 8: a trace nobody reads never holds up a session.
+
+/// Where cargo put the example `name`: next to this test's `deps/` folder.
+fn example(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    path.exists().then_some(path)
+}
+
+/// The toy server process, killed when the test ends however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_trace_nobody_reads_drops_and_counts_lines_and_every_greeting_comes() {
+    use std::process::{Command, Stdio};
+    let Some(binary) = example("toy-server") else {
+        peers::missing(
+            "the toy-server example",
+            "run `cargo test --workspace`, which builds it",
+        );
+        return;
+    };
+    // Two free ports, held at once so they differ, then let go for the server.
+    let probes: Vec<std::net::TcpListener> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<String> = probes
+        .iter()
+        .map(|l| l.local_addr().unwrap().port().to_string())
+        .collect();
+    drop(probes);
+    let mut server = Running(
+        Command::new(binary)
+            .args(["--trace", "--memory", "--smtp-port", &ports[0]])
+            .args(["--pop3-port", &ports[1]])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the toy server starts"),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
+
+    // Nobody reads its stdout while 30 clients in a row each pipeline 1000
+    // NOOPs: 2004 trace lines each, far more than the pipe (64 KiB) and the
+    // trace queue (4096 lines) hold.
+    const CLIENTS: usize = 30;
+    const NOOPS: usize = 1000;
+    let script = format!("{}QUIT\r\n", "NOOP\r\n".repeat(NOOPS));
+    let started = Instant::now();
+    let mut served = 0;
+    while served < CLIENTS {
+        let Ok(tcp) = TcpStream::connect(addr) else {
+            // Not listening yet.
+            assert!(started.elapsed() < WAIT, "the toy server never listened");
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        // Each greeting within WAIT: a blocked trace would hold it forever.
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reader = BufReader::new(tcp.try_clone().unwrap());
+        assert_eq!(
+            read_until(&mut reader, "220 "),
+            "220 mail.kolleg.de ESMTP postamt ready\r\n",
+            "client {served}"
+        );
+        (&tcp).write_all(script.as_bytes()).unwrap();
+        let replies = read_until(&mut reader, "221 ");
+        assert_eq!(replies.matches("250 OK\r\n").count(), NOOPS);
+        served += 1;
+    }
+
+    // Now read: every trace line was either shown or counted as dropped.
+    let stdout = server.0.stdout.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let expected = CLIENTS * (2 * NOOPS + 4);
+    let (mut shown, mut dropped, mut reports) = (0, 0, 0);
+    let deadline = Instant::now() + WAIT;
+    while shown + dropped < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = seen.recv_timeout(left) else {
+            panic!("{shown} lines shown and {dropped} dropped of {expected}");
+        };
+        if line.starts_with("[smtp #") {
+            shown += 1;
+        } else if let Some(n) = line
+            .strip_prefix("... ")
+            .and_then(|rest| rest.strip_suffix(" trace lines dropped"))
+        {
+            dropped += n.parse::<usize>().expect("a count");
+            reports += 1;
+        }
+    }
+    assert_eq!(shown + dropped, expected);
+    // With a 64 KiB pipe and a 4096-line queue, 60120 lines of about 30
+    // octets cannot all have waited: some were dropped, and said so.
+    assert!(dropped > 0 && reports > 0, "{shown} shown, none dropped");
+}
