@@ -37,16 +37,17 @@ impl Stream {
         }
     }
 
-    /// Runs the TLS handshake on the plain socket, until `deadline` at the
-    /// latest: per-read timeouts alone let a client that sends one byte now
-    /// and then hold the connection for days. `None` when the server was
-    /// stopped and its grace ran out first.
+    /// Runs the TLS handshake on the plain socket, for `timeout` at most in
+    /// all: per-read timeouts alone let a client that sends one byte now and
+    /// then hold the connection for days. `None` when the server was stopped
+    /// and its grace ran out first.
     fn start_tls(
         self,
         config: Arc<rustls::ServerConfig>,
-        deadline: Instant,
+        timeout: Duration,
         stopping: &mut Stopping<'_>,
     ) -> io::Result<Option<Self>> {
+        let deadline = Instant::now() + timeout;
         let Self::Plain(tcp) = self else {
             return Err(io::Error::other("TLS is already active"));
         };
@@ -57,7 +58,7 @@ impl Stream {
             if now >= deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "TLS handshake not finished in time",
+                    format!("not finished within {timeout:?}"),
                 ));
             }
             if stopping.expired(now) {
@@ -218,15 +219,15 @@ pub(crate) fn drive<S: Session>(
                     held.clear();
                     held_pos = 0;
                 }
-                let deadline = now + shared.tls_handshake_timeout;
-                match stream.start_tls(config, deadline, &mut stopping) {
+                match stream.start_tls(config, shared.tls_handshake_timeout, &mut stopping) {
                     Ok(Some(tls)) => stream = tls,
                     Ok(None) => {
                         trace.note("server stopping: TLS handshake abandoned");
                         return Ok(());
                     }
                     Err(e) => {
-                        trace.note(&format!("TLS handshake failed: {e}"));
+                        let e = io::Error::new(e.kind(), format!("TLS handshake failed: {e}"));
+                        trace.note(&e.to_string());
                         return Err(e);
                     }
                 }
