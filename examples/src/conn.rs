@@ -11,6 +11,7 @@ use rustls::{ServerConnection, StreamOwned};
 
 use postamt_wire::Session;
 
+use crate::server::Shared;
 use crate::trace::Trace;
 
 /// Longest wait in one read, so a connection notices a server shutdown.
@@ -36,18 +37,71 @@ impl Stream {
         }
     }
 
-    /// Runs the TLS handshake on the plain socket.
-    fn start_tls(self, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+    /// Runs the TLS handshake on the plain socket, for `timeout` at most in
+    /// all: per-read timeouts alone let a client that sends one byte now and
+    /// then hold the connection for days. `None` when the server was stopped
+    /// and its grace ran out first.
+    fn start_tls(
+        self,
+        config: Arc<rustls::ServerConfig>,
+        timeout: Duration,
+        stopping: &mut Stopping<'_>,
+    ) -> io::Result<Option<Self>> {
+        let deadline = Instant::now() + timeout;
         let Self::Plain(tcp) = self else {
             return Err(io::Error::other("TLS is already active"));
         };
-        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
         let conn = ServerConnection::new(config).map_err(io::Error::other)?;
         let mut tls = StreamOwned::new(conn, tcp);
         while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock)?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("not finished within {timeout:?}"),
+                ));
+            }
+            if stopping.expired(now) {
+                return Ok(None);
+            }
+            // Short reads and writes, so the deadline and a stop are seen.
+            let wait = deadline
+                .saturating_duration_since(now)
+                .clamp(Duration::from_millis(1), POLL);
+            tls.sock.set_read_timeout(Some(wait))?;
+            tls.sock.set_write_timeout(Some(wait))?;
+            match tls.conn.complete_io(&mut tls.sock) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(Self::Tls(Box::new(tls)))
+        tls.sock.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        Ok(Some(Self::Tls(Box::new(tls))))
+    }
+}
+
+/// Whether the server was asked to stop, and since when: connections get
+/// [`STOP_GRACE`] from the moment they first see it.
+struct Stopping<'a> {
+    flag: &'a AtomicBool,
+    since: Option<Instant>,
+}
+
+impl Stopping<'_> {
+    /// Whether the server is stopping and this connection's grace is over.
+    fn expired(&mut self, now: Instant) -> bool {
+        if !self.flag.load(Ordering::Relaxed) {
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.duration_since(since) >= STOP_GRACE
     }
 }
 
@@ -86,14 +140,32 @@ pub(crate) enum Next {
     StartTls,
 }
 
+/// Length of the first segment of `input` to hand the session while
+/// tracing: up to and including the first LF, or all of it.
+fn segment(input: &[u8]) -> usize {
+    input
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(input.len(), |lf| lf + 1)
+}
+
 /// Drives `session` over `tcp` until it closes, the peer leaves, or the
-/// server stops. `app` drains the session's events after every input.
+/// server stops. `app` drains the session's events after every input;
+/// `sasl` tells whether the session's next input line is a SASL response.
+///
+/// With tracing on, the session gets its input one line at a time and is
+/// asked before each line whether it is a SASL response, so the trace
+/// masks it however the client split or pipelined its bytes. Decisions are
+/// answered within `app`, so none is pending between lines; what arrives
+/// while a message is being streamed (`Next::Again`) waits here. Without
+/// tracing each read goes to the session whole.
 pub(crate) fn drive<S: Session>(
     tcp: TcpStream,
     mut session: S,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    shared: &Shared,
     stop: &AtomicBool,
     trace: &mut Trace,
+    sasl: fn(&S) -> bool,
     mut app: impl FnMut(&mut S, &mut Trace) -> Next,
 ) -> io::Result<()> {
     tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
@@ -101,7 +173,13 @@ pub(crate) fn drive<S: Session>(
     let mut stream = Stream::Plain(tcp);
     let mut input = vec![0; READ_SIZE];
     let mut output = Vec::with_capacity(4096);
-    let mut stopping_since: Option<Instant> = None;
+    let mut stopping = Stopping {
+        flag: stop,
+        since: None,
+    };
+    // Input read while tracing, not yet handed to the session.
+    let mut held: Vec<u8> = Vec::new();
+    let mut held_pos = 0;
     let mut next = Next::Continue;
     loop {
         output.clear();
@@ -115,12 +193,9 @@ pub(crate) fn drive<S: Session>(
             break;
         }
         let now = Instant::now();
-        if stop.load(Ordering::Relaxed) {
-            let since = *stopping_since.get_or_insert(now);
-            if now.duration_since(since) >= STOP_GRACE {
-                trace.note("server stopping: connection closed");
-                break;
-            }
+        if stopping.expired(now) {
+            trace.note("server stopping: connection closed");
+            break;
         }
         match next {
             Next::Again => {
@@ -128,10 +203,34 @@ pub(crate) fn drive<S: Session>(
                 continue;
             }
             Next::StartTls => {
-                let config = tls
+                let config = shared
+                    .tls
                     .clone()
                     .ok_or_else(|| io::Error::other("STARTTLS without a TLS configuration"))?;
-                stream = stream.start_tls(config)?;
+                if held_pos < held.len() {
+                    // Sent in plaintext after STARTTLS, before the handshake:
+                    // the session drops it unread (RFC 3207 §5, RFC 2595 §4).
+                    let rest = &held[held_pos..];
+                    trace.note(&format!(
+                        "{} bytes sent before the TLS handshake, discarded",
+                        rest.len()
+                    ));
+                    session.receive(now, rest);
+                    held.clear();
+                    held_pos = 0;
+                }
+                match stream.start_tls(config, shared.tls_handshake_timeout, &mut stopping) {
+                    Ok(Some(tls)) => stream = tls,
+                    Ok(None) => {
+                        trace.note("server stopping: TLS handshake abandoned");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let e = io::Error::new(e.kind(), format!("TLS handshake failed: {e}"));
+                        trace.note(&e.to_string());
+                        return Err(e);
+                    }
+                }
                 if let Err(e) = session.tls_established() {
                     trace.error(&e.to_string());
                 }
@@ -140,6 +239,18 @@ pub(crate) fn drive<S: Session>(
                 continue;
             }
             Next::Continue => {}
+        }
+        if held_pos < held.len() {
+            let line = &held[held_pos..held_pos + segment(&held[held_pos..])];
+            held_pos += line.len();
+            trace.client(line, sasl(&session));
+            session.receive(now, line);
+            if held_pos == held.len() {
+                held.clear();
+                held_pos = 0;
+            }
+            next = app(&mut session, trace);
+            continue;
         }
         let wait = session
             .poll_timeout()
@@ -153,10 +264,11 @@ pub(crate) fn drive<S: Session>(
                 app(&mut session, trace);
                 break;
             }
-            Ok(n) => {
-                trace.client(&input[..n]);
-                session.receive(Instant::now(), &input[..n]);
+            Ok(n) if trace.enabled() => {
+                held.extend_from_slice(&input[..n]);
+                continue;
             }
+            Ok(n) => session.receive(Instant::now(), &input[..n]),
             Err(e)
                 if matches!(
                     e.kind(),

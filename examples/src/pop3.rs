@@ -33,7 +33,7 @@ pub(crate) fn serve(
     shared: &Shared,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
-    let mut trace = Trace::new(id, Protocol::Pop3, shared.trace);
+    let mut trace = Trace::new(id, Protocol::Pop3, shared.trace.clone());
     trace.note(&format!("connection from {peer}"));
     let clock = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -45,9 +45,10 @@ pub(crate) fn serve(
     drive(
         tcp,
         session,
-        shared.tls.clone(),
+        shared,
         stop,
         &mut trace,
+        ServerSession::expects_sasl_response,
         |session, trace| step(session, &mut state, shared, trace),
     )
 }

@@ -1,15 +1,17 @@
 //! The listeners: one thread per connection, a connection cap, a clean stop.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use postamt_store::{Directory, MailStore};
 
 use crate::conn::STOP_GRACE;
+use crate::trace::Sink;
 
 /// What the server needs to run.
 pub struct Options {
@@ -29,6 +31,15 @@ pub struct Options {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Print each session's dialogue.
     pub trace: bool,
+    /// Where the trace goes; `None` is standard output.
+    pub trace_output: Option<Box<dyn Write + Send>>,
+    /// How long a TLS handshake after STARTTLS/STLS may take in all
+    /// (Postfix's `smtpd_starttls_timeout`: 300 s).
+    pub tls_handshake_timeout: Duration,
+    /// Connections per protocol from one client address beyond which new
+    /// ones from it are turned away (Postfix's
+    /// `smtpd_client_connection_count_limit`: 50); 0 for no such limit.
+    pub max_connections_per_client: usize,
     /// Connections per protocol beyond which new ones are turned away.
     pub max_connections: usize,
 }
@@ -47,6 +58,9 @@ impl Options {
             directory,
             tls: None,
             trace: false,
+            trace_output: None,
+            tls_handshake_timeout: Duration::from_secs(300),
+            max_connections_per_client: 50,
             max_connections: 100,
         }
     }
@@ -60,7 +74,9 @@ pub(crate) struct Shared {
     pub(crate) directory: Arc<dyn Directory>,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) hostname: String,
-    pub(crate) trace: bool,
+    pub(crate) trace: Option<Sink>,
+    pub(crate) tls_handshake_timeout: Duration,
+    pub(crate) max_connections_per_client: usize,
     pub(crate) max_connections: usize,
     next_id: AtomicU64,
 }
@@ -74,6 +90,12 @@ impl std::fmt::Debug for Options {
             .field("hostname", &self.hostname)
             .field("tls", &self.tls.is_some())
             .field("trace", &self.trace)
+            .field("trace_output", &self.trace_output.is_some())
+            .field("tls_handshake_timeout", &self.tls_handshake_timeout)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -179,7 +201,9 @@ impl Server {
             directory: options.directory,
             tls: options.tls,
             hostname: options.hostname,
-            trace: options.trace,
+            trace: options.trace.then(|| Sink::start(options.trace_output)),
+            tls_handshake_timeout: options.tls_handshake_timeout,
+            max_connections_per_client: options.max_connections_per_client,
             max_connections: options.max_connections,
             next_id: AtomicU64::new(1),
         });
@@ -265,6 +289,7 @@ fn accept_loop(
     active: &Arc<AtomicUsize>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     while !stop.load(Ordering::SeqCst) {
         let (tcp, peer) = match listener.accept() {
             Ok(c) => c,
@@ -287,9 +312,20 @@ fn accept_loop(
             );
             continue;
         }
+        let Some(slot) =
+            ClientSlot::take(&per_client, peer.ip(), shared.max_connections_per_client)
+        else {
+            refuse_client(tcp, kind, shared);
+            eprintln!(
+                "#{id} {peer}: turned away, {} connections from {} open",
+                shared.max_connections_per_client,
+                peer.ip()
+            );
+            continue;
+        };
         open.fetch_add(1, Ordering::SeqCst);
         active.fetch_add(1, Ordering::SeqCst);
-        let guards = (Active(Arc::clone(&open)), Active(Arc::clone(active)));
+        let guards = (Active(Arc::clone(&open)), Active(Arc::clone(active)), slot);
         let (shared, stop) = (Arc::clone(shared), Arc::clone(stop));
         let spawned = thread::Builder::new()
             .name(format!("conn-{id}"))
@@ -307,6 +343,67 @@ fn accept_loop(
             eprintln!("#{id} {peer}: cannot start a thread: {e}");
         }
     }
+}
+
+/// One connection counted against its client address's limit; dropping it
+/// frees the slot.
+struct ClientSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    /// A slot for `ip`, or `None` when it has `limit` connections open
+    /// already (a `limit` of 0 means no limit).
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
+        // An IPv4 client on an IPv6 socket is the same client.
+        let ip = ip.to_canonical();
+        let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = map.entry(ip).or_insert(0);
+        if limit > 0 && *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = map.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Answers a connection over its address's limit and closes it.
+fn refuse_client(mut tcp: TcpStream, kind: Kind, shared: &Shared) {
+    let _ = tcp.set_write_timeout(Some(Duration::from_secs(2)));
+    let mut out = Vec::new();
+    match kind {
+        Kind::Smtp => postamt_smtp::Reply::new(
+            421,
+            Some(postamt_smtp::EnhancedCode::TEMPORARY_SECURITY),
+            format!(
+                "{} Too many connections from your address, try again later",
+                shared.smtp.hostname
+            ),
+        )
+        .render(&mut out),
+        Kind::Pop3 => postamt_pop3::Response::err_with(
+            postamt_pop3::ResponseCode::SysTemp,
+            "Too many connections from your address",
+        )
+        .render(&mut out),
+    }
+    let _ = tcp.write_all(&out);
 }
 
 /// Answers a connection over the cap and closes it.

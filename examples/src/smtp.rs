@@ -41,7 +41,7 @@ pub(crate) fn serve(
     shared: &Shared,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
-    let mut trace = Trace::new(id, Protocol::Smtp, shared.trace);
+    let mut trace = Trace::new(id, Protocol::Smtp, shared.trace.clone());
     trace.note(&format!("connection from {peer}"));
     let session = ServerSession::new(Arc::clone(&shared.smtp), Instant::now());
     let mut tx = Transaction {
@@ -57,9 +57,10 @@ pub(crate) fn serve(
     drive(
         tcp,
         session,
-        shared.tls.clone(),
+        shared,
         stop,
         &mut trace,
+        ServerSession::expects_sasl_response,
         |session, trace| {
             let mut next = Next::Continue;
             while let Some(event) = session.poll_event() {

@@ -1,66 +1,86 @@
 //! The live `C:`/`S:` transcript a teacher shows on the projector, with
-//! passwords and SASL payloads masked.
+//! passwords and SASL payloads masked: commands that carry a secret by their
+//! verb (`PASS`, `APOP`, `AUTH` with an initial response), SASL responses by
+//! the session's own state, asked before each line, never by guessing from
+//! the server's `334` or `+`, which may come after the client's bytes.
 //!
 //! Lines go through a bounded queue to a writer thread of their own, so a
 //! terminal that stops reading (paused, or a pipe nobody drains) never holds
 //! up a session: when the queue is full, lines are dropped and counted, and
-//! the count is printed once the writer catches up.
+//! the count is printed once the writer catches up (or after a short
+//! quiet spell).
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::sync::OnceLock;
+use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::Duration;
 
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// Trace lines that may wait for the terminal before new ones are dropped.
 const QUEUE_LINES: usize = 4096;
+/// How soon a count of dropped lines is printed when no further line comes.
+const DROPPED_REPORT: Duration = Duration::from_millis(200);
 
-/// The one writer of trace lines, started with the first trace.
-struct Sink {
+/// Where a server's trace lines go: a bounded queue drained by a writer
+/// thread of its own, which ends when the last connection has let go.
+#[derive(Clone, Debug)]
+pub(crate) struct Sink {
     lines: SyncSender<String>,
-    dropped: &'static AtomicU64,
+    dropped: Arc<AtomicU64>,
 }
 
-static SINK: OnceLock<Sink> = OnceLock::new();
-
-fn sink() -> &'static Sink {
-    SINK.get_or_init(|| {
-        static DROPPED: AtomicU64 = AtomicU64::new(0);
+impl Sink {
+    /// Starts the writer thread, writing to `out` (standard output if `None`).
+    pub(crate) fn start(out: Option<Box<dyn Write + Send>>) -> Self {
+        let mut out = out.unwrap_or_else(|| Box::new(std::io::stdout()));
         let (lines, queue) = mpsc::sync_channel::<String>(QUEUE_LINES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&dropped);
+        let report = move |out: &mut dyn Write| {
+            let n = counted.swap(0, Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "... {n} trace lines dropped");
+                let _ = out.flush();
+            }
+        };
         let spawned = std::thread::Builder::new()
             .name("trace-writer".into())
             .spawn(move || {
-                for line in queue {
-                    let mut out = std::io::stdout().lock();
-                    let dropped = DROPPED.swap(0, Ordering::Relaxed);
-                    if dropped > 0 {
-                        let _ = writeln!(out, "... {dropped} trace lines dropped");
+                loop {
+                    match queue.recv_timeout(DROPPED_REPORT) {
+                        Ok(line) => {
+                            report(&mut out);
+                            let _ = writeln!(out, "{line}");
+                            let _ = out.flush();
+                        }
+                        // Lines were dropped and none came since: say so now,
+                        // not only when the next one comes.
+                        Err(RecvTimeoutError::Timeout) => report(&mut out),
+                        Err(RecvTimeoutError::Disconnected) => {
+                            report(&mut out);
+                            break;
+                        }
                     }
-                    let _ = writeln!(out, "{line}");
-                    let _ = out.flush();
                 }
             });
         if let Err(e) = spawned {
             eprintln!("cannot start the trace writer: {e}");
         }
-        Sink {
-            lines,
-            dropped: &DROPPED,
-        }
-    })
-}
+        Self { lines, dropped }
+    }
 
-/// Queues one line for the terminal without ever waiting for it.
-fn emit(line: String) {
-    let sink = sink();
-    match sink.lines.try_send(line) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            sink.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Queues one line for the terminal without ever waiting for it.
+    fn emit(&self, line: String) {
+        match self.lines.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
         }
-        Err(TrySendError::Disconnected(_)) => {}
     }
 }
 
@@ -74,27 +94,82 @@ pub(crate) enum Protocol {
 /// Longest line kept whole in the transcript.
 const MAX_LINE: usize = 1000;
 
+/// One direction's line being assembled.
+#[derive(Debug, Default)]
+struct Line {
+    partial: Vec<u8>,
+    /// Some bytes of the current line have been seen.
+    started: bool,
+    /// The current line is a SASL response: shown as `****`, whole.
+    secret: bool,
+    /// The current line was longer than [`MAX_LINE`] and has been shown
+    /// cut; the rest of it, up to its LF, is not shown.
+    cut: bool,
+}
+
+impl Line {
+    /// Takes `bytes`; calls `show` with each complete (or cut) line, without
+    /// CRLF, and whether it is secret. `secret` says whether a line that
+    /// starts in `bytes` is a SASL response.
+    fn take(&mut self, mut bytes: &[u8], secret: bool, mut show: impl FnMut(&[u8], bool)) {
+        while !bytes.is_empty() {
+            if !self.started {
+                self.started = true;
+                self.secret = secret;
+            }
+            let (part, ended) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(lf) => (&bytes[..lf], Some(lf + 1)),
+                None => (bytes, None),
+            };
+            if !self.cut {
+                self.partial.extend_from_slice(part);
+                if self.partial.len() > MAX_LINE {
+                    self.partial.truncate(MAX_LINE);
+                    self.partial.extend_from_slice(b" [...]");
+                    show(&self.partial, self.secret);
+                    self.partial.clear();
+                    self.cut = true;
+                }
+            }
+            let Some(used) = ended else { return };
+            if !self.cut {
+                if self.partial.last() == Some(&b'\r') {
+                    self.partial.pop();
+                }
+                show(&self.partial, self.secret);
+            }
+            self.partial.clear();
+            self.started = false;
+            self.cut = false;
+            bytes = &bytes[used..];
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Trace {
     id: u64,
     protocol: Protocol,
-    enabled: bool,
-    client: Vec<u8>,
-    server: Vec<u8>,
-    /// The server asked for a SASL response: the next client line is secret.
-    secret_next: bool,
+    /// `None`: tracing is off.
+    sink: Option<Sink>,
+    client: Line,
+    server: Line,
 }
 
 impl Trace {
-    pub(crate) fn new(id: u64, protocol: Protocol, enabled: bool) -> Self {
+    pub(crate) fn new(id: u64, protocol: Protocol, sink: Option<Sink>) -> Self {
         Self {
             id,
             protocol,
-            enabled,
-            client: Vec::new(),
-            server: Vec::new(),
-            secret_next: false,
+            sink,
+            client: Line::default(),
+            server: Line::default(),
         }
+    }
+
+    /// Whether lines are shown at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.sink.is_some()
     }
 
     fn tag(&self) -> String {
@@ -107,8 +182,8 @@ impl Trace {
 
     /// Something about the connection that is not protocol text.
     pub(crate) fn note(&self, text: &str) {
-        if self.enabled {
-            emit(format!("{} -- {text}", self.tag()));
+        if let Some(sink) = &self.sink {
+            sink.emit(format!("{} -- {text}", self.tag()));
         }
     }
 
@@ -117,51 +192,31 @@ impl Trace {
         eprintln!("{} error: {text}", self.tag());
     }
 
-    pub(crate) fn client(&mut self, bytes: &[u8]) {
-        if !self.enabled {
-            return;
-        }
-        for line in split_lines(&mut self.client, bytes) {
-            let shown = if std::mem::take(&mut self.secret_next) {
+    /// Bytes from the client. `sasl` is the session's answer, asked before
+    /// these bytes were handed to it, to whether its next line is a SASL
+    /// response; it decides for a line that starts here, so the driver
+    /// passes at most one line start per call.
+    pub(crate) fn client(&mut self, bytes: &[u8], sasl: bool) {
+        let Some(sink) = &self.sink else { return };
+        let tag = self.tag();
+        let protocol = self.protocol;
+        self.client.take(bytes, sasl, |line, secret| {
+            let shown = if secret {
                 "****".to_string()
             } else {
-                mask(self.protocol, &line)
+                mask(protocol, &printable(line))
             };
-            emit(format!("{} C: {shown}", self.tag()));
-        }
+            sink.emit(format!("{tag} C: {shown}"));
+        });
     }
 
     pub(crate) fn server(&mut self, bytes: &[u8]) {
-        if !self.enabled {
-            return;
-        }
-        for line in split_lines(&mut self.server, bytes) {
-            self.secret_next = match self.protocol {
-                Protocol::Smtp => line.starts_with("334"),
-                Protocol::Pop3 => line.starts_with("+ ") || line == "+",
-            };
-            emit(format!("{} S: {line}", self.tag()));
-        }
+        let Some(sink) = &self.sink else { return };
+        let tag = self.tag();
+        self.server.take(bytes, false, |line, _| {
+            sink.emit(format!("{tag} S: {}", printable(line)));
+        });
     }
-}
-
-/// Appends `bytes` to `partial` and returns the complete lines, without CRLF.
-fn split_lines(partial: &mut Vec<u8>, bytes: &[u8]) -> Vec<String> {
-    partial.extend_from_slice(bytes);
-    let mut lines = Vec::new();
-    while let Some(lf) = partial.iter().position(|&b| b == b'\n') {
-        let mut line: Vec<u8> = partial.drain(..=lf).collect();
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        lines.push(printable(&line));
-    }
-    if partial.len() > MAX_LINE {
-        lines.push(format!("{} [...]", printable(&partial[..MAX_LINE])));
-        partial.clear();
-    }
-    lines
 }
 
 /// The line as a terminal can show it without being steered by it: control
@@ -245,14 +300,50 @@ mod tests {
         assert_eq!(printable("Grüße\tok".as_bytes()), "Grüße\tok");
     }
 
+    fn lines(chunks: &[(&[u8], bool)]) -> Vec<(String, bool)> {
+        let mut line = Line::default();
+        let mut seen = Vec::new();
+        for (bytes, sasl) in chunks {
+            line.take(bytes, *sasl, |l, secret| {
+                seen.push((String::from_utf8_lossy(l).into_owned(), secret));
+            });
+        }
+        seen
+    }
+
     #[test]
     fn lines_are_split_across_reads() {
-        let mut partial = Vec::new();
-        assert!(split_lines(&mut partial, b"HEL").is_empty());
         assert_eq!(
-            split_lines(&mut partial, b"O a\r\nNOOP\r\nQ"),
-            ["HELO a", "NOOP"]
+            lines(&[(b"HEL", false), (b"O a\r\nNOOP\r\nQ", false)]),
+            [("HELO a".to_string(), false), ("NOOP".to_string(), false)]
         );
-        assert_eq!(partial, b"Q");
+    }
+
+    #[test]
+    fn the_secret_decision_is_taken_where_a_line_starts() {
+        // Told "secret" while the line runs on: the line stays as it began.
+        assert_eq!(
+            lines(&[
+                (b"AUTH LO", false),
+                (b"GIN\r\n", true),
+                (b"x", true),
+                (b"y\n", false)
+            ]),
+            [("AUTH LOGIN".to_string(), false), ("xy".to_string(), true)]
+        );
+    }
+
+    #[test]
+    fn an_over_long_line_is_cut_once_and_its_tail_never_shown() {
+        let long = vec![b'a'; MAX_LINE + 500];
+        let seen = lines(&[
+            (&long[..700], true),
+            (&long[700..], false),
+            (b"\r\nNOOP\r\n", false),
+        ]);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0, format!("{} [...]", "a".repeat(MAX_LINE)));
+        assert!(seen[0].1, "the whole long line keeps its first decision");
+        assert_eq!(seen[1], ("NOOP".to_string(), false));
     }
 }

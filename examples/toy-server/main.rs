@@ -66,6 +66,14 @@ struct Args {
     /// Make a self-signed certificate at start for STARTTLS and STLS.
     #[arg(long, conflicts_with = "tls_cert")]
     tls_self_signed: bool,
+    /// Seconds a TLS handshake after STARTTLS/STLS may take in all; a client
+    /// still handshaking then is cut off.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    tls_handshake_timeout: u64,
+    /// Connections per protocol from one client address; more from it are
+    /// turned away with 421 4.7.0 / -ERR [SYS/TEMP] (0: no such limit).
+    #[arg(long, default_value_t = 50)]
+    max_connections_per_client: usize,
     /// Connections per protocol; more are turned away with 421 / -ERR [SYS/TEMP].
     #[arg(long, default_value_t = 200)]
     max_connections: usize,
@@ -157,6 +165,8 @@ fn run(args: Args) -> Result<(), String> {
         hostname: args.hostname.clone(),
         tls: tls.clone(),
         trace: args.trace,
+        tls_handshake_timeout: std::time::Duration::from_secs(args.tls_handshake_timeout),
+        max_connections_per_client: args.max_connections_per_client,
         max_connections: args.max_connections,
         ..Options::new(store, directory)
     })

@@ -232,6 +232,13 @@ impl ServerSession {
         self.tls
     }
 
+    /// Whether the next input line is a SASL response (base64 credentials
+    /// after `AUTH` without an initial response), which a transcript or log
+    /// must mask. It changes only when a whole line has been processed.
+    pub fn expects_sasl_response(&self) -> bool {
+        self.sasl.is_some() && !self.closed
+    }
+
     /// Bytes of input held unprocessed; at most
     /// `max(max_buffered_input, max_auth_line, max_command_line)`.
     pub fn buffered_input(&self) -> usize {
@@ -646,5 +653,43 @@ impl Session for ServerSession {
         self.framer.reset();
         self.end_decision();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expects_sasl_response_only_between_challenge_and_response() {
+        let now = Instant::now();
+        let config = ServerConfig {
+            login_without_tls: true,
+            ..ServerConfig::default()
+        };
+        let mut s = ServerSession::new(config, now);
+        let mut out = Vec::new();
+        s.poll_transmit(&mut out);
+        assert!(!s.expects_sasl_response());
+        // A partial line changes nothing; the whole AUTH line does.
+        s.receive(now, b"AUTH PLA");
+        assert!(!s.expects_sasl_response());
+        s.receive(now, b"IN\r\n");
+        out.clear();
+        s.poll_transmit(&mut out);
+        assert_eq!(out, b"+ \r\n");
+        assert!(s.expects_sasl_response());
+        // The response line (base64 of "\0bob\0topSecret") is taken.
+        s.receive(now, b"AGJvYgB0b3BTZWNyZXQ=\r\n");
+        assert!(!s.expects_sasl_response());
+        assert!(matches!(s.poll_event(), Some(Event::Auth { .. })));
+        s.reject_login().unwrap();
+        // USER/PASS is not SASL; a cancelled exchange ends it.
+        s.receive(now, b"USER bob\r\n");
+        assert!(!s.expects_sasl_response());
+        s.receive(now, b"AUTH PLAIN\r\n");
+        assert!(s.expects_sasl_response());
+        s.receive(now, b"*\r\n");
+        assert!(!s.expects_sasl_response());
     }
 }
