@@ -27,6 +27,15 @@ pub struct Limits {
     /// Protocol errors before the session answers `-ERR` and closes: 20, as
     /// Postfix's `smtpd_hard_error_limit` does for SMTP.
     pub max_errors: u32,
+    /// Refused logins (wrong credentials to PASS, APOP or AUTH) before the
+    /// session closes after the last `-ERR [AUTH]`: 3, so one connection
+    /// cannot be used to guess passwords at length (Dovecot and Postfix
+    /// hang up too). Each one also counts toward [`max_errors`]. Refusals
+    /// that say nothing about the password (`-ERR [IN-USE]`, the
+    /// application's own `-ERR`) do not count here.
+    ///
+    /// [`max_errors`]: Self::max_errors
+    pub max_auth_failures: u32,
 }
 
 impl Default for Limits {
@@ -37,6 +46,7 @@ impl Default for Limits {
             max_buffered_input: 64 * 1024,
             output_high_water: 256 * 1024,
             max_errors: 20,
+            max_auth_failures: 3,
         }
     }
 }
