@@ -223,6 +223,13 @@ pub struct ServerConfig {
     /// password and is not affected. Turn it on for a server typed at by
     /// hand over telnet, on a network you trust.
     pub login_without_tls: bool,
+    /// Whether SASL PLAIN may name an authorization identity other than the
+    /// user who logs in (acting for someone else, RFC 4616 §2). False by
+    /// default: such a login is refused with [`Texts::auth_failed`] without
+    /// an event, and counts as a refused login, as the session cannot know
+    /// who may act for whom. When true, the application sees
+    /// `credentials.authzid` and must check it itself.
+    pub allow_authzid: bool,
     /// Bounds on input and output.
     pub limits: Limits,
     /// How long the session waits.

@@ -85,7 +85,8 @@ enum Phase {
 /// session alone. Logins that send a password in the clear wait for TLS
 /// unless [`ServerConfig::login_without_tls`] allows them. After
 /// [`Limits::max_auth_failures`] refused logins the session closes behind
-/// the last `-ERR [AUTH]`.
+/// the last `-ERR [AUTH]`; SASL PLAIN acting for another identity is refused
+/// by the session itself unless [`ServerConfig::allow_authzid`] is set.
 ///
 /// # Streaming a message
 ///
@@ -118,6 +119,7 @@ enum Phase {
 /// [`Limits::output_high_water`]: crate::Limits::output_high_water
 /// [`ServerTimeouts::inactivity`]: crate::ServerTimeouts::inactivity
 /// [`ServerConfig::login_without_tls`]: crate::ServerConfig::login_without_tls
+/// [`ServerConfig::allow_authzid`]: crate::ServerConfig::allow_authzid
 /// [`Limits::max_auth_failures`]: crate::Limits::max_auth_failures
 pub struct ServerSession {
     config: Arc<ServerConfig>,
@@ -475,7 +477,8 @@ impl ServerSession {
         self.advance();
     }
 
-    /// Wrong credentials: `-ERR [AUTH]`, and one try fewer before the
+    /// Wrong credentials (from the application, or a PLAIN authzid the
+    /// session refuses itself): `-ERR [AUTH]`, and one try fewer before the
     /// session hangs up on a password guesser; otherwise an error like any.
     fn credentials_refused(&mut self) {
         let config = Arc::clone(&self.config);

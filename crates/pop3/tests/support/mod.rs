@@ -105,6 +105,10 @@ pub struct Setup {
     pub max_errors: Option<u32>,
     /// `!config max-auth-failures=N`
     pub max_auth_failures: Option<u32>,
+    /// `!config allow-authzid`: SASL PLAIN may act for another user; the
+    /// fixture then opens that user's maildrop with the authenticated
+    /// user's password (every user may act for every other).
+    pub allow_authzid: bool,
     /// `!config store-down`: logins get -ERR [SYS/TEMP].
     pub store_down: bool,
     /// `!config hold-commit`: the commit after QUIT is answered only after
@@ -138,6 +142,7 @@ impl Setup {
                 }
                 "max-errors" => setup.max_errors = Some(c.number()),
                 "max-auth-failures" => setup.max_auth_failures = Some(c.number()),
+                "allow-authzid" => setup.allow_authzid = true,
                 // Set by the runner, not by transcripts: see transcripts.rs.
                 "high-water" => {}
                 other => panic!("{} line {}: unknown !config {other}", t.name, c.line),
@@ -187,6 +192,7 @@ impl App {
         if let Some(n) = setup.max_auth_failures {
             config.limits.max_auth_failures = n;
         }
+        config.allow_authzid = setup.allow_authzid;
         config.limits.output_high_water = high_water;
         let session = match &setup.apop {
             Some(ts) => ServerSession::with_apop(config, now, ts.parse().unwrap()),
