@@ -237,7 +237,12 @@ impl App {
             return;
         }
         let proven = self.users.iter().any(|u| u.name == user && check(u));
-        match self.users.iter().position(|u| u.name == target).filter(|_| proven) {
+        match self
+            .users
+            .iter()
+            .position(|u| u.name == target)
+            .filter(|_| proven)
+        {
             Some(i) if self.users[i].locked => self.session.maildrop_locked().unwrap(),
             Some(i) => {
                 self.current_user = Some(i);
