@@ -281,8 +281,8 @@ impl ServerSession {
 
     /// Refuses the login with `-ERR [AUTH]`, the same answer for an unknown
     /// user as for a wrong password. To slow down guessing, wait a while
-    /// before calling this. The [`Limits::max_auth_failures`]th refusal
-    /// closes the session after its response.
+    /// before calling this. When refusals reach
+    /// [`Limits::max_auth_failures`], the session closes after this response.
     ///
     /// [`Limits::max_auth_failures`]: crate::Limits::max_auth_failures
     pub fn reject_login(&mut self) -> Result<(), UsageError> {
