@@ -79,8 +79,20 @@ smtp_data_seeds = {
 }
 
 # --- smtp_client -------------------------------------------------------------
-# The server's bytes. The acting application sends one message (MAIL, two
-# RCPT, DATA) after the EHLO reply; the listening one only greets.
+# Header: one flags byte for the acting application (bit 0: BDAT when offered;
+# bit 1: STARTTLS, then the handshake at once; bit 2: AUTH, bit 3: LOGIN
+# instead of PLAIN; bit 4: stream the message; bit 5: a second message; bit 6:
+# QUIT at the end), then the server's bytes. The acting application sends
+# MAIL, two RCPT and the message after the EHLO reply (and after STARTTLS and
+# AUTH when it asks for them); the listening one only greets.
+
+BDAT = 0x01
+STARTTLS = 0x02
+AUTH = 0x04
+LOGIN = 0x08
+STREAM = 0x10
+SECOND = 0x20
+QUIT = 0x40
 
 EHLO_FULL = crlf(
     "250-mx.example Hello client.example",
@@ -95,56 +107,104 @@ EHLO_FULL = crlf(
     "250 HELP",
 )
 EHLO_PLAIN = crlf("250-mx.example", "250 8BITMIME")
+EHLO_STARTTLS = crlf("250-mx.example Hello client.example", "250-PIPELINING", "250 STARTTLS")
 GREETING = crlf("220 mx.example ESMTP postamt ready")
+# MAIL, two RCPT, DATA and the end of data, every one accepted (pipelined).
+DATA_OK = crlf(
+    "250 2.1.0 Sender ok",
+    "250 2.1.5 Recipient ok",
+    "250 2.1.5 Recipient ok",
+    "354 Start mail input; end with <CRLF>.<CRLF>",
+    "250 2.0.0 Ok: queued as 4F2A",
+)
+LOGIN_OK = crlf("334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6", "235 2.7.0 Authentication successful")
+
+
+def smtp_client(flags: int, server: bytes) -> bytes:
+    return bytes([flags]) + server
+
 
 smtp_client_seeds = {
     # EHLO with PIPELINING: the envelope goes out at once; every reply ok.
-    "pipelined_transaction": GREETING
-    + EHLO_FULL
-    + crlf(
-        "250 2.1.0 Sender ok",
-        "250 2.1.5 Recipient ok",
-        "250 2.1.5 Recipient ok",
-        "354 Start mail input; end with <CRLF>.<CRLF>",
-        "250 2.0.0 Ok: queued as 4F2A",
-    ),
+    "pipelined_transaction": smtp_client(0, GREETING + EHLO_FULL + DATA_OK),
     # No PIPELINING: one command per reply.
-    "lockstep_transaction": GREETING
-    + EHLO_PLAIN
-    + crlf("250 Ok", "250 Ok", "250 Ok", "354 Go ahead", "250 Ok: queued"),
+    "lockstep_transaction": smtp_client(
+        0, GREETING + EHLO_PLAIN + crlf("250 Ok", "250 Ok", "250 Ok", "354 Go ahead", "250 Ok: queued")
+    ),
     # EHLO refused: the client falls back to HELO, then sends.
-    "helo_fallback": GREETING
-    + crlf("502 5.5.1 EHLO not implemented", "250 mx.example")
-    + crlf("250 Ok", "250 Ok", "250 Ok", "354 Go ahead", "250 Ok"),
+    "helo_fallback": smtp_client(
+        0,
+        GREETING
+        + crlf("502 5.5.1 EHLO not implemented", "250 mx.example")
+        + crlf("250 Ok", "250 Ok", "250 Ok", "354 Go ahead", "250 Ok"),
+    ),
     # One recipient refused, the other accepted; multi-line replies.
-    "rcpt_refused": GREETING
-    + EHLO_FULL
-    + crlf(
-        "250 2.1.0 Ok",
-        "550-5.1.1 No such user here",
-        "550 5.1.1 Try another",
-        "250 2.1.5 Ok",
-        "354 Go ahead",
-        "250-2.0.0 Ok",
-        "250 2.0.0 queued",
+    "rcpt_refused": smtp_client(
+        0,
+        GREETING
+        + EHLO_FULL
+        + crlf(
+            "250 2.1.0 Ok",
+            "550-5.1.1 No such user here",
+            "550 5.1.1 Try another",
+            "250 2.1.5 Ok",
+            "354 Go ahead",
+            "250-2.0.0 Ok",
+            "250 2.0.0 queued",
+        ),
     ),
     # Both recipients refused after pipelined DATA was accepted: the client
     # ends with a lone dot, reports the failure and sends RSET.
-    "all_refused_rset": GREETING
-    + EHLO_FULL
-    + crlf(
-        "250 Ok",
-        "550 5.1.1 Unknown",
-        "550 5.1.1 Unknown",
-        "354 Go ahead",
-        "554 5.5.1 No valid recipients",
-        "250 2.0.0 Reset",
+    "all_refused_rset": smtp_client(
+        0,
+        GREETING
+        + EHLO_FULL
+        + crlf(
+            "250 Ok",
+            "550 5.1.1 Unknown",
+            "550 5.1.1 Unknown",
+            "354 Go ahead",
+            "554 5.5.1 No valid recipients",
+            "250 2.0.0 Reset",
+        ),
     ),
     # The server's SIZE is smaller than the message: nothing is sent, then
     # a 421 closes the connection.
-    "size_too_big": GREETING + crlf("250-mx.example", "250 SIZE 10") + crlf("421 4.3.2 Shutting down"),
+    "size_too_big": smtp_client(0, GREETING + crlf("250-mx.example", "250 SIZE 10") + crlf("421 4.3.2 Shutting down")),
     # The server is busy: 421 right after EHLO (a reply nobody asked for).
-    "greeting_refused": crlf("554-mx.example no service", "554 go away"),
+    "greeting_refused": smtp_client(0, crlf("554-mx.example no service", "554 go away")),
+    # AUTH PLAIN with the initial response, then the transaction.
+    "auth_plain": smtp_client(AUTH, GREETING + EHLO_FULL + crlf("235 2.7.0 Authentication successful") + DATA_OK),
+    # AUTH LOGIN, both prompts, then the transaction.
+    "auth_login": smtp_client(AUTH | LOGIN, GREETING + EHLO_FULL + LOGIN_OK + DATA_OK),
+    # AUTH LOGIN refused: the client goes on without it.
+    "auth_refused": smtp_client(
+        AUTH | LOGIN,
+        GREETING + EHLO_FULL + crlf("334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6", "535 5.7.8 Bad credentials") + DATA_OK,
+    ),
+    # STARTTLS, the handshake, EHLO again; then AUTH LOGIN, the message by
+    # BDAT in one chunk, and QUIT.
+    "starttls_auth_bdat": smtp_client(
+        STARTTLS | AUTH | LOGIN | BDAT | QUIT,
+        GREETING
+        + EHLO_STARTTLS
+        + crlf("220 2.0.0 Ready to start TLS")
+        + EHLO_FULL
+        + LOGIN_OK
+        + crlf("250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.1.5 Ok", "250 2.0.0 Message accepted")
+        + crlf("221 2.0.0 Bye"),
+    ),
+    # The message streamed by BDAT in chunks (four, then LAST), twice; AUTH
+    # PLAIN first.
+    "bdat_streamed": smtp_client(
+        BDAT | STREAM | SECOND | AUTH,
+        GREETING
+        + EHLO_FULL
+        + crlf("235 2.7.0 Ok")
+        + 2 * crlf("250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.1.5 Ok", "250 Ok", "250 Ok", "250 Ok", "250 Ok", "250 2.0.0 Done"),
+    ),
+    # The message streamed over DATA, then QUIT.
+    "data_streamed": smtp_client(STREAM | QUIT, GREETING + EHLO_FULL + DATA_OK + crlf("221 2.0.0 Bye")),
 }
 
 # --- pop3_command ------------------------------------------------------------
@@ -189,11 +249,12 @@ pop3_multiline_seeds = {
 
 # --- pop3_session ------------------------------------------------------------
 # Header: four decision bytes d0..d3. d0: bit 0 offers STLS, bit 1 forbids
-# login without TLS. The n-th event is answered by d[1 + n % 4] (d4 reads as
-# 0): login 0 reject, 1 locked, 2/3 accept; RETR/TOP 0 mod 5 unavailable;
-# commit 0 mod 3 fails. d2 also picks the split point. The target's maildrop
-# has three messages: dot-stuffed, no header end with a stray CR, and
-# non-UTF-8 with bare LF/CR and no final line end.
+# login without TLS, bit 2 sets allow_authzid, bits 3-4 pick
+# max_auth_failures (0: 3, 1: 1, 2: 2, 3: 5). The n-th event is answered by
+# d[1 + n % 4] (d4 reads as 0): login 0 reject, 1 locked, 2/3 accept;
+# RETR/TOP 0 mod 5 unavailable; commit 0 mod 3 fails. d2 also picks the split
+# point. The target's maildrop has three messages: dot-stuffed, no header end
+# with a stray CR, and non-UTF-8 with bare LF/CR and no final line end.
 
 
 def pop3_session(d: list[int], *lines: str) -> bytes:
@@ -264,6 +325,33 @@ pop3_session_seeds = {
     # STLS offered and taken: the plaintext after it must be dropped.
     "stls_injection": pop3_session(
         [0x01, 0x02, 0x09, 0x01], "CAPA", "STLS", "USER bob", "PASS topSecret", "STAT"
+    ),
+    # Three refused logins (USER/PASS, APOP, AUTH PLAIN): the third closes
+    # the session; what follows is not read.
+    "auth_failures": pop3_session(
+        [0x00, 0x00, 0x00, 0x00],
+        "USER bob",
+        "PASS guess1",
+        "APOP bob c4c9334bac560ecc979e58001b3e22fb",
+        "AUTH PLAIN AGJvYgBndWVzczM=",
+        "USER bob",
+        "PASS topSecret",
+        "STAT",
+    ),
+    # PLAIN acting for another user: refused by the session (no event), then
+    # a login naming oneself; with bit 2 of d0 set the first one would reach
+    # the application.
+    "authzid": pop3_session(
+        [0x00, 0x02, 0x1d, 0x02],
+        "AUTH PLAIN Ym9iAG1yb3NlAHRhbnN0YWFm",
+        "AUTH PLAIN Ym9iAGJvYgB0b3BTZWNyZXQ=",
+        "RETR 2",
+        "RETR 3",
+        "QUIT",
+    ),
+    # The same with allow_authzid: the application sees the authzid.
+    "authzid_allowed": pop3_session(
+        [0x04, 0x02, 0x1d, 0x02], "AUTH PLAIN Ym9iAG1yb3NlAHRhbnN0YWFm", "RETR 1", "TOP 1 1", "QUIT"
     ),
     # Login without TLS forbidden: USER refused, unknown and overlong lines.
     "tls_required": pop3_session(

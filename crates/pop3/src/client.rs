@@ -326,6 +326,10 @@ impl ClientSession {
         }
         self.idle_authorization()?;
         check_name(user)?;
+        // `APOP name digest`: the digest is 32 hex digits.
+        if "APOP ".len() + user.len() + 1 + 32 + 2 > MAX_COMMAND_LINE {
+            return Err(ClientUsageError::InvalidArgument);
+        }
         let Some(timestamp) = self.apop_timestamp() else {
             return Err(ClientUsageError::NoApopTimestamp);
         };
@@ -361,7 +365,9 @@ impl ClientSession {
         if !self.caps.as_ref().is_some_and(|c| c.offers_sasl(mechanism)) {
             return Err(ClientUsageError::NotOffered);
         }
-        if user.contains('\0') || password.contains('\0') {
+        // RFC 4616 §2: authcid and passwd are one or more octets, no NUL.
+        if user.is_empty() || password.is_empty() || user.contains('\0') || password.contains('\0')
+        {
             return Err(ClientUsageError::InvalidArgument);
         }
         let response = sasl::encode_plain(None, user, password);

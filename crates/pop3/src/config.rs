@@ -27,6 +27,15 @@ pub struct Limits {
     /// Protocol errors before the session answers `-ERR` and closes: 20, as
     /// Postfix's `smtpd_hard_error_limit` does for SMTP.
     pub max_errors: u32,
+    /// Refused logins (wrong credentials to PASS, APOP or AUTH) before the
+    /// session closes after the last `-ERR [AUTH]`: 3, so one connection
+    /// cannot be used to guess passwords at length (Dovecot and Postfix
+    /// hang up too). Each one also counts toward [`max_errors`]. Refusals
+    /// that say nothing about the password (`-ERR [IN-USE]`, the
+    /// application's own `-ERR`) do not count here.
+    ///
+    /// [`max_errors`]: Self::max_errors
+    pub max_auth_failures: u32,
 }
 
 impl Default for Limits {
@@ -37,6 +46,7 @@ impl Default for Limits {
             max_buffered_input: 64 * 1024,
             output_high_water: 256 * 1024,
             max_errors: 20,
+            max_auth_failures: 3,
         }
     }
 }
@@ -213,6 +223,13 @@ pub struct ServerConfig {
     /// password and is not affected. Turn it on for a server typed at by
     /// hand over telnet, on a network you trust.
     pub login_without_tls: bool,
+    /// Whether SASL PLAIN may name an authorization identity other than the
+    /// user who logs in (acting for someone else, RFC 4616 §2). False by
+    /// default: such a login is refused with [`Texts::auth_failed`] without
+    /// an event, and counts as a refused login, as the session cannot know
+    /// who may act for whom. When true, the application sees
+    /// `credentials.authzid` and must check it itself.
+    pub allow_authzid: bool,
     /// Bounds on input and output.
     pub limits: Limits,
     /// How long the session waits.

@@ -416,3 +416,28 @@ fn injected_plaintext_is_dropped_however_split() {
         }
     }
 }
+
+#[test]
+fn login_arguments_are_checked_before_anything_goes_out() {
+    let (mut c, _) = ready(b"+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n");
+    let refused =
+        |r: Result<(), ClientUsageError>| assert_eq!(r, Err(ClientUsageError::InvalidArgument));
+    refused(c.login_user("", "x"));
+    refused(c.login_user("bob smith", "x"));
+    refused(c.login_user("bob\t", "x"));
+    refused(c.login_user(&"u".repeat(249), "x"));
+    refused(c.login_user("bob", ""));
+    refused(c.login_user("bob", "x\0y"));
+    refused(c.login_user("bob", &"p".repeat(249)));
+    // `APOP name digest` CRLF: 255 octets with a 215-octet name.
+    refused(c.login_apop(&"u".repeat(216), "secret"));
+    refused(c.login_apop("bob smith", "secret"));
+    refused(c.authenticate(Mechanism::Plain, "", "x"));
+    refused(c.authenticate(Mechanism::Plain, "bob", ""));
+    refused(c.authenticate(Mechanism::Plain, "bob\0anna", "x"));
+    assert!(take(&mut c).is_empty());
+    c.login_apop(&"u".repeat(215), "secret").unwrap();
+    let line = take(&mut c);
+    assert_eq!(line.len(), 255);
+    assert!(line.starts_with(b"APOP uuu") && line.ends_with(b"\r\n"));
+}

@@ -34,6 +34,8 @@ fn no_secret_in_debug_after_any_byte_or_decision() {
     let mut config = ServerConfig::new();
     config.login_without_tls = true;
     config.extensions.sasl = vec![Mechanism::Plain, Mechanism::Login];
+    // Four refusals before the login that works: above the default limit.
+    config.limits.max_auth_failures = 5;
     let mut s = ServerSession::with_apop(config, now, TIMESTAMP.parse().unwrap());
     let digest = apop_digest(TIMESTAMP, PASSWORD);
     let script = format!(

@@ -14,7 +14,7 @@ use support::App;
 fn transcripts() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/transcripts");
     let names = files(dir);
-    assert!(names.len() >= 26, "transcripts missing: {names:?}");
+    assert!(names.len() >= 34, "transcripts missing: {names:?}");
     for name in names {
         let t = Transcript::load(dir, &name);
         check::<App>(&t, &Split::all(20));

@@ -129,9 +129,10 @@ pub enum ClientUsageError {
     /// APOP needs a timestamp in the greeting, and there was none.
     #[error("the greeting carries no APOP timestamp")]
     NoApopTimestamp,
-    /// An argument would break the command line: a user name with a space
-    /// or control character, a password with CR, LF or NUL, or a line
-    /// longer than 255 octets (RFC 2449 §4).
+    /// An argument would break the command line: a user name that is empty
+    /// or has a space or control character, a password that is empty or has
+    /// CR, LF or NUL, a line longer than 255 octets (RFC 2449 §4); for AUTH
+    /// PLAIN an empty name or password or a NUL (RFC 4616 §2).
     #[error("invalid argument")]
     InvalidArgument,
     /// The mechanism is not one this client runs (PLAIN only).

@@ -355,8 +355,19 @@ impl ServerSession {
                 self.sasl = Some((mechanism, exchange));
             }
             Step::Done(credentials) => {
-                let ascii =
-                    credentials.username.is_ascii() && credentials.password.expose().is_ascii();
+                let acts_for_another = credentials
+                    .authzid
+                    .as_ref()
+                    .is_some_and(|z| *z != credentials.username);
+                if acts_for_another && !self.config.allow_authzid {
+                    // RFC 4616 §2: the server decides who may act for whom;
+                    // this one lets nobody, without asking the application.
+                    self.credentials_refused();
+                    return;
+                }
+                let ascii = credentials.username.is_ascii()
+                    && credentials.password.expose().is_ascii()
+                    && credentials.authzid.as_deref().is_none_or(str::is_ascii);
                 if !ascii && !self.config.extensions.utf8 {
                     self.peer_error(CommandError::InvalidCharacters.text());
                     return;

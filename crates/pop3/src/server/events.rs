@@ -175,6 +175,10 @@ pub enum Event {
         /// The mechanism that was used.
         mechanism: Mechanism,
         /// Who the client says it is, its password, and whom it acts for.
+        /// An `authzid` other than the user arrives only when
+        /// [`ServerConfig::allow_authzid`](crate::ServerConfig::allow_authzid)
+        /// is set; the application then decides whether the user may act
+        /// for it.
         credentials: Credentials,
     },
     /// RETR or TOP: stream the message with [`ServerSession::message_chunk`]

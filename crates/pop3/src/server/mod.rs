@@ -83,7 +83,10 @@ enum Phase {
 ///
 /// STAT, LIST, UIDL, DELE, RSET, NOOP, CAPA and the errors are answered by the
 /// session alone. Logins that send a password in the clear wait for TLS
-/// unless [`ServerConfig::login_without_tls`] allows them.
+/// unless [`ServerConfig::login_without_tls`] allows them. After
+/// [`Limits::max_auth_failures`] refused logins the session closes behind
+/// the last `-ERR [AUTH]`; SASL PLAIN acting for another identity is refused
+/// by the session itself unless [`ServerConfig::allow_authzid`] is set.
 ///
 /// # Streaming a message
 ///
@@ -116,6 +119,8 @@ enum Phase {
 /// [`Limits::output_high_water`]: crate::Limits::output_high_water
 /// [`ServerTimeouts::inactivity`]: crate::ServerTimeouts::inactivity
 /// [`ServerConfig::login_without_tls`]: crate::ServerConfig::login_without_tls
+/// [`ServerConfig::allow_authzid`]: crate::ServerConfig::allow_authzid
+/// [`Limits::max_auth_failures`]: crate::Limits::max_auth_failures
 pub struct ServerSession {
     config: Arc<ServerConfig>,
     input: Vec<u8>,
@@ -131,6 +136,7 @@ pub struct ServerSession {
     tls: bool,
     utf8: bool,
     errors: u32,
+    auth_failures: u32,
     discard_input: bool,
     deadline: Instant,
     last_now: Instant,
@@ -191,6 +197,7 @@ impl ServerSession {
             tls: config.implicit_tls,
             utf8: false,
             errors: 0,
+            auth_failures: 0,
             discard_input: false,
             deadline: now + config.timeouts.inactivity,
             last_now: now,
@@ -281,20 +288,25 @@ impl ServerSession {
 
     /// Refuses the login with `-ERR [AUTH]`, the same answer for an unknown
     /// user as for a wrong password. To slow down guessing, wait a while
-    /// before calling this.
+    /// before calling this. When refusals reach
+    /// [`Limits::max_auth_failures`], the session closes after this response.
+    ///
+    /// [`Limits::max_auth_failures`]: crate::Limits::max_auth_failures
     pub fn reject_login(&mut self) -> Result<(), UsageError> {
         if !self.check_decision(Decision::Login)? {
             return Ok(());
         }
-        let config = Arc::clone(&self.config);
-        let text = &config.texts.auth_failed;
-        self.line(Status::Err, Some(&ResponseCode::Auth), &[text.as_bytes()]);
-        self.login_failed();
+        self.pending = None;
+        self.credentials_refused();
+        if !self.closed {
+            self.end_decision();
+        }
         Ok(())
     }
 
     /// Refuses the login with `-ERR [IN-USE]`: the maildrop is locked by
-    /// another session (RFC 2449 §8.1.1).
+    /// another session (RFC 2449 §8.1.1). It counts as an error, not as a
+    /// refused login: the credentials were right.
     pub fn maildrop_locked(&mut self) -> Result<(), UsageError> {
         if !self.check_decision(Decision::Login)? {
             return Ok(());
@@ -308,7 +320,9 @@ impl ServerSession {
 
     /// Refuses the login with a response of the application's choosing, such
     /// as `-ERR [SYS/TEMP]` when the store is unavailable or
-    /// `-ERR [LOGIN-DELAY]`. It must be an `-ERR`.
+    /// `-ERR [LOGIN-DELAY]`. It must be an `-ERR`. It counts as an error,
+    /// not as a refused login, since it says nothing about the credentials;
+    /// for wrong ones use [`reject_login`](Self::reject_login).
     pub fn reject_login_with(&mut self, response: Response) -> Result<(), UsageError> {
         if response.status() != Status::Err {
             return Err(UsageError::NotAnError);
@@ -470,6 +484,23 @@ impl ServerSession {
         self.advance();
     }
 
+    /// Wrong credentials (from the application, or a PLAIN authzid the
+    /// session refuses itself): `-ERR [AUTH]`, and one try fewer before the
+    /// session hangs up on a password guesser; otherwise an error like any.
+    fn credentials_refused(&mut self) {
+        let config = Arc::clone(&self.config);
+        let text = &config.texts.auth_failed;
+        self.line(Status::Err, Some(&ResponseCode::Auth), &[text.as_bytes()]);
+        self.phase = Phase::Authorization { user: None };
+        self.auth_failures += 1;
+        if self.auth_failures >= config.limits.max_auth_failures {
+            self.close();
+        } else {
+            self.count_error();
+        }
+    }
+
+    /// A login refused for another reason than its credentials.
     fn login_failed(&mut self) {
         self.phase = Phase::Authorization { user: None };
         self.pending = None;

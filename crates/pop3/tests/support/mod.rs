@@ -103,6 +103,12 @@ pub struct Setup {
     pub sasl: Option<Vec<Mechanism>>,
     /// `!config max-errors=N`
     pub max_errors: Option<u32>,
+    /// `!config max-auth-failures=N`
+    pub max_auth_failures: Option<u32>,
+    /// `!config allow-authzid`: SASL PLAIN may act for another user; the
+    /// fixture then opens that user's maildrop with the authenticated
+    /// user's password (every user may act for every other).
+    pub allow_authzid: bool,
     /// `!config store-down`: logins get -ERR [SYS/TEMP].
     pub store_down: bool,
     /// `!config hold-commit`: the commit after QUIT is answered only after
@@ -135,6 +141,8 @@ impl Setup {
                     );
                 }
                 "max-errors" => setup.max_errors = Some(c.number()),
+                "max-auth-failures" => setup.max_auth_failures = Some(c.number()),
+                "allow-authzid" => setup.allow_authzid = true,
                 // Set by the runner, not by transcripts: see transcripts.rs.
                 "high-water" => {}
                 other => panic!("{} line {}: unknown !config {other}", t.name, c.line),
@@ -181,6 +189,10 @@ impl App {
         if let Some(n) = setup.max_errors {
             config.limits.max_errors = n;
         }
+        if let Some(n) = setup.max_auth_failures {
+            config.limits.max_auth_failures = n;
+        }
+        config.allow_authzid = setup.allow_authzid;
         config.limits.output_high_water = high_water;
         let session = match &setup.apop {
             Some(ts) => ServerSession::with_apop(config, now, ts.parse().unwrap()),
@@ -213,13 +225,24 @@ impl App {
     }
 
     fn login(&mut self, user: &str, check: impl Fn(&User) -> bool) {
+        self.login_for(user, user, check);
+    }
+
+    /// `user` proves who it is with `check`; the maildrop opened is `target`'s.
+    fn login_for(&mut self, user: &str, target: &str, check: impl Fn(&User) -> bool) {
         if self.setup.store_down {
             let refusal =
                 Response::err_with(ResponseCode::SysTemp, "Mail store unavailable, try later");
             self.session.reject_login_with(refusal).unwrap();
             return;
         }
-        match self.users.iter().position(|u| u.name == user && check(u)) {
+        let proven = self.users.iter().any(|u| u.name == user && check(u));
+        match self
+            .users
+            .iter()
+            .position(|u| u.name == target)
+            .filter(|_| proven)
+        {
             Some(i) if self.users[i].locked => self.session.maildrop_locked().unwrap(),
             Some(i) => {
                 self.current_user = Some(i);
@@ -251,10 +274,20 @@ impl App {
                 mechanism,
                 credentials,
             } => {
-                self.events
-                    .push(format!("auth {mechanism} {}", credentials.username));
+                let user = credentials.username;
+                let target = match credentials.authzid {
+                    Some(authzid) => {
+                        self.events
+                            .push(format!("auth {mechanism} {user} for {authzid}"));
+                        authzid
+                    }
+                    None => {
+                        self.events.push(format!("auth {mechanism} {user}"));
+                        user.clone()
+                    }
+                };
                 let password = credentials.password.expose().clone();
-                self.login(&credentials.username, |u| u.password == password);
+                self.login_for(&user, &target, |u| u.password == password);
             }
             Event::Retrieve {
                 message, top, size, ..
