@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConnection, StreamOwned};
 
-use postamt_wire::Session;
+use postamt_wire::{Reads, Session, TelnetFilter};
 
 use crate::server::Shared;
 use crate::trace::Trace;
@@ -149,23 +149,41 @@ fn segment(input: &[u8]) -> usize {
         .map_or(input.len(), |lf| lf + 1)
 }
 
+/// What a session reads next, as the driver needs to know it: typed lines
+/// (and whether the next one is a secret SASL response), message text up to
+/// its end marker (DATA), or the octets left of a BDAT chunk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Reading {
+    Line { secret: bool },
+    Text,
+    Chunk { left: u64 },
+}
+
+/// Longest typed line the telnet filter holds for editing; longer ones pass
+/// as they come (the session refuses them). Above every session line limit,
+/// AUTH's 12 KiB included.
+const TYPED_LINE: usize = 16 * 1024;
+
 /// Drives `session` over `tcp` until it closes, the peer leaves, or the
 /// server stops. `app` drains the session's events after every input;
-/// `sasl` tells whether the session's next input line is a SASL response.
+/// `reading` tells what the session reads next.
 ///
-/// With tracing on, the session gets its input one line at a time and is
-/// asked before each line whether it is a SASL response, so the trace
-/// masks it however the client split or pipelined its bytes. Decisions are
-/// answered within `app`, so none is pending between lines; what arrives
-/// while a message is being streamed (`Next::Again`) waits here. Without
-/// tracing each read goes to the session whole.
+/// With tracing or the telnet filter on, the session gets its input one
+/// line at a time and is asked before each line what it expects: whether
+/// the line is a SASL response (so the trace masks it however the client
+/// split or pipelined its bytes), and whether it is a command line (which
+/// the telnet filter may edit) or message text (which it passes as is, and
+/// a BDAT chunk exactly). Decisions are answered within `app`, so none is
+/// pending between lines; what arrives while a message is being streamed
+/// (`Next::Again`) waits here. With both off (`--strict-input`, no trace)
+/// each read goes to the session whole.
 pub(crate) fn drive<S: Session>(
     tcp: TcpStream,
     mut session: S,
     shared: &Shared,
     stop: &AtomicBool,
     trace: &mut Trace,
-    sasl: fn(&S) -> bool,
+    reading: fn(&S) -> Reading,
     mut app: impl FnMut(&mut S, &mut Trace) -> Next,
 ) -> io::Result<()> {
     tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
@@ -177,9 +195,13 @@ pub(crate) fn drive<S: Session>(
         flag: stop,
         since: None,
     };
-    // Input read while tracing, not yet handed to the session.
+    // Input read while tracing or filtering, not yet handed to the session.
     let mut held: Vec<u8> = Vec::new();
     let mut held_pos = 0;
+    let new_filter = || (!shared.strict_input).then(|| TelnetFilter::new(TYPED_LINE));
+    let mut filter = new_filter();
+    let mut typed = Vec::new();
+    let mut telnet_replies = Vec::new();
     let mut next = Next::Continue;
     loop {
         output.clear();
@@ -219,6 +241,8 @@ pub(crate) fn drive<S: Session>(
                     held.clear();
                     held_pos = 0;
                 }
+                // A line half typed before the handshake goes with it.
+                filter = new_filter();
                 match stream.start_tls(config, shared.tls_handshake_timeout, &mut stopping) {
                     Ok(Some(tls)) => stream = tls,
                     Ok(None) => {
@@ -241,10 +265,43 @@ pub(crate) fn drive<S: Session>(
             Next::Continue => {}
         }
         if held_pos < held.len() {
-            let line = &held[held_pos..held_pos + segment(&held[held_pos..])];
-            held_pos += line.len();
-            trace.client(line, sasl(&session));
-            session.receive(now, line);
+            let rest = &held[held_pos..];
+            // Message text goes on line by line only where a line after its
+            // end could be a secret to mask (tracing) or typed (a telnet
+            // client); otherwise in one piece, as fast as without a filter.
+            let by_line = trace.enabled() || filter.as_ref().is_some_and(TelnetFilter::is_telnet);
+            let (secret, reads, piece) = match reading(&session) {
+                Reading::Line { secret } => (secret, Reads::Lines, rest),
+                Reading::Text if by_line => (false, Reads::Message, &rest[..segment(rest)]),
+                Reading::Text => (false, Reads::Message, rest),
+                Reading::Chunk { left } => {
+                    let n = usize::try_from(left).map_or(rest.len(), |l| l.min(rest.len()));
+                    (false, Reads::Message, &rest[..n])
+                }
+            };
+            let line = match filter.as_mut() {
+                Some(f) => {
+                    typed.clear();
+                    held_pos += f.push(piece, reads, &mut typed);
+                    if f.poll_reply(&mut telnet_replies) > 0 {
+                        stream.write_all(&telnet_replies)?;
+                        telnet_replies.clear();
+                    }
+                    &typed[..]
+                }
+                None => {
+                    let n = match reads {
+                        Reads::Lines => segment(piece),
+                        _ => piece.len(),
+                    };
+                    held_pos += n;
+                    &rest[..n]
+                }
+            };
+            if !line.is_empty() {
+                trace.client(line, secret);
+                session.receive(now, line);
+            }
             if held_pos == held.len() {
                 held.clear();
                 held_pos = 0;
@@ -264,7 +321,7 @@ pub(crate) fn drive<S: Session>(
                 app(&mut session, trace);
                 break;
             }
-            Ok(n) if trace.enabled() => {
+            Ok(n) if trace.enabled() || filter.is_some() => {
                 held.extend_from_slice(&input[..n]);
                 continue;
             }

@@ -11,7 +11,7 @@ use postamt_pop3::Session as _;
 use postamt_pop3::{Event, MessageFlow, Response, ResponseCode, ServerSession, verify_apop};
 use postamt_store::{MailboxName, Maildrop, StoreError};
 
-use crate::conn::{Next, drive};
+use crate::conn::{Next, Reading, drive};
 use crate::server::Shared;
 use crate::smtp::FAILED_LOGIN_DELAY;
 use crate::trace::{Protocol, Trace};
@@ -48,7 +48,9 @@ pub(crate) fn serve(
         shared,
         stop,
         &mut trace,
-        ServerSession::expects_sasl_response,
+        |session: &ServerSession| Reading::Line {
+            secret: session.expects_sasl_response(),
+        },
         |session, trace| step(session, &mut state, shared, trace),
     )
 }

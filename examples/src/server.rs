@@ -40,6 +40,11 @@ pub struct Options {
     /// ones from it are turned away (Postfix's
     /// `smtpd_client_connection_count_limit`: 50); 0 for no such limit.
     pub max_connections_per_client: usize,
+    /// Take the client's bytes exactly as sent. Off by default: a telnet
+    /// filter in front of each session refuses telnet option negotiation
+    /// and applies Backspace/DEL to typed command lines, so a class can type
+    /// from any telnet client; a mail client's bytes pass unchanged.
+    pub strict_input: bool,
     /// Connections per protocol beyond which new ones are turned away.
     pub max_connections: usize,
 }
@@ -61,6 +66,7 @@ impl Options {
             trace_output: None,
             tls_handshake_timeout: Duration::from_secs(300),
             max_connections_per_client: 50,
+            strict_input: false,
             max_connections: 100,
         }
     }
@@ -77,6 +83,7 @@ pub(crate) struct Shared {
     pub(crate) trace: Option<Sink>,
     pub(crate) tls_handshake_timeout: Duration,
     pub(crate) max_connections_per_client: usize,
+    pub(crate) strict_input: bool,
     pub(crate) max_connections: usize,
     next_id: AtomicU64,
 }
@@ -96,6 +103,7 @@ impl std::fmt::Debug for Options {
                 "max_connections_per_client",
                 &self.max_connections_per_client,
             )
+            .field("strict_input", &self.strict_input)
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -204,6 +212,7 @@ impl Server {
             trace: options.trace.then(|| Sink::start(options.trace_output)),
             tls_handshake_timeout: options.tls_handshake_timeout,
             max_connections_per_client: options.max_connections_per_client,
+            strict_input: options.strict_input,
             max_connections: options.max_connections,
             next_id: AtomicU64::new(1),
         });

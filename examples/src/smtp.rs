@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use postamt_smtp::{Event, ForwardPath, Hello, Reply, ServerSession, Session};
+use postamt_smtp::{Event, ForwardPath, Hello, InputMode, Reply, ServerSession, Session};
 use postamt_store::{Delivery, MailboxName, StoreError};
 
-use crate::conn::{Next, drive};
+use crate::conn::{Next, Reading, drive};
 use crate::server::Shared;
 use crate::trace::{Protocol, Trace};
 
@@ -60,7 +60,7 @@ pub(crate) fn serve(
         shared,
         stop,
         &mut trace,
-        ServerSession::expects_sasl_response,
+        reading,
         |session, trace| {
             let mut next = Next::Continue;
             while let Some(event) = session.poll_event() {
@@ -73,6 +73,16 @@ pub(crate) fn serve(
             next
         },
     )
+}
+
+/// What the SMTP session reads next, for the driver.
+fn reading(session: &ServerSession) -> Reading {
+    match session.input_mode() {
+        InputMode::SaslResponse => Reading::Line { secret: true },
+        InputMode::Data => Reading::Text,
+        InputMode::Chunk { remaining } => Reading::Chunk { left: remaining },
+        _ => Reading::Line { secret: false },
+    }
 }
 
 fn handle(

@@ -74,6 +74,11 @@ struct Args {
     /// turned away with 421 4.7.0 / -ERR [SYS/TEMP] (0: no such limit).
     #[arg(long, default_value_t = 50)]
     max_connections_per_client: usize,
+    /// Take the clients' bytes exactly as sent: no telnet filter (by default
+    /// telnet option negotiation is refused and removed, and Backspace/DEL
+    /// edit typed command lines; mail clients' bytes always pass unchanged).
+    #[arg(long)]
+    strict_input: bool,
     /// Connections per protocol; more are turned away with 421 / -ERR [SYS/TEMP].
     #[arg(long, default_value_t = 200)]
     max_connections: usize,
@@ -167,6 +172,7 @@ fn run(args: Args) -> Result<(), String> {
         trace: args.trace,
         tls_handshake_timeout: std::time::Duration::from_secs(args.tls_handshake_timeout),
         max_connections_per_client: args.max_connections_per_client,
+        strict_input: args.strict_input,
         max_connections: args.max_connections,
         ..Options::new(store, directory)
     })
