@@ -6,3 +6,6 @@ mod rng;
 pub mod route;
 
 pub use route::{MxAnswer, MxRecord, NextHop, Route, Routes, resolve_mx};
+pub mod queue;
+
+pub use queue::{MessageId, QueuedMessage, QueuedRecipient, RecipientState};
