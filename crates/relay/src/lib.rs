@@ -9,3 +9,10 @@ pub use route::{MxAnswer, MxRecord, NextHop, Route, Routes, resolve_mx};
 pub mod queue;
 
 pub use queue::{MessageId, QueuedMessage, QueuedRecipient, RecipientState};
+mod config;
+pub mod notice;
+mod relay;
+
+pub use config::RelayConfig;
+pub use notice::{DsnAction, Notice, NoticeKind, NoticeRecipient};
+pub use relay::{Action, Delivery, DeliveryId, HostFailure, Outcome, Relay, RelayError};
