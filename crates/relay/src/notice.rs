@@ -345,7 +345,7 @@ impl Notice {
                     }
                     (None, _) => {}
                 }
-                let _ = write!(text, " {}", one_line(reply));
+                let _ = write!(text, "\n    {}", one_line(reply));
             }
             if let Some(until) = r.will_retry_until {
                 let _ = write!(
