@@ -16,3 +16,6 @@ mod relay;
 pub use config::RelayConfig;
 pub use notice::{DsnAction, Notice, NoticeKind, NoticeRecipient};
 pub use relay::{Action, Delivery, DeliveryId, HostFailure, Outcome, Relay, RelayError};
+pub mod hops;
+
+pub use hops::{HopCounter, MAX_HOPS, count_received, too_many_hops};
