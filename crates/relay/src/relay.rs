@@ -826,3 +826,61 @@ fn interrupted(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(wire: &str) -> Reply {
+        Reply::parse(format!("{wire}\r\n").as_bytes())
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    fn mb(s: &str) -> Mailbox<'static> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn host_failures_say_what_went_wrong() {
+        let cases = [
+            (
+                HostFailure::Unreachable("Connection refused\r\n".into()),
+                "451 4.4.1 Connect to mx.example failed: Connection refused",
+            ),
+            (
+                HostFailure::Timeout,
+                "451 4.4.1 No greeting from mx.example in time",
+            ),
+            (
+                HostFailure::Tls("bad certificate".into()),
+                "451 4.7.5 TLS with mx.example failed: bad certificate",
+            ),
+            (
+                HostFailure::Refused(reply("554 5.7.1 No SMTP service here")),
+                "554 5.7.1 No SMTP service here",
+            ),
+        ];
+        for (failure, want) in cases {
+            assert_eq!(host_failure_reply("mx.example", failure).to_string(), want);
+        }
+    }
+
+    #[test]
+    fn a_report_decides_each_recipient() {
+        let a = mb("a@x.example");
+        let b = mb("b@x.example");
+        let c = mb("c@x.example");
+        let report = Report {
+            accepted: vec![(ForwardPath::Mailbox(a.clone()), reply("250 ok"))],
+            refused: vec![(ForwardPath::Mailbox(b.clone()), reply("550 5.1.1 no"))],
+            outcome: Ok(reply("250 2.0.0 queued")),
+        };
+        assert_eq!(report_reply(&report, &a), (reply("250 2.0.0 queued"), true));
+        assert_eq!(report_reply(&report, &b), (reply("550 5.1.1 no"), true));
+        // Not in the report at all: no reply, so not delivered.
+        let (r, peer) = report_reply(&report, &c);
+        assert!(r.is_transient() && !peer, "{r}");
+    }
+}
