@@ -202,6 +202,9 @@ struct Scan {
     groups: Vec<(Vec<NextHop>, Vec<usize>)>,
     /// A domain whose MX answer is needed first.
     ask: Option<String>,
+    /// A due recipient waits for an MX answer: hold the message's
+    /// deliveries, as its host may be one of theirs and they travel together.
+    waiting: bool,
 }
 
 /// A recipient decided without a peer.
@@ -324,6 +327,7 @@ impl Relay {
                 decisions,
                 groups,
                 ask,
+                waiting,
             } = self.scan(&id, now, &mut used);
             if let Some(domain) = ask {
                 self.dns.insert(domain.clone(), Lookup::Asked);
@@ -344,7 +348,8 @@ impl Relay {
                 self.finish_changes(&id, changed, now);
                 return self.out.pop_front();
             }
-            if self.flights.len() < self.config.concurrency
+            if !waiting
+                && self.flights.len() < self.config.concurrency
                 && let Some((hosts, indexes)) = groups.into_iter().next()
             {
                 return Some(Action::Deliver(self.start(&id, hosts, indexes)));
@@ -369,6 +374,15 @@ impl Relay {
             if entry.msg.is_done() && !entry.busy.contains(&true) {
                 return Some(SystemTime::UNIX_EPOCH);
             }
+            // A message waiting for an MX answer waits whole (see `scan`).
+            let held = entry.msg.recipients().iter().enumerate().any(|(i, r)| {
+                !entry.busy[i]
+                    && !r.state().is_final()
+                    && matches!(
+                        self.routes.route(r.mailbox().domain()),
+                        Route::Dns(d) if matches!(self.dns.get(&d), Some(Lookup::Asked))
+                    )
+            });
             for (i, r) in entry.msg.recipients().iter().enumerate() {
                 let Some(due) = r.state().due() else { continue };
                 if entry.busy[i] {
@@ -378,11 +392,11 @@ impl Relay {
                 // free; a domain being looked up waits for the answer.
                 let actionable = match self.routes.route(r.mailbox().domain()) {
                     Route::Local => true,
-                    Route::Hosts(_) => slots,
+                    Route::Hosts(_) => slots && !held,
                     Route::Dns(domain) => match self.dns.get(&domain) {
                         None | Some(Lookup::Answered(Err(_))) => true,
                         Some(Lookup::Asked) => false,
-                        Some(Lookup::Answered(Ok(_))) => slots,
+                        Some(Lookup::Answered(Ok(_))) => slots && !held,
                     },
                 };
                 if actionable {
@@ -535,6 +549,7 @@ impl Relay {
         let entry = &self.messages[id];
         let mut decisions = Vec::new();
         let mut groups: Vec<(Vec<NextHop>, Vec<usize>)> = Vec::new();
+        let mut waiting = false;
         for (i, r) in entry.msg.recipients().iter().enumerate() {
             match r.state().due() {
                 Some(due) if due <= now && !entry.busy[i] => {}
@@ -550,7 +565,10 @@ impl Relay {
                             ..Scan::default()
                         };
                     }
-                    Some(Lookup::Asked) => continue,
+                    Some(Lookup::Asked) => {
+                        waiting = true;
+                        continue;
+                    }
                     Some(Lookup::Answered(answer)) => {
                         let answer = answer.clone();
                         used.insert(domain);
@@ -571,6 +589,7 @@ impl Relay {
             decisions,
             groups,
             ask: None,
+            waiting,
         }
     }
 

@@ -256,6 +256,47 @@ fn dns_answers_come_from_the_caller() {
 }
 
 #[test]
+fn domains_sharing_an_mx_host_travel_together() {
+    let mut relay = relay();
+    relay
+        .enqueue(message(
+            "m",
+            "anna@kolleg.de",
+            &["x@one.example", "z@schule.example", "y@two.example"],
+        ))
+        .unwrap();
+    // The runner asks DNS without waiting, and polls meanwhile.
+    assert_eq!(
+        relay.poll_action(t(0)),
+        Some(Action::Resolve("one.example".into()))
+    );
+    assert_eq!(
+        relay.poll_action(t(0)),
+        Some(Action::Resolve("two.example".into()))
+    );
+    assert_eq!(
+        relay.poll_action(t(0)),
+        None,
+        "the message waits for its answers"
+    );
+    assert_eq!(relay.poll_timeout(), None);
+    let shared = MxAnswer::Records(vec![MxRecord::new(10, "mx.shared.example")]);
+    relay.resolved("one.example", &shared, 0);
+    assert_eq!(relay.poll_action(t(0)), None);
+    assert_eq!(relay.poll_timeout(), None);
+    relay.resolved("two.example", &shared, 0);
+    let ds = deliveries(drain(&mut relay, t(0)));
+    assert_eq!(ds.len(), 2);
+    assert_eq!(ds[0].host(), &hop("mx.shared.example"));
+    assert_eq!(
+        ds[0].recipients(),
+        [mailbox("x@one.example"), mailbox("y@two.example")]
+    );
+    assert_eq!(ds[1].host(), &hop("127.0.0.2:2525"));
+    assert_eq!(ds[1].recipients(), [mailbox("z@schule.example")]);
+}
+
+#[test]
 fn dns_failures() {
     let mut relay = relay();
     relay
