@@ -217,7 +217,7 @@ proptest! {
                     other => prop_assert!(false, "{other:?}"),
                 }
             }
-            if !lookups.is_empty() && (running.is_empty() || step % 2 == 0) {
+            if !lookups.is_empty() && (running.is_empty() || step.is_multiple_of(2)) {
                 let domain = lookups.remove(0);
                 relay.resolved(&domain, &answer(answers[step % answers.len()]), step as u64);
                 step += 1;
