@@ -67,8 +67,9 @@ impl RecipientState {
         matches!(self, Self::Delivered { .. } | Self::Failed { .. })
     }
 
-    /// When this recipient is due: `Some(UNIX_EPOCH)`-like "now" for
-    /// pending, the next attempt for deferred, `None` when final.
+    /// When this recipient is due: at once for pending (the earliest time
+    /// there is, `UNIX_EPOCH`), the next attempt for deferred, never
+    /// (`None`) when final.
     pub fn due(&self) -> Option<SystemTime> {
         match self {
             Self::Pending => Some(SystemTime::UNIX_EPOCH),

@@ -361,7 +361,8 @@ impl Relay {
     }
 
     /// When something next becomes due: a deferred recipient's retry, or a
-    /// time already past when work waits (poll now). `None` while nothing
+    /// time already past (`UNIX_EPOCH` at the earliest) when work waits:
+    /// poll now. `None` while nothing
     /// is queued, or while every delivery slot is taken (a result frees
     /// one) and nothing else waits.
     pub fn poll_timeout(&self) -> Option<SystemTime> {
