@@ -23,6 +23,14 @@ pub enum StoreError {
     /// Another session holds this mailbox's maildrop (POP3 `-ERR [IN-USE]`).
     #[error("mailbox {0} is locked by another session")]
     Locked(MailboxName),
+    /// A spool id that must not become a file name (see [`SpoolId::new`]).
+    ///
+    /// [`SpoolId::new`]: crate::SpoolId::new
+    #[error("invalid spool id {0:?}")]
+    InvalidSpoolId(String),
+    /// No spooled message has this id.
+    #[error("no spooled message {0}")]
+    NoSuchSpoolEntry(crate::SpoolId),
     /// A delivery was begun without any recipient.
     #[error("a delivery needs at least one recipient")]
     NoRecipients,

@@ -17,6 +17,9 @@
 //!   [`MailStore::check_room`] asks before a message, and
 //!   [`Delivery::write_chunk`] refuses the chunk that would pass a limit
 //!   ([`StoreError::QuotaExceeded`], [`StoreError::StorageFull`]).
+//! - [`Spool`] is the outbound queue of a server that forwards: messages for
+//!   other servers with an opaque record of their state, durable on commit
+//!   ([`MemorySpool`] here).
 //! - [`summary`] gives From, To, Subject and Date for listings and logs.
 //!
 //! Everything is synchronous; an async server calls it from a blocking pool.
@@ -61,6 +64,7 @@ mod error;
 mod mailbox;
 mod maildir;
 mod memory;
+mod spool;
 mod store;
 mod summary;
 
@@ -69,5 +73,6 @@ pub use error::StoreError;
 pub use mailbox::{MAX_MAILBOX_NAME_LEN, MAX_UID_LEN, MailboxName, Uid};
 pub use maildir::{LOCK_FILE_NAME, Maildir, SIZE_CACHE_MARGIN, STALE_TMP_AGE};
 pub use memory::{DEFAULT_MEMORY_LIMIT, MemoryStore};
+pub use spool::{MemorySpool, Spool, SpoolEntry, SpoolId, SpoolWriter};
 pub use store::{DEFAULT_MAILBOX_SIZE_LIMIT, Delivery, MailStore, Maildrop, MessageInfo};
 pub use summary::{Summary, summary};
