@@ -7,11 +7,13 @@
 pub mod client;
 mod conn;
 pub mod domains;
+mod forward;
 mod pop3;
 mod server;
 mod smtp;
 pub mod tls;
 mod trace;
 
+pub use forward::Forwarding;
 pub use server::{BindError, Options, Server};
-pub use smtp::{OUTBOUND_MAILBOX, POSTMASTER_MAILBOX};
+pub use smtp::POSTMASTER_MAILBOX;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use postamt_store::{Directory, MailStore};
 
 use crate::conn::STOP_GRACE;
+use crate::forward::{Forwarder, Forwarding};
 use crate::trace::Sink;
 
 /// What the server needs to run.
@@ -47,6 +48,8 @@ pub struct Options {
     pub strict_input: bool,
     /// Connections per protocol beyond which new ones are turned away.
     pub max_connections: usize,
+    /// Passing mail on: who may relay, routes, retries, the queue.
+    pub forwarding: Forwarding,
 }
 
 impl Options {
@@ -68,6 +71,7 @@ impl Options {
             max_connections_per_client: 50,
             strict_input: false,
             max_connections: 100,
+            forwarding: Forwarding::new(),
         }
     }
 }
@@ -85,7 +89,9 @@ pub(crate) struct Shared {
     pub(crate) max_connections_per_client: usize,
     pub(crate) strict_input: bool,
     pub(crate) max_connections: usize,
-    next_id: AtomicU64,
+    pub(crate) forwarding: Forwarding,
+    pub(crate) forwarder: Forwarder,
+    next_id: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Options {
@@ -105,6 +111,7 @@ impl std::fmt::Debug for Options {
             )
             .field("strict_input", &self.strict_input)
             .field("max_connections", &self.max_connections)
+            .field("forwarding", &self.forwarding)
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +124,8 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     active: Arc<AtomicUsize>,
     listeners: Vec<JoinHandle<()>>,
+    forwarder: Forwarder,
+    relay: JoinHandle<()>,
 }
 
 /// Binding failed; the message says why and what to do.
@@ -202,6 +211,16 @@ impl Server {
         let mut pop3 = pop3.unwrap_or_default();
         pop3.extensions.stls = tls;
         pop3.login_without_tls = !tls;
+        let trace = options.trace.then(|| Sink::start(options.trace_output));
+        let next_id = Arc::new(AtomicU64::new(1));
+        let (forwarder, relay) = crate::forward::start(crate::forward::Start {
+            hostname: options.hostname.clone(),
+            forwarding: options.forwarding.clone(),
+            store: Arc::clone(&options.store),
+            directory: Arc::clone(&options.directory),
+            trace: trace.clone(),
+            next_id: Arc::clone(&next_id),
+        });
         let shared = Arc::new(Shared {
             smtp: Arc::new(smtp),
             pop3: Arc::new(pop3),
@@ -209,12 +228,14 @@ impl Server {
             directory: options.directory,
             tls: options.tls,
             hostname: options.hostname,
-            trace: options.trace.then(|| Sink::start(options.trace_output)),
+            trace,
             tls_handshake_timeout: options.tls_handshake_timeout,
             max_connections_per_client: options.max_connections_per_client,
             strict_input: options.strict_input,
             max_connections: options.max_connections,
-            next_id: AtomicU64::new(1),
+            forwarding: options.forwarding,
+            forwarder: forwarder.clone(),
+            next_id,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
@@ -232,6 +253,8 @@ impl Server {
             stop,
             active,
             listeners,
+            forwarder,
+            relay,
         })
     }
 
@@ -243,6 +266,11 @@ impl Server {
     /// Where POP3 listens.
     pub fn pop3_addr(&self) -> SocketAddr {
         self.pop3_addr
+    }
+
+    /// Makes every deferred recipient in the queue due now (`queue flush`).
+    pub fn flush_queue(&self) {
+        self.forwarder.flush();
     }
 
     /// Connections being served now.
@@ -272,6 +300,9 @@ impl Server {
         while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
+        // Deliveries in flight are cut off; their recipients stay queued.
+        self.forwarder.stop();
+        let _ = self.relay.join();
     }
 }
 

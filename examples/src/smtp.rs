@@ -6,16 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use postamt_smtp::{Event, ForwardPath, Hello, InputMode, Reply, ServerSession, Session};
-use postamt_store::{Delivery, MailboxName, StoreError};
+use postamt_relay::{HopCounter, MessageId, QueuedMessage, QueuedRecipient, too_many_hops};
+use postamt_smtp::{
+    Event, ForwardPath, Hello, InputMode, MailParameters, Mailbox, Reply, ReversePath,
+    ServerSession, Session,
+};
+use postamt_store::{Delivery, MailboxName, SpoolWriter, StoreError};
 
 use crate::conn::{Next, Reading, drive};
 use crate::server::Shared;
 use crate::trace::{Protocol, Trace};
 
-/// Where mail for other domains from authenticated clients is kept: this
-/// server does not relay, and nothing it accepted may be lost.
-pub const OUTBOUND_MAILBOX: &str = "outbound";
 /// Where mail to `<Postmaster>` goes when no user has that address.
 pub const POSTMASTER_MAILBOX: &str = "postmaster";
 /// Pause after a failed AUTH, against password guessing.
@@ -29,6 +30,15 @@ struct Transaction {
     /// The MAIL `SIZE=` the client declared (0: none), asked of each RCPT's mailbox.
     size: u64,
     delivery: Option<Box<dyn Delivery>>,
+    /// The sender and MAIL parameters, for the queue.
+    reverse_path: ReversePath<'static>,
+    params: MailParameters<'static>,
+    /// Accepted recipients in other domains: they go to the queue.
+    foreign: Vec<QueuedRecipient>,
+    /// The queue entry being written, and its octets so far.
+    spool: Option<Box<dyn SpoolWriter>>,
+    spooled: u64,
+    hops: HopCounter,
     failed: bool,
     /// The reply for a delivery the store refused for room (else 451).
     refusal: Option<Reply>,
@@ -51,6 +61,12 @@ pub(crate) fn serve(
         recipients: Vec::new(),
         size: 0,
         delivery: None,
+        reverse_path: ReversePath::Null,
+        params: MailParameters::default(),
+        foreign: Vec::new(),
+        spool: None,
+        spooled: 0,
+        hops: HopCounter::new(),
         failed: false,
         refusal: None,
     };
@@ -115,12 +131,22 @@ fn handle(
         Event::Mail { from, params } => {
             tx.from = from.to_string();
             tx.recipients.clear();
+            tx.foreign.clear();
             tx.size = params.size.unwrap_or(0);
+            tx.reverse_path = from;
+            tx.params = params;
             session.accept()
         }
-        Event::Rcpt { to, .. } => {
-            match recipient_mailbox(&to, session.is_authenticated(), shared) {
-                Ok(mailbox) => match shared.store.check_room(&mailbox, tx.size) {
+        Event::Rcpt { to, params } => {
+            let may_relay = session.is_authenticated() || shared.forwarding.trusts(tx.peer.ip());
+            match recipient_mailbox(&to, may_relay, shared) {
+                Ok(Dest::Foreign(mailbox)) => {
+                    trace.note(&format!("{mailbox} goes to the queue"));
+                    tx.foreign
+                        .push(QueuedRecipient::from_rcpt(mailbox, &params));
+                    session.accept()
+                }
+                Ok(Dest::Local(mailbox)) => match shared.store.check_room(&mailbox, tx.size) {
                     Ok(()) => {
                         tx.recipients.push(mailbox);
                         session.accept()
@@ -145,44 +171,88 @@ fn handle(
         Event::MessageStart => {
             tx.failed = false;
             tx.refusal = None;
-            tx.delivery = match shared.store.begin_delivery(&tx.recipients) {
-                Ok(mut delivery) => {
-                    let header = trace_header(tx, session, shared);
-                    match delivery.write_chunk(header.as_bytes()) {
-                        Ok(()) => Some(delivery),
-                        Err(e) => {
-                            tx.fail("writing the trace header failed", &e, trace);
-                            None
+            tx.hops = HopCounter::new();
+            tx.spooled = 0;
+            let received = received_header(tx, session, shared);
+            if !tx.recipients.is_empty() {
+                tx.delivery = match shared.store.begin_delivery(&tx.recipients) {
+                    Ok(mut delivery) => {
+                        let header = format!("Return-Path: {}\r\n{received}", tx.from);
+                        match delivery.write_chunk(header.as_bytes()) {
+                            Ok(()) => Some(delivery),
+                            Err(e) => {
+                                tx.fail("writing the trace header failed", &e, trace);
+                                None
+                            }
                         }
                     }
-                }
-                Err(e) => {
-                    tx.fail("cannot begin delivery", &e, trace);
-                    None
-                }
-            };
+                    Err(e) => {
+                        tx.fail("cannot begin delivery", &e, trace);
+                        None
+                    }
+                };
+            }
+            if !tx.foreign.is_empty() && !tx.failed {
+                // The queued copy gets no Return-Path: the last server adds it.
+                tx.spool = match shared.forwarding.spool.begin() {
+                    Ok(mut spool) => match spool.write_chunk(received.as_bytes()) {
+                        Ok(()) => {
+                            tx.spooled = received.len() as u64;
+                            Some(spool)
+                        }
+                        Err(e) => {
+                            tx.fail("writing to the queue failed", &e, trace);
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        tx.fail("cannot begin a queue entry", &e, trace);
+                        None
+                    }
+                };
+            }
             Ok(())
         }
         Event::MessageData(bytes) => {
+            tx.hops.feed(&bytes);
             if let Some(delivery) = tx.delivery.as_mut()
                 && let Err(e) = delivery.write_chunk(&bytes)
             {
                 // Dropping the delivery releases what it held at once; the
                 // rest of the message is read and discarded.
                 tx.delivery = None;
+                tx.spool = None;
                 tx.fail("delivery failed while writing", &e, trace);
+            }
+            if let Some(spool) = tx.spool.as_mut() {
+                match spool.write_chunk(&bytes) {
+                    Ok(()) => tx.spooled += bytes.len() as u64,
+                    Err(e) => {
+                        tx.delivery = None;
+                        tx.spool = None;
+                        tx.fail("writing to the queue failed", &e, trace);
+                    }
+                }
             }
             Ok(())
         }
         Event::MessageEnd => {
             tx.recipients.clear();
-            let stored = match tx.delivery.take() {
-                Some(delivery) if !tx.failed => delivery.commit().map_err(|e| {
-                    let reply = no_room(&e);
-                    (e.to_string(), reply)
-                }),
+            let foreign = std::mem::take(&mut tx.foreign);
+            let stored = if tx.hops.too_many() {
+                tx.delivery = None;
+                tx.spool = None;
+                Err((
+                    format!("{} Received: headers, a loop", tx.hops.count()),
+                    Some(too_many_hops()),
+                ))
+            } else if tx.failed {
                 // The delivery failed earlier and was dropped; that was logged.
-                _ => Err(("the delivery failed earlier".to_string(), tx.refusal.take())),
+                tx.delivery = None;
+                tx.spool = None;
+                Err(("the delivery failed earlier".to_string(), tx.refusal.take()))
+            } else {
+                commit(tx, foreign, shared)
             };
             match stored {
                 Ok(()) => {
@@ -201,7 +271,9 @@ fn handle(
         }
         Event::MessageAborted(_) | Event::Reset => {
             tx.delivery = None;
+            tx.spool = None;
             tx.recipients.clear();
+            tx.foreign.clear();
             Ok(())
         }
         _ => Ok(()),
@@ -234,33 +306,94 @@ fn no_room(e: &StoreError) -> Option<Reply> {
     }
 }
 
+/// Makes the message durable everywhere it goes: first the queue entry
+/// (message and record together), then the local delivery. The 250 goes
+/// out only when both are. When the local delivery fails the queue entry
+/// is taken back before the relay has seen it, so the client's retry
+/// sends it to nobody twice.
+fn commit(
+    tx: &mut Transaction,
+    foreign: Vec<QueuedRecipient>,
+    shared: &Shared,
+) -> Result<(), (String, Option<Reply>)> {
+    let mut queued = None;
+    if let Some(spool) = tx.spool.take() {
+        let id = spool.id().clone();
+        let mut msg = QueuedMessage::new(
+            MessageId::new(id.as_str()),
+            tx.reverse_path.clone(),
+            SystemTime::now(),
+            tx.spooled,
+        )
+        .with_mail_parameters(&tx.params);
+        for r in foreign {
+            msg = msg.with_recipient(r);
+        }
+        if let Err(e) = spool.commit(&crate::forward::record(&msg)) {
+            tx.delivery = None;
+            return Err((format!("the queue did not take it: {e}"), no_room(&e)));
+        }
+        queued = Some((id, msg));
+    }
+    if let Some(delivery) = tx.delivery.take()
+        && let Err(e) = delivery.commit()
+    {
+        if let Some((id, _)) = &queued
+            && let Err(undo) = shared.forwarding.spool.remove(id)
+        {
+            // Kept queued: the client's retry may bring its recipients a
+            // second copy, but nothing is lost.
+            eprintln!("cannot take {id} back from the queue: {undo}");
+        }
+        let reply = no_room(&e);
+        return Err((e.to_string(), reply));
+    }
+    if let Some((_, msg)) = queued {
+        shared.forwarder.queued(msg);
+    }
+    Ok(())
+}
+
+/// Where an accepted recipient's mail goes.
+enum Dest {
+    /// A mailbox here.
+    Local(MailboxName),
+    /// Another domain's: the queue.
+    Foreign(Mailbox<'static>),
+}
+
 /// Where mail for `to` goes, or the reply refusing it.
 fn recipient_mailbox(
-    to: &ForwardPath<'_>,
-    authenticated: bool,
+    to: &ForwardPath<'static>,
+    may_relay: bool,
     shared: &Shared,
-) -> Result<MailboxName, Reply> {
-    let postmaster = || MailboxName::new(POSTMASTER_MAILBOX).map_err(|_| Reply::local_error());
+) -> Result<Dest, Reply> {
+    let postmaster = || {
+        MailboxName::new(POSTMASTER_MAILBOX)
+            .map(Dest::Local)
+            .map_err(|_| Reply::local_error())
+    };
     let Some(mailbox) = to.mailbox() else {
         return postmaster();
     };
     if shared.directory.is_local_domain(mailbox.domain()) {
         if let Some(local) = shared.directory.resolve(mailbox.as_str()) {
-            return Ok(local);
+            return Ok(Dest::Local(local));
         }
         if mailbox.local_part().eq_ignore_ascii_case("postmaster") {
             return postmaster();
         }
         return Err(Reply::unknown_user());
     }
-    if authenticated {
-        return MailboxName::new(OUTBOUND_MAILBOX).map_err(|_| Reply::local_error());
+    if may_relay {
+        return Ok(Dest::Foreign(mailbox.clone().into_owned()));
     }
     Err(Reply::relay_denied())
 }
 
-/// `Return-Path:` and `Received:` (RFC 5321 §4.4), with the RFC 3848 protocol.
-fn trace_header(tx: &Transaction, session: &ServerSession, shared: &Shared) -> String {
+/// `Received:` (RFC 5321 §4.4), with the RFC 3848 protocol; a local
+/// delivery puts `Return-Path:` before it.
+fn received_header(tx: &Transaction, session: &ServerSession, shared: &Shared) -> String {
     let mut with = String::from(if session.hello() == Some(Hello::Helo) {
         "SMTP"
     } else {
@@ -274,8 +407,7 @@ fn trace_header(tx: &Transaction, session: &ServerSession, shared: &Shared) -> S
     }
     let date = httpdate::fmt_http_date(SystemTime::now()).replace("GMT", "+0000");
     format!(
-        "Return-Path: {}\r\nReceived: from {} ([{}])\r\n\tby {} (postamt) with {with};\r\n\t{date}\r\n",
-        tx.from,
+        "Received: from {} ([{}])\r\n\tby {} (postamt) with {with};\r\n\t{date}\r\n",
         tx.helo,
         tx.peer.ip(),
         shared.smtp.hostname,

@@ -89,6 +89,8 @@ impl Sink {
 pub(crate) enum Protocol {
     Smtp,
     Pop3,
+    /// Our own client session to a next hop (the forwarder).
+    SmtpOut,
 }
 
 /// Longest line kept whole in the transcript.
@@ -176,6 +178,7 @@ impl Trace {
         let p = match self.protocol {
             Protocol::Smtp => "smtp",
             Protocol::Pop3 => "pop3",
+            Protocol::SmtpOut => "smtp-out",
         };
         format!("[{p} #{}]", self.id)
     }
@@ -252,7 +255,7 @@ fn mask(protocol: Protocol, line: &str) -> String {
     let words: Vec<&str> = line.split(' ').collect();
     let verb = words[0].to_ascii_uppercase();
     let keep = match (protocol, verb.as_str()) {
-        (Protocol::Smtp, "AUTH") | (Protocol::Pop3, "AUTH" | "APOP") => 2,
+        (Protocol::Smtp | Protocol::SmtpOut, "AUTH") | (Protocol::Pop3, "AUTH" | "APOP") => 2,
         (Protocol::Pop3, "PASS") => 1,
         _ => return line.to_string(),
     };

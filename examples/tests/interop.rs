@@ -87,11 +87,23 @@ fn run_script(name: &str, server: &Server) {
 fn python_starttls_and_stls() {
     let tls = postamt_examples::tls::self_signed("mail.kolleg.de").unwrap();
     let store = Arc::new(MemoryStore::new());
-    let server = start_with(store.clone(), Some(tls), 20);
+    let spool = Arc::new(postamt_store::MemorySpool::new());
+    let server = Server::start(Options {
+        tls: Some(tls),
+        max_connections: 20,
+        // A next hop that refuses connections: the message stays queued.
+        forwarding: postamt_examples::Forwarding {
+            relay_host: Some("127.0.0.1:9".parse().unwrap()),
+            spool: spool.clone(),
+            ..postamt_examples::Forwarding::new()
+        },
+        ..Options::new(store, Arc::new(StaticDirectory::demo()))
+    })
+    .expect("server starts on ephemeral ports");
     run_script("tls_clients.py", &server);
-    // The relayed message is kept, not lost: this server does not relay.
-    let outbound = postamt_store::MailboxName::new(postamt_examples::OUTBOUND_MAILBOX).unwrap();
-    assert_eq!(store.open_maildrop(&outbound).unwrap().messages().len(), 1);
+    // The authenticated client's relayed message is queued, not lost.
+    let queued = postamt_store::Spool::list(&*spool).unwrap();
+    assert_eq!(queued.len(), 1);
     server.stop();
 }
 
