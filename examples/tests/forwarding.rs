@@ -1,0 +1,552 @@
+//! Forwarding over real sockets: several toy servers on loopback, each with
+//! its own domain, passing mail to one another by static routes. What a
+//! peer sees is checked exactly: reply lines, the message as POP3 hands it
+//! out, the transactions a next hop counts.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use postamt_examples::{Forwarding, Options, Server};
+use postamt_store::{Directory, MailStore, MailboxName, MemoryStore, StaticDirectory};
+
+/// Longest wait for any one reply or delivery; far above what a step needs.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A trace sink the test reads back.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// One mail server of the test network.
+struct Node {
+    server: Server,
+    store: Arc<MemoryStore>,
+    directory: Arc<StaticDirectory>,
+    trace: Captured,
+}
+
+impl Node {
+    /// A server for `domain` named `hostname`, with these users (password
+    /// `pw`), on `port` (0: any).
+    fn start(hostname: &str, domain: &str, users: &[&str], port: u16, f: Forwarding) -> Self {
+        let mut directory = StaticDirectory::new();
+        for user in users {
+            directory
+                .add_user(&format!("{user}@{domain}"), "pw", &[])
+                .unwrap();
+        }
+        let directory = Arc::new(directory);
+        let store = Arc::new(MemoryStore::new());
+        let trace = Captured::default();
+        let server = Server::start(Options {
+            smtp_port: port,
+            hostname: hostname.to_string(),
+            trace: true,
+            trace_output: Some(Box::new(trace.clone())),
+            forwarding: Forwarding {
+                local_domains: vec![domain.to_string()],
+                ..f
+            },
+            ..Options::new(store.clone(), directory.clone())
+        })
+        .expect("server starts");
+        Self {
+            server,
+            store,
+            directory,
+            trace,
+        }
+    }
+
+    fn hop(&self) -> postamt_relay::NextHop {
+        self.server.smtp_addr().to_string().parse().unwrap()
+    }
+
+    /// The messages in the mailbox of `address`.
+    fn mailbox(&self, address: &str) -> Vec<Vec<u8>> {
+        let name = self
+            .directory
+            .resolve(address)
+            .unwrap_or_else(|| MailboxName::new(address).unwrap());
+        let drop = self.store.open_maildrop(&name).unwrap();
+        (0..drop.messages().len())
+            .map(|i| {
+                let mut bytes = Vec::new();
+                drop.read_message(i)
+                    .unwrap()
+                    .read_to_end(&mut bytes)
+                    .unwrap();
+                bytes
+            })
+            .collect()
+    }
+
+    /// Waits until `address` has `n` messages.
+    fn wait_for(&self, address: &str, n: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.mailbox(address);
+            if got.len() >= n || Instant::now() > deadline {
+                assert_eq!(got.len(), n, "{address} got {} messages", got.len());
+                return got;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SMTP transactions this server took (MAIL commands it saw).
+    fn transactions(&self) -> usize {
+        self.trace
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("[smtp #") && l.contains(" C: MAIL FROM:"))
+            .count()
+    }
+}
+
+/// Routes for every domain to its node, trusted loopback.
+fn trusted(routes: &[(&str, &Node)]) -> Forwarding {
+    Forwarding {
+        relay_from: vec!["127.0.0.0/8".parse().unwrap()],
+        routes: routes
+            .iter()
+            .map(|(d, n)| (d.to_string(), n.hop()))
+            .collect(),
+        retry_after: Duration::from_millis(500),
+        retry_max: Duration::from_secs(1),
+        queue_lifetime: Duration::from_secs(30),
+        ..Forwarding::new()
+    }
+}
+
+/// A client typing lines and reading whole replies.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        Self {
+            writer: tcp.try_clone().unwrap(),
+            reader: BufReader::new(tcp),
+        }
+    }
+
+    /// One reply, all its lines.
+    fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            assert!(line.ends_with("\r\n"), "cut reply: {all}{line:?}");
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+
+    fn send(&mut self, text: &str) -> String {
+        self.writer.write_all(text.as_bytes()).unwrap();
+        self.reply()
+    }
+
+    /// A POP3 line.
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line
+    }
+}
+
+/// Sends `message` with plain SMTP, from `from` to every one of `to`.
+fn send(addr: SocketAddr, from: &str, to: &[&str], message: &str) {
+    let mut c = Client::connect(addr);
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.send("EHLO client.kolleg.de\r\n").starts_with("250"));
+    assert_eq!(
+        c.send(&format!("MAIL FROM:<{from}>\r\n")),
+        "250 2.1.0 Sender OK\r\n"
+    );
+    for rcpt in to {
+        assert_eq!(
+            c.send(&format!("RCPT TO:<{rcpt}>\r\n")),
+            "250 2.1.5 Recipient OK\r\n",
+            "{rcpt}"
+        );
+    }
+    assert!(c.send("DATA\r\n").starts_with("354 "));
+    // Dot-stuffed, as any client sends it.
+    let stuffed = message.replace("\r\n.", "\r\n..");
+    let end = c.send(&format!("{stuffed}.\r\n"));
+    assert!(end.starts_with("250 2.0.0 "), "{end}");
+    assert!(c.send("QUIT\r\n").starts_with("221 2.0.0 "));
+}
+
+/// The message of `user` number 1, over POP3, dot-unstuffed.
+fn pop3_retr(addr: SocketAddr, user: &str) -> Vec<u8> {
+    let mut c = Client::connect(addr);
+    assert!(c.line().starts_with("+OK"));
+    c.writer
+        .write_all(format!("USER {user}\r\n").as_bytes())
+        .unwrap();
+    assert!(c.line().starts_with("+OK"));
+    c.writer.write_all(b"PASS pw\r\n").unwrap();
+    assert!(c.line().starts_with("+OK"));
+    c.writer.write_all(b"RETR 1\r\n").unwrap();
+    assert!(c.line().starts_with("+OK"));
+    let mut message = Vec::new();
+    loop {
+        let line = c.line();
+        if line == ".\r\n" {
+            break;
+        }
+        let line = line.strip_prefix('.').unwrap_or(&line);
+        message.extend_from_slice(line.as_bytes());
+    }
+    c.writer.write_all(b"QUIT\r\n").unwrap();
+    message
+}
+
+/// The header lines of a message that start with `name`.
+fn fields<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
+    let head = &message[..message.find("\r\n\r\n").unwrap()];
+    head.split("\r\n").filter(|l| l.starts_with(name)).collect()
+}
+
+const MESSAGE: &str = "From: anna@kolleg.de\r\nTo: carl@schule.example\r\nSubject: Hausaufgaben\r\n\r\nHallo Carl,\r\n.punkt am Zeilenanfang\r\nbis morgen\r\n";
+
+#[test]
+fn anna_writes_to_carl_through_her_server_and_carl_fetches_it_by_pop3() {
+    let schule = Node::start(
+        "mx.schule.example",
+        "schule.example",
+        &["carl"],
+        0,
+        Forwarding::new(),
+    );
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        trusted(&[("schule.example", &schule)]),
+    );
+    send(
+        kolleg.server.smtp_addr(),
+        "anna@kolleg.de",
+        &["carl@schule.example"],
+        MESSAGE,
+    );
+    schule.wait_for("carl@schule.example", 1);
+    let got = String::from_utf8(pop3_retr(schule.server.pop3_addr(), "carl")).unwrap();
+    // Byte for byte: the last server's Return-Path and Received, the first
+    // server's Received, then the message as anna sent it.
+    assert!(got.ends_with(MESSAGE), "{got}");
+    let added = &got[..got.len() - MESSAGE.len()];
+    let lines: Vec<&str> = added.split_terminator("\r\n").collect();
+    assert_eq!(lines.len(), 7, "{added}");
+    assert_eq!(lines[0], "Return-Path: <anna@kolleg.de>");
+    assert_eq!(lines[1], "Received: from mail.kolleg.de ([127.0.0.1])");
+    assert_eq!(lines[2], "\tby mx.schule.example (postamt) with ESMTP;");
+    assert!(
+        lines[3].starts_with('\t') && lines[3].ends_with(" +0000"),
+        "{}",
+        lines[3]
+    );
+    assert_eq!(lines[4], "Received: from client.kolleg.de ([127.0.0.1])");
+    assert_eq!(lines[5], "\tby mail.kolleg.de (postamt) with ESMTP;");
+    assert!(
+        lines[6].starts_with('\t') && lines[6].ends_with(" +0000"),
+        "{}",
+        lines[6]
+    );
+    assert_eq!(fields(&got, "Received:").len(), 2);
+    // The outbound session is traced with its own connection id.
+    let trace = kolleg.trace.text();
+    assert!(trace.contains("[smtp-out #"), "{trace}");
+    assert!(
+        trace.contains(" C: RCPT TO:<carl@schule.example>"),
+        "{trace}"
+    );
+    assert!(trace.contains(" S: 250 2.0.0 "), "{trace}");
+    kolleg.server.stop();
+    schule.server.stop();
+}
+
+/// The handout's dialogue, typed as it stands there.
+fn handout(addr: SocketAddr) -> Vec<String> {
+    let mut c = Client::connect(addr);
+    let mut replies = vec![c.reply()];
+    replies.push(c.send("HELO kolleg.de\r\n"));
+    replies.push(c.send("MAIL FROM: bar@example.org\r\n"));
+    let rcpt = c.send("RCPT TO: foo@example.com\r\n");
+    let accepted = rcpt.starts_with("250");
+    replies.push(rcpt);
+    if accepted {
+        replies.push(c.send("DATA\r\n"));
+        replies.push(c.send("Subject: Test\r\n\r\nHallo foo\r\n.\r\n"));
+    }
+    replies.push(c.send("QUIT\r\n"));
+    replies
+}
+
+#[test]
+fn the_handout_dialogue_is_relayed_from_a_trusted_network_only() {
+    let example = Node::start(
+        "mail.example.com",
+        "example.com",
+        &["foo"],
+        0,
+        Forwarding::new(),
+    );
+    let relay = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        trusted(&[("example.com", &example)]),
+    );
+    let replies = handout(relay.server.smtp_addr());
+    assert_eq!(replies[1], "250 mail.kolleg.de Hello kolleg.de\r\n");
+    assert_eq!(replies[2], "250 Sender OK\r\n");
+    assert_eq!(replies[3], "250 Recipient OK\r\n");
+    assert!(replies[4].starts_with("354 "), "{}", replies[4]);
+    assert!(replies[5].starts_with("250 "), "{}", replies[5]);
+    let got = example.wait_for("foo@example.com", 1);
+    let got = String::from_utf8(got[0].clone()).unwrap();
+    assert!(
+        got.starts_with("Return-Path: <bar@example.org>\r\n"),
+        "{got}"
+    );
+    assert!(
+        got.ends_with("\r\nSubject: Test\r\n\r\nHallo foo\r\n"),
+        "{got}"
+    );
+
+    // The same server for a client outside its networks: no open relay.
+    let closed = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            relay_from: vec!["10.0.0.0/8".parse().unwrap()],
+            ..trusted(&[("example.com", &example)])
+        },
+    );
+    let replies = handout(closed.server.smtp_addr());
+    assert_eq!(replies[3], "550 Relaying denied\r\n");
+    assert!(replies[4].starts_with("221 "), "{}", replies[4]);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(example.mailbox("foo@example.com").len(), 1);
+    closed.server.stop();
+    relay.server.stop();
+    example.server.stop();
+}
+
+#[test]
+fn a_next_hop_that_is_down_gets_the_message_when_it_comes_up() {
+    // A port nobody listens on yet.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hop: postamt_relay::NextHop = format!("127.0.0.1:{port}").parse().unwrap();
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("schule.example".into(), hop)],
+            ..trusted(&[])
+        },
+    );
+    send(
+        kolleg.server.smtp_addr(),
+        "anna@kolleg.de",
+        &["carl@schule.example"],
+        MESSAGE,
+    );
+    // Refused connections: deferred, tried again.
+    let deadline = Instant::now() + WAIT;
+    while kolleg.trace.text().matches("cannot connect").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", kolleg.trace.text());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let schule = Node::start(
+        "mx.schule.example",
+        "schule.example",
+        &["carl"],
+        port,
+        Forwarding::new(),
+    );
+    let got = schule.wait_for("carl@schule.example", 1);
+    assert!(got[0].ends_with(MESSAGE.as_bytes()));
+    // No notice: a delay is not a failure.
+    assert!(kolleg.mailbox("anna@kolleg.de").is_empty());
+    kolleg.server.stop();
+    schule.server.stop();
+}
+
+#[test]
+fn a_refused_recipient_gets_anna_a_notice_quoting_the_reply() {
+    let schule = Node::start(
+        "mx.schule.example",
+        "schule.example",
+        &["carl"],
+        0,
+        Forwarding::new(),
+    );
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        trusted(&[("schule.example", &schule)]),
+    );
+    send(
+        kolleg.server.smtp_addr(),
+        "anna@kolleg.de",
+        &["carl@schule.example", "nobody@schule.example"],
+        MESSAGE,
+    );
+    let carl = schule.wait_for("carl@schule.example", 1);
+    assert!(carl[0].ends_with(MESSAGE.as_bytes()));
+    let notices = kolleg.wait_for("anna@kolleg.de", 1);
+    let notice = String::from_utf8(notices[0].clone()).unwrap();
+    assert!(notice.starts_with("Return-Path: <>\r\n"), "{notice}");
+    assert!(notice.contains("multipart/report"), "{notice}");
+    assert!(
+        notice.contains("Final-Recipient: rfc822; nobody@schule.example\r\n"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("Action: failed\r\nStatus: 5.1.1\r\n"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("Diagnostic-Code: smtp; 550 5.1.1 No such user here\r\n"),
+        "{notice}"
+    );
+    assert!(
+        !notice.contains("Final-Recipient: rfc822; carl@"),
+        "{notice}"
+    );
+    // One transaction carried both recipients.
+    assert_eq!(schule.transactions(), 1);
+    kolleg.server.stop();
+    schule.server.stop();
+}
+
+#[test]
+fn recipients_on_one_host_travel_together() {
+    let schule = Node::start(
+        "mx.schule.example",
+        "schule.example",
+        &["carl", "dora"],
+        0,
+        Forwarding::new(),
+    );
+    let other = Node::start(
+        "mx.other.example",
+        "other.example",
+        &["emil"],
+        0,
+        Forwarding::new(),
+    );
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna", "bob"],
+        0,
+        trusted(&[("schule.example", &schule), ("other.example", &other)]),
+    );
+    send(
+        kolleg.server.smtp_addr(),
+        "anna@kolleg.de",
+        &[
+            "carl@schule.example",
+            "emil@other.example",
+            "dora@schule.example",
+            "bob@kolleg.de",
+        ],
+        MESSAGE,
+    );
+    for (node, who) in [
+        (&schule, "carl@schule.example"),
+        (&schule, "dora@schule.example"),
+        (&other, "emil@other.example"),
+        (&kolleg, "bob@kolleg.de"),
+    ] {
+        let got = node.wait_for(who, 1);
+        assert!(got[0].ends_with(MESSAGE.as_bytes()), "{who}");
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(schule.transactions(), 1, "{}", schule.trace.text());
+    assert_eq!(other.transactions(), 1, "{}", other.trace.text());
+    for (node, who) in [
+        (&schule, "carl@schule.example"),
+        (&schule, "dora@schule.example"),
+        (&other, "emil@other.example"),
+    ] {
+        assert_eq!(node.mailbox(who).len(), 1, "{who}");
+    }
+    assert!(kolleg.mailbox("anna@kolleg.de").is_empty());
+    kolleg.server.stop();
+    schule.server.stop();
+    other.server.stop();
+}
+
+#[test]
+fn a_message_past_fifty_hops_is_refused() {
+    let kolleg = Node::start("mail.kolleg.de", "kolleg.de", &["anna"], 0, trusted(&[]));
+    let mut c = Client::connect(kolleg.server.smtp_addr());
+    c.reply();
+    c.send("EHLO client.kolleg.de\r\n");
+    c.send("MAIL FROM:<x@elsewhere.example>\r\n");
+    assert_eq!(
+        c.send("RCPT TO:<anna@kolleg.de>\r\n"),
+        "250 2.1.5 Recipient OK\r\n"
+    );
+    c.send("DATA\r\n");
+    let received = "Received: from a by b; Tue, 1 Dec 2026 20:00:00 +0000\r\n".repeat(51);
+    assert_eq!(
+        c.send(&format!(
+            "{received}Subject: loop\r\n\r\nround and round\r\n.\r\n"
+        )),
+        "554 5.4.6 Too many hops: routing loop detected\r\n"
+    );
+    // Fifty are still fine.
+    c.send("MAIL FROM:<x@elsewhere.example>\r\n");
+    c.send("RCPT TO:<anna@kolleg.de>\r\n");
+    c.send("DATA\r\n");
+    let received = "Received: from a by b; Tue, 1 Dec 2026 20:00:00 +0000\r\n".repeat(50);
+    let end = c.send(&format!("{received}Subject: long way\r\n\r\nhere\r\n.\r\n"));
+    assert!(end.starts_with("250 2.0.0 "), "{end}");
+    assert_eq!(kolleg.mailbox("anna@kolleg.de").len(), 1);
+    kolleg.server.stop();
+}
