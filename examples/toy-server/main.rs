@@ -10,10 +10,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use clap::Parser;
 use postamt_examples::domains::ExtraDomains;
-use postamt_examples::{Options, Server, tls};
+use postamt_examples::{Forwarding, Options, Server, tls};
+use postamt_relay::{NextHop, RelayConfig};
 use postamt_store::{
     DEFAULT_MEMORY_LIMIT, Directory, MailStore, Maildir, MemoryStore, StaticDirectory,
 };
@@ -91,6 +93,71 @@ struct Args {
     /// store gets 452 4.3.1.
     #[arg(long, requires = "memory", value_parser = parse_size)]
     memory_limit: Option<u64>,
+    /// Clients in this network may relay mail to other domains without
+    /// logging in (repeatable, CIDR such as 127.0.0.0/8 or ::1/128); default
+    /// none: only authenticated clients relay, everyone else gets 550 5.7.1.
+    #[arg(long = "relay-from", value_name = "CIDR")]
+    relay_from: Vec<ipnet::IpNet>,
+    /// Mail for DOMAIN goes to HOST[:PORT] (repeatable), before
+    /// --relay-host and DNS.
+    #[arg(long = "route", value_name = "DOMAIN=HOST[:PORT]", value_parser = parse_route)]
+    routes: Vec<(String, NextHop)>,
+    /// All other foreign mail goes to this host (a smart host) instead of
+    /// the MX hosts DNS names.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    relay_host: Option<NextHop>,
+    /// Ask this DNS server (IP:PORT) for MX records instead of the system's.
+    #[arg(long, value_name = "IP:PORT")]
+    dns: Option<std::net::SocketAddr>,
+    /// Port of next hops found by DNS (and of routes without a port).
+    #[arg(long, default_value_t = 25)]
+    relay_port: u16,
+    /// Deliveries to other servers running at once.
+    #[arg(long, default_value_t = RelayConfig::new("").concurrency)]
+    relay_concurrency: usize,
+    /// STARTTLS to next hops: `may` uses it when offered, without checking
+    /// the certificate (MX hosts rarely have one for their names); `off`.
+    #[arg(long, default_value = "may", value_parser = ["may", "off"])]
+    relay_tls: String,
+    /// First retry of a deferred recipient (then doubling up to
+    /// --retry-max); durations as 30s, 5m, 2h, 5d.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    retry_after: Duration,
+    /// Longest wait between retries.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    retry_max: Duration,
+    /// A recipient not delivered this long after arrival fails and the
+    /// sender gets a notice.
+    #[arg(long, default_value = "5d", value_parser = parse_duration)]
+    queue_lifetime: Duration,
+}
+
+/// `DOMAIN=HOST[:PORT]`.
+fn parse_route(text: &str) -> Result<(String, NextHop), String> {
+    let (domain, hop) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: give DOMAIN=HOST[:PORT]"))?;
+    let hop = hop
+        .parse::<NextHop>()
+        .map_err(|e| format!("{text:?}: {e}"))?;
+    Ok((domain.to_ascii_lowercase(), hop))
+}
+
+/// A duration: a number and `ms`, `s`, `m`, `h` or `d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?}: give a number with ms, s, m, h or d (30s, 5m, 5d)");
+    let at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (digits, unit) = text.split_at(at);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs).ok_or_else(bad);
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(bad()),
+    }
 }
 
 /// A size in octets: digits, then optionally K, M or G (powers of 1024).
@@ -170,10 +237,24 @@ fn run(args: Args) -> Result<(), String> {
         hostname: args.hostname.clone(),
         tls: tls.clone(),
         trace: args.trace,
-        tls_handshake_timeout: std::time::Duration::from_secs(args.tls_handshake_timeout),
+        tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
         max_connections_per_client: args.max_connections_per_client,
         strict_input: args.strict_input,
         max_connections: args.max_connections,
+        forwarding: Forwarding {
+            relay_from: args.relay_from.clone(),
+            routes: args.routes.clone(),
+            relay_host: args.relay_host.clone(),
+            dns: args.dns,
+            relay_port: args.relay_port,
+            local_domains: domains.clone(),
+            retry_after: args.retry_after,
+            retry_max: args.retry_max,
+            queue_lifetime: args.queue_lifetime,
+            concurrency: args.relay_concurrency,
+            starttls: args.relay_tls == "may",
+            ..Forwarding::new()
+        },
         ..Options::new(store, directory)
     })
     .map_err(|e| e.to_string())?;
@@ -217,6 +298,23 @@ fn run(args: Args) -> Result<(), String> {
         }
         Some(_) => println!("STARTTLS and STLS: on"),
         None => println!("STARTTLS and STLS: off (use --tls-self-signed to try them)"),
+    }
+    if args.relay_from.is_empty() {
+        println!("Relaying: for logged-in clients only (--relay-from CIDR to trust a network).");
+    } else {
+        let nets: Vec<String> = args.relay_from.iter().map(ToString::to_string).collect();
+        println!(
+            "Relaying: for logged-in clients and for {}.",
+            nets.join(", ")
+        );
+    }
+    for (domain, hop) in &args.routes {
+        println!("Route: {domain} -> {hop}");
+    }
+    match (&args.relay_host, args.dns) {
+        (Some(hop), _) => println!("Other foreign mail goes to {hop}."),
+        (None, Some(dns)) => println!("Other foreign mail goes to the MX hosts ({dns} asked)."),
+        (None, None) => println!("Other foreign mail goes to the MX hosts DNS names."),
     }
     println!("Stop with Ctrl-C.");
 
