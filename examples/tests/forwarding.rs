@@ -550,3 +550,121 @@ fn a_message_past_fifty_hops_is_refused() {
     assert_eq!(kolleg.mailbox("anna@kolleg.de").len(), 1);
     kolleg.server.stop();
 }
+
+mod peers;
+
+/// A dnsmasq on a loopback port, stopped when dropped.
+struct Dnsmasq {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Dnsmasq {
+    /// Serves `records` (dnsmasq options) for the `local` domains only.
+    fn start(local: &[&str], records: &[String]) -> Option<Self> {
+        let program = "/usr/sbin/dnsmasq";
+        if !std::path::Path::new(program).exists() {
+            peers::missing(
+                "dnsmasq",
+                "the MX tests ask it; apt-get install dnsmasq-base",
+            );
+            return None;
+        }
+        // A free UDP port; dnsmasq takes it over (TCP on the same number).
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(program);
+        cmd.args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            &format!("--port={port}"),
+        ]);
+        for domain in local {
+            cmd.arg(format!("--local=/{domain}/"));
+        }
+        cmd.args(records)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = cmd.spawn().expect("dnsmasq starts");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Up when it answers on TCP.
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "dnsmasq did not come up");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self { child, addr })
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn mail_goes_to_the_mx_host_dns_names_and_a_null_mx_bounces() {
+    let schule = Node::start(
+        "mx1.schule.example",
+        "schule.example",
+        &["carl"],
+        0,
+        Forwarding::new(),
+    );
+    let Some(dns) = Dnsmasq::start(
+        &["schule.example", "nullmx.example"],
+        &[
+            // The better MX does not exist, so the second one is used.
+            "--mx-host=schule.example,mx0.schule.example,5".into(),
+            "--mx-host=schule.example,mx1.schule.example,10".into(),
+            "--host-record=mx1.schule.example,127.0.0.1".into(),
+            // RFC 7505: preference 0, the root as exchange.
+            "--dns-rr=nullmx.example,15,000000".into(),
+        ],
+    ) else {
+        return;
+    };
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            dns: Some(dns.addr),
+            relay_port: schule.server.smtp_addr().port(),
+            ..trusted(&[])
+        },
+    );
+    send(
+        kolleg.server.smtp_addr(),
+        "anna@kolleg.de",
+        &["carl@schule.example", "niemand@nullmx.example"],
+        MESSAGE,
+    );
+    let got = schule.wait_for("carl@schule.example", 1);
+    assert!(got[0].ends_with(MESSAGE.as_bytes()));
+    let notice = kolleg.wait_for("anna@kolleg.de", 1);
+    let notice = String::from_utf8(notice[0].clone()).unwrap();
+    assert!(
+        notice.contains("Final-Recipient: rfc822; niemand@nullmx.example\r\n"),
+        "{notice}"
+    );
+    assert!(notice.contains("Status: 5.1.10\r\n"), "{notice}");
+    assert!(notice.contains("556 5.1.10"), "{notice}");
+    assert!(
+        !notice.contains("Final-Recipient: rfc822; carl@"),
+        "{notice}"
+    );
+    kolleg.server.stop();
+    schule.server.stop();
+}
