@@ -555,8 +555,24 @@ enum Stage {
     Decided,
 }
 
-/// Runs one delivery: `None` when the relay already knows its end.
+/// Runs one delivery: `None` when the relay already knows its end. A
+/// next hop whose STARTTLS fails gets the message in plaintext on a new
+/// connection, as Postfix does for opportunistic TLS: else a host with a
+/// broken TLS set-up would never get mail.
 fn deliver(ctx: &Context, delivery: &Delivery, input: &Sender<Input>) -> Option<Outcome> {
+    match attempt(ctx, delivery, input, ctx.tls.is_some()) {
+        Some(Outcome::HostFailed(HostFailure::Tls(_))) => attempt(ctx, delivery, input, false),
+        outcome => outcome,
+    }
+}
+
+/// One connection for a delivery; `tls`: try STARTTLS when offered.
+fn attempt(
+    ctx: &Context,
+    delivery: &Delivery,
+    input: &Sender<Input>,
+    tls: bool,
+) -> Option<Outcome> {
     let id = ctx
         .next_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -597,7 +613,7 @@ fn deliver(ctx: &Context, delivery: &Delivery, input: &Sender<Input>) -> Option<
         while let Some(event) = session.poll_event() {
             match event {
                 ClientEvent::Ready(caps) => {
-                    if caps.starttls && !session.is_tls() && !tls_tried && ctx.tls.is_some() {
+                    if caps.starttls && !session.is_tls() && !tls_tried && tls {
                         tls_tried = true;
                         if session.starttls().is_ok() {
                             continue;
@@ -667,21 +683,19 @@ fn deliver(ctx: &Context, delivery: &Delivery, input: &Sender<Input>) -> Option<
                     });
                     let _ = session.quit();
                 }
-                ClientEvent::Closed(Some(e)) => {
-                    if outcome.is_none() {
-                        outcome = match (&stage, e) {
-                            (Stage::Greeting, ClientError::Refused(reply)) => {
-                                Some(Outcome::HostFailed(HostFailure::Refused(reply)))
-                            }
-                            (Stage::Greeting, ClientError::Timeout) => {
-                                Some(Outcome::HostFailed(HostFailure::Timeout))
-                            }
-                            (Stage::Transaction, ClientError::Timeout) => Some(Outcome::Timeout {
-                                answered: Vec::new(),
-                            }),
-                            (stage, e) => failed(stage, e.to_string()),
-                        };
-                    }
+                ClientEvent::Closed(Some(e)) if outcome.is_none() => {
+                    outcome = match (&stage, e) {
+                        (Stage::Greeting, ClientError::Refused(reply)) => {
+                            Some(Outcome::HostFailed(HostFailure::Refused(reply)))
+                        }
+                        (Stage::Greeting, ClientError::Timeout) => {
+                            Some(Outcome::HostFailed(HostFailure::Timeout))
+                        }
+                        (Stage::Transaction, ClientError::Timeout) => Some(Outcome::Timeout {
+                            answered: Vec::new(),
+                        }),
+                        (stage, e) => failed(stage, e.to_string()),
+                    };
                 }
                 _ => {}
             }

@@ -47,6 +47,18 @@ impl Node {
     /// A server for `domain` named `hostname`, with these users (password
     /// `pw`), on `port` (0: any).
     fn start(hostname: &str, domain: &str, users: &[&str], port: u16, f: Forwarding) -> Self {
+        Self::start_tls(hostname, domain, users, port, f, None)
+    }
+
+    /// [`Node::start`], offering STARTTLS with `tls`.
+    fn start_tls(
+        hostname: &str,
+        domain: &str,
+        users: &[&str],
+        port: u16,
+        f: Forwarding,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let mut directory = StaticDirectory::new();
         for user in users {
             directory
@@ -58,6 +70,7 @@ impl Node {
         let trace = Captured::default();
         let server = Server::start(Options {
             smtp_port: port,
+            tls,
             hostname: hostname.to_string(),
             trace: true,
             trace_output: Some(Box::new(trace.clone())),
@@ -665,6 +678,43 @@ fn mail_goes_to_the_mx_host_dns_names_and_a_null_mx_bounces() {
         !notice.contains("Final-Recipient: rfc822; carl@"),
         "{notice}"
     );
+    kolleg.server.stop();
+    schule.server.stop();
+}
+
+#[test]
+fn starttls_is_used_when_the_next_hop_offers_it() {
+    let tls = postamt_examples::tls::self_signed("mx.schule.example").unwrap();
+    let schule = Node::start_tls(
+        "mx.schule.example",
+        "schule.example",
+        &["carl"],
+        0,
+        Forwarding::new(),
+        Some(tls),
+    );
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        trusted(&[("schule.example", &schule)]),
+    );
+    send(
+        kolleg.server.smtp_addr(),
+        "anna@kolleg.de",
+        &["carl@schule.example"],
+        MESSAGE,
+    );
+    let got = schule.wait_for("carl@schule.example", 1);
+    let got = String::from_utf8(got[0].clone()).unwrap();
+    assert!(
+        got.contains("\r\n\tby mx.schule.example (postamt) with ESMTPS;\r\n"),
+        "{got}"
+    );
+    let trace = kolleg.trace.text();
+    assert!(trace.contains(" C: STARTTLS"), "{trace}");
+    assert!(trace.contains("TLS established"), "{trace}");
     kolleg.server.stop();
     schule.server.stop();
 }
