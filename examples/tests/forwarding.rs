@@ -718,3 +718,172 @@ fn starttls_is_used_when_the_next_hop_offers_it() {
     kolleg.server.stop();
     schule.server.stop();
 }
+
+/// A spool whose commit fails while `fail` is set, as a full disk would.
+struct FailingSpool {
+    inner: postamt_store::MemorySpool,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn disk_full() -> postamt_store::StoreError {
+    postamt_store::StoreError::Io {
+        action: "sync",
+        path: "/var/spool/simulated".into(),
+        source: std::io::Error::from_raw_os_error(28),
+    }
+}
+
+impl postamt_store::Spool for FailingSpool {
+    fn begin(&self) -> Result<Box<dyn postamt_store::SpoolWriter>, postamt_store::StoreError> {
+        Ok(Box::new(FailingWriter {
+            inner: self.inner.begin()?,
+            fail: self.fail.clone(),
+        }))
+    }
+    fn list(&self) -> Result<Vec<postamt_store::SpoolEntry>, postamt_store::StoreError> {
+        self.inner.list()
+    }
+    fn read(
+        &self,
+        id: &postamt_store::SpoolId,
+    ) -> Result<Box<dyn Read + Send>, postamt_store::StoreError> {
+        self.inner.read(id)
+    }
+    fn update(
+        &self,
+        id: &postamt_store::SpoolId,
+        record: &[u8],
+    ) -> Result<(), postamt_store::StoreError> {
+        self.inner.update(id, record)
+    }
+    fn remove(&self, id: &postamt_store::SpoolId) -> Result<(), postamt_store::StoreError> {
+        self.inner.remove(id)
+    }
+}
+
+struct FailingWriter {
+    inner: Box<dyn postamt_store::SpoolWriter>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl postamt_store::SpoolWriter for FailingWriter {
+    fn id(&self) -> &postamt_store::SpoolId {
+        self.inner.id()
+    }
+    fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), postamt_store::StoreError> {
+        self.inner.write_chunk(chunk)
+    }
+    fn commit(self: Box<Self>, record: &[u8]) -> Result<(), postamt_store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(disk_full());
+        }
+        self.inner.commit(record)
+    }
+}
+
+/// A store whose deliveries fail to commit while `fail` is set.
+struct FailingStore {
+    inner: MemoryStore,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct FailingDelivery {
+    inner: Box<dyn postamt_store::Delivery>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl postamt_store::Delivery for FailingDelivery {
+    fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), postamt_store::StoreError> {
+        self.inner.write_chunk(chunk)
+    }
+    fn commit(self: Box<Self>) -> Result<(), postamt_store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(disk_full());
+        }
+        self.inner.commit()
+    }
+}
+
+impl MailStore for FailingStore {
+    fn begin_delivery(
+        &self,
+        recipients: &[MailboxName],
+    ) -> Result<Box<dyn postamt_store::Delivery>, postamt_store::StoreError> {
+        Ok(Box::new(FailingDelivery {
+            inner: self.inner.begin_delivery(recipients)?,
+            fail: self.fail.clone(),
+        }))
+    }
+    fn open_maildrop(
+        &self,
+        mailbox: &MailboxName,
+    ) -> Result<Box<dyn postamt_store::Maildrop>, postamt_store::StoreError> {
+        self.inner.open_maildrop(mailbox)
+    }
+}
+
+/// One transaction to a local and a foreign recipient; the final reply.
+fn local_and_foreign(addr: SocketAddr) -> String {
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.send("EHLO client.kolleg.de\r\n");
+    c.send("MAIL FROM:<anna@kolleg.de>\r\n");
+    assert_eq!(
+        c.send("RCPT TO:<bob@kolleg.de>\r\n"),
+        "250 2.1.5 Recipient OK\r\n"
+    );
+    assert_eq!(
+        c.send("RCPT TO:<carl@schule.example>\r\n"),
+        "250 2.1.5 Recipient OK\r\n"
+    );
+    c.send("DATA\r\n");
+    c.send("Subject: both\r\n\r\nfor bob and carl\r\n.\r\n")
+}
+
+#[test]
+fn the_250_comes_only_when_queue_and_mailbox_both_have_the_message() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let spool_fails = Arc::new(AtomicBool::new(true));
+    let store_fails = Arc::new(AtomicBool::new(false));
+    let spool = Arc::new(FailingSpool {
+        inner: postamt_store::MemorySpool::new(),
+        fail: spool_fails.clone(),
+    });
+    let store = Arc::new(FailingStore {
+        inner: MemoryStore::new(),
+        fail: store_fails.clone(),
+    });
+    let server = Server::start(Options {
+        forwarding: Forwarding {
+            relay_from: vec!["127.0.0.0/8".parse().unwrap()],
+            // Nobody listens there: a queued message stays queued.
+            relay_host: Some("127.0.0.1:9".parse().unwrap()),
+            spool: spool.clone(),
+            ..Forwarding::new()
+        },
+        ..Options::new(store.clone(), Arc::new(StaticDirectory::demo()))
+    })
+    .unwrap();
+    let bob = StaticDirectory::demo().resolve("bob@kolleg.de").unwrap();
+    let bobs = || store.inner.open_maildrop(&bob).unwrap().messages().len();
+    let queued = || postamt_store::Spool::list(&*spool).unwrap().len();
+
+    // The queue cannot take it: bob does not get it either.
+    let end = local_and_foreign(server.smtp_addr());
+    assert!(end.starts_with("451 4.3.0 "), "{end}");
+    assert_eq!((bobs(), queued()), (0, 0));
+
+    // Bob's mailbox cannot take it: the queue entry is taken back.
+    spool_fails.store(false, Ordering::SeqCst);
+    store_fails.store(true, Ordering::SeqCst);
+    let end = local_and_foreign(server.smtp_addr());
+    assert!(end.starts_with("451 4.3.0 "), "{end}");
+    assert_eq!((bobs(), queued()), (0, 0));
+
+    // Both take it: 250, one copy each.
+    store_fails.store(false, Ordering::SeqCst);
+    let end = local_and_foreign(server.smtp_addr());
+    assert!(end.starts_with("250 2.0.0 "), "{end}");
+    assert_eq!((bobs(), queued()), (1, 1));
+    server.stop();
+}
