@@ -887,3 +887,111 @@ fn the_250_comes_only_when_queue_and_mailbox_both_have_the_message() {
     assert_eq!((bobs(), queued()), (1, 1));
     server.stop();
 }
+
+#[test]
+fn a_route_back_to_this_server_fails_instead_of_looping() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        port,
+        Forwarding {
+            routes: vec![(
+                "schule.example".into(),
+                format!("127.0.0.1:{port}").parse().unwrap(),
+            )],
+            ..trusted(&[])
+        },
+    );
+    send(
+        kolleg.server.smtp_addr(),
+        "anna@kolleg.de",
+        &["carl@schule.example"],
+        MESSAGE,
+    );
+    let notice = kolleg.wait_for("anna@kolleg.de", 1);
+    let notice = String::from_utf8(notice[0].clone()).unwrap();
+    assert!(notice.contains("Status: 5.4.6\r\n"), "{notice}");
+    assert!(notice.contains("greets as mail.kolleg.de"), "{notice}");
+    // It said QUIT at once: one connection to itself, no transaction.
+    assert_eq!(kolleg.transactions(), 1, "only anna's own");
+    kolleg.server.stop();
+}
+
+/// A next hop that answers every RCPT with `451`; counts its sessions.
+fn always_451() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sessions.clone();
+    thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            thread::spawn(move || {
+                let mut w = tcp.try_clone().unwrap();
+                let mut r = BufReader::new(tcp);
+                let _ = w.write_all(b"220 busy.example ESMTP\r\n");
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let answer: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-busy.example\r\n250 ENHANCEDSTATUSCODES\r\n",
+                        "MAIL" => b"250 2.1.0 ok\r\n",
+                        "RCPT" => b"451 4.3.0 Try again later\r\n",
+                        "QUIT" => b"221 2.0.0 bye\r\n",
+                        _ => b"503 5.5.1 no\r\n",
+                    };
+                    let _ = w.write_all(answer);
+                    if verb == "QUIT" {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    (addr, sessions)
+}
+
+#[test]
+fn a_next_hop_that_defers_forever_fails_at_the_end_of_the_lifetime() {
+    let (addr, sessions) = always_451();
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("busy.example".into(), addr.to_string().parse().unwrap())],
+            queue_lifetime: Duration::from_secs(3),
+            ..trusted(&[])
+        },
+    );
+    send(
+        kolleg.server.smtp_addr(),
+        "anna@kolleg.de",
+        &["niemand@busy.example"],
+        MESSAGE,
+    );
+    let notice = kolleg.wait_for("anna@kolleg.de", 1);
+    let notice = String::from_utf8(notice[0].clone()).unwrap();
+    assert!(
+        notice.contains("Final-Recipient: rfc822; niemand@busy.example\r\n"),
+        "{notice}"
+    );
+    assert!(notice.contains("Action: failed\r\n"), "{notice}");
+    assert!(
+        notice.contains("Diagnostic-Code: smtp; 451 4.3.0 Try again later\r\n"),
+        "{notice}"
+    );
+    // Tried again and again in between (retries after 0.5 s, then 1 s).
+    let tries = sessions.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(tries >= 3, "{tries} sessions");
+    kolleg.server.stop();
+}
