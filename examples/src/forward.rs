@@ -720,7 +720,15 @@ fn attempt(
                 }
             }
         }
-        if let Err(e) = exchange(&mut stream, &mut session, &mut out, &mut buf, &mut trace) {
+        let sending = body.is_some();
+        if let Err(e) = exchange(
+            &mut stream,
+            &mut session,
+            sending,
+            &mut out,
+            &mut buf,
+            &mut trace,
+        ) {
             trace.note(&format!("connection failed: {e}"));
             return outcome.or_else(|| failed(&stage, e.to_string()));
         }
@@ -729,24 +737,19 @@ fn attempt(
     outcome.or_else(|| failed(&stage, "the session ended".into()))
 }
 
-/// `client::exchange` with the bytes shown in the trace.
+/// `client::exchange` with the bytes shown in the trace. While `sending` a
+/// body, it waits for the server only when the session takes no more of
+/// it now: once written out, the rest goes on at once.
 fn exchange(
     stream: &mut ClientStream,
     session: &mut ClientSession,
+    sending: bool,
     out: &mut Vec<u8>,
     buf: &mut [u8],
     trace: &mut Trace,
 ) -> io::Result<()> {
-    crate::client::flush(stream, session, out)?;
-    if trace.enabled() {
-        // The message text is not shown, only the commands around it.
-        if out.len() < 1000 {
-            trace.client(out, false);
-        } else {
-            trace.note(&format!("... {} octets sent", out.len()));
-        }
-    }
-    if session.is_closed() {
+    flush(stream, session, out, trace)?;
+    if session.is_closed() || (sending && session.wants_message_bytes()) {
         return Ok(());
     }
     match stream.read_until(buf, session.poll_timeout())? {
@@ -755,6 +758,25 @@ fn exchange(
         Some(n) => {
             trace.server(&buf[..n]);
             session.receive(Instant::now(), &buf[..n]);
+        }
+    }
+    Ok(())
+}
+
+/// Writes what the session has to send, shown in the trace (a large
+/// write, the message text, only by its length).
+fn flush(
+    stream: &mut ClientStream,
+    session: &mut ClientSession,
+    out: &mut Vec<u8>,
+    trace: &mut Trace,
+) -> io::Result<()> {
+    crate::client::flush(stream, session, out)?;
+    if trace.enabled() {
+        if out.len() < 1000 {
+            trace.client(out, false);
+        } else {
+            trace.note(&format!("... {} octets sent", out.len()));
         }
     }
     Ok(())

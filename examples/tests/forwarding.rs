@@ -995,3 +995,40 @@ fn a_next_hop_that_defers_forever_fails_at_the_end_of_the_lifetime() {
     assert!(tries >= 3, "{tries} sessions");
     kolleg.server.stop();
 }
+
+#[test]
+fn a_large_message_is_passed_on_whole() {
+    let schule = Node::start(
+        "mx.schule.example",
+        "schule.example",
+        &["carl"],
+        0,
+        Forwarding::new(),
+    );
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        trusted(&[("schule.example", &schule)]),
+    );
+    // 2 MiB: far more than the client session buffers before writing.
+    let mut big = String::from("Subject: big\r\n\r\n");
+    let mut n = 0;
+    while big.len() < 2 << 20 {
+        big.push_str(&format!(
+            "{n:08} the quick brown fox jumps over the lazy dog\r\n"
+        ));
+        n += 1;
+    }
+    send(
+        kolleg.server.smtp_addr(),
+        "anna@kolleg.de",
+        &["carl@schule.example"],
+        &big,
+    );
+    let got = schule.wait_for("carl@schule.example", 1);
+    assert!(got[0].ends_with(big.as_bytes()), "{} octets", got[0].len());
+    kolleg.server.stop();
+    schule.server.stop();
+}
