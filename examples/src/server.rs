@@ -67,7 +67,7 @@ impl Options {
             tls_handshake_timeout: Duration::from_secs(300),
             max_connections_per_client: 50,
             strict_input: false,
-            max_connections: 100,
+            max_connections: 200,
         }
     }
 }
