@@ -70,7 +70,7 @@ impl Options {
             tls_handshake_timeout: Duration::from_secs(300),
             max_connections_per_client: 50,
             strict_input: false,
-            max_connections: 100,
+            max_connections: 200,
             forwarding: Forwarding::new(),
         }
     }
@@ -345,7 +345,7 @@ fn accept_loop(
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if open.load(Ordering::SeqCst) >= shared.max_connections {
-            refuse(tcp, kind, shared);
+            refuse(tcp, kind, shared, "Too many connections");
             eprintln!(
                 "#{id} {peer}: turned away, {} connections open",
                 shared.max_connections
@@ -355,7 +355,7 @@ fn accept_loop(
         let Some(slot) =
             ClientSlot::take(&per_client, peer.ip(), shared.max_connections_per_client)
         else {
-            refuse_client(tcp, kind, shared);
+            refuse(tcp, kind, shared, "Too many connections from your address");
             eprintln!(
                 "#{id} {peer}: turned away, {} connections from {} open",
                 shared.max_connections_per_client,
@@ -423,31 +423,10 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Answers a connection over its address's limit and closes it.
-fn refuse_client(mut tcp: TcpStream, kind: Kind, shared: &Shared) {
-    let _ = tcp.set_write_timeout(Some(Duration::from_secs(2)));
-    let mut out = Vec::new();
-    match kind {
-        Kind::Smtp => postamt_smtp::Reply::new(
-            421,
-            Some(postamt_smtp::EnhancedCode::TEMPORARY_SECURITY),
-            format!(
-                "{} Too many connections from your address, try again later",
-                shared.smtp.hostname
-            ),
-        )
-        .render(&mut out),
-        Kind::Pop3 => postamt_pop3::Response::err_with(
-            postamt_pop3::ResponseCode::SysTemp,
-            "Too many connections from your address",
-        )
-        .render(&mut out),
-    }
-    let _ = tcp.write_all(&out);
-}
-
-/// Answers a connection over the cap and closes it.
-fn refuse(mut tcp: TcpStream, kind: Kind, shared: &Shared) {
+/// Answers a connection that is turned away (`why`: over the cap, or too
+/// many from its address) and closes it: SMTP's 421 greeting (without an
+/// enhanced code, which only follows EHLO), POP3's `-ERR [SYS/TEMP]`.
+fn refuse(mut tcp: TcpStream, kind: Kind, shared: &Shared, why: &str) {
     let _ = tcp.set_write_timeout(Some(Duration::from_secs(2)));
     let mut out = Vec::new();
     match kind {
@@ -455,15 +434,14 @@ fn refuse(mut tcp: TcpStream, kind: Kind, shared: &Shared) {
             let mut s = postamt_smtp::ServerSession::new_refused(
                 Arc::clone(&shared.smtp),
                 Instant::now(),
-                "Too many connections, try again later",
+                &format!("{why}, try again later"),
             );
             postamt_smtp::Session::poll_transmit(&mut s, &mut out);
         }
-        Kind::Pop3 => postamt_pop3::Response::err_with(
-            postamt_pop3::ResponseCode::SysTemp,
-            "Too many connections, try again later",
-        )
-        .render(&mut out),
+        Kind::Pop3 => {
+            postamt_pop3::Response::err_with(postamt_pop3::ResponseCode::SysTemp, why.to_string())
+                .render(&mut out);
+        }
     }
     let _ = tcp.write_all(&out);
 }

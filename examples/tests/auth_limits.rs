@@ -140,3 +140,35 @@ fn smtp_plain_acting_for_someone_else_is_refused() {
     c.command("QUIT\r\n");
     server.stop();
 }
+
+#[test]
+fn pop3_third_refused_login_closes_and_the_right_password_still_works() {
+    let server = start();
+    let pop3_line = |l: &str| l.ends_with("\r\n");
+    let mut c = Client::open(server.pop3_addr());
+    assert!(c.reply(pop3_line).starts_with("+OK"));
+    let started = Instant::now();
+    for round in 0..3 {
+        c.send("USER bob\r\n");
+        assert!(c.reply(pop3_line).starts_with("+OK"));
+        c.send("PASS guess\r\n");
+        let refused = c.reply(pop3_line);
+        assert!(
+            refused.starts_with("-ERR [AUTH] "),
+            "round {round}: {refused}"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(
+        c.closed(),
+        "the connection stays open after the third refusal"
+    );
+
+    let mut c = Client::open(server.pop3_addr());
+    c.reply(pop3_line);
+    c.send("USER bob\r\nPASS topSecret\r\n");
+    assert!(c.reply(pop3_line).starts_with("+OK"));
+    assert!(c.reply(pop3_line).starts_with("+OK Logged in"));
+    c.send("QUIT\r\n");
+    server.stop();
+}

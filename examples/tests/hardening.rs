@@ -685,7 +685,7 @@ fn a_client_address_over_its_limit_is_turned_away_and_others_are_served() {
         (
             server.smtp_addr(),
             "220 mail.kolleg.de ESMTP postamt ready\r\n",
-            "421 4.7.0 mail.kolleg.de Too many connections from your address, try again later\r\n",
+            "421 mail.kolleg.de Too many connections from your address, try again later\r\n",
         ),
         (
             server.pop3_addr(),

@@ -352,24 +352,21 @@ fn addresses(listen: IpAddr) -> Vec<IpAddr> {
     found
 }
 
-/// Non-loopback IPv4 addresses, read from the kernel where it offers them
-/// (Linux: /proc/net/fib_trie).
+/// Every non-loopback address of this machine's interfaces, IPv4 first,
+/// then IPv6 (link-local ones left out: they need a zone to be reached).
 fn interface_addresses() -> Vec<IpAddr> {
-    let mut found: Vec<IpAddr> = Vec::new();
-    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
-        let lines: Vec<&str> = trie.lines().collect();
-        for pair in lines.windows(2) {
-            if pair[1].contains("/32 host LOCAL")
-                && let Some(ip) = pair[0]
-                    .split_whitespace()
-                    .last()
-                    .and_then(|s| s.parse::<IpAddr>().ok())
-                && !ip.is_loopback()
-                && !found.contains(&ip)
-            {
-                found.push(ip);
-            }
+    let mut found: Vec<IpAddr> = match if_addrs::get_if_addrs() {
+        Ok(interfaces) => interfaces
+            .iter()
+            .filter(|i| !i.is_loopback())
+            .map(if_addrs::Interface::ip)
+            .collect(),
+        Err(e) => {
+            eprintln!("toy-server: cannot list the network interfaces: {e}");
+            Vec::new()
         }
-    }
+    };
+    found.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+    found.dedup();
     found
 }

@@ -148,6 +148,12 @@ fn run(setup: &Setup, config: &Arc<ServerConfig>, input: &[u8], splits: &[usize]
             assert!(session.poll_event().is_none(), "a closed session made an event");
         }
         if held > limit {
+            // Closed means closed and drained: first take what the session
+            // said on its way out (the transaction it dropped).
+            while let Some(event) = session.poll_event() {
+                push_event(&mut events, event);
+            }
+            session.poll_transmit(&mut output);
             assert!(
                 session.is_closed(),
                 "{held} bytes arrived while a decision was pending, limit {limit}, session still open"

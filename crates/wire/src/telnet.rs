@@ -105,6 +105,23 @@ impl TelnetFilter {
         self.telnet
     }
 
+    /// Whether [`push`](Self::push) would hand `input` on exactly as it is,
+    /// whatever the session reads meanwhile: nothing is held, the client
+    /// has not negotiated, `input` ends a line (a key typed alone must stay
+    /// here, where a Backspace after it can still reach it) and has none of
+    /// the bytes the filter acts on (IAC, Backspace, DEL, NUL). A caller may
+    /// then give `input` to the session directly, in one piece, which is
+    /// what a mail client's reads almost always allow.
+    pub fn passes_unchanged(&self, input: &[u8]) -> bool {
+        input.last() == Some(&b'\n')
+            && self.state == State::Text
+            && self.line.is_empty()
+            && !self.overflowed
+            && !self.telnet
+            && memchr::memchr3(IAC, BS, DEL, input).is_none()
+            && memchr::memchr(0, input).is_none()
+    }
+
     /// Appends the refusals owed to the client to `buf`; returns how many
     /// bytes.
     pub fn poll_reply(&mut self, buf: &mut Vec<u8>) -> usize {
@@ -358,6 +375,31 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, b"Hallo Bob\xff!\r\n.\r\n");
+    }
+
+    #[test]
+    fn passes_unchanged_means_what_it_says() {
+        let mut f = TelnetFilter::new(64);
+        let mail = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 3\r\nx\ry\r\n";
+        assert!(f.passes_unchanged(mail));
+        // Whatever is read, lines or message text, it comes out the same.
+        for reads in [Reads::Lines, Reads::Message] {
+            let (out, replies) = every_split(mail, reads);
+            assert_eq!(out, mail);
+            assert!(replies.is_empty());
+        }
+        for special in [&b"a\x08\n"[..], b"\xff\n", b"\x7f\n", b"\r\x00\n", b"NOO"] {
+            assert!(!f.passes_unchanged(special), "{special:?}");
+        }
+        // A half-typed line held, or a telnet client: never unchanged.
+        let mut out = Vec::new();
+        f.push(b"NOO", Reads::Lines, &mut out);
+        assert!(!f.passes_unchanged(b"P\r\n"));
+        out.clear();
+        f.push(b"P\r\n\xff\xfb\x1f", Reads::Lines, &mut out);
+        f.push(b"\xff\xfb\x1f", Reads::Lines, &mut out);
+        assert!(f.is_telnet());
+        assert!(!f.passes_unchanged(b"NOOP\r\n"));
     }
 
     #[test]

@@ -348,6 +348,13 @@ proptest! {
             prop_assert_eq!(&telnet_filtered(&text, &points, reads), &whole);
             prop_assert!(whole.0.len() <= text.len());
         }
+        if postamt_wire::TelnetFilter::new(16).passes_unchanged(&text) {
+            for reads in [Reads::Lines, Reads::Message] {
+                let (out, replies) = telnet_filtered(&text, &[0, text.len()], reads);
+                prop_assert_eq!(&out, &text);
+                prop_assert!(replies.is_empty());
+            }
+        }
         if !text.contains(&255) {
             let (out, replies) = telnet_filtered(&text, &[0, text.len()], Reads::Message);
             prop_assert_eq!(out, text);
