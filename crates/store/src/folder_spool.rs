@@ -143,17 +143,19 @@ impl FolderSpool {
         }
     }
 
-    /// Whether `id` is committed (its record is there).
+    /// Whether `id` is in the queue: its record and its message are there.
     fn require(&self, id: &SpoolId) -> Result<(), StoreError> {
-        let rec = self.rec(id);
-        match fs::symlink_metadata(&rec) {
-            Ok(meta) if meta.is_file() => Ok(()),
-            Ok(_) => Err(StoreError::NoSuchSpoolEntry(id.clone())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(StoreError::NoSuchSpoolEntry(id.clone()))
+        for path in [self.rec(id), self.msg(id)] {
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => return Err(StoreError::NoSuchSpoolEntry(id.clone())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StoreError::NoSuchSpoolEntry(id.clone()));
+                }
+                Err(e) => return Err(StoreError::io("stat", path, e)),
             }
-            Err(e) => Err(StoreError::io("stat", rec, e)),
         }
+        Ok(())
     }
 
     /// Removes leftovers last changed more than [`STALE_TMP_AGE`] before
@@ -302,6 +304,7 @@ impl Spool for FolderSpool {
 
     fn remove(&self, id: &SpoolId) -> Result<(), StoreError> {
         self.ensure_layout()?;
+        self.require(id)?;
         let rec = self.rec(id);
         match fs::remove_file(&rec) {
             Ok(()) => {}
