@@ -17,7 +17,9 @@
 //!
 //! 1. **In: messages.** When a message is durably in the caller's queue,
 //!    [`Relay::enqueue`] it (after a restart: every queued message, with
-//!    the recipient states the store kept).
+//!    the recipient states the store kept). [`QueuedMessage::to_record`]
+//!    writes that state down as text and [`QueuedMessage::from_record`]
+//!    reads it back ([`record`] has the format).
 //! 2. **Out: actions.** Call [`Relay::poll_action`]`(now)` until it returns
 //!    `None`, after every input. In this order it returns:
 //!    - [`Action::Notify`]: a notice for the original sender; compose it

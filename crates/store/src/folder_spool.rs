@@ -1,48 +1,7 @@
 //! The outbound queue in a folder, with Maildir's rules for durable files.
 //!
-//! Layout under the spool folder:
-//!
-//! - `tmp/`: files being written: a message (`<id>`), its first record
-//!   (`<id>.rec`), a replacement record (`<id>.<n>.upd`);
-//! - `msg/<id>`: a committed message's octets;
-//! - `rec/<id>`: its record. **A message is in the queue exactly when
-//!   `rec/<id>` and `msg/<id>` both exist**; everything else is a leftover.
-//!
-//! Ids are `<unix seconds, 10 digits>.<microseconds, 6 digits>_<pid>_<n>`
-//! ([`SpoolId`]-valid), taken when [`Spool::begin`] is called: the time and
-//! pid keep them unique across restarts and between processes, `n` (a
-//! per-process counter) within one process, and a name already taken in
-//! any of the three folders is never reused. [`Spool::list`] sorts by time
-//! and counter, so messages come back in the order they were begun (as far
-//! as the clock goes forward).
-//!
-//! # Why a crash leaves only whole entries
-//!
-//! - **commit**: the message file is fsynced, the record written to
-//!   `tmp/<id>.rec` and fsynced, the message linked into `msg/` and `msg/`
-//!   fsynced, and only then the record linked into `rec/` and `rec/`
-//!   fsynced. A record name therefore always points at a whole record and a
-//!   durable message. A crash before the record's link leaves a message
-//!   without a record: not listed. A crash after the link but before `rec/`
-//!   is fsynced may leave the entry or not; commit had not returned, so
-//!   the client had no 250 yet and sends again: at worst a duplicate, never
-//!   a loss (RFC 5321 §6.1).
-//! - **update**: the new record is written to a new file in `tmp/`,
-//!   fsynced, renamed over `rec/<id>` (atomic: the name points at the old
-//!   or the new file, both whole), and `rec/` is fsynced before `Ok`.
-//! - **remove**: the record goes first (`rec/` fsynced), then the message
-//!   (`msg/` fsynced). A crash between leaves a message without a record:
-//!   not listed.
-//!
-//! Leftovers (files in `tmp/`, messages without a record, records without a
-//! message) are never listed, and [`Spool::list`] removes those last changed
-//! more than [`STALE_TMP_AGE`] ago, as Maildir readers do with `tmp/`: the
-//! age keeps a listing from another process (an admin's `queue` command)
-//! from removing a message that a running server is committing right now.
-//!
-//! One process owns a spool folder and its clones share it (there are no
-//! file locks); each id is changed by one caller at a time (an update and a
-//! remove of the same id must not race). Other processes may list it.
+//! See [`FolderSpool`] for the layout and why a crash leaves only whole
+//! entries.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -57,8 +16,51 @@ use crate::{Spool, SpoolEntry, SpoolId, SpoolWriter, StoreError};
 /// Ids and temporary names taken by this process, across all spools.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A [`Spool`] in a folder of plain files, durable across crashes; see the
-/// [module documentation](self) for the layout and the crash reasoning.
+/// A [`Spool`] in a folder of plain files, durable across crashes.
+///
+/// Layout under the spool folder:
+///
+/// - `tmp/`: files being written: a message (`<id>`), its first record
+///   (`<id>.rec`), a replacement record (`<id>.<n>.upd`);
+/// - `msg/<id>`: a committed message's octets;
+/// - `rec/<id>`: its record. **A message is in the queue exactly when
+///   `rec/<id>` and `msg/<id>` both exist**; everything else is a leftover.
+///
+/// Ids are `<unix seconds, 10 digits>.<microseconds, 6 digits>_<pid>_<n>`
+/// ([`SpoolId`]-valid), taken when [`Spool::begin`] is called: the time and
+/// pid keep them unique across restarts and between processes, `n` (a
+/// per-process counter) within one process, and a name already taken in
+/// any of the three folders is never reused. [`Spool::list`] sorts by time
+/// and counter, so messages come back in the order they were begun (as far
+/// as the clock goes forward).
+///
+/// # Why a crash leaves only whole entries
+///
+/// - **commit**: the message file is fsynced, the record written to
+///   `tmp/<id>.rec` and fsynced, the message linked into `msg/` and `msg/`
+///   fsynced, and only then the record linked into `rec/` and `rec/`
+///   fsynced. A record name therefore always points at a whole record and a
+///   durable message. A crash before the record's link leaves a message
+///   without a record: not listed. A crash after the link but before `rec/`
+///   is fsynced may leave the entry or not; commit had not returned, so
+///   the client had no 250 yet and sends again: at worst a duplicate, never
+///   a loss (RFC 5321 §6.1).
+/// - **update**: the new record is written to a new file in `tmp/`,
+///   fsynced, renamed over `rec/<id>` (atomic: the name points at the old
+///   or the new file, both whole), and `rec/` is fsynced before `Ok`.
+/// - **remove**: the record goes first (`rec/` fsynced), then the message
+///   (`msg/` fsynced). A crash between leaves a message without a record:
+///   not listed.
+///
+/// Leftovers (files in `tmp/`, messages without a record, records without a
+/// message) are never listed, and [`Spool::list`] removes those last changed
+/// more than [`STALE_TMP_AGE`] ago, as Maildir readers do with `tmp/`: the
+/// age keeps a listing from another process (an admin's `queue` command)
+/// from removing a message that a running server is committing right now.
+///
+/// One process owns a spool folder and its clones share it (there are no
+/// file locks); each id is changed by one caller at a time (an update and a
+/// remove of the same id must not race). Other processes may list it.
 #[derive(Clone, Debug)]
 pub struct FolderSpool {
     dir: PathBuf,
