@@ -468,3 +468,76 @@ proptest! {
         }
     }
 }
+
+/// The record carries what a relay needs after a restart: the deferred
+/// recipient comes back at its retry time, the delivered one never.
+#[test]
+fn a_relay_restarted_from_records_goes_on_where_it_stopped() {
+    use crate::{Action, HostFailure, Outcome, Relay, RelayConfig, Routes};
+    use postamt_smtp::{ForwardPath, Report};
+
+    let routes = || {
+        Routes::new()
+            .static_route("schule.example", "127.0.0.2:2525".parse().unwrap())
+            .static_route("other.example", "127.0.0.3:2525".parse().unwrap())
+    };
+    let now = at(1_700_000_000, 0);
+    let id = MessageId::new("1700000000.000000_42_1");
+    let mut relay = Relay::new(RelayConfig::new("mx.kolleg.de"), routes());
+    relay
+        .enqueue(
+            QueuedMessage::new(id.clone(), "<anna@kolleg.de>".parse().unwrap(), now, 10)
+                .with_recipient(QueuedRecipient::new("carl@schule.example".parse().unwrap()))
+                .with_recipient(QueuedRecipient::new("dora@other.example".parse().unwrap())),
+        )
+        .unwrap();
+    let deliveries: Vec<_> = std::iter::from_fn(|| relay.poll_action(now))
+        .map(|a| match a {
+            Action::Deliver(d) => d,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(deliveries.len(), 2);
+    relay
+        .handle(
+            now,
+            deliveries[0].id(),
+            Outcome::HostFailed(HostFailure::Unreachable("connection refused".into())),
+        )
+        .unwrap();
+    let ok = Reply::new(250, Some(EnhancedCode::OK), "queued");
+    let dora: ForwardPath<'static> = "dora@other.example".parse().unwrap();
+    let report = Report {
+        accepted: vec![(dora, ok.clone())],
+        refused: vec![],
+        outcome: Ok(ok),
+    };
+    relay
+        .handle(now, deliveries[1].id(), Outcome::Done(report))
+        .unwrap();
+    while relay.poll_action(now).is_some() {}
+
+    let record = relay.message(&id).unwrap().to_record();
+    let text = String::from_utf8(record.clone()).unwrap();
+    assert!(text.contains("rcpt carl@schule.example\ndelay-notified no\nstate deferred 1 "));
+    assert!(text.contains("rcpt dora@other.example\ndelay-notified no\nstate delivered\nreply 250 2.0.0\ntext \"queued\"\n"));
+
+    let mut restarted = Relay::new(RelayConfig::new("mx.kolleg.de"), routes());
+    let back = QueuedMessage::from_record(id.clone(), &record).unwrap();
+    assert_eq!(&back, relay.message(&id).unwrap());
+    restarted.enqueue(back).unwrap();
+    assert!(
+        restarted.poll_action(now).is_none(),
+        "carl waits for his retry"
+    );
+    let retry = restarted.poll_timeout().unwrap();
+    assert!(retry > now);
+    let Some(Action::Deliver(d)) = restarted.poll_action(retry) else {
+        panic!("carl is due at {retry:?}")
+    };
+    assert_eq!(
+        d.recipients(),
+        ["carl@schule.example".parse::<Mailbox<'static>>().unwrap()]
+    );
+    assert_eq!(d.host().to_string(), "127.0.0.2:2525");
+}
