@@ -183,11 +183,7 @@ fn client_against_smtp_sink() {
         peers::missing(sink, "Debian package postfix");
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = peers::spare_port();
     let _sink = Reaper(
         Command::new(sink)
             .args(["-u", "nobody", &format!("127.0.0.1:{port}"), "64"])

@@ -793,15 +793,8 @@ fn a_trace_nobody_reads_drops_and_counts_lines_and_every_greeting_comes() {
         );
         return;
     };
-    // Two free ports, held at once so they differ, then let go for the server.
-    let probes: Vec<std::net::TcpListener> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let ports: Vec<String> = probes
-        .iter()
-        .map(|l| l.local_addr().unwrap().port().to_string())
-        .collect();
-    drop(probes);
+    // Two spare ports (they differ: the counter moves on) for the server.
+    let ports: Vec<String> = (0..2).map(|_| peers::spare_port().to_string()).collect();
     let mut server = Running(
         Command::new(binary)
             .args(["--trace", "--memory", "--smtp-port", &ports[0]])

@@ -7,7 +7,6 @@
 //! client logs in, checks STAT, LIST, UIDL, RETR (byte for byte), TOP, marks
 //! message 1 deleted and QUITs; a second session sees one message left.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -89,11 +88,7 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    peers::spare_port()
 }
 
 /// Writes the configuration, delivers the messages and starts Dovecot.

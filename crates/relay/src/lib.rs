@@ -17,7 +17,9 @@
 //!
 //! 1. **In: messages.** When a message is durably in the caller's queue,
 //!    [`Relay::enqueue`] it (after a restart: every queued message, with
-//!    the recipient states the store kept).
+//!    the recipient states the store kept). [`QueuedMessage::to_record`]
+//!    writes that state down as text and [`QueuedMessage::from_record`]
+//!    reads it back ([`record`] has the format).
 //! 2. **Out: actions.** Call [`Relay::poll_action`]`(now)` until it returns
 //!    `None`, after every input. In this order it returns:
 //!    - [`Action::Notify`]: a notice for the original sender; compose it
@@ -148,6 +150,7 @@ mod config;
 pub mod hops;
 pub mod notice;
 pub mod queue;
+pub mod record;
 mod relay;
 mod rng;
 pub mod route;
@@ -156,5 +159,6 @@ pub use config::RelayConfig;
 pub use hops::{HopCounter, MAX_HOPS, count_received, too_many_hops};
 pub use notice::{DsnAction, Notice, NoticeKind, NoticeRecipient};
 pub use queue::{MessageId, QueuedMessage, QueuedRecipient, RecipientState};
+pub use record::RecordError;
 pub use relay::{Action, Delivery, DeliveryId, HostFailure, Outcome, Relay, RelayError};
 pub use route::{MxAnswer, MxRecord, NextHop, Route, Routes, resolve_mx};

@@ -19,7 +19,8 @@
 //!   ([`StoreError::QuotaExceeded`], [`StoreError::StorageFull`]).
 //! - [`Spool`] is the outbound queue of a server that forwards: messages for
 //!   other servers with an opaque record of their state, durable on commit
-//!   ([`MemorySpool`] here).
+//!   ([`MemorySpool`] in memory, [`FolderSpool`] in a folder, durable as
+//!   Maildir is).
 //! - [`summary`] gives From, To, Subject and Date for listings and logs.
 //!
 //! Everything is synchronous; an async server calls it from a blocking pool.
@@ -61,6 +62,7 @@
 mod crlf;
 pub mod directory;
 mod error;
+mod folder_spool;
 mod mailbox;
 mod maildir;
 mod memory;
@@ -70,6 +72,7 @@ mod summary;
 
 pub use directory::{ApopSecret, Directory, StaticDirectory, constant_time_eq};
 pub use error::StoreError;
+pub use folder_spool::FolderSpool;
 pub use mailbox::{MAX_MAILBOX_NAME_LEN, MAX_UID_LEN, MailboxName, Uid};
 pub use maildir::{LOCK_FILE_NAME, Maildir, SIZE_CACHE_MARGIN, STALE_TMP_AGE};
 pub use memory::{DEFAULT_MEMORY_LIMIT, MemoryStore};

@@ -254,7 +254,7 @@ impl MailStore for Maildir {
 }
 
 /// Fsyncs a directory, so that entries created or renamed in it are durable.
-fn sync_dir(path: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(path: &Path) -> Result<(), StoreError> {
     File::open(path)
         .and_then(|dir| dir.sync_all())
         .map_err(|e| StoreError::io("sync", path, e))

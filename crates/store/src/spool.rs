@@ -9,7 +9,8 @@
 //! replaces the record as recipients are delivered or deferred
 //! ([`Spool::update`]) and removes the message once nothing is left to do
 //! ([`Spool::remove`]). After a restart, [`Spool::list`] gives everything
-//! back.
+//! back. [`MemorySpool`] keeps the queue in memory,
+//! [`FolderSpool`](crate::FolderSpool) in a folder, durably.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -26,3 +26,22 @@ pub(crate) fn python() -> bool {
     }
     ok
 }
+
+/// A free loopback port for a server program the test starts, which cannot
+/// be handed a listening socket. Taken from 20000-31999, below Linux's
+/// ephemeral range (32768 and up), so that no socket another test binds to
+/// port 0 meanwhile can take it; tests of one binary count through the range
+/// from an offset of their own process, and test binaries run one at a time.
+pub(crate) fn spare_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 400) as u16 * 30;
+    for _ in 0..12_000 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base - 20_000 + step) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999");
+}
