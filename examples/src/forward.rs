@@ -125,8 +125,7 @@ impl std::fmt::Debug for Forwarding {
 /// The record kept with a spooled message: the one place that says how a
 /// queue entry is written down.
 pub(crate) fn record(msg: &QueuedMessage) -> Vec<u8> {
-    let _ = msg;
-    Vec::new()
+    msg.to_record()
 }
 
 /// What comes to the relay thread.
@@ -437,9 +436,28 @@ fn run(
     }
 }
 
-/// Queues what the spool kept from before a restart.
+/// Queues what the spool kept from before a restart, with each
+/// recipient's state as last saved: delivered ones are not sent again.
 fn restore(relay: &mut Relay, ctx: &Context) {
-    let _ = (relay, ctx);
+    let entries = match ctx.spool.list() {
+        Ok(entries) => entries,
+        Err(e) => {
+            eprintln!("forwarder: cannot read the queue: {e}");
+            return;
+        }
+    };
+    for entry in entries {
+        let id = MessageId::new(entry.id.as_str());
+        match QueuedMessage::from_record(id, &entry.record) {
+            Ok(msg) => {
+                if let Err(e) = relay.enqueue(msg) {
+                    eprintln!("forwarder: cannot queue {} again: {e}", entry.id);
+                }
+            }
+            // Left where it is for a person to look at, never dropped.
+            Err(e) => eprintln!("forwarder: the record of {} cannot be read: {e}", entry.id),
+        }
+    }
 }
 
 /// Randomness for shuffling equal MX preferences.

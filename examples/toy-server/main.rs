@@ -7,17 +7,18 @@
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use postamt_examples::domains::ExtraDomains;
 use postamt_examples::{Forwarding, Options, Server, tls};
-use postamt_relay::{NextHop, RelayConfig};
+use postamt_relay::{MessageId, NextHop, QueuedMessage, RecipientState, RelayConfig};
 use postamt_store::{
-    DEFAULT_MEMORY_LIMIT, Directory, MailStore, Maildir, MemoryStore, StaticDirectory,
+    DEFAULT_MEMORY_LIMIT, Directory, FolderSpool, MailStore, Maildir, MemorySpool, MemoryStore,
+    Spool, StaticDirectory,
 };
 
 /// The accounts of the classic exercise, used when no users file is given.
@@ -130,6 +131,21 @@ struct Args {
     /// sender gets a notice.
     #[arg(long, default_value = "5d", value_parser = parse_duration)]
     queue_lifetime: Duration,
+    /// Keep mail waiting for other servers in this folder; default: the
+    /// folder `.queue` in the Maildir folder (with --memory: in memory).
+    /// Queued mail survives a crash and is passed on after a restart.
+    #[arg(long, value_name = "DIR", conflicts_with = "memory")]
+    queue: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the outbound queue (of --maildir or --queue) and exit: each
+    /// message with its sender, and each recipient's state, attempts, next
+    /// attempt and last reply.
+    Queue,
 }
 
 /// `DOMAIN=HOST[:PORT]`.
@@ -194,6 +210,9 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    if let Some(Command::Queue) = args.command {
+        return list_queue(&queue_dir(&args));
+    }
     let directory = match &args.users {
         Some(path) => StaticDirectory::from_file(path).map_err(|e| e.to_string())?,
         None => {
@@ -222,6 +241,11 @@ fn run(args: Args) -> Result<(), String> {
         std::fs::create_dir_all(&args.maildir)
             .map_err(|e| format!("{}: {e}", args.maildir.display()))?;
         Arc::new(Maildir::new(&args.maildir).with_mailbox_size_limit(mailbox_limit))
+    };
+    let spool: Arc<dyn Spool> = if args.memory {
+        Arc::new(MemorySpool::new())
+    } else {
+        Arc::new(FolderSpool::new(queue_dir(&args)))
     };
     let tls = match (&args.tls_cert, &args.tls_key, args.tls_self_signed) {
         (Some(cert), Some(key), _) => {
@@ -253,6 +277,7 @@ fn run(args: Args) -> Result<(), String> {
             queue_lifetime: args.queue_lifetime,
             concurrency: args.relay_concurrency,
             starttls: args.relay_tls == "may",
+            spool,
             ..Forwarding::new()
         },
         ..Options::new(store, directory)
@@ -278,8 +303,9 @@ fn run(args: Args) -> Result<(), String> {
         println!("Mail is kept in memory (gone when the server stops).");
     } else {
         println!(
-            "Mail is kept in the Maildir folder {}",
-            args.maildir.display()
+            "Mail is kept in the Maildir folder {}, mail for other servers in {}",
+            args.maildir.display(),
+            queue_dir(&args).display()
         );
     }
     let shown = |limit: Option<u64>| limit.map_or("no limit".to_string(), show_size);
@@ -369,4 +395,64 @@ fn interface_addresses() -> Vec<IpAddr> {
     found.sort_by_key(|ip| (ip.is_ipv6(), *ip));
     found.dedup();
     found
+}
+
+/// The queue folder: `--queue`, else `.queue` in the Maildir folder (a
+/// name no mailbox can have).
+fn queue_dir(args: &Args) -> PathBuf {
+    args.queue
+        .clone()
+        .unwrap_or_else(|| args.maildir.join(".queue"))
+}
+
+/// `toy-server queue`: each queued message with its sender and each
+/// recipient's state, attempts, next attempt and last reply.
+fn list_queue(dir: &Path) -> Result<(), String> {
+    let spool = FolderSpool::new(dir);
+    let entries = spool
+        .list()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    if entries.is_empty() {
+        println!("The queue in {} is empty.", dir.display());
+    }
+    let date = |t: SystemTime| httpdate::fmt_http_date(t).replace("GMT", "+0000");
+    let said = |r: &postamt_smtp::Reply| r.to_string().trim_end().replace("\r\n", " / ");
+    for entry in entries {
+        let id = MessageId::new(entry.id.as_str());
+        let msg = match QueuedMessage::from_record(id, &entry.record) {
+            Ok(msg) => msg,
+            Err(e) => {
+                println!(
+                    "{}  {} octets  record unreadable: {e}",
+                    entry.id, entry.size
+                );
+                continue;
+            }
+        };
+        println!(
+            "{}  {} octets  from {}  arrived {}",
+            entry.id,
+            entry.size,
+            msg.reverse_path(),
+            date(msg.arrival())
+        );
+        for r in msg.recipients() {
+            let state = match r.state() {
+                RecipientState::Pending => "pending".to_string(),
+                RecipientState::Deferred {
+                    attempts,
+                    next_attempt,
+                    last_reply,
+                } => format!(
+                    "deferred, {attempts} attempt(s), next {}; last reply: {}",
+                    date(*next_attempt),
+                    said(last_reply)
+                ),
+                RecipientState::Delivered { reply } => format!("delivered: {}", said(reply)),
+                RecipientState::Failed { reply } => format!("failed: {}", said(reply)),
+            };
+            println!("  {}  {state}", r.mailbox());
+        }
+    }
+    Ok(())
 }
