@@ -382,11 +382,8 @@ fn the_handout_dialogue_is_relayed_from_a_trusted_network_only() {
 #[test]
 fn a_next_hop_that_is_down_gets_the_message_when_it_comes_up() {
     // A port nobody listens on yet.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Below the ephemeral range: no server of another test can take it.
+    let port = peers::spare_port();
     let hop: postamt_relay::NextHop = format!("127.0.0.1:{port}").parse().unwrap();
     let kolleg = Node::start(
         "mail.kolleg.de",
@@ -583,12 +580,8 @@ impl Dnsmasq {
             );
             return None;
         }
-        // A free UDP port; dnsmasq takes it over (TCP on the same number).
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // dnsmasq listens on UDP and TCP on this number.
+        let port = peers::spare_port();
         let mut cmd = std::process::Command::new(program);
         cmd.args([
             "--no-daemon",
@@ -890,11 +883,8 @@ fn the_250_comes_only_when_queue_and_mailbox_both_have_the_message() {
 
 #[test]
 fn a_route_back_to_this_server_fails_instead_of_looping() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Below the ephemeral range: no server of another test can take it.
+    let port = peers::spare_port();
     let kolleg = Node::start(
         "mail.kolleg.de",
         "kolleg.de",
