@@ -439,8 +439,11 @@ fn refuse(mut tcp: TcpStream, kind: Kind, shared: &Shared, why: &str) {
             postamt_smtp::Session::poll_transmit(&mut s, &mut out);
         }
         Kind::Pop3 => {
-            postamt_pop3::Response::err_with(postamt_pop3::ResponseCode::SysTemp, why.to_string())
-                .render(&mut out);
+            postamt_pop3::Response::err_with(
+                postamt_pop3::ResponseCode::SysTemp,
+                format!("{why}, try again later"),
+            )
+            .render(&mut out);
         }
     }
     let _ = tcp.write_all(&out);

@@ -690,7 +690,7 @@ fn a_client_address_over_its_limit_is_turned_away_and_others_are_served() {
         (
             server.pop3_addr(),
             "+OK POP3 server ready",
-            "-ERR [SYS/TEMP] Too many connections from your address\r\n",
+            "-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n",
         ),
     ];
     // The SMTP connections stay open while POP3 is tried: the limit is

@@ -210,7 +210,9 @@ proptest! {
     fn line_checker_agrees_with_the_data_decoder(
         body in bytes_with_line_ends(),
         cuts in prop::collection::vec(any::<usize>(), 0..8),
-        max_line in 2usize..30,
+        // From 3: DATA's own end line `.` CRLF is a line the decoder
+        // measures, and BDAT has none to compare it with.
+        max_line in 3usize..30,
         normalize in any::<bool>(),
     ) {
         use postamt_wire::Checked;
