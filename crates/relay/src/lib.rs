@@ -57,8 +57,9 @@
 //! written down as such: after a crash it is due again, so at most that
 //! one attempt repeats (RFC 5321 §6.1).
 //!
-//! Notices follow RFC 3461: none for `NOTIFY=NEVER` or a message from
-//! `<>`; failures by default; a delay notice once for `NOTIFY=DELAY` after
+//! Notices follow RFC 3461: none for `NOTIFY=NEVER`; none to a message
+//! from `<>` (when one fails, the postmaster gets a
+//! [`NoticeKind::DoubleBounce`] instead); failures by default; a delay notice once for `NOTIFY=DELAY` after
 //! [`RelayConfig::delay_warning`]; a "relayed" notice for
 //! `NOTIFY=SUCCESS` when the next hop offers no DSN (when it does, NOTIFY,
 //! ORCPT, RET and ENVID go on to it and it reports).

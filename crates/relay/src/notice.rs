@@ -30,6 +30,10 @@ pub enum NoticeKind {
     /// Recipients were relayed to a next hop that offers no DSN, so it
     /// cannot report success itself (RFC 3461 §5.2.2).
     Success,
+    /// A message from `<>` (a notice) failed; its sender cannot be told,
+    /// so the postmaster of this server gets it (Postfix's double bounce).
+    /// Deliver it locally: queued, it could bounce again.
+    DoubleBounce,
 }
 
 /// The `Action:` of one recipient (RFC 3464 §2.3.3).
@@ -160,7 +164,7 @@ impl Notice {
     ) -> Self {
         let asked = match (msg.ret(), kind) {
             (Some(ret), _) => ret,
-            (None, NoticeKind::Failure) => Ret::Full,
+            (None, NoticeKind::Failure | NoticeKind::DoubleBounce) => Ret::Full,
             (None, _) => Ret::Headers,
         };
         let returns = if msg.size() > config.return_size_limit {
@@ -195,7 +199,8 @@ impl Notice {
         &self.message
     }
 
-    /// Whom to send it to (from `<>`): the original sender.
+    /// Whom to send it to (from `<>`): the original sender, or for a
+    /// [`NoticeKind::DoubleBounce`] `postmaster@` this server's name.
     pub fn recipient(&self) -> &Mailbox<'static> {
         &self.to
     }
@@ -230,6 +235,7 @@ impl Notice {
             NoticeKind::Failure => "Undelivered Mail Returned to Sender",
             NoticeKind::Delay => "Delayed Mail (still being retried)",
             NoticeKind::Success => "Successful Mail Delivery Report",
+            NoticeKind::DoubleBounce => "Undeliverable Mail Delivery Notice",
         };
         let id_part: String = self
             .message
@@ -331,6 +337,11 @@ impl Notice {
             NoticeKind::Success => {
                 "Your message was passed on to a mail system that sends no\n\
                  delivery notices of its own, so this is the last you will hear of it.\n"
+            }
+            NoticeKind::DoubleBounce => {
+                "A message with no return address (a delivery notice) could not be\n\
+                 delivered to one or more recipients. Nobody else can be told, so the\n\
+                 postmaster gets it; it is attached below, with the reason.\n"
             }
         });
         for r in &self.recipients {

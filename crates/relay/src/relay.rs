@@ -276,9 +276,11 @@ impl Relay {
         self.flights.len()
     }
 
-    /// Makes every deferred recipient due at `now` ("queue flush"). The
-    /// schedule is not written down: a crash just keeps the old one.
-    pub fn flush(&mut self, now: SystemTime) {
+    /// Makes every deferred recipient due at `now` ("queue flush") and
+    /// says how many there were. The schedule is not written down: a crash
+    /// just keeps the old one.
+    pub fn flush(&mut self, now: SystemTime) -> usize {
+        let mut due = 0;
         for entry in self.messages.values_mut() {
             for i in 0..entry.msg.recipients().len() {
                 if let RecipientState::Deferred {
@@ -287,6 +289,7 @@ impl Relay {
                     ..
                 } = entry.msg.recipients()[i].state().clone()
                 {
+                    due += 1;
                     entry
                         .msg
                         .recipient_mut(i)
@@ -298,6 +301,7 @@ impl Relay {
                 }
             }
         }
+        due
     }
 
     /// The caller's DNS answer for a domain from [`Action::Resolve`]. Equal
@@ -723,27 +727,40 @@ impl Relay {
             return;
         }
         let entry = &self.messages[id];
-        if let ReversePath::Mailbox(sender) = entry.msg.reverse_path() {
-            for (kind, recipients) in [
-                (NoticeKind::Failure, changed.failure),
-                (NoticeKind::Delay, changed.delay),
-                (NoticeKind::Success, changed.success),
-            ] {
-                if recipients.is_empty() {
-                    continue;
-                }
-                self.notices += 1;
-                let notice = Notice::new(
-                    kind,
-                    &entry.msg,
-                    sender.clone(),
-                    &self.config,
-                    recipients,
-                    now,
-                    self.notices,
-                );
-                self.out.push_back(Action::Notify(notice));
+        // A message from `<>` is never answered (RFC 3461 §6.2); when it
+        // fails, the postmaster hears of it instead: a double bounce.
+        let batches = match entry.msg.reverse_path() {
+            ReversePath::Mailbox(sender) => vec![
+                (NoticeKind::Failure, sender.clone(), changed.failure),
+                (NoticeKind::Delay, sender.clone(), changed.delay),
+                (NoticeKind::Success, sender.clone(), changed.success),
+            ],
+            ReversePath::Null => format!("postmaster@{}", self.config.hostname)
+                .parse::<Mailbox<'_>>()
+                .map(|postmaster| {
+                    vec![(
+                        NoticeKind::DoubleBounce,
+                        postmaster.into_owned(),
+                        changed.failure,
+                    )]
+                })
+                .unwrap_or_default(),
+        };
+        for (kind, to, recipients) in batches {
+            if recipients.is_empty() {
+                continue;
             }
+            self.notices += 1;
+            let notice = Notice::new(
+                kind,
+                &entry.msg,
+                to,
+                &self.config,
+                recipients,
+                now,
+                self.notices,
+            );
+            self.out.push_back(Action::Notify(notice));
         }
         if entry.msg.is_done() && !entry.busy.contains(&true) {
             self.messages.remove(id);

@@ -668,9 +668,9 @@ fn success_is_reported_when_the_next_hop_has_no_dsn() {
 
 #[test]
 fn no_notice_for_never_nor_for_bounces() {
-    for (from, notify) in [
-        ("anna@kolleg.de", Some(Notify::Never)),
-        ("<>", None),
+    for (from, notify, postmaster) in [
+        ("anna@kolleg.de", Some(Notify::Never), false),
+        ("<>", None, true),
         (
             "<>",
             Some(Notify::On {
@@ -678,6 +678,7 @@ fn no_notice_for_never_nor_for_bounces() {
                 failure: true,
                 delay: true,
             }),
+            true,
         ),
     ] {
         let mut recipient = QueuedRecipient::new(mailbox("carl@schule.example"));
@@ -693,13 +694,37 @@ fn no_notice_for_never_nor_for_bounces() {
             .handle(
                 t(1),
                 d.id(),
-                Outcome::Done(report(&[("carl@schule.example", "550 no")], "250 ok")),
+                Outcome::Done(report(&[("carl@schule.example", "550 5.1.1 no")], "250 ok")),
             )
             .unwrap();
-        assert_eq!(
-            drain(&mut relay, t(1)),
-            [Action::Remove(MessageId::new("m"))],
-            "{from} {notify:?}"
+        let actions = drain(&mut relay, t(1));
+        if !postmaster {
+            assert_eq!(
+                actions,
+                [Action::Remove(MessageId::new("m"))],
+                "{from} {notify:?}"
+            );
+            continue;
+        }
+        // A failed message from <> is never answered: the postmaster gets
+        // it (a double bounce), with the failed notice attached.
+        let [Action::Notify(n), Action::Remove(_)] = &actions[..] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(n.kind(), NoticeKind::DoubleBounce);
+        assert_eq!(n.recipient().to_string(), "postmaster@mx.kolleg.de");
+        assert_eq!(n.returns(), Ret::Full);
+        let text =
+            String::from_utf8(n.compose(b"Subject: Undelivered Mail\r\n\r\nreport\r\n")).unwrap();
+        assert!(
+            text.contains("Subject: Undeliverable Mail Delivery Notice\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("To: <postmaster@mx.kolleg.de>\r\n"), "{text}");
+        assert!(text.contains("Final-Recipient: rfc822; carl@schule.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"), "{text}");
+        assert!(
+            text.contains("Subject: Undelivered Mail\r\n\r\nreport\r\n"),
+            "{text}"
         );
     }
 }
@@ -879,7 +904,11 @@ fn a_restored_queue_goes_on_where_it_stopped() {
     // The fourth failure waits 40 minutes; a flush makes it due now.
     assert_eq!(state(&relay, "m", 1).attempts(), 4);
     assert_eq!(relay.poll_timeout(), Some(t(HOUR + 40 * MIN)));
-    relay.flush(t(HOUR + 1));
+    assert_eq!(
+        relay.flush(t(HOUR + 1)),
+        1,
+        "one deferred recipient, the delivered one untouched"
+    );
     assert_eq!(deliveries(drain(&mut relay, t(HOUR + 1))).len(), 1);
 }
 
