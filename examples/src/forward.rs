@@ -10,6 +10,7 @@
 
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
@@ -24,7 +25,7 @@ use hickory_resolver::proto::rr::RData;
 use ipnet::IpNet;
 use postamt_relay::{
     Action, Delivery, DeliveryId, HostFailure, MessageId, MxAnswer, MxRecord, NextHop, Notice,
-    Outcome, QueuedMessage, QueuedRecipient, Relay, RelayConfig, Routes,
+    NoticeKind, Outcome, QueuedMessage, QueuedRecipient, Relay, RelayConfig, Routes,
 };
 use postamt_smtp::{
     Capabilities, ClientConfig, ClientError, ClientEvent, ClientSession, Envelope, Failure,
@@ -63,13 +64,38 @@ pub struct Forwarding {
     pub queue_lifetime: Duration,
     /// See `retry_after`.
     pub concurrency: usize,
+    /// A recipient with `NOTIFY=DELAY` still queued this long after
+    /// arrival gets its sender one delay notice: 4 h (`RelayConfig`).
+    pub delay_warning: Duration,
     /// Connecting to a next hop may take this long: 30 s.
     pub connect_timeout: Duration,
-    /// STARTTLS when the next hop offers it (opportunistic, certificate not
-    /// checked, RFC 7435); on by default.
-    pub starttls: bool,
+    /// TLS to next hops; [`RelayTls::May`] by default.
+    pub tls: RelayTls,
+    /// With [`RelayTls::Require`]: the PEM file of the certificate
+    /// authorities to trust; `None`: the system's (`SSL_CERT_FILE`, else
+    /// Debian's `/etc/ssl/certs/ca-certificates.crt`).
+    pub tls_roots: Option<PathBuf>,
     /// Where queued messages wait.
     pub spool: Arc<dyn Spool>,
+    /// A Unix socket the running server listens on for `flush` (what
+    /// `toy-server queue flush` sends): in the queue folder, so the admin
+    /// command finds the server that owns the queue. `None`: no socket.
+    pub control: Option<PathBuf>,
+}
+
+/// How deliveries to next hops use TLS (Postfix's `smtp_tls_security_level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayTls {
+    /// Plaintext only.
+    Off,
+    /// STARTTLS when offered, certificate not checked (RFC 7435: MX hosts
+    /// rarely have one for their names); a failed handshake is retried in
+    /// plaintext.
+    May,
+    /// STARTTLS always, the certificate verified against trusted roots for
+    /// the next hop's name; a host without it is deferred, never sent to
+    /// in plaintext.
+    Require,
 }
 
 impl Forwarding {
@@ -87,9 +113,12 @@ impl Forwarding {
             retry_max: relay.retry_max,
             queue_lifetime: relay.queue_lifetime,
             concurrency: relay.concurrency,
+            delay_warning: relay.delay_warning,
             connect_timeout: Duration::from_secs(30),
-            starttls: true,
+            tls: RelayTls::May,
+            tls_roots: None,
             spool: Arc::new(postamt_store::MemorySpool::new()),
+            control: None,
         }
     }
 
@@ -118,6 +147,9 @@ impl std::fmt::Debug for Forwarding {
             .field("retry_max", &self.retry_max)
             .field("queue_lifetime", &self.queue_lifetime)
             .field("concurrency", &self.concurrency)
+            .field("delay_warning", &self.delay_warning)
+            .field("tls", &self.tls)
+            .field("control", &self.control)
             .finish_non_exhaustive()
     }
 }
@@ -136,7 +168,8 @@ enum Input {
     /// A delivery thread is at Ready and asks for the envelope.
     Envelope(DeliveryId, Capabilities, Sender<Option<Envelope>>),
     Done(DeliveryId, Outcome),
-    Flush,
+    /// Make every deferred recipient due now; answer how many there were.
+    Flush(Sender<usize>),
     Stop,
 }
 
@@ -158,9 +191,12 @@ impl Forwarder {
         let _ = self.input.send(Input::Queued(msg));
     }
 
-    /// Makes every deferred recipient due now.
-    pub(crate) fn flush(&self) {
-        let _ = self.input.send(Input::Flush);
+    /// Makes every deferred recipient due now; how many there were, or
+    /// `None` when the relay thread is gone.
+    pub(crate) fn flush(&self) -> Option<usize> {
+        let (tx, rx) = mpsc::channel();
+        self.input.send(Input::Flush(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(10)).ok()
     }
 
     pub(crate) fn stop(&self) {
@@ -180,6 +216,8 @@ struct Context {
     relay_port: u16,
     connect_timeout: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS or nothing: no plaintext to a host without it.
+    require_tls: bool,
     trace: Option<Sink>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -328,18 +366,22 @@ pub(crate) fn start(start: Start) -> (Forwarder, thread::JoinHandle<()>) {
     config.retry_max = f.retry_max;
     config.queue_lifetime = f.queue_lifetime;
     config.concurrency = f.concurrency.max(1);
+    config.delay_warning = f.delay_warning;
     let workers = config.concurrency;
     let relay = Relay::new(config, routes);
-    let tls = if f.starttls {
-        match crate::tls::client_insecure() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("forwarder: no STARTTLS to next hops: {e}");
-                None
-            }
+    let tls = match f.tls {
+        RelayTls::Off => None,
+        RelayTls::May => crate::tls::client_insecure()
+            .map_err(|e| eprintln!("forwarder: no STARTTLS to next hops: {e}"))
+            .ok(),
+        RelayTls::Require => {
+            let roots = f.tls_roots.clone().unwrap_or_else(system_roots);
+            crate::tls::client_trusting(&roots)
+                .map_err(|e| {
+                    eprintln!("forwarder: TLS is required and cannot be set up ({e}): mail to other servers stays queued");
+                })
+                .ok()
         }
-    } else {
-        None
     };
     let ctx = Arc::new(Context {
         hostname,
@@ -351,6 +393,7 @@ pub(crate) fn start(start: Start) -> (Forwarder, thread::JoinHandle<()>) {
         relay_port: f.relay_port,
         connect_timeout: f.connect_timeout,
         tls,
+        require_tls: f.tls == RelayTls::Require,
         trace,
         next_id,
     });
@@ -376,14 +419,30 @@ pub(crate) fn start(start: Start) -> (Forwarder, thread::JoinHandle<()>) {
             eprintln!("forwarder: cannot start a delivery thread: {e}");
         }
     }
+    let forwarder = Forwarder {
+        input: input.clone(),
+    };
+    // Lives as long as the relay thread, which drops it when it stops.
+    let control = f.control.as_deref().and_then(|path| {
+        crate::control::Control::serve(path, forwarder.clone())
+            .map_err(|e| {
+                eprintln!(
+                    "forwarder: no control socket ({e}): `queue flush` cannot reach this server"
+                );
+            })
+            .ok()
+    });
     let handle = {
         let (ctx, input) = (Arc::clone(&ctx), input.clone());
         thread::Builder::new()
             .name("relay".into())
-            .spawn(move || run(relay, &ctx, &inbox, &input, &jobs))
+            .spawn(move || {
+                let _control = control;
+                run(relay, &ctx, &inbox, &input, &jobs);
+            })
             .expect("the relay thread starts")
     };
-    (Forwarder { input }, handle)
+    (forwarder, handle)
 }
 
 /// The relay thread: restore the queue, then act and wait, until Stop.
@@ -430,7 +489,9 @@ fn run(
                     eprintln!("forwarder: {e}");
                 }
             }
-            Input::Flush => relay.flush(now),
+            Input::Flush(answer) => {
+                let _ = answer.send(relay.flush(now));
+            }
             Input::Stop => return,
         }
     }
@@ -458,6 +519,14 @@ fn restore(relay: &mut Relay, ctx: &Context) {
             Err(e) => eprintln!("forwarder: the record of {} cannot be read: {e}", entry.id),
         }
     }
+}
+
+/// The system's certificate authorities, as OpenSSL finds them.
+fn system_roots() -> PathBuf {
+    std::env::var_os("SSL_CERT_FILE").map_or_else(
+        || PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        PathBuf::from,
+    )
 }
 
 /// Randomness for shuffling equal MX preferences.
@@ -521,10 +590,13 @@ fn notify(relay: &mut Relay, notice: &Notice, ctx: &Context) {
     }
     let text = notice.compose(&original);
     let to = notice.recipient();
-    if ctx.directory.is_local_domain(to.domain()) {
+    // A double bounce is never queued: it could fail again, and again.
+    let postmaster = notice.kind() == NoticeKind::DoubleBounce;
+    if postmaster || ctx.directory.is_local_domain(to.domain()) {
         let mailbox = ctx
             .directory
             .resolve(to.as_str())
+            .filter(|_| !postmaster)
             .or_else(|| MailboxName::new(POSTMASTER_MAILBOX).ok());
         let Some(mailbox) = mailbox else { return };
         let date = httpdate::fmt_http_date(SystemTime::now()).replace("GMT", "+0000");
@@ -579,7 +651,9 @@ enum Stage {
 /// broken TLS set-up would never get mail.
 fn deliver(ctx: &Context, delivery: &Delivery, input: &Sender<Input>) -> Option<Outcome> {
     match attempt(ctx, delivery, input, ctx.tls.is_some()) {
-        Some(Outcome::HostFailed(HostFailure::Tls(_))) => attempt(ctx, delivery, input, false),
+        Some(Outcome::HostFailed(HostFailure::Tls(_))) if !ctx.require_tls => {
+            attempt(ctx, delivery, input, false)
+        }
         outcome => outcome,
     }
 }
@@ -636,6 +710,18 @@ fn attempt(
                         if session.starttls().is_ok() {
                             continue;
                         }
+                    }
+                    if ctx.require_tls && !session.is_tls() {
+                        let why = match (&ctx.tls, caps.starttls) {
+                            (None, _) => "TLS is required and not set up here".to_string(),
+                            (Some(_), false) => format!("{hop} does not offer STARTTLS"),
+                            (Some(_), true) => format!("STARTTLS with {hop} did not start"),
+                        };
+                        trace.note(&format!("TLS required: {why}"));
+                        outcome = Some(Outcome::HostFailed(HostFailure::Tls(why)));
+                        stage = Stage::Decided;
+                        let _ = session.quit();
+                        continue;
                     }
                     let (tx, rx) = mpsc::channel();
                     let _ = input.send(Input::Envelope(delivery.id(), caps, tx));

@@ -6,6 +6,8 @@
 
 pub mod client;
 mod conn;
+#[cfg(unix)]
+pub mod control;
 pub mod domains;
 mod forward;
 mod pop3;
@@ -14,6 +16,6 @@ mod smtp;
 pub mod tls;
 mod trace;
 
-pub use forward::Forwarding;
+pub use forward::{Forwarding, RelayTls};
 pub use server::{BindError, Options, Server};
 pub use smtp::POSTMASTER_MAILBOX;

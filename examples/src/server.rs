@@ -268,9 +268,10 @@ impl Server {
         self.pop3_addr
     }
 
-    /// Makes every deferred recipient in the queue due now (`queue flush`).
-    pub fn flush_queue(&self) {
-        self.forwarder.flush();
+    /// Makes every deferred recipient in the queue due now (`queue flush`);
+    /// how many there were (`None`: the forwarder has stopped).
+    pub fn flush_queue(&self) -> Option<usize> {
+        self.forwarder.flush()
     }
 
     /// Connections being served now.

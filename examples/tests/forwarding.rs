@@ -1022,3 +1022,379 @@ fn a_large_message_is_passed_on_whole() {
     kolleg.server.stop();
     schule.server.stop();
 }
+
+/// Sends one transaction with these exact MAIL and RCPT commands (their
+/// parameters as given); every reply must be positive.
+fn send_raw(addr: SocketAddr, mail: &str, rcpts: &[&str], message: &str) {
+    let mut c = Client::connect(addr);
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.send("EHLO client.kolleg.de\r\n").starts_with("250"));
+    let reply = c.send(&format!("{mail}\r\n"));
+    assert!(reply.starts_with("250 "), "{mail}: {reply}");
+    for rcpt in rcpts {
+        let reply = c.send(&format!("{rcpt}\r\n"));
+        assert!(reply.starts_with("250 "), "{rcpt}: {reply}");
+    }
+    assert!(c.send("DATA\r\n").starts_with("354 "));
+    let end = c.send(&format!("{message}.\r\n"));
+    assert!(end.starts_with("250 2.0.0 "), "{end}");
+    assert!(c.send("QUIT\r\n").starts_with("221 2.0.0 "));
+}
+
+/// A next hop run by the test: greets, answers EHLO with `ehlo` (the
+/// capability lines after the name, each ending in CRLF), every RCPT with
+/// `rcpt`, takes the message, and records every command line it got, by
+/// session.
+struct Scripted {
+    addr: SocketAddr,
+    sessions: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+impl Scripted {
+    fn start(ehlo: &'static str, rcpt: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let all = sessions.clone();
+        thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let all = all.clone();
+                thread::spawn(move || {
+                    let n = {
+                        let mut all = all.lock().unwrap();
+                        all.push(Vec::new());
+                        all.len() - 1
+                    };
+                    let mut w = tcp.try_clone().unwrap();
+                    let mut r = BufReader::new(tcp);
+                    let _ = w.write_all(b"220 hop.example ESMTP\r\n");
+                    let mut line = String::new();
+                    while r.read_line(&mut line).is_ok_and(|k| k > 0) {
+                        all.lock().unwrap()[n].push(line.clone());
+                        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                        let answer = match verb.as_str() {
+                            "EHLO" => format!("250-hop.example\r\n{ehlo}250 8BITMIME\r\n"),
+                            "MAIL" => "250 2.1.0 ok\r\n".into(),
+                            "RCPT" => format!("{rcpt}\r\n"),
+                            "DATA" => {
+                                let _ = w.write_all(b"354 go on\r\n");
+                                let mut body = String::new();
+                                while r.read_line(&mut body).is_ok_and(|k| k > 0)
+                                    && !body.ends_with("\r\n.\r\n")
+                                {
+                                }
+                                "250 2.0.0 queued as X1\r\n".into()
+                            }
+                            "QUIT" => "221 2.0.0 bye\r\n".into(),
+                            "RSET" => "250 2.0.0 ok\r\n".into(),
+                            _ => "502 5.5.1 no\r\n".into(),
+                        };
+                        let _ = w.write_all(answer.as_bytes());
+                        if verb == "QUIT" {
+                            return;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        Self { addr, sessions }
+    }
+
+    fn hop(&self) -> postamt_relay::NextHop {
+        self.addr.to_string().parse().unwrap()
+    }
+
+    /// The MAIL and RCPT lines of every session, in order.
+    fn envelopes(&self) -> Vec<Vec<String>> {
+        self.sessions
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .filter(|l| l.starts_with("MAIL") || l.starts_with("RCPT"))
+                    .cloned()
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Waits until the queue has nothing left.
+fn wait_until_empty(spool: &postamt_store::MemorySpool) {
+    use postamt_store::Spool;
+    let deadline = Instant::now() + WAIT;
+    while !spool.list().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the queue did not empty");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const DSN_MAIL: &str = "MAIL FROM:<anna@kolleg.de> RET=HDRS ENVID=anna+2B1";
+const DSN_RCPT: &str =
+    "RCPT TO:<carl@dsn.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;carl@dsn.example";
+
+#[test]
+fn dsn_parameters_go_on_to_a_next_hop_that_offers_dsn_and_it_reports() {
+    let hop = Scripted::start("250-DSN\r\n", "250 2.1.5 ok");
+    let spool = Arc::new(postamt_store::MemorySpool::new());
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("dsn.example".into(), hop.hop())],
+            spool: spool.clone(),
+            ..trusted(&[])
+        },
+    );
+    send_raw(kolleg.server.smtp_addr(), DSN_MAIL, &[DSN_RCPT], MESSAGE);
+    wait_until_empty(&spool);
+    assert_eq!(
+        hop.envelopes(),
+        [[
+            "MAIL FROM:<anna@kolleg.de> RET=HDRS ENVID=anna+2B1\r\n",
+            "RCPT TO:<carl@dsn.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;carl@dsn.example\r\n",
+        ]]
+    );
+    // The next hop reports success itself: no notice from us.
+    assert!(kolleg.mailbox("anna@kolleg.de").is_empty());
+    kolleg.server.stop();
+}
+
+#[test]
+fn notify_success_gets_a_relayed_notice_when_the_next_hop_has_no_dsn() {
+    let hop = Scripted::start("", "250 2.1.5 ok");
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("dsn.example".into(), hop.hop())],
+            ..trusted(&[])
+        },
+    );
+    send_raw(kolleg.server.smtp_addr(), DSN_MAIL, &[DSN_RCPT], MESSAGE);
+    let notice = kolleg.wait_for("anna@kolleg.de", 1);
+    let notice = String::from_utf8(notice[0].clone()).unwrap();
+    // Neither RET/ENVID nor NOTIFY/ORCPT went to a host without DSN.
+    assert_eq!(
+        hop.envelopes(),
+        [[
+            "MAIL FROM:<anna@kolleg.de>\r\n",
+            "RCPT TO:<carl@dsn.example>\r\n"
+        ]]
+    );
+    assert!(
+        notice.contains("Subject: Successful Mail Delivery Report\r\n"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("Original-Envelope-Id: anna+1\r\n"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains(
+            "Final-Recipient: rfc822; carl@dsn.example\r\nOriginal-Recipient: rfc822; carl@dsn.example\r\nAction: relayed\r\nStatus: 2.0.0\r\n"
+        ),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("Diagnostic-Code: smtp; 250 2.0.0 queued as X1\r\n"),
+        "{notice}"
+    );
+    kolleg.server.stop();
+}
+
+#[test]
+fn notify_never_gets_no_notice_and_a_bounce_never_bounces_to_its_sender() {
+    let hop = Scripted::start("", "550 5.1.1 No such user");
+    let spool = Arc::new(postamt_store::MemorySpool::new());
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("far.example".into(), hop.hop())],
+            spool: spool.clone(),
+            ..trusted(&[])
+        },
+    );
+    send_raw(
+        kolleg.server.smtp_addr(),
+        "MAIL FROM:<anna@kolleg.de>",
+        &["RCPT TO:<niemand@far.example> NOTIFY=NEVER"],
+        MESSAGE,
+    );
+    wait_until_empty(&spool);
+    assert_eq!(hop.envelopes().len(), 1);
+    assert!(kolleg.mailbox("anna@kolleg.de").is_empty());
+    assert!(
+        kolleg
+            .mailbox(postamt_examples::POSTMASTER_MAILBOX)
+            .is_empty()
+    );
+    kolleg.server.stop();
+}
+
+#[test]
+fn a_bounce_that_cannot_be_delivered_goes_to_the_postmaster() {
+    // bob@far.example relays through kolleg (a trusted network) to a
+    // recipient at far.example that does not exist; his bounce goes back
+    // to far.example, which refuses it too.
+    let hop = Scripted::start("", "550 5.1.1 No such user");
+    let spool = Arc::new(postamt_store::MemorySpool::new());
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("far.example".into(), hop.hop())],
+            spool: spool.clone(),
+            ..trusted(&[])
+        },
+    );
+    send(
+        kolleg.server.smtp_addr(),
+        "bob@far.example",
+        &["niemand@far.example"],
+        MESSAGE,
+    );
+    let got = kolleg.wait_for(postamt_examples::POSTMASTER_MAILBOX, 1);
+    wait_until_empty(&spool);
+    let envelopes = hop.envelopes();
+    assert_eq!(
+        envelopes,
+        [
+            [
+                "MAIL FROM:<bob@far.example>\r\n",
+                "RCPT TO:<niemand@far.example>\r\n"
+            ],
+            ["MAIL FROM:<>\r\n", "RCPT TO:<bob@far.example>\r\n"],
+        ]
+    );
+    let text = String::from_utf8(got[0].clone()).unwrap();
+    assert!(text.starts_with("Return-Path: <>\r\n"), "{text}");
+    assert!(
+        text.contains("To: <postmaster@mail.kolleg.de>\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Subject: Undeliverable Mail Delivery Notice\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Final-Recipient: rfc822; bob@far.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 550 5.1.1 No such user\r\n"),
+        "{text}"
+    );
+    // The bounce that failed is attached whole, and it quotes bob's failure.
+    assert!(
+        text.contains("Subject: Undelivered Mail Returned to Sender\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Final-Recipient: rfc822; niemand@far.example\r\n"),
+        "{text}"
+    );
+    // Exactly one: the double bounce itself is never queued or bounced.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        kolleg.mailbox(postamt_examples::POSTMASTER_MAILBOX).len(),
+        1
+    );
+    assert_eq!(hop.envelopes().len(), 2);
+    kolleg.server.stop();
+}
+
+#[test]
+fn smtputf8_to_a_next_hop_without_it_fails_with_5_6_7() {
+    let hop = Scripted::start("", "250 2.1.5 ok");
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("far.example".into(), hop.hop())],
+            ..trusted(&[])
+        },
+    );
+    send_raw(
+        kolleg.server.smtp_addr(),
+        "MAIL FROM:<anna@kolleg.de> SMTPUTF8",
+        &["RCPT TO:<jörg@far.example>"],
+        "Subject: Grüße\r\n\r\nHallo Jörg\r\n",
+    );
+    let notice = kolleg.wait_for("anna@kolleg.de", 1);
+    let notice = String::from_utf8(notice[0].clone()).unwrap();
+    assert!(
+        notice.contains(
+            "Final-Recipient: utf-8; jörg@far.example\r\nAction: failed\r\nStatus: 5.6.7\r\n"
+        ),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("Content-Type: message/global-delivery-status"),
+        "{notice}"
+    );
+    // The host was asked EHLO, then told QUIT: no MAIL without SMTPUTF8.
+    assert_eq!(hop.envelopes(), [Vec::<String>::new()]);
+    kolleg.server.stop();
+}
+
+#[test]
+fn a_delay_notice_comes_after_the_delay_warning_then_the_failure() {
+    let (addr, _) = always_451();
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("busy.example".into(), addr.to_string().parse().unwrap())],
+            delay_warning: Duration::from_secs(1),
+            queue_lifetime: Duration::from_secs(4),
+            ..trusted(&[])
+        },
+    );
+    send_raw(
+        kolleg.server.smtp_addr(),
+        "MAIL FROM:<anna@kolleg.de>",
+        &["RCPT TO:<niemand@busy.example> NOTIFY=DELAY,FAILURE"],
+        MESSAGE,
+    );
+    let delay = kolleg.wait_for("anna@kolleg.de", 1);
+    let delay = String::from_utf8(delay[0].clone()).unwrap();
+    assert!(
+        delay.contains("Subject: Delayed Mail (still being retried)\r\n"),
+        "{delay}"
+    );
+    assert!(
+        delay.contains("Action: delayed\r\nStatus: 4.3.0\r\n"),
+        "{delay}"
+    );
+    assert!(delay.contains("Will-Retry-Until: "), "{delay}");
+    let both = kolleg.wait_for("anna@kolleg.de", 2);
+    let failure = String::from_utf8(both[1].clone()).unwrap();
+    assert!(
+        failure.contains("Action: failed\r\nStatus: 4.3.0\r\n"),
+        "{failure}"
+    );
+    assert!(
+        failure.contains("Diagnostic-Code: smtp; 451 4.3.0 Try again later\r\n"),
+        "{failure}"
+    );
+    kolleg.server.stop();
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use postamt_examples::domains::ExtraDomains;
-use postamt_examples::{Forwarding, Options, Server, tls};
+use postamt_examples::{Forwarding, Options, RelayTls, Server, tls};
 use postamt_relay::{MessageId, NextHop, QueuedMessage, RecipientState, RelayConfig};
 use postamt_store::{
     DEFAULT_MEMORY_LIMIT, Directory, FolderSpool, MailStore, Maildir, MemorySpool, MemoryStore,
@@ -40,10 +40,10 @@ struct Args {
     #[arg(long, default_value_t = 1100)]
     pop3_port: u16,
     /// Keep mail in this Maildir folder (one subfolder per mailbox).
-    #[arg(long, default_value = "./postamt-mail")]
+    #[arg(long, default_value = "./postamt-mail", global = true)]
     maildir: PathBuf,
     /// Keep mail in memory only; it is gone when the server stops.
-    #[arg(long, conflicts_with = "maildir")]
+    #[arg(long, conflicts_with = "maildir", global = true)]
     memory: bool,
     /// Users file: one user per line, `address password [aliases...]`,
     /// `#` starts a comment. Default: anna@kolleg.de (geheim) and
@@ -117,9 +117,15 @@ struct Args {
     #[arg(long, default_value_t = RelayConfig::new("").concurrency)]
     relay_concurrency: usize,
     /// STARTTLS to next hops: `may` uses it when offered, without checking
-    /// the certificate (MX hosts rarely have one for their names); `off`.
-    #[arg(long, default_value = "may", value_parser = ["may", "off"])]
+    /// the certificate (MX hosts rarely have one for their names);
+    /// `require` verifies it (see --relay-tls-ca) and defers mail for a
+    /// host without it; `off`.
+    #[arg(long, default_value = "may", value_parser = ["may", "require", "off"])]
     relay_tls: String,
+    /// With --relay-tls require: trust these certificate authorities (PEM)
+    /// instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    relay_tls_ca: Option<PathBuf>,
     /// First retry of a deferred recipient (then doubling up to
     /// --retry-max); durations as 30s, 5m, 2h, 5d.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -131,10 +137,14 @@ struct Args {
     /// sender gets a notice.
     #[arg(long, default_value = "5d", value_parser = parse_duration)]
     queue_lifetime: Duration,
+    /// A recipient that asked for NOTIFY=DELAY and is still queued this
+    /// long after arrival gets its sender one delay notice.
+    #[arg(long, default_value = "4h", value_parser = parse_duration)]
+    delay_warning: Duration,
     /// Keep mail waiting for other servers in this folder; default: the
     /// folder `.queue` in the Maildir folder (with --memory: in memory).
     /// Queued mail survives a crash and is passed on after a restart.
-    #[arg(long, value_name = "DIR", conflicts_with = "memory")]
+    #[arg(long, value_name = "DIR", conflicts_with = "memory", global = true)]
     queue: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -145,7 +155,17 @@ enum Command {
     /// List the outbound queue (of --maildir or --queue) and exit: each
     /// message with its sender, and each recipient's state, attempts, next
     /// attempt and last reply.
-    Queue,
+    Queue {
+        #[command(subcommand)]
+        action: Option<QueueAction>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueAction {
+    /// Make the server running with this queue retry every deferred
+    /// recipient now (as `postqueue -f`).
+    Flush,
 }
 
 /// `DOMAIN=HOST[:PORT]`.
@@ -210,8 +230,16 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if let Some(Command::Queue) = args.command {
-        return list_queue(&queue_dir(&args));
+    match args.command {
+        Some(Command::Queue { action: None }) => return list_queue(&queue_dir(&args)),
+        Some(Command::Queue {
+            action: Some(QueueAction::Flush),
+        }) => {
+            let n = postamt_examples::control::flush(&control_socket(&args))?;
+            println!("Flushed: {n} deferred recipient(s) are being tried now.");
+            return Ok(());
+        }
+        None => {}
     }
     let directory = match &args.users {
         Some(path) => StaticDirectory::from_file(path).map_err(|e| e.to_string())?,
@@ -276,7 +304,14 @@ fn run(args: Args) -> Result<(), String> {
             retry_max: args.retry_max,
             queue_lifetime: args.queue_lifetime,
             concurrency: args.relay_concurrency,
-            starttls: args.relay_tls == "may",
+            delay_warning: args.delay_warning,
+            tls: match args.relay_tls.as_str() {
+                "require" => RelayTls::Require,
+                "off" => RelayTls::Off,
+                _ => RelayTls::May,
+            },
+            tls_roots: args.relay_tls_ca.clone(),
+            control: (!args.memory).then(|| control_socket(&args)),
             spool,
             ..Forwarding::new()
         },
@@ -403,6 +438,11 @@ fn queue_dir(args: &Args) -> PathBuf {
     args.queue
         .clone()
         .unwrap_or_else(|| args.maildir.join(".queue"))
+}
+
+/// Where the running server listens for `queue flush`: in its queue folder.
+fn control_socket(args: &Args) -> PathBuf {
+    queue_dir(args).join("control")
 }
 
 /// `toy-server queue`: each queued message with its sender and each
