@@ -296,9 +296,23 @@ fn anna_writes_to_carl_through_her_server_and_carl_fetches_it_by_pop3() {
         lines[6]
     );
     assert_eq!(fields(&got, "Received:").len(), 2);
-    // The outbound session is traced with its own connection id.
+    // The outbound session is traced with its own connection id, one no
+    // inbound session of this server has.
     let trace = kolleg.trace.text();
-    assert!(trace.contains("[smtp-out #"), "{trace}");
+    let ids = |prefix: &str| -> Vec<String> {
+        let mut ids: Vec<String> = trace
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix)?.split(']').next().map(str::to_owned))
+            .collect();
+        ids.dedup();
+        ids
+    };
+    let (outbound, inbound) = (ids("[smtp-out #"), ids("[smtp #"));
+    assert_eq!(outbound.len(), 1, "{trace}");
+    assert!(
+        !inbound.is_empty() && !inbound.contains(&outbound[0]),
+        "{trace}"
+    );
     assert!(
         trace.contains(" C: RCPT TO:<carl@schule.example>"),
         "{trace}"
@@ -1397,4 +1411,269 @@ fn a_delay_notice_comes_after_the_delay_warning_then_the_failure() {
         "{failure}"
     );
     kolleg.server.stop();
+}
+
+/// The built toy-server example, next to the test binaries.
+fn toy_server() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join("toy-server");
+    if path.exists() {
+        return Some(path);
+    }
+    peers::missing(
+        "the toy-server example",
+        "run `cargo test --workspace` or build it with `cargo build --examples`",
+    );
+    None
+}
+
+/// Runs `toy-server ARGS` to its end: exit status, stdout, stderr.
+fn toy(binary: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(binary)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn queue_flush_makes_the_running_server_retry_now() {
+    let Some(binary) = toy_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("mail");
+    let maildir = maildir.to_str().unwrap();
+    // schule's server is down at first; its port is known in advance.
+    let schule_port = peers::spare_port();
+    let route = format!("schule.example=127.0.0.1:{schule_port}");
+    let mut child = std::process::Command::new(&binary)
+        .args(["--maildir", maildir, "--smtp-port", "0", "--pop3-port", "0"])
+        .args(["--relay-from", "127.0.0.0/8", "--route", &route])
+        // Without the flush, the next attempt would be an hour away.
+        .args(["--retry-after", "1h", "--retry-max", "1h"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = BufReader::new(child.stdout.take().unwrap());
+    let port = loop {
+        let mut line = String::new();
+        assert!(banner.read_line(&mut line).unwrap() > 0, "no banner");
+        if let Some(p) = line.trim().strip_prefix("SMTP  telnet 127.0.0.1 ") {
+            break p.parse::<u16>().unwrap();
+        }
+    };
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    send(addr, "anna@kolleg.de", &["carl@schule.example"], MESSAGE);
+
+    // The first attempt fails; `queue` shows the deferred recipient.
+    let deadline = Instant::now() + WAIT;
+    let listing = loop {
+        let (ok, out, err) = toy(&binary, &["queue", "--maildir", maildir]);
+        assert!(ok, "{err}");
+        if out.contains("deferred") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "never deferred: {out}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 2, "{listing}");
+    assert!(
+        lines[0].contains(" octets  from <anna@kolleg.de>  arrived "),
+        "{listing}"
+    );
+    assert!(
+        lines[1].starts_with("  carl@schule.example  deferred, 1 attempt(s), next "),
+        "{listing}"
+    );
+    assert!(
+        lines[1].contains(&format!(
+            "; last reply: 451 4.4.1 Connect to 127.0.0.1 failed: 127.0.0.1:{schule_port}: "
+        )),
+        "{listing}"
+    );
+
+    let schule = Node::start(
+        "mx.schule.example",
+        "schule.example",
+        &["carl"],
+        schule_port,
+        Forwarding::new(),
+    );
+    let (ok, out, err) = toy(&binary, &["--maildir", maildir, "queue", "flush"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "Flushed: 1 deferred recipient(s) are being tried now.\n"
+    );
+    let got = schule.wait_for("carl@schule.example", 1);
+    assert!(got[0].ends_with(MESSAGE.as_bytes()));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, out, _) = toy(&binary, &["queue", "--maildir", maildir]);
+        if out.starts_with("The queue in ") && out.ends_with(" is empty.\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still queued: {out}");
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // Stopped (Ctrl-C), the server takes its control socket away: a flush
+    // then says nobody is there.
+    let stopped = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(child.wait().unwrap().success());
+    let (ok, out, err) = toy(&binary, &["queue", "flush", "--maildir", maildir]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.starts_with("toy-server: no running server owns this queue ("),
+        "{err}"
+    );
+    schule.server.stop();
+}
+
+/// A certificate authority of the test's own and a certificate it signed
+/// for 127.0.0.1: the CA file, and the server configuration.
+fn test_ca(dir: &std::path::Path) -> (std::path::PathBuf, Arc<rustls::ServerConfig>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let config = postamt_examples::tls::from_pem_files(&cert_file, &key_file).unwrap();
+    (ca_file, config)
+}
+
+#[test]
+fn required_tls_is_verified_and_a_host_without_it_is_deferred() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, verified) = test_ca(dir.path());
+    // One next hop with a certificate the CA signed, one whose certificate
+    // signed itself, one without STARTTLS.
+    let good = Node::start_tls(
+        "mx.good.example",
+        "good.example",
+        &["carl"],
+        0,
+        Forwarding::new(),
+        Some(verified),
+    );
+    let selfish = Node::start_tls(
+        "mx.self.example",
+        "self.example",
+        &["carl"],
+        0,
+        Forwarding::new(),
+        Some(postamt_examples::tls::self_signed("mx.self.example").unwrap()),
+    );
+    let plain = Node::start(
+        "mx.plain.example",
+        "plain.example",
+        &["carl"],
+        0,
+        Forwarding::new(),
+    );
+    let spool = Arc::new(postamt_store::MemorySpool::new());
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            tls: postamt_examples::RelayTls::Require,
+            tls_roots: Some(ca),
+            spool: spool.clone(),
+            retry_after: Duration::from_secs(60),
+            retry_max: Duration::from_secs(60),
+            ..trusted(&[
+                ("good.example", &good),
+                ("self.example", &selfish),
+                ("plain.example", &plain),
+            ])
+        },
+    );
+    send(
+        kolleg.server.smtp_addr(),
+        "anna@kolleg.de",
+        &[
+            "carl@good.example",
+            "carl@self.example",
+            "carl@plain.example",
+        ],
+        MESSAGE,
+    );
+    let got = good.wait_for("carl@good.example", 1);
+    let got = String::from_utf8(got[0].clone()).unwrap();
+    assert!(
+        got.contains("\r\n\tby mx.good.example (postamt) with ESMTPS;\r\n"),
+        "{got}"
+    );
+    // The other two are deferred with why, and never sent in plaintext.
+    use postamt_store::Spool;
+    let deadline = Instant::now() + WAIT;
+    let replies =
+        loop {
+            let entries = spool.list().unwrap();
+            assert_eq!(entries.len(), 1);
+            let msg = postamt_relay::QueuedMessage::from_record(
+                postamt_relay::MessageId::new(entries[0].id.as_str()),
+                &entries[0].record,
+            )
+            .unwrap();
+            let replies: Vec<String> =
+                msg.recipients()
+                    .iter()
+                    .filter_map(|r| match r.state() {
+                        postamt_relay::RecipientState::Deferred { last_reply, .. } => Some(
+                            format!("{} {}", r.mailbox(), last_reply.to_string().trim_end()),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+            if replies.len() == 2 {
+                break replies;
+            }
+            assert!(Instant::now() < deadline, "{replies:?}");
+            thread::sleep(Duration::from_millis(50));
+        };
+    assert!(
+        replies[0].starts_with("carl@self.example 451 4.7.5 TLS with 127.0.0.1 failed: "),
+        "{replies:?}"
+    );
+    assert!(replies[0].contains("certificate"), "{replies:?}");
+    assert_eq!(
+        replies[1],
+        format!(
+            "carl@plain.example 451 4.7.5 TLS with 127.0.0.1 failed: {} does not offer STARTTLS",
+            plain.server.smtp_addr()
+        )
+    );
+    assert!(selfish.mailbox("carl@self.example").is_empty());
+    assert!(plain.mailbox("carl@plain.example").is_empty());
+    assert_eq!(selfish.transactions(), 0);
+    assert_eq!(plain.transactions(), 0);
+    kolleg.server.stop();
+    for n in [good, selfish, plain] {
+        n.server.stop();
+    }
 }
