@@ -6,6 +6,10 @@
 #                                       # its count (16 minutes in all on 2 cores)
 #   SOAK=30 sudo benches/e2e.sh         # a shorter soak
 #   SOAK=0 sudo benches/e2e.sh          # no soak
+#   sudo benches/e2e.sh forward         # relaying instead: toy server against
+#                                       # a private Postfix, both passing mail
+#                                       # on to smtp-sink (about 1 minute with
+#                                       # DURATION=5)
 #
 # Needs root on Debian (or alike): it installs postfix and dovecot-pop3d with
 # apt-get when they are missing, and runs them as private instances whose whole
@@ -36,6 +40,11 @@
 
 set -euo pipefail
 
+MODE=${1:-all}
+case $MODE in
+all | forward) ;;
+*) echo "usage: e2e.sh [forward]" >&2; exit 2 ;;
+esac
 SOAK=${SOAK:-300}
 DURATION=${DURATION:-5}
 COUNT=${COUNT:-20000}
@@ -210,6 +219,200 @@ free_port SINK_PORT
 /usr/sbin/smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 256 >"$T/smtp-sink.log" 2>&1 &
 PIDS+=($!)
 wait_listen "$SINK_PORT" smtp-sink "$T/smtp-sink.log"
+
+# ---------------------------------------------------------------------------
+# forward: the toy server and a private Postfix as relays, both passing every
+# message on to a fresh smtp-sink that writes each one to a file; each cell
+# (server, clients) gets its own server, queue and sink, stopped afterwards,
+# so no message of one cell reaches the next one's count.
+
+FW=$T/fw
+FW_RESULTS=$FW/results # server|c|accepted|acc_rate|forwarded|fwd_rate|p50|p99|errors
+mkdir -p "$FW"
+: >"$FW_RESULTS"
+FW_TO=()
+for n in $(seq 50); do FW_TO+=(--to "far$n@far.example"); done
+
+fw_postfix_start() { # DIR SMTP-PORT SINK-PORT: a private Postfix relaying all to the sink
+    local d=$1 port=$2 sink=$3
+    mkdir -p "$d/etc" "$d/queue" "$d/data"
+    chown postfix:postfix "$d/data"
+    cat >"$d/etc/main.cf" <<PFEOF
+compatibility_level = 3.6
+queue_directory = $d/queue
+data_directory = $d/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = relay.kolleg.de
+mydomain = kolleg.de
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+relayhost = [127.0.0.1]:$sink
+local_transport = error:local delivery is off
+alias_maps =
+alias_database =
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_peername_lookup = no
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+smtp_dns_support_level = disabled
+maillog_file = $d/maillog
+maillog_file_prefixes = $T
+syslog_name = postfix-e2e-fw
+biff = no
+PFEOF
+    cat >"$d/etc/master.cf" <<PFEOF
+127.0.0.1:$port inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+PFEOF
+    PF_DIR=$d/etc
+    postfix -c "$PF_DIR" check >"$d/check.log" 2>&1 && postfix -c "$PF_DIR" start >"$d/start.log" 2>&1 ||
+        { cat "$d/check.log" "$d/start.log" >&2; return 1; }
+    PF_STARTED=1
+    # The clean-up at exit looks for the master's pid here.
+    mkdir -p "$T/pf/queue/pid" && cp "$d/queue/pid/master.pid" "$T/pf/queue/pid/master.pid"
+    wait_listen "$port" "postfix smtpd (relay)" "$d/maillog"
+}
+
+fw_postfix_stop() {
+    postfix -c "$PF_DIR" stop >/dev/null 2>&1 || true
+    PF_STARTED=0
+    local master
+    master=$(tr -d ' ' <"$T/pf/queue/pid/master.pid" 2>/dev/null || true)
+    for _ in $(seq 100); do
+        [[ -n $master ]] && kill -0 "$master" 2>/dev/null || break
+        sleep 0.1
+    done
+}
+
+# fw_cell SERVER C: one measurement; SERVER is toy or postfix.
+fw_cell() {
+    local server=$1 c=$2 cell=$FW/$1-c$2 sink port pop pid="" out line
+    mkdir -p "$cell/dump"
+    chown nobody "$cell/dump"
+    free_port sink
+    /usr/sbin/smtp-sink -u nobody -d "$cell/dump/%H%M%S." "127.0.0.1:$sink" 256 >"$cell/sink.log" 2>&1 &
+    local sink_pid=$!
+    PIDS+=("$sink_pid")
+    wait_listen "$sink" smtp-sink "$cell/sink.log"
+    free_port port
+    if [[ $server == toy ]]; then
+        free_port pop
+        "$TOY" --maildir "$cell/mail" --smtp-port "$port" --pop3-port "$pop" \
+            --relay-from 127.0.0.0/8 --relay-host "127.0.0.1:$sink" --relay-tls off \
+            >"$cell/toy.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        wait_listen "$port" "toy-server (relay)" "$cell/toy.log"
+    else
+        fw_postfix_start "$cell/pf" "$port" "$sink" || return 0
+    fi
+    local t0
+    t0=$(date +%s.%N)
+    out=$("$LOAD" --smtp "127.0.0.1:$port" --concurrency "$c" --count "$COUNT" --duration "$DURATION" \
+        --timeout 10 --from anna@kolleg.de "${FW_TO[@]}" --stamps "$cell/stamps" 2>&1) || true
+    line=$(grep -E '^smtp: ' <<<"$out" | head -1 || true)
+    local accepted acc_rate errs
+    accepted=$(sed -nE 's/^smtp: ([0-9]+) transactions.*/\1/p' <<<"$line")
+    acc_rate=$(sed -nE 's/.*: ([0-9.]+) messages\/s.*/\1/p' <<<"$line")
+    errs=$(sed -nE 's/.*errors ([0-9]+).*/\1/p' <<<"$line")
+    # Wait (at most 60 s) until the sink has every accepted message.
+    local got=0
+    for _ in $(seq 600); do
+        got=$(find "$cell/dump" -type f | wc -l)
+        ((got >= ${accepted:-0})) && break
+        sleep 0.1
+    done
+    sleep 0.2
+    got=$(find "$cell/dump" -type f | wc -l)
+    # Each dump file's last change (the sink's 250 follows it) against the
+    # time our client got its 250, by the message's X-Postamt-Load id.
+    find "$cell/dump" -type f -printf '%p %T@\n' >"$cell/mtimes"
+    grep -r -m1 -H '^X-Postamt-Load: ' "$cell/dump" | sed 's/:X-Postamt-Load: / /' >"$cell/ids" || true
+    awk 'FNR==NR {m[$1]=$2; next} {print $2, m[$1]}' "$cell/mtimes" "$cell/ids" >"$cell/sink-times"
+    awk 'FNR==NR {s[$1]=$2; next} ($1 in s) {printf "%.3f\n", ($2 - s[$1]) * 1000}' \
+        "$cell/stamps" "$cell/sink-times" | sort -n >"$cell/latency"
+    local n p50 p99 last fwd_rate
+    n=$(wc -l <"$cell/latency")
+    p50=$(awk -v n="$n" 'NR == (int(n*0.50) < n*0.50 ? int(n*0.50)+1 : int(n*0.50)) {print}' "$cell/latency")
+    p99=$(awk -v n="$n" 'NR == (int(n*0.99) < n*0.99 ? int(n*0.99)+1 : int(n*0.99)) {print}' "$cell/latency")
+    last=$(cut -d' ' -f2 "$cell/mtimes" | sort -n | tail -1)
+    fwd_rate=$(awk -v n="$got" -v a="$t0" -v b="${last:-0}" 'BEGIN {d = b - a; printf "%.1f", (d > 0 ? n / d : 0)}')
+    echo "$server|$c|${accepted:-0}|${acc_rate:-0}|$got|$fwd_rate|${p50:--}|${p99:--}|${errs:-?}" >>"$FW_RESULTS"
+    say "forward $server c=$c: accepted ${accepted:-0} (${acc_rate:-0}/s), at the sink $got (${fwd_rate}/s), our 250 -> sink p50 ${p50:--} ms p99 ${p99:--} ms, errors ${errs:-?}"
+    if [[ $server == toy ]]; then
+        kill -INT "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    else
+        fw_postfix_stop
+    fi
+    kill "$sink_pid" 2>/dev/null || true
+    wait "$sink_pid" 2>/dev/null || true
+}
+
+forward_mode() {
+    for c in "${LEVELS[@]}"; do fw_cell toy "$c"; done
+    for c in "${LEVELS[@]}"; do fw_cell postfix "$c"; done
+    fwd() { awk -F'|' -v s="$1" -v c="$2" '$1==s && $2==c {print $6}' "$FW_RESULTS"; }
+    echo
+    echo "postamt e2e forward: $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d), DURATION=${DURATION}s COUNT=$COUNT per cell, 10 KiB messages to 50 recipients round robin"
+    echo "accepted: transactions/s our clients got 250 for; forwarded: messages at smtp-sink / seconds from the load's start to the last one;"
+    echo "latency: from the client's 250 to the sink's copy of the message (file time, a few ms resolution)"
+    echo
+    printf '| %-24s | %4s | %9s | %11s | %9s | %12s | %8s | %8s | %6s | %-24s |\n' \
+        relay c accepted "accepted/s" "at sink" "forwarded/s" "p50 ms" "p99 ms" errors "forwarded/s vs postfix"
+    printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------------------- ------ ----------- ------------- ----------- -------------- ---------- ---------- -------- --------------------------
+    local ALL=1
+    while IFS='|' read -r server c accepted acc_rate got fwd_rate p50 p99 errs; do
+        local name ratio=reference ref
+        if [[ $server == toy ]]; then
+            name="toy-server --maildir"
+            ref=$(fwd postfix "$c")
+            if [[ -n $ref && $ref != 0* ]]; then
+                ratio=$(awk -v a="$fwd_rate" -v b="$ref" 'BEGIN {printf "%.2fx", a/b}')
+                awk -v a="$fwd_rate" -v b="$ref" 'BEGIN {exit !(a >= b)}' || ALL=0
+            else
+                ratio="(postfix not measured)"
+            fi
+            [[ $got == "$accepted" && $errs == 0 ]] || ALL=0
+        else
+            name="postfix (relayhost)"
+        fi
+        printf '| %-24s | %4s | %9s | %11s | %9s | %12s | %8s | %8s | %6s | %-24s |\n' \
+            "$name" "$c" "$accepted" "$acc_rate" "$got" "$fwd_rate" "$p50" "$p99" "$errs" "$ratio"
+    done <"$FW_RESULTS"
+    echo
+    if ((ALL)); then
+        echo "forward target (at least Postfix's forwarded/s at every concurrency, every message at the sink): met"
+    else
+        echo "forward target (at least Postfix's forwarded/s at every concurrency, every message at the sink): NOT met"
+    fi
+}
+
+if [[ $MODE == forward ]]; then
+    forward_mode
+    exit 0
+fi
 
 # ---------------------------------------------------------------------------
 # A private Postfix: smtpd -> cleanup -> qmgr -> virtual(8) into Maildir

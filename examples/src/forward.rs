@@ -166,7 +166,14 @@ enum Input {
     Queued(QueuedMessage),
     Resolved(String, MxAnswer),
     /// A delivery thread is at Ready and asks for the envelope.
-    Envelope(DeliveryId, Capabilities, Sender<Option<Envelope>>),
+    /// The answer carries the message's size for SIZE= (the relay knows
+    /// it; asking the spool would list the whole queue).
+    Envelope(
+        DeliveryId,
+        MessageId,
+        Capabilities,
+        Sender<Option<(Envelope, u64)>>,
+    ),
     Done(DeliveryId, Outcome),
     /// Make every deferred recipient due now; answer how many there were.
     Flush(Sender<usize>),
@@ -477,12 +484,15 @@ fn run(
                 }
             }
             Input::Resolved(domain, answer) => relay.resolved(&domain, &answer, seed()),
-            Input::Envelope(id, caps, answer) => {
+            Input::Envelope(id, message, caps, answer) => {
                 let envelope = relay.envelope(now, id, &caps).unwrap_or_else(|e| {
                     eprintln!("forwarder: {e}");
                     None
                 });
-                let _ = answer.send(envelope);
+                let _ = answer.send(envelope.map(|envelope| {
+                    let size = relay.message(&message).map_or(0, QueuedMessage::size);
+                    (envelope, size)
+                }));
             }
             Input::Done(id, outcome) => {
                 if let Err(e) = relay.handle(now, id, outcome) {
@@ -724,10 +734,15 @@ fn attempt(
                         continue;
                     }
                     let (tx, rx) = mpsc::channel();
-                    let _ = input.send(Input::Envelope(delivery.id(), caps, tx));
+                    let _ = input.send(Input::Envelope(
+                        delivery.id(),
+                        delivery.message().clone(),
+                        caps,
+                        tx,
+                    ));
                     match rx.recv().ok().flatten() {
-                        Some(envelope) => {
-                            let size = delivery_size(ctx, delivery);
+                        Some((envelope, size)) => {
+                            let size = Some(size);
                             match open_body(ctx, delivery) {
                                 Ok(reader) => body = Some(reader),
                                 Err(e) => {
@@ -884,16 +899,6 @@ fn flush(
         }
     }
     Ok(())
-}
-
-fn delivery_size(ctx: &Context, delivery: &Delivery) -> Option<u64> {
-    let id = SpoolId::new(delivery.message().as_str()).ok()?;
-    ctx.spool
-        .list()
-        .ok()?
-        .into_iter()
-        .find(|e| e.id == id)
-        .map(|e| e.size)
 }
 
 fn open_body(

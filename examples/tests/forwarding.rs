@@ -1152,7 +1152,7 @@ const DSN_RCPT: &str =
 
 #[test]
 fn dsn_parameters_go_on_to_a_next_hop_that_offers_dsn_and_it_reports() {
-    let hop = Scripted::start("250-DSN\r\n", "250 2.1.5 ok");
+    let hop = Scripted::start("250-DSN\r\n250-SIZE 1000000\r\n", "250 2.1.5 ok");
     let spool = Arc::new(postamt_store::MemorySpool::new());
     let kolleg = Node::start(
         "mail.kolleg.de",
@@ -1167,8 +1167,20 @@ fn dsn_parameters_go_on_to_a_next_hop_that_offers_dsn_and_it_reports() {
     );
     send_raw(kolleg.server.smtp_addr(), DSN_MAIL, &[DSN_RCPT], MESSAGE);
     wait_until_empty(&spool);
+    // SIZE= is the queued message: anna's plus our Received: header.
+    let mut envelopes = hop.envelopes();
+    let size: usize = envelopes[0][0]
+        .strip_prefix("MAIL FROM:<anna@kolleg.de> SIZE=")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{envelopes:?}"));
+    assert!(
+        (MESSAGE.len() + 60..MESSAGE.len() + 200).contains(&size),
+        "{size}"
+    );
+    envelopes[0][0] = envelopes[0][0].replace(&format!(" SIZE={size}"), "");
     assert_eq!(
-        hop.envelopes(),
+        envelopes,
         [[
             "MAIL FROM:<anna@kolleg.de> RET=HDRS ENVID=anna+2B1\r\n",
             "RCPT TO:<carl@dsn.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;carl@dsn.example\r\n",

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use clap::Parser;
@@ -68,6 +68,12 @@ struct Args {
     /// Seconds to wait for any one reply before counting an error.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// Give each SMTP message its own first header `X-Postamt-Load:
+    /// CLIENT.N` and write `CLIENT.N UNIX-SECONDS` (when its 250 came) to
+    /// FILE for each accepted one: to measure how long a relay takes to
+    /// pass a message on (benches/e2e.sh forward).
+    #[arg(long, value_name = "FILE")]
+    stamps: Option<std::path::PathBuf>,
 }
 
 /// What one protocol's run measured.
@@ -77,6 +83,8 @@ struct Tally {
     bytes: u64,
     errors: u64,
     first_errors: Vec<String>,
+    /// With `--stamps`: each accepted message's id and when its 250 came.
+    stamps: Vec<(String, SystemTime)>,
 }
 
 impl Tally {
@@ -91,6 +99,7 @@ impl Tally {
         self.latencies.extend(other.latencies);
         self.bytes += other.bytes;
         self.errors += other.errors;
+        self.stamps.extend(other.stamps);
         for e in other.first_errors {
             if self.first_errors.len() < 3 {
                 self.first_errors.push(e);
@@ -279,10 +288,28 @@ fn smtp_client(
     message: &Bytes,
     budget: &Budget,
     timeout: Duration,
+    stamp: Option<u64>,
 ) -> Tally {
     let mut tally = Tally::default();
     let mut conn: Option<Smtp> = None;
+    let mut sent = 0u64;
     while budget.take() {
+        // With stamps, a header names this message (a copy per message).
+        let (id, stamped);
+        let message = match stamp {
+            Some(client) => {
+                sent += 1;
+                id = format!("{client}.{sent}");
+                let mut m = format!("X-Postamt-Load: {id}\r\n").into_bytes();
+                m.extend_from_slice(message);
+                stamped = Bytes::from(m);
+                &stamped
+            }
+            None => {
+                id = String::new();
+                message
+            }
+        };
         let started = Instant::now();
         let c = match conn.take() {
             Some(c) => c,
@@ -299,6 +326,9 @@ fn smtp_client(
             Ok(octets) => {
                 tally.latencies.push(started.elapsed());
                 tally.bytes += octets;
+                if stamp.is_some() {
+                    tally.stamps.push((id, SystemTime::now()));
+                }
                 conn = Some(c);
             }
             Err(e) => {
@@ -359,12 +389,23 @@ fn run_smtp(addr: SocketAddr, args: &Args) -> Result<(), String> {
         .map(|i| {
             let envelope = envelopes[i as usize % envelopes.len()].clone();
             let (message, budget) = (message.clone(), Arc::clone(&budget));
-            thread::spawn(move || smtp_client(addr, &envelope, &message, &budget, timeout))
+            let stamp = args.stamps.is_some().then_some(i);
+            thread::spawn(move || smtp_client(addr, &envelope, &message, &budget, timeout, stamp))
         })
         .collect();
     let mut total = Tally::default();
     for c in clients {
         total.merge(c.join().map_err(|_| "an SMTP client panicked")?);
+    }
+    if let Some(path) = &args.stamps {
+        let mut out = String::new();
+        for (id, at) in &total.stamps {
+            let at = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            out.push_str(&format!("{id} {}.{:09}\n", at.as_secs(), at.subsec_nanos()));
+        }
+        std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     total.report("smtp", "transactions", args.concurrency, started.elapsed());
     Ok(())
