@@ -461,10 +461,11 @@ fn run(
     jobs: &Sender<Delivery>,
 ) {
     restore(&mut relay, ctx);
+    let writers = Writers::start(&ctx.spool);
     loop {
         let now = SystemTime::now();
         while let Some(action) = relay.poll_action(now) {
-            perform(&mut relay, action, ctx, input, jobs);
+            perform(&mut relay, action, ctx, input, jobs, &writers);
         }
         let wait = relay
             .poll_timeout()
@@ -502,7 +503,8 @@ fn run(
             Input::Flush(answer) => {
                 let _ = answer.send(relay.flush(now));
             }
-            Input::Stop => return,
+            // Every state change handed out is written before we return.
+            Input::Stop => return writers.finish(),
         }
     }
 }
@@ -545,28 +547,103 @@ fn seed() -> u64 {
     RandomState::new().hash_one(SystemTime::now())
 }
 
+/// A write to the spool, done off the relay thread.
+enum SpoolWrite {
+    Save(MessageId, Vec<u8>),
+    Remove(MessageId),
+}
+
+/// Threads that write the queue's state changes, so the relay thread never
+/// waits for an fsync (one at a time, it capped forwarding at the disk's
+/// fsyncs per second; several at once share journal commits). A message's
+/// writes always go to the same thread, in order: the spool allows one
+/// change of an id at a time. A result written late is what a crash
+/// repeats, as for a delivery still in flight (RFC 5321 §6.1's
+/// duplicate, never a loss): the message stays queued until its removal
+/// is durable.
+struct Writers {
+    queues: Vec<Sender<SpoolWrite>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Writers {
+    const THREADS: u64 = 4;
+
+    fn start(spool: &Arc<dyn Spool>) -> Self {
+        let mut queues = Vec::new();
+        let mut threads = Vec::new();
+        for n in 0..Self::THREADS {
+            let (tx, rx) = mpsc::channel::<SpoolWrite>();
+            let spool = Arc::clone(spool);
+            let spawned = thread::Builder::new()
+                .name(format!("queue-writer-{n}"))
+                .spawn(move || {
+                    for write in rx {
+                        match write {
+                            SpoolWrite::Save(id, record) => {
+                                if let Err(e) = SpoolId::new(id.as_str())
+                                    .and_then(|s| spool.update(&s, &record))
+                                {
+                                    eprintln!("forwarder: cannot save the state of {id}: {e}");
+                                }
+                            }
+                            SpoolWrite::Remove(id) => {
+                                if let Err(e) =
+                                    SpoolId::new(id.as_str()).and_then(|s| spool.remove(&s))
+                                {
+                                    eprintln!("forwarder: cannot remove {id} from the queue: {e}");
+                                }
+                            }
+                        }
+                    }
+                });
+            match spawned {
+                Ok(t) => {
+                    queues.push(tx);
+                    threads.push(t);
+                }
+                Err(e) => eprintln!("forwarder: cannot start a queue writer: {e}"),
+            }
+        }
+        Self { queues, threads }
+    }
+
+    fn send(&self, id: &MessageId, write: SpoolWrite) {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        if self.queues.is_empty() {
+            return eprintln!("forwarder: no queue writer for {id}");
+        }
+        let n = BuildHasherDefault::<DefaultHasher>::default().hash_one(id) as usize
+            % self.queues.len();
+        let _ = self.queues[n].send(write);
+    }
+
+    /// Waits until everything sent is written.
+    fn finish(self) {
+        drop(self.queues);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
 fn perform(
     relay: &mut Relay,
     action: Action,
     ctx: &Arc<Context>,
     input: &Sender<Input>,
     jobs: &Sender<Delivery>,
+    writers: &Writers,
 ) {
     match action {
         Action::Notify(notice) => notify(relay, &notice, ctx),
         Action::Save(id) => {
-            if let Some(msg) = relay.message(&id)
-                && let Err(e) =
-                    SpoolId::new(id.as_str()).and_then(|s| ctx.spool.update(&s, &record(msg)))
-            {
-                eprintln!("forwarder: cannot save the state of {id}: {e}");
+            if let Some(msg) = relay.message(&id) {
+                let record = record(msg);
+                writers.send(&id.clone(), SpoolWrite::Save(id, record));
             }
         }
-        Action::Remove(id) => {
-            if let Err(e) = SpoolId::new(id.as_str()).and_then(|s| ctx.spool.remove(&s)) {
-                eprintln!("forwarder: cannot remove {id} from the queue: {e}");
-            }
-        }
+        Action::Remove(id) => writers.send(&id.clone(), SpoolWrite::Remove(id)),
         Action::Resolve(domain) => {
             let (ctx, input) = (Arc::clone(ctx), input.clone());
             thread::spawn(move || {
