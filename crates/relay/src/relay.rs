@@ -162,6 +162,9 @@ struct Entry {
     /// Per recipient: part of a running delivery (never written down; a
     /// crash makes the recipient due again, RFC 5321 §6.1's duplicate).
     busy: Vec<bool>,
+    /// Per recipient: its route, decided once (the table never changes),
+    /// so the scans after every input do not decide it again.
+    routes: Vec<Route>,
 }
 
 #[derive(Debug)]
@@ -257,7 +260,19 @@ impl Relay {
             return Err(RelayError::Local(r.mailbox().clone()));
         }
         let busy = vec![false; msg.recipients().len()];
-        self.messages.insert(msg.id().clone(), Entry { msg, busy });
+        let routes = msg
+            .recipients()
+            .iter()
+            .map(|r| self.routes.route(r.mailbox().domain()))
+            .collect();
+        self.messages.insert(
+            msg.id().clone(),
+            Entry {
+                msg,
+                busy,
+                routes,
+            },
+        );
         Ok(())
     }
 
@@ -320,48 +335,61 @@ impl Relay {
         if let Some(action) = self.out.pop_front() {
             return Some(action);
         }
+        // Find the first message with something to do without copying or
+        // changing anything; then act on that one.
+        let slots = self.flights.len() < self.config.concurrency;
         let mut used = HashSet::new();
-        let ids: Vec<MessageId> = self.messages.keys().cloned().collect();
-        for id in ids {
-            if self.messages[&id].msg.is_done() && !self.messages[&id].busy.contains(&true) {
-                self.messages.remove(&id);
-                return Some(Action::Remove(id));
+        let mut found = None;
+        for (id, entry) in &self.messages {
+            if entry.msg.is_done() && !entry.busy.contains(&true) {
+                found = Some((id.clone(), None));
+                break;
             }
-            let Scan {
-                decisions,
-                groups,
-                ask,
-                waiting,
-            } = self.scan(&id, now, &mut used);
-            if let Some(domain) = ask {
-                self.dns.insert(domain.clone(), Lookup::Asked);
-                return Some(Action::Resolve(domain));
-            }
-            if !decisions.is_empty() {
-                let mut changed = Changes::default();
-                for decision in decisions {
-                    match decision {
-                        Decision::Fail(i, reply) => {
-                            self.fail(&id, i, reply, None, &mut changed);
-                        }
-                        Decision::Defer(i, reply) => {
-                            self.defer(&id, i, reply, None, now, &mut changed);
-                        }
-                    }
-                }
-                self.finish_changes(&id, changed, now);
-                return self.out.pop_front();
-            }
-            if !waiting
-                && self.flights.len() < self.config.concurrency
-                && let Some((hosts, indexes)) = groups.into_iter().next()
+            let scan = self.scan(entry, now, slots, &mut used);
+            if scan.ask.is_some()
+                || !scan.decisions.is_empty()
+                || (!scan.waiting && !scan.groups.is_empty())
             {
-                return Some(Action::Deliver(self.start(&id, hosts, indexes)));
+                found = Some((id.clone(), Some(scan)));
+                break;
             }
         }
-        self.dns
-            .retain(|domain, lookup| matches!(lookup, Lookup::Asked) || used.contains(domain));
-        None
+        let Some((id, scan)) = found else {
+            self.dns
+                .retain(|domain, lookup| matches!(lookup, Lookup::Asked) || used.contains(domain));
+            return None;
+        };
+        let Some(Scan {
+            decisions,
+            groups,
+            ask,
+            ..
+        }) = scan
+        else {
+            self.messages.remove(&id);
+            return Some(Action::Remove(id));
+        };
+        if let Some(domain) = ask {
+            self.dns.insert(domain.clone(), Lookup::Asked);
+            return Some(Action::Resolve(domain));
+        }
+        if !decisions.is_empty() {
+            let mut changed = Changes::default();
+            for decision in decisions {
+                match decision {
+                    Decision::Fail(i, reply) => {
+                        self.fail(&id, i, reply, None, &mut changed);
+                    }
+                    Decision::Defer(i, reply) => {
+                        self.defer(&id, i, reply, None, now, &mut changed);
+                    }
+                }
+            }
+            self.finish_changes(&id, changed, now);
+            return self.out.pop_front();
+        }
+        let (hosts, indexes) = groups.into_iter().next()?;
+        Some(Action::Deliver(self.start(&id, hosts, indexes)))
     }
 
     /// When something next becomes due: a deferred recipient's retry, or a
@@ -384,8 +412,8 @@ impl Relay {
                 !entry.busy[i]
                     && !r.state().is_final()
                     && matches!(
-                        self.routes.route(r.mailbox().domain()),
-                        Route::Dns(d) if matches!(self.dns.get(&d), Some(Lookup::Asked))
+                        &entry.routes[i],
+                        Route::Dns(d) if matches!(self.dns.get(d), Some(Lookup::Asked))
                     )
             });
             for (i, r) in entry.msg.recipients().iter().enumerate() {
@@ -395,10 +423,10 @@ impl Relay {
                 }
                 // Work that needs a slot waits for a result while none is
                 // free; a domain being looked up waits for the answer.
-                let actionable = match self.routes.route(r.mailbox().domain()) {
+                let actionable = match &entry.routes[i] {
                     Route::Local => true,
                     Route::Hosts(_) => slots && !held,
-                    Route::Dns(domain) => match self.dns.get(&domain) {
+                    Route::Dns(domain) => match self.dns.get(domain) {
                         None | Some(Lookup::Answered(Err(_))) => true,
                         Some(Lookup::Asked) => false,
                         Some(Lookup::Answered(Ok(_))) => slots && !held,
@@ -550,8 +578,15 @@ impl Relay {
 
     /// Looks at one message's open recipients: what to decide without a
     /// peer, which hosts to go to, and a domain whose MX is needed first.
-    fn scan(&self, id: &MessageId, now: SystemTime, used: &mut HashSet<String>) -> Scan {
-        let entry = &self.messages[id];
+    /// With no free delivery slot (`slots` false) no host groups are
+    /// made: they could not start.
+    fn scan(
+        &self,
+        entry: &Entry,
+        now: SystemTime,
+        slots: bool,
+        used: &mut HashSet<String>,
+    ) -> Scan {
         let mut decisions = Vec::new();
         let mut groups: Vec<(Vec<NextHop>, Vec<usize>)> = Vec::new();
         let mut waiting = false;
@@ -560,13 +595,13 @@ impl Relay {
                 Some(due) if due <= now && !entry.busy[i] => {}
                 _ => continue,
             }
-            let hosts = match self.routes.route(r.mailbox().domain()) {
+            let hosts = match &entry.routes[i] {
                 Route::Local => Err(loops_back_reply(r.mailbox().domain())),
                 Route::Hosts(hosts) => Ok(hosts),
-                Route::Dns(domain) => match self.dns.get(&domain) {
+                Route::Dns(domain) => match self.dns.get(domain) {
                     None => {
                         return Scan {
-                            ask: Some(domain),
+                            ask: Some(domain.clone()),
                             ..Scan::default()
                         };
                     }
@@ -575,18 +610,20 @@ impl Relay {
                         continue;
                     }
                     Some(Lookup::Answered(answer)) => {
-                        let answer = answer.clone();
-                        used.insert(domain);
-                        answer
+                        if !used.contains(domain) {
+                            used.insert(domain.clone());
+                        }
+                        answer.as_ref().map_err(Clone::clone)
                     }
                 },
             };
             match hosts {
                 Err(reply) if reply.is_permanent() => decisions.push(Decision::Fail(i, reply)),
                 Err(reply) => decisions.push(Decision::Defer(i, reply)),
+                Ok(_) if !slots => {}
                 Ok(hosts) => match groups.iter_mut().find(|(h, _)| h[0] == hosts[0]) {
                     Some((_, indexes)) => indexes.push(i),
-                    None => groups.push((hosts, vec![i])),
+                    None => groups.push((hosts.clone(), vec![i])),
                 },
             }
         }
