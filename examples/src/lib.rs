@@ -13,7 +13,9 @@ mod server;
 mod smtp;
 pub mod tls;
 mod trace;
+pub mod web;
 
 pub use forward::Forwarding;
 pub use server::{BindError, Options, Server};
 pub use smtp::POSTMASTER_MAILBOX;
+pub use web::Web;

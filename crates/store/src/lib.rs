@@ -79,7 +79,5 @@ pub use mailbox::{MAX_MAILBOX_NAME_LEN, MAX_UID_LEN, MailboxName, Uid};
 pub use maildir::{LOCK_FILE_NAME, Maildir, SIZE_CACHE_MARGIN, STALE_TMP_AGE};
 pub use memory::{DEFAULT_MEMORY_LIMIT, MemoryStore};
 pub use spool::{MemorySpool, Spool, SpoolEntry, SpoolId, SpoolWriter};
-pub use store::{
-    DEFAULT_MAILBOX_SIZE_LIMIT, Delivery, MailStore, MailView, Maildrop, MessageInfo,
-};
+pub use store::{DEFAULT_MAILBOX_SIZE_LIMIT, Delivery, MailStore, MailView, Maildrop, MessageInfo};
 pub use summary::{Summary, summary};

@@ -31,9 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::crlf::{CrlfReader, CrlfSize, crlf_size_of};
 use crate::store::{DEFAULT_MAILBOX_SIZE_LIMIT, check_indices, fits, unique_recipients};
-use crate::{
-    Delivery, MailStore, MailView, MailboxName, Maildrop, MessageInfo, StoreError, Uid,
-};
+use crate::{Delivery, MailStore, MailView, MailboxName, Maildrop, MessageInfo, StoreError, Uid};
 
 /// Files in `tmp/` older than this are leftovers of crashed deliveries; the
 /// Maildir convention says to remove them after 36 hours.
@@ -283,7 +281,10 @@ impl MailView for Maildir {
 
     fn peek(&self, mailbox: &MailboxName) -> Result<Vec<MessageInfo>, StoreError> {
         let dir = self.mailbox_path(mailbox);
-        Ok(peek_folders(&dir)?.into_iter().map(|(_, e)| e.info).collect())
+        Ok(peek_folders(&dir)?
+            .into_iter()
+            .map(|(_, e)| e.info)
+            .collect())
     }
 
     fn peek_message(

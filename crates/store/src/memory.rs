@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::crlf::{CrlfReader, crlf_size};
 use crate::store::{DEFAULT_MAILBOX_SIZE_LIMIT, check_indices, fits, unique_recipients};
-use crate::{
-    Delivery, MailStore, MailView, MailboxName, Maildrop, MessageInfo, StoreError, Uid,
-};
+use crate::{Delivery, MailStore, MailView, MailboxName, Maildrop, MessageInfo, StoreError, Uid};
 
 /// The default limit of all a [`MemoryStore`] holds: 512 MiB, so that a
 /// server keeping mail in memory cannot be made to grow without bound.
@@ -252,9 +250,13 @@ impl MailView for MemoryStore {
     }
 
     fn peek(&self, mailbox: &MailboxName) -> Result<Vec<MessageInfo>, StoreError> {
-        Ok(self.lock().mailboxes.get(mailbox).map_or_else(Vec::new, |m| {
-            m.messages.iter().map(|s| s.info.clone()).collect()
-        }))
+        Ok(self
+            .lock()
+            .mailboxes
+            .get(mailbox)
+            .map_or_else(Vec::new, |m| {
+                m.messages.iter().map(|s| s.info.clone()).collect()
+            }))
     }
 
     fn peek_message(
