@@ -4,6 +4,7 @@
 //! what it and the integration tests start.
 #![forbid(unsafe_code)]
 
+pub mod classroom;
 pub mod client;
 mod conn;
 pub mod domains;
