@@ -23,7 +23,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 
@@ -46,8 +46,11 @@ pub const MAX_SOURCE: usize = 32 * 1024;
 pub const BROWSER_QUEUE: usize = 1024;
 /// Browsers watching at once; more get `503`.
 pub const MAX_BROWSERS: usize = 16;
-/// How often mailboxes and the queue are looked at.
-const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// How often mailboxes and the queue are looked at when no connection
+/// says anything (mail may come from other tools too).
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// The shortest time between two looks, however busy the connections.
+const LOOK_GAP: Duration = Duration::from_millis(30);
 /// A comment line this often finds browsers that went away.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -173,6 +176,10 @@ pub(crate) struct Hub {
     stopped: AtomicBool,
     /// Browsers watching now.
     watching: AtomicUsize,
+    /// Set when a connection said something: mail may have changed, so
+    /// the looker looks at once.
+    said: Mutex<bool>,
+    wake: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -208,6 +215,8 @@ impl Hub {
             state: Mutex::new(State::default()),
             stopped: AtomicBool::new(false),
             watching: AtomicUsize::new(0),
+            said: Mutex::new(false),
+            wake: Condvar::new(),
         }
     }
 
@@ -256,6 +265,19 @@ impl Hub {
             line: &line,
         });
         state.send(&event);
+        drop(state);
+        *self.said.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits until a connection said something, or `timeout`.
+    fn wait_for_news(&self, timeout: Duration) {
+        let said = self.said.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut said, _) = self
+            .wake
+            .wait_timeout_while(said, timeout, |said| !*said)
+            .unwrap_or_else(PoisonError::into_inner);
+        *said = false;
     }
 
     fn closed(&self, id: u64) {
@@ -309,6 +331,8 @@ impl Hub {
     fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.lock().browsers.clear();
+        *self.said.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.wake.notify_one();
     }
 
     #[cfg(test)]
@@ -401,7 +425,8 @@ fn look(view: &dyn MailView, spool: &dyn Spool, hub: &Hub) {
             Ok(listing) => hub.set_queue(listing),
             Err(e) => eprintln!("teacher's page: cannot look at the queue: {e}"),
         }
-        thread::sleep(LOOK_EVERY);
+        thread::sleep(LOOK_GAP);
+        hub.wait_for_news(LOOK_EVERY);
     }
 }
 
