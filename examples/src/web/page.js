@@ -59,6 +59,7 @@ function addLine(c, line) {
   row.append(el('span', 'who', who), el('span', 'text', line.text));
   c.lines.append(row);
   while (c.lines.childElementCount > MAX_LINES) c.lines.firstElementChild.remove();
+  c.lines.scrollTop = c.lines.scrollHeight; // the newest line in view
 }
 
 function setClosed(c) {
