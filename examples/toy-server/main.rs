@@ -395,8 +395,13 @@ fn run(args: Args) -> Result<(), String> {
             println!("|  {line:<w$}|", w = width - 2);
         }
         println!("+{}+", "-".repeat(width));
+        let every = if set.listen.is_unspecified() {
+            " (every interface)"
+        } else {
+            ""
+        };
         println!(
-            "Listening on {} (every interface), SMTP port {}, POP3 port {}.",
+            "Listening on {}{every}, SMTP port {}, POP3 port {}.",
             set.listen,
             server.smtp_addr().port(),
             server.pop3_addr().port()
