@@ -1,6 +1,6 @@
 //! The teacher's page (`--web ADDR:PORT`): one live page for the projector
 //! with every connection's `C:`/`S:` dialogue as it happens (the trace's own
-//! lines, masked and escaped by [`crate::trace`]), each mailbox with its
+//! lines, masked and escaped by the trace module), each mailbox with its
 //! messages, and the outbound queue with each recipient's state.
 //!
 //! The page (HTML, CSS and JavaScript in `web/`, built into the binary)
