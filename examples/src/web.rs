@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime};
 use postamt_relay::{MessageId, QueuedMessage, RecipientState};
 use postamt_store::{MailView, MailboxName, Spool};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::trace::{Said, printable};
 
@@ -39,9 +40,11 @@ pub const MAX_CONNECTIONS: usize = 60;
 /// sessions take about 40).
 pub const MAX_LINES: usize = 200;
 /// Messages shown per mailbox, the most recent ones.
-pub const MAX_MESSAGES: usize = 30;
+pub const MAX_MESSAGES: usize = 20;
 /// Octets of a message's source shown; the rest is counted, not sent.
-pub const MAX_SOURCE: usize = 32 * 1024;
+/// With [`MAX_MESSAGES`] this bounds a mailbox's listing to about 1 MiB
+/// (source, headers and body each at most this).
+pub const MAX_SOURCE: usize = 16 * 1024;
 /// Events that may wait for one browser before it is dropped.
 pub const BROWSER_QUEUE: usize = 1024;
 /// Browsers watching at once; more get `503`.
@@ -105,8 +108,8 @@ enum Event<'a> {
     /// Everything, first thing after connecting.
     Snapshot {
         connections: &'a VecDeque<Connection>,
-        mailboxes: &'a [Mailbox],
-        queue: &'a [Queued],
+        mailboxes: &'a RawValue,
+        queue: &'a RawValue,
     },
     /// A connection said something (it is new if the page does not know it).
     Line {
@@ -118,9 +121,9 @@ enum Event<'a> {
     /// A connection ended.
     Closed { id: u64 },
     /// The mailboxes changed.
-    Mailboxes { mailboxes: &'a [Mailbox] },
+    Mailboxes { mailboxes: &'a RawValue },
     /// The queue changed.
-    Queue { queue: &'a [Queued] },
+    Queue { queue: &'a RawValue },
 }
 
 /// A mailbox as the page shows it.
@@ -182,12 +185,29 @@ pub(crate) struct Hub {
     wake: Condvar,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     connections: VecDeque<Connection>,
-    mailboxes: Vec<Mailbox>,
-    queue: Vec<Queued>,
+    /// The listings, as JSON: made by the looker outside the lock, so a
+    /// session handing on a trace line never waits for a large one.
+    mailboxes: Box<RawValue>,
+    queue: Box<RawValue>,
     browsers: Vec<SyncSender<Arc<str>>>,
+}
+
+fn empty_list() -> Box<RawValue> {
+    RawValue::from_string("[]".to_string()).expect("valid JSON")
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            connections: VecDeque::new(),
+            mailboxes: empty_list(),
+            queue: empty_list(),
+            browsers: Vec::new(),
+        }
+    }
 }
 
 /// One Server-Sent Events message carrying `data` (each of its lines its
@@ -201,6 +221,11 @@ pub(crate) fn sse(data: &str) -> String {
     }
     out.push('\n');
     out
+}
+
+fn json<T: Serialize>(value: &T) -> Box<RawValue> {
+    // Serialising these plain structs cannot fail.
+    serde_json::value::to_raw_value(value).unwrap_or_else(|_| empty_list())
 }
 
 fn encode(event: &Event<'_>) -> Arc<str> {
@@ -305,26 +330,24 @@ impl Hub {
         rx
     }
 
-    fn set_mailboxes(&self, mailboxes: Vec<Mailbox>) {
+    /// New mailbox listings (JSON), sent to every browser.
+    fn set_mailboxes(&self, mailboxes: Box<RawValue>) {
         let mut state = self.lock();
-        if state.mailboxes != mailboxes {
-            state.mailboxes = mailboxes;
-            let event = encode(&Event::Mailboxes {
-                mailboxes: &state.mailboxes,
-            });
-            state.send(&event);
-        }
+        state.mailboxes = mailboxes;
+        let event = encode(&Event::Mailboxes {
+            mailboxes: &state.mailboxes,
+        });
+        state.send(&event);
     }
 
-    fn set_queue(&self, queue: Vec<Queued>) {
+    /// A new queue listing (JSON), sent to every browser.
+    fn set_queue(&self, queue: Box<RawValue>) {
         let mut state = self.lock();
-        if state.queue != queue {
-            state.queue = queue;
-            let event = encode(&Event::Queue {
-                queue: &state.queue,
-            });
-            state.send(&event);
-        }
+        state.queue = queue;
+        let event = encode(&Event::Queue {
+            queue: &state.queue,
+        });
+        state.send(&event);
     }
 
     /// Lets every browser go (their streams end).
@@ -416,13 +439,22 @@ pub(crate) fn start(
 fn look(view: &dyn MailView, spool: &dyn Spool, hub: &Hub) {
     let mut shown: HashMap<(String, String), Message> = HashMap::new();
     let mut queued: HashMap<String, Option<String>> = HashMap::new();
+    let (mut last_mailboxes, mut last_queue) = (Vec::new(), Vec::new());
     while !hub.stopped.load(Ordering::SeqCst) {
         match mailboxes(view, &mut shown) {
-            Ok(listing) => hub.set_mailboxes(listing),
+            Ok(listing) if listing != last_mailboxes => {
+                hub.set_mailboxes(json(&listing));
+                last_mailboxes = listing;
+            }
+            Ok(_) => {}
             Err(e) => eprintln!("teacher's page: cannot look at the mailboxes: {e}"),
         }
         match queue(spool, &mut queued) {
-            Ok(listing) => hub.set_queue(listing),
+            Ok(listing) if listing != last_queue => {
+                hub.set_queue(json(&listing));
+                last_queue = listing;
+            }
+            Ok(_) => {}
             Err(e) => eprintln!("teacher's page: cannot look at the queue: {e}"),
         }
         thread::sleep(LOOK_GAP);
@@ -829,25 +861,30 @@ mod tests {
     }
 
     #[test]
-    fn listings_are_sent_only_when_they_change() {
+    fn listings_go_out_whole_and_into_the_next_snapshot() {
         let hub = Hub::new();
         let rx = hub.watch();
         let _ = drain(&rx);
-        hub.set_queue(Vec::new());
-        assert!(drain(&rx).is_empty());
         let mailbox = Mailbox {
             name: "bob@kolleg.de".into(),
             count: 0,
             size: 0,
             messages: Vec::new(),
         };
-        hub.set_mailboxes(vec![mailbox.clone()]);
-        hub.set_mailboxes(vec![mailbox]);
+        hub.set_mailboxes(json(&vec![mailbox]));
+        let listed = r#"[{"name":"bob@kolleg.de","count":0,"size":0,"messages":[]}]"#;
         assert_eq!(
             drain(&rx),
-            [
-                "data: {\"type\":\"mailboxes\",\"mailboxes\":[{\"name\":\"bob@kolleg.de\",\"count\":0,\"size\":0,\"messages\":[]}]}\n\n"
-            ]
+            [format!(
+                "data: {{\"type\":\"mailboxes\",\"mailboxes\":{listed}}}\n\n"
+            )]
+        );
+        let later = hub.watch();
+        assert_eq!(
+            drain(&later),
+            [format!(
+                "data: {{\"type\":\"snapshot\",\"connections\":[],\"mailboxes\":{listed},\"queue\":[]}}\n\n"
+            )]
         );
     }
 }
