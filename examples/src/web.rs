@@ -635,6 +635,19 @@ fn serve(server: &tiny_http::Server, hub: &Arc<Hub>) {
                 continue;
             }
         };
+        let host = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Host"))
+            .map(|h| h.value.as_str());
+        if !host_allowed(host) {
+            let refused = tiny_http::Response::from_string(
+                "open this page by the server's address, such as http://127.0.0.1:8025/\n",
+            )
+            .with_status_code(403);
+            let _ = request.respond(with_headers(refused, "text/plain; charset=utf-8"));
+            continue;
+        }
         let get = matches!(
             request.method(),
             tiny_http::Method::Get | tiny_http::Method::Head
@@ -665,6 +678,21 @@ fn serve(server: &tiny_http::Server, hub: &Arc<Hub>) {
         };
         let _ = request.respond(response);
     }
+}
+
+/// Whether a request's `Host` names the page by an address or as
+/// `localhost`: a web site the teacher visits cannot then reach the page
+/// under a name of its own that it makes resolve to 127.0.0.1 (DNS
+/// rebinding) and read the class's mail.
+fn host_allowed(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(ip, _)| ip),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn with_headers<R: Read>(response: tiny_http::Response<R>, kind: &str) -> tiny_http::Response<R> {
@@ -765,6 +793,32 @@ mod tests {
             &*encode(&Event::Closed { id: 3 }),
             "data: {\"type\":\"closed\",\"id\":3}\n\n"
         );
+    }
+
+    #[test]
+    fn only_addresses_and_localhost_name_the_page() {
+        for ok in [
+            "127.0.0.1:8025",
+            "127.0.0.1",
+            "localhost:8025",
+            "LOCALHOST",
+            "[::1]:8025",
+            "[::1]",
+            "192.168.1.5:8025",
+        ] {
+            assert!(host_allowed(Some(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example:8025",
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "[::1",
+            "",
+            "localhost.evil:80",
+        ] {
+            assert!(!host_allowed(Some(bad)), "{bad}");
+        }
+        assert!(!host_allowed(None));
     }
 
     #[test]

@@ -180,6 +180,16 @@ fn the_page_and_its_files_are_served_as_built_in() {
     }
     let (status, _, _) = http(addr, &get("/nothing"));
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+    // Reached under another name (a site rebinding its name to 127.0.0.1).
+    let (status, _, body) = http(
+        addr,
+        "GET / HTTP/1.1\r\nHost: evil.example:8025\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 403 Forbidden");
+    assert_eq!(
+        body,
+        b"open this page by the server's address, such as http://127.0.0.1:8025/\n"
+    );
     // It only reads.
     let (status, _, body) = http(
         addr,
