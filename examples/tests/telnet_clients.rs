@@ -108,7 +108,10 @@ fn handout(client: &Client) {
     let screen = type_into(&smtp, &steps, 10);
     let e = client.echo_end;
     let want = [
-        format!("{}220 mail.kolleg.de ESMTP postamt ready\r\n", client.preamble),
+        format!(
+            "{}220 mail.kolleg.de ESMTP postamt ready\r\n",
+            client.preamble
+        ),
         format!("HELO server{e}250 mail.kolleg.de Hello server\r\n"),
         format!("MAIL FROM: anna@kolleg.de{e}250 Sender OK\r\n"),
         format!("RCPT TO: bob@kolleg.de{e}250 Recipient OK\r\n"),
@@ -135,7 +138,8 @@ fn handout(client: &Client) {
             .unwrap();
         m
     };
-    let typed_text = "Subject: Hallo\r\n\r\nHallo Bob,\r\nwie geht's? Ich schreibe mit telnet.\r\n\r\nAnna\r\n";
+    let typed_text =
+        "Subject: Hallo\r\n\r\nHallo Bob,\r\nwie geht's? Ich schreibe mit telnet.\r\n\r\nAnna\r\n";
     let stored_text = String::from_utf8(stored.clone()).unwrap();
     assert!(
         stored_text.starts_with(
@@ -262,7 +266,12 @@ s.quit()
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10"])
         .arg(format!("smtp://127.0.0.1:{port}"))
-        .args(["--mail-from", "anna@kolleg.de", "--mail-rcpt", "bob@kolleg.de"])
+        .args([
+            "--mail-from",
+            "anna@kolleg.de",
+            "--mail-rcpt",
+            "bob@kolleg.de",
+        ])
         .arg("--upload-file")
         .arg(&file)
         .output()
@@ -277,7 +286,14 @@ s.quit()
     let swaks_data = dir.path().join("data.eml");
     std::fs::write(&swaks_data, [&body[..], b".\r\n"].concat()).unwrap();
     let out = Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &port, "--helo", "client.example"])
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--helo",
+            "client.example",
+        ])
         .args(["--from", "anna@kolleg.de", "--to", "bob@kolleg.de"])
         .args(["--timeout", "10", "--data"])
         .arg(&swaks_data)

@@ -121,7 +121,7 @@ fn lesson(i: usize, smtp: SocketAddr, pop3: SocketAddr, class: &Barrier) {
 }
 
 fn send(i: usize, smtp: SocketAddr) {
-    let putty = i % 2 == 0;
+    let putty = i.is_multiple_of(2);
     let me = student(i);
     let to = student((i + 1) % STUDENTS);
     let mut t = Terminal::open(smtp, putty);
@@ -129,9 +129,15 @@ fn send(i: usize, smtp: SocketAddr) {
         t.until("ready\r\n"),
         "220 mail.kolleg.de ESMTP postamt ready\r\n"
     );
-    t.say(&format!("HELO pc#{i}"), &format!("250 mail.kolleg.de Hello pc{i}\r\n"));
+    t.say(
+        &format!("HELO pc#{i}"),
+        &format!("250 mail.kolleg.de Hello pc{i}\r\n"),
+    );
     t.say(&format!("MAIL FROM: {me}"), "250 Sender OK\r\n");
-    t.say(&format!("RCPT TO: stu#dent{}@kolleg.de", (i + 1) % STUDENTS), "250 Recipient OK\r\n");
+    t.say(
+        &format!("RCPT TO: stu#dent{}@kolleg.de", (i + 1) % STUDENTS),
+        "250 Recipient OK\r\n",
+    );
     t.say("DA#TA", "354 End data with <CR><LF>.<CR><LF>\r\n");
     for line in [
         format!("Subject: Gr#uss von {i}"),
@@ -148,13 +154,19 @@ fn send(i: usize, smtp: SocketAddr) {
 }
 
 fn fetch(i: usize, pop3: SocketAddr) {
-    let putty = i % 2 == 0;
+    let putty = i.is_multiple_of(2);
     let me = student(i);
     let from = student((i + STUDENTS - 1) % STUDENTS);
     let mut t = Terminal::open(pop3, putty);
     let greeting = t.until("kolleg.de>\r\n");
-    assert!(greeting.starts_with("+OK POP3 server ready <"), "{greeting}");
-    t.say(&format!("USER student#{i}"), "+OK Now send your password with PASS\r\n");
+    assert!(
+        greeting.starts_with("+OK POP3 server ready <"),
+        "{greeting}"
+    );
+    t.say(
+        &format!("USER student#{i}"),
+        "+OK Now send your password with PASS\r\n",
+    );
     t.type_line(&format!("PASS geh#eim{i}"));
     let logged_in = t.until(" octets)\r\n");
     let size: usize = logged_in
@@ -163,7 +175,10 @@ fn fetch(i: usize, pop3: SocketAddr) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{logged_in:?}"));
     t.say("ST#AT", &format!("+OK 1 {size}\r\n"));
-    t.say("LIST", &format!("+OK 1 message ({size} octets)\r\n1 {size}\r\n.\r\n"));
+    t.say(
+        "LIST",
+        &format!("+OK 1 message ({size} octets)\r\n1 {size}\r\n.\r\n"),
+    );
     t.type_line("RETR 1");
     let text = t.until("\r\n.\r\n");
     let body = format!(

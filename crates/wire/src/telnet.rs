@@ -349,10 +349,8 @@ mod tests {
     #[test]
     fn a_telnet_clients_bare_lf_ends_its_line() {
         // plink in line mode: its opening, then lines ending in LF.
-        let (out, replies) = every_split(
-            b"\xff\xfb\x1fHELO server\nNOOX\x08P\nX\ry\n",
-            Reads::Lines,
-        );
+        let (out, replies) =
+            every_split(b"\xff\xfb\x1fHELO server\nNOOX\x08P\nX\ry\n", Reads::Lines);
         assert_eq!(out, b"HELO server\r\nNOOP\r\nX\ry\r\n");
         assert_eq!(replies, b"\xff\xfe\x1f");
         // Its message text too.
