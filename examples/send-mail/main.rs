@@ -131,8 +131,9 @@ fn from_flags(args: &Args) -> Result<Draft, String> {
     })
 }
 
-/// Reads one line without its line end; `None` at the end of input.
-fn read_line(input: &mut impl BufRead) -> Result<Option<String>, String> {
+/// Reads one line without its line end, as bytes; `None` at the end of
+/// input.
+fn read_raw_line(input: &mut impl BufRead) -> Result<Option<Vec<u8>>, String> {
     let mut line = Vec::new();
     if input
         .read_until(b'\n', &mut line)
@@ -147,7 +148,12 @@ fn read_line(input: &mut impl BufRead) -> Result<Option<String>, String> {
     if line.ends_with(b"\r") {
         line.pop();
     }
-    Ok(Some(String::from_utf8_lossy(&line).into_owned()))
+    Ok(Some(line))
+}
+
+/// Reads one line of a header's answer as text.
+fn read_line(input: &mut impl BufRead) -> Result<Option<String>, String> {
+    Ok(read_raw_line(input)?.map(|line| String::from_utf8_lossy(&line).into_owned()))
 }
 
 /// Shows `label` (and the default, if any) and reads the answer.
@@ -228,11 +234,12 @@ fn from_questions(args: &Args) -> Result<Draft, String> {
     .and_then(|()| out.flush())
     .map_err(|e| format!("stdout: {e}"))?;
     let mut text = Vec::new();
-    while let Some(line) = read_line(&mut input)? {
-        if line == "." {
+    // The text goes as typed, whatever its bytes.
+    while let Some(line) = read_raw_line(&mut input)? {
+        if line == b"." {
             break;
         }
-        text.extend_from_slice(line.as_bytes());
+        text.extend_from_slice(&line);
         text.extend_from_slice(b"\r\n");
     }
     Ok(Draft {
