@@ -265,14 +265,8 @@ impl Relay {
             .iter()
             .map(|r| self.routes.route(r.mailbox().domain()))
             .collect();
-        self.messages.insert(
-            msg.id().clone(),
-            Entry {
-                msg,
-                busy,
-                routes,
-            },
-        );
+        self.messages
+            .insert(msg.id().clone(), Entry { msg, busy, routes });
         Ok(())
     }
 
