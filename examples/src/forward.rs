@@ -4,9 +4,12 @@
 //! performs the actions: MX lookups (hickory-resolver, on a thread per
 //! lookup), deliveries (a bounded pool of threads, each running our own
 //! `ClientSession` over TCP, STARTTLS when offered), notices (into the
-//! sender's mailbox when the sender is local, else spooled from `<>`), and
-//! the spool's updates and removals. Everything comes back to the relay
-//! thread over one channel, so the `Relay` value needs no lock.
+//! sender's mailbox when the sender is local, else spooled from `<>`; a
+//! double bounce into the postmaster mailbox), and the spool's updates and
+//! removals (on a few writer threads, so no fsync holds up the relay).
+//! Everything comes back to the relay thread over one channel, so the
+//! `Relay` value needs no lock. `toy-server queue flush` reaches it through
+//! the control socket (`control.rs`).
 
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, TcpStream};
