@@ -433,6 +433,10 @@ pub(crate) fn start(start: Start) -> (Forwarder, thread::JoinHandle<()>) {
         input: input.clone(),
     };
     // Lives as long as the relay thread, which drops it when it stops.
+    // A Unix socket: elsewhere there is no `queue flush`.
+    #[cfg(not(unix))]
+    let control: Option<()> = None;
+    #[cfg(unix)]
     let control = f.control.as_deref().and_then(|path| {
         crate::control::Control::serve(path, forwarder.clone())
             .map_err(|e| {
