@@ -122,7 +122,7 @@ fn dropped_without_commit_leaves_nothing() {
     let mut writer = spool.begin().unwrap();
     writer.write_chunk(b"half a message").unwrap();
     drop(writer);
-    for sub in ["tmp", "msg", "rec"] {
+    for sub in ["tmp", "mail", "msg", "rec"] {
         assert_eq!(files(&dir.path().join(sub)), Vec::<String>::new(), "{sub}");
     }
 }
@@ -204,21 +204,25 @@ fn folder_spool_on_disk() {
     assert_eq!(parts.len(), 3, "{id}");
     assert_eq!(parts[0].len(), 6, "{id}");
     assert_eq!(parts[1], std::process::id().to_string(), "{id}");
-    assert_eq!(files(&root.join("msg")), [id.to_string()]);
-    assert_eq!(files(&root.join("rec")), [id.to_string()]);
-    assert_eq!(files(&root.join("tmp")), Vec::<String>::new());
+    // One file: the message, its first record, the trailer.
+    assert_eq!(files(&root.join("mail")), [id.to_string()]);
+    for sub in ["tmp", "msg", "rec"] {
+        assert_eq!(files(&root.join(sub)), Vec::<String>::new(), "{sub}");
+    }
     assert_eq!(
-        fs::read(root.join("rec").join(id.as_str())).unwrap(),
-        b"postamt-queue 1\nend\n"
+        fs::read(root.join("mail").join(id.as_str())).unwrap(),
+        b"Subject: x\r\npostamt-queue 1\nend\npostamt-spool 1 0000000000000014\n"
     );
-    assert_eq!(
-        fs::read(root.join("msg").join(id.as_str())).unwrap(),
-        b"Subject: x\r\n"
-    );
+    // A later record goes to rec/ and supersedes the first.
     spool.update(&id, b"v2").unwrap();
     assert_eq!(files(&root.join("tmp")), Vec::<String>::new());
+    assert_eq!(files(&root.join("rec")), [id.to_string()]);
+    assert_eq!(fs::read(root.join("rec").join(id.as_str())).unwrap(), b"v2");
+    assert_eq!(spool.list().unwrap()[0].record, b"v2");
+    assert_eq!(spool.list().unwrap()[0].size, 12);
+    assert_eq!(read_all(&spool, &id), b"Subject: x\r\n");
     spool.remove(&id).unwrap();
-    for sub in ["tmp", "msg", "rec"] {
+    for sub in ["tmp", "mail", "msg", "rec"] {
         assert_eq!(files(&root.join(sub)), Vec::<String>::new(), "{sub}");
     }
 
@@ -259,16 +263,22 @@ fn age(path: &Path) {
         .unwrap();
 }
 
-/// Each state a crash can leave, made by hand as the module documentation
-/// of `FolderSpool` describes the steps; after a "restart" (a new
-/// `FolderSpool` value) only whole entries are listed, and old leftovers go.
+/// The trailer that ends a `mail/` file whose first record is `len` long.
+fn trailer(len: usize) -> Vec<u8> {
+    format!("postamt-spool 1 {len:016x}\n").into_bytes()
+}
+
+/// Each state a crash can leave, made by hand as the documentation of
+/// `FolderSpool` describes the steps; after a "restart" (a new
+/// `FolderSpool` value) only whole entries are listed, with the record
+/// that counts, and old leftovers go.
 #[test]
 fn folder_spool_after_a_crash_in_each_step() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let before = FolderSpool::new(root);
     let whole = spool_message(&before, &[b"whole message\r\n"], b"record old\n");
-    let msg = |id: &SpoolId| root.join("msg").join(id.as_str());
+    let mail = |id: &SpoolId| root.join("mail").join(id.as_str());
     let rec = |id: &SpoolId| root.join("rec").join(id.as_str());
     let tmp = |name: String| root.join("tmp").join(name);
 
@@ -277,26 +287,40 @@ fn folder_spool_after_a_crash_in_each_step() {
     writer.write_chunk(b"half").unwrap();
     let writing = writer.id().clone();
     std::mem::forget(writer);
-    // 2. Killed in commit, message and record synced in tmp/, message
-    //    linked into msg/, record not yet in rec/.
+    // 2. Killed in commit: the file whole and synced in tmp/, not renamed
+    //    (or renamed, but the rename lost with `mail/` not yet synced).
     let mut writer = before.begin().unwrap();
-    writer.write_chunk(b"committing").unwrap();
     let committing = writer.id().clone();
+    writer.write_chunk(b"committing").unwrap();
     std::mem::forget(writer);
-    fs::write(tmp(committing.to_string()), b"committing").unwrap();
-    fs::write(tmp(format!("{committing}.rec")), b"record new\n").unwrap();
-    fs::hard_link(tmp(committing.to_string()), msg(&committing)).unwrap();
-    // 3. Killed in update: the new record half written in tmp/, not renamed.
+    let mut file = b"committing record new\n".to_vec();
+    file.extend(trailer(11));
+    fs::write(tmp(committing.to_string()), &file).unwrap();
+    // 3. Killed in the first update: the new record half written in tmp/,
+    //    not renamed: the first record counts.
     let updating = spool_message(&before, &[b"updating"], b"record before update\n");
     fs::write(tmp(format!("{updating}.99.upd")), b"record af").unwrap();
-    // 4. Killed in remove: the record gone, the message not yet.
-    let removing = spool_message(&before, &[b"removing"], b"record gone\n");
-    fs::remove_file(rec(&removing)).unwrap();
-    // 5. A record without its message (never made by us: damage), and
-    //    names that are not ours.
+    // 4. Killed in a later update: rec/ has the last whole one.
+    let updated = spool_message(&before, &[b"updated"], b"record 1\n");
+    before.update(&updated, b"record 2\n").unwrap();
+    fs::write(tmp(format!("{updated}.98.upd")), b"record 3 cut").unwrap();
+    // 5. Killed in remove after `mail/` was synced, before the record went:
+    //    the record stays, alone.
+    let removing = spool_message(&before, &[b"removing"], b"record 1\n");
+    before.update(&removing, b"record 2\n").unwrap();
+    fs::remove_file(mail(&removing)).unwrap();
+    // 6. A message file whose trailer does not parse or does not fit (never
+    //    made by us: damage), a record without any message, names that are
+    //    not ours.
+    let broken = SpoolId::new("1700000000.000000_1_3").unwrap();
+    fs::write(mail(&broken), b"message without a trailer\n").unwrap();
+    let overlong = SpoolId::new("1700000000.000000_1_4").unwrap();
+    let mut file = b"short".to_vec();
+    file.extend(trailer(6));
+    fs::write(mail(&overlong), &file).unwrap();
     let orphan = SpoolId::new("1700000000.000000_1_1").unwrap();
     fs::write(rec(&orphan), b"record\n").unwrap();
-    fs::write(root.join("rec/not an id"), b"x").unwrap();
+    fs::write(root.join("mail/not an id"), b"x").unwrap();
     fs::write(root.join("rec/.hidden"), b"x").unwrap();
     fs::create_dir(root.join("rec/1700000000.000000_1_2")).unwrap();
 
@@ -311,52 +335,173 @@ fn folder_spool_after_a_crash_in_each_step() {
         [
             (whole.as_str(), &b"record old\n"[..], 15),
             (updating.as_str(), &b"record before update\n"[..], 8),
+            (updated.as_str(), &b"record 2\n"[..], 7),
         ]
     );
-    for id in [&writing, &committing, &removing, &orphan] {
+    assert_eq!(read_all(&after, &updated), b"updated");
+    for id in [
+        &writing,
+        &committing,
+        &removing,
+        &broken,
+        &overlong,
+        &orphan,
+    ] {
         no_such(after.read(id).map(|_| ()), id, "leftover");
         no_such(after.update(id, b"x"), id, "leftover");
         no_such(after.remove(id), id, "leftover");
     }
     // Fresh leftovers stay (a commit of another process may be under way).
     assert!(tmp(writing.to_string()).exists());
-    assert!(msg(&committing).exists() && msg(&removing).exists());
+    assert!(tmp(committing.to_string()).exists() && rec(&removing).exists());
 
-    // The interrupted update's entry takes a new update as usual.
+    // The interrupted updates' entries take a new update as usual.
     after.update(&updating, b"record after update\n").unwrap();
     assert_eq!(after.list().unwrap()[1].record, b"record after update\n");
+    after.update(&updated, b"record 3\n").unwrap();
+    assert_eq!(after.list().unwrap()[2].record, b"record 3\n");
 
-    // Two days later they are gone; whole entries stay.
+    // Two days later they are gone; whole entries (and what is not ours)
+    // stay.
     for path in [
         tmp(writing.to_string()),
         tmp(committing.to_string()),
-        tmp(format!("{committing}.rec")),
         tmp(format!("{updating}.99.upd")),
-        msg(&committing),
-        msg(&removing),
+        tmp(format!("{updated}.98.upd")),
+        rec(&removing),
         rec(&orphan),
-        msg(&whole),
-        rec(&whole),
+        mail(&whole),
+        rec(&updated),
+        mail(&broken),
     ] {
         age(&path);
     }
-    assert_eq!(after.list().unwrap().len(), 2);
+    assert_eq!(after.list().unwrap().len(), 3);
     assert_eq!(files(&root.join("tmp")), Vec::<String>::new());
     assert_eq!(
-        files(&root.join("msg")),
-        sorted([whole.to_string(), updating.to_string()])
+        files(&root.join("mail")),
+        sorted([
+            whole.to_string(),
+            updating.to_string(),
+            updated.to_string(),
+            broken.to_string(),
+            overlong.to_string(),
+            "not an id".to_owned(),
+        ])
     );
     assert_eq!(
         files(&root.join("rec")),
         sorted([
             ".hidden".to_owned(),
             "1700000000.000000_1_2".to_owned(),
-            whole.to_string(),
             updating.to_string(),
-            "not an id".to_owned(),
+            updated.to_string(),
         ])
     );
     assert_eq!(read_all(&after, &whole), b"whole message\r\n");
+    // A removed entry's id is never handed out again while its record
+    // lingers: ids come from the clock, so only check that a new one differs.
+    assert_ne!(after.begin().unwrap().id(), &removing);
+}
+
+/// A queue as the first layout wrote it (postamt before the single file,
+/// i.e. main up to 3e10ed2): `msg/<id>` with the octets, `rec/<id>` with
+/// the record, each step of its commit and remove cut short too. After the
+/// upgrade its whole entries are listed (in order with new ones), read,
+/// updated and removed; its leftovers are not listed and go when old.
+#[test]
+fn a_queue_of_the_first_layout_is_read_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for sub in ["tmp", "msg", "rec"] {
+        fs::create_dir(root.join(sub)).unwrap();
+    }
+    let id = |s: &str| SpoolId::new(s).unwrap();
+    let (old, updated, committing, removing) = (
+        id("1764612345.000001_4711_0"),
+        id("1764612345.000002_4711_1"),
+        id("1764612345.000003_4711_2"),
+        id("1764612345.000004_4711_3"),
+    );
+    let put = |sub: &str, id: &SpoolId, bytes: &[u8]| {
+        fs::write(root.join(sub).join(id.as_str()), bytes).unwrap()
+    };
+    put("msg", &old, b"Subject: old\r\n\r\nfirst layout\r\n");
+    put("rec", &old, b"postamt-queue 1\nold\n");
+    put("msg", &updated, b"Subject: updated\r\n");
+    put("rec", &updated, b"record 2\n");
+    // Its update cut short: a half record in tmp/.
+    fs::write(root.join(format!("tmp/{updated}.7.upd")), b"record 3 c").unwrap();
+    // Its commit cut short: message linked, record still in tmp/.
+    put("msg", &committing, b"Subject: committing\r\n");
+    fs::write(root.join(format!("tmp/{committing}.rec")), b"r").unwrap();
+    fs::write(
+        root.join(format!("tmp/{committing}")),
+        b"Subject: committing\r\n",
+    )
+    .unwrap();
+    // Its remove cut short: record gone, message not yet.
+    put("msg", &removing, b"Subject: removing\r\n");
+
+    let spool = FolderSpool::new(root);
+    let new = spool_message(&spool, &[b"Subject: new\r\n"], b"new record\n");
+    let listed = spool.list().unwrap();
+    let got: Vec<(&str, &[u8], u64)> = listed
+        .iter()
+        .map(|e| (e.id.as_str(), &e.record[..], e.size))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (old.as_str(), &b"postamt-queue 1\nold\n"[..], 30),
+            (updated.as_str(), &b"record 2\n"[..], 18),
+            (new.as_str(), &b"new record\n"[..], 14),
+        ]
+    );
+    assert_eq!(
+        read_all(&spool, &old),
+        b"Subject: old\r\n\r\nfirst layout\r\n"
+    );
+    for leftover in [&committing, &removing] {
+        no_such(spool.read(leftover).map(|_| ()), leftover, "leftover");
+        no_such(spool.update(leftover, b"x"), leftover, "leftover");
+        no_such(spool.remove(leftover), leftover, "leftover");
+    }
+    // Updated in place, in its own layout.
+    spool.update(&updated, b"record 3\n").unwrap();
+    assert_eq!(
+        fs::read(root.join("rec").join(updated.as_str())).unwrap(),
+        b"record 3\n"
+    );
+    assert_eq!(spool.list().unwrap()[1].record, b"record 3\n");
+    assert!(!root.join("mail").join(updated.as_str()).exists());
+    // Removed: both files go.
+    spool.remove(&old).unwrap();
+    assert!(!root.join("msg").join(old.as_str()).exists());
+    assert!(!root.join("rec").join(old.as_str()).exists());
+    no_such(spool.remove(&old), &old, "removed");
+    // A remove of the first layout cut after its record went (`rec/`
+    // synced) leaves a message without a record: not listed.
+    fs::remove_file(root.join("rec").join(updated.as_str())).unwrap();
+    let ids: Vec<_> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, [new.clone()]);
+    // Old leftovers go; the new entry stays.
+    for path in [
+        root.join(format!("tmp/{updated}.7.upd")),
+        root.join(format!("tmp/{committing}.rec")),
+        root.join(format!("tmp/{committing}")),
+        root.join("msg").join(committing.as_str()),
+        root.join("msg").join(removing.as_str()),
+        root.join("msg").join(updated.as_str()),
+        root.join("mail").join(new.as_str()),
+    ] {
+        age(&path);
+    }
+    assert_eq!(spool.list().unwrap().len(), 1);
+    for sub in ["tmp", "msg", "rec"] {
+        assert_eq!(files(&root.join(sub)), Vec::<String>::new(), "{sub}");
+    }
+    assert_eq!(files(&root.join("mail")), [new.to_string()]);
 }
 
 fn sorted<const N: usize>(mut names: [String; N]) -> Vec<String> {
@@ -422,7 +567,12 @@ fn folder_spool_child_workload() {
         .unwrap();
     let mut rng = Rng(seed | 1);
     let spool = FolderSpool::new(dir);
-    let mut queued: Vec<SpoolId> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
+    let mut queued: Vec<(SpoolId, usize)> = spool
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id, e.size as usize))
+        .collect();
     let out = std::io::stdout();
     let say = |what: &str, id: &SpoolId| {
         let mut out = out.lock();
@@ -444,14 +594,20 @@ fn folder_spool_child_workload() {
         say("committing", &id);
         writer.commit(&record(&id, 1, len)).unwrap();
         say("committed", &id);
-        queued.push(id.clone());
+        queued.push((id.clone(), len));
         if rng.below(2) == 0 {
+            // Mostly the new one, sometimes an older one (of either layout).
+            let (id, len) = if rng.below(3) == 0 {
+                queued[rng.below(queued.len() as u64) as usize].clone()
+            } else {
+                (id, len)
+            };
             say("updating", &id);
             spool.update(&id, &record(&id, 2, len)).unwrap();
             say("updated", &id);
         }
         if queued.len() > 12 || rng.below(3) == 0 {
-            let victim = queued.remove(rng.below(queued.len() as u64) as usize);
+            let (victim, _) = queued.remove(rng.below(queued.len() as u64) as usize);
             say("removing", &victim);
             spool.remove(&victim).unwrap();
             say("removed", &victim);
@@ -490,6 +646,22 @@ fn folder_spool_survives_sigkill() {
     let mut removing: HashSet<SpoolId> = HashSet::new();
     let mut removed: HashSet<SpoolId> = HashSet::new();
     let mut total_ops = 0;
+    // The queue starts with entries of the first layout (as today's main
+    // left them), which the children update and remove like the others.
+    for n in 0..6 {
+        let id = SpoolId::new(format!("1764612345.{n:06}_4711_{n}")).unwrap();
+        let len = 1000 * n;
+        for sub in ["msg", "rec"] {
+            fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        fs::write(dir.path().join("msg").join(id.as_str()), body(&id, len)).unwrap();
+        fs::write(
+            dir.path().join("rec").join(id.as_str()),
+            record(&id, 1, len),
+        )
+        .unwrap();
+        committed.insert(id);
+    }
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "folder_spool_child_workload", "--nocapture"])
@@ -545,7 +717,9 @@ fn folder_spool_survives_sigkill() {
             match what {
                 "committing" | "updating" => {}
                 "committed" => assert!(committed.insert(id)),
-                "updated" => assert!(updated.insert(id)),
+                "updated" => {
+                    updated.insert(id);
+                }
                 // A remove cut short may be tried again after the restart.
                 "removing" => {
                     removing.insert(id);
