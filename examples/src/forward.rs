@@ -562,7 +562,8 @@ enum SpoolWrite {
 
 /// Threads that write the queue's state changes, so the relay thread never
 /// waits for an fsync (one at a time, it capped forwarding at the disk's
-/// fsyncs per second; several at once share journal commits). A message's
+/// fsyncs per second; several at once share folder fsyncs in the spool, and
+/// with the server's commits). A message's
 /// writes always go to the same thread, in order: the spool allows one
 /// change of an id at a time. A result written late is what a crash
 /// repeats, as for a delivery still in flight (RFC 5321 §6.1's
