@@ -484,7 +484,7 @@ fn a_queue_of_the_first_layout_is_read_after_the_upgrade() {
     // synced) leaves a message without a record: not listed.
     fs::remove_file(root.join("rec").join(updated.as_str())).unwrap();
     let ids: Vec<_> = spool.list().unwrap().into_iter().map(|e| e.id).collect();
-    assert_eq!(ids, [new.clone()]);
+    assert_eq!(ids, std::slice::from_ref(&new));
     // Old leftovers go; the new entry stays.
     for path in [
         root.join(format!("tmp/{updated}.7.upd")),
