@@ -495,9 +495,9 @@ else
     echo "smtp: transactions/s (one connection per client); pop3: sessions/s (login, STAT, RETR 1, QUIT)"
 fi
 echo
-printf '| %-23s | %-5s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
+printf '| %-23s | %-11s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
     server proto c "per second" "p50 ms" "p99 ms" errors "ratio vs reference"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------- ------- ------ ------------ ---------- ---------- -------- ------------------------------------------------------------
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------- ------------- ------ ------------ ---------- ---------- -------- ------------------------------------------------------------
 ALL_MET=1
 MISSED=()
 while IFS='|' read -r server proto c rate p50 p99 errs; do
@@ -526,7 +526,7 @@ while IFS='|' read -r server proto c rate p50 p99 errs; do
         ratio="reference"
     fi
     [[ $errs == 0 || -z $ref ]] || ALL_MET=0
-    printf '| %-23s | %-5s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
+    printf '| %-23s | %-11s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
         "$server" "$proto" "$c" "$rate" "$p50" "$p99" "$errs" "$ratio"
 done <"$RESULTS"
 echo
