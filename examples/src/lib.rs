@@ -7,6 +7,7 @@
 pub mod client;
 mod conn;
 pub mod domains;
+mod evloop;
 mod forward;
 mod pop3;
 mod server;
