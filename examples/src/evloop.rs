@@ -12,9 +12,14 @@
 //! does not read the replies is cut off once [`OUTPUT_LIMIT`] octets wait
 //! for it, instead of the server holding them without end.
 //!
-//! Not yet the toy server's core: TLS, the telnet filter and the trace are
-//! still [`crate::conn`]'s, on a thread per connection; until the server
-//! runs on this loop only its tests use it.
+//! TLS (STARTTLS/STLS) runs on the loop too: rustls is handed the
+//! session's replies only while its own output is drained, so the bound on
+//! output holds encrypted as in the clear, and a handshake has its own
+//! deadline in the same timer structure.
+//!
+//! Not yet the toy server's core: the telnet filter and the trace are still
+//! [`crate::conn`]'s, on a thread per connection; until the server runs on
+//! this loop only its tests use it.
 #![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -28,6 +33,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use postamt_wire::Session;
+use rustls::ServerConnection;
 
 /// Octets of replies that may wait for a client before it is cut off.
 pub(crate) const OUTPUT_LIMIT: usize = 256 * 1024;
@@ -148,6 +154,15 @@ impl Drop for Pool {
 /// back to the connection's [`Handler::finish`].
 pub(crate) type Work<D> = Box<dyn FnOnce() -> D + Send>;
 
+/// What an application asks of the loop after the session's events.
+pub(crate) enum Ask<D> {
+    /// Run this on the pool; the session waits for its result.
+    Work(Work<D>),
+    /// The session answered STARTTLS/STLS: once that reply is out, run the
+    /// TLS handshake, then call `tls_established`.
+    StartTls,
+}
+
 /// The application side of one connection, as a loop drives it.
 pub(crate) trait Handler: Send + 'static {
     /// The protocol session.
@@ -157,9 +172,9 @@ pub(crate) trait Handler: Send + 'static {
     /// The session.
     fn session(&mut self) -> &mut Self::Session;
     /// Drains the session's events, answering what it can at once. Work
-    /// returned runs on the pool; until its result is given to
+    /// asked for runs on the pool; until its result is given to
     /// [`Handler::finish`], the session gets no input.
-    fn on_events(&mut self) -> Option<Work<Self::Done>>;
+    fn on_events(&mut self) -> Option<Ask<Self::Done>>;
     /// The result of the work `on_events` asked for: answer the decision.
     fn finish(&mut self, done: Self::Done);
 }
@@ -182,6 +197,10 @@ pub(crate) struct LoopConfig {
     pub(crate) threads: usize,
     /// How long connections may run on after [`Loops::stop`].
     pub(crate) stop_grace: Duration,
+    /// TLS for STARTTLS/STLS; a session that asks for it without is closed.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a TLS handshake may take in all.
+    pub(crate) tls_handshake_timeout: Duration,
 }
 
 /// Running loops on one listener; [`Loops::stop`] ends them.
@@ -227,6 +246,10 @@ impl Loops {
                 admit: Arc::clone(&admit),
                 stop: Arc::clone(&stop),
                 grace: config.stop_grace,
+                tls: config
+                    .tls
+                    .clone()
+                    .map(|t| (t, config.tls_handshake_timeout)),
                 buf: vec![0; READ_SIZE],
             };
             wakers.push(waker);
@@ -272,6 +295,14 @@ struct Conn<H: Handler> {
     waiting: bool,
     /// Work asked for in this turn, for the loop to send to the pool.
     work: Option<Work<H::Done>>,
+    /// STARTTLS was answered: read nothing until the reply is out, then
+    /// hand the socket to TLS.
+    starttls: bool,
+    tls: Option<Box<ServerConnection>>,
+    /// The TLS handshake must be done by then.
+    handshake_until: Option<Instant>,
+    /// close_notify has been queued.
+    tls_closing: bool,
     eof: bool,
 }
 
@@ -296,6 +327,7 @@ struct Loop<H: Handler> {
     admit: Admitter<H>,
     stop: Arc<AtomicBool>,
     grace: Duration,
+    tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
     buf: Vec<u8>,
 }
 
@@ -363,10 +395,17 @@ impl<H: Handler> Loop<H> {
             }
             let now = Instant::now();
             while let Some(key) = self.timers.pop_due(now) {
-                if let Some(c) = self.conns.get_mut(&key) {
-                    c.handler.session().handle_timeout(now);
-                    self.serve(key);
+                let Some(c) = self.conns.get_mut(&key) else {
+                    continue;
+                };
+                if c.handshake_until.is_some_and(|until| until <= now) {
+                    // Per-read timeouts alone would let a client that sends
+                    // a byte now and then hold the connection for days.
+                    self.close(key);
+                    continue;
                 }
+                c.handler.session().handle_timeout(now);
+                self.serve(key);
             }
         }
         for (_, c) in self.conns.drain() {
@@ -417,6 +456,10 @@ impl<H: Handler> Loop<H> {
                             sent: 0,
                             waiting: false,
                             work: None,
+                            starttls: false,
+                            tls: None,
+                            handshake_until: None,
+                            tls_closing: false,
                             eof: false,
                         },
                     );
@@ -432,11 +475,13 @@ impl<H: Handler> Loop<H> {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        let turn = turn(c, &mut self.buf);
+        let turn = turn(c, &mut self.buf, self.tls.as_ref());
         let work = c.work.take();
-        let deadline = (!c.waiting)
-            .then(|| c.handler.session().poll_timeout())
-            .flatten();
+        let deadline = match c.handshake_until {
+            Some(until) => Some(until),
+            None if c.waiting => None,
+            None => c.handler.session().poll_timeout(),
+        };
         match turn {
             Turn::Closed => {
                 self.close(key);
@@ -502,8 +547,12 @@ impl<H: Handler> Loop<H> {
     }
 }
 
-/// Writes what the session has to say, as far as the socket takes it.
-fn turn_output<H: Handler>(c: &mut Conn<H>) -> Turn {
+/// Writes what the session has to say, as far as the socket takes it;
+/// switches to TLS once the reply to STARTTLS is out.
+fn turn_output<H: Handler>(
+    c: &mut Conn<H>,
+    tls: Option<&(Arc<rustls::ServerConfig>, Duration)>,
+) -> Turn {
     if c.sent == c.out.len() {
         c.out.clear();
         c.sent = 0;
@@ -513,41 +562,140 @@ fn turn_output<H: Handler>(c: &mut Conn<H>) -> Turn {
         // It sends but does not read: holding more would have no end.
         return Turn::Closed;
     }
-    while c.sent < c.out.len() {
-        match c.stream.write(&c.out[c.sent..]) {
-            Ok(0) => return Turn::Closed,
-            Ok(n) => c.sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+    let written = match c.tls.as_mut() {
+        None => write_plain(&mut c.stream, &c.out, &mut c.sent),
+        Some(conn) => write_tls(conn, &mut c.stream, &c.out, &mut c.sent).and_then(|()| {
+            if c.sent == c.out.len() && !c.tls_closing && c.handler.session().is_closed() {
+                // The session's last words are with rustls: say goodbye.
+                conn.send_close_notify();
+                c.tls_closing = true;
+                write_tls(conn, &mut c.stream, &c.out, &mut c.sent)?;
+            }
+            Ok(())
+        }),
+    };
+    if written.is_err() {
+        return Turn::Closed;
+    }
+    let drained = c.sent == c.out.len() && c.tls.as_ref().is_none_or(|t| !t.wants_write());
+    if c.starttls && drained {
+        let Some((config, timeout)) = tls else {
+            return Turn::Closed;
+        };
+        match ServerConnection::new(Arc::clone(config)) {
+            Ok(conn) => c.tls = Some(Box::new(conn)),
             Err(_) => return Turn::Closed,
         }
+        c.starttls = false;
+        c.handshake_until = Some(Instant::now() + *timeout);
     }
-    if c.sent == c.out.len() && c.handler.session().is_closed() {
+    if drained && c.handler.session().is_closed() {
         return Turn::Closed;
     }
     Turn::Idle
 }
 
+/// Writes `out[*sent..]` to the socket until it would block.
+fn write_plain(stream: &mut TcpStream, out: &[u8], sent: &mut usize) -> io::Result<()> {
+    while *sent < out.len() {
+        match stream.write(&out[*sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Encrypts and writes `out[*sent..]`: plaintext goes to rustls only while
+/// its records are all written, so what waits stays in `out`, under the
+/// output bound.
+fn write_tls(
+    conn: &mut ServerConnection,
+    stream: &mut TcpStream,
+    out: &[u8],
+    sent: &mut usize,
+) -> io::Result<()> {
+    loop {
+        if *sent < out.len() && !conn.wants_write() && !conn.is_handshaking() {
+            *sent += conn.writer().write(&out[*sent..])?;
+        }
+        if !conn.wants_write() {
+            return Ok(());
+        }
+        match conn.write_tls(stream) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads what the client sent, decrypted once TLS is on; `Ok(0)` at its
+/// end. Completes the TLS handshake on the way and tells the session.
+fn read_input<H: Handler>(c: &mut Conn<H>, buf: &mut [u8]) -> io::Result<usize> {
+    let Some(conn) = c.tls.as_mut() else {
+        return c.stream.read(buf);
+    };
+    loop {
+        match conn.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Closed without close_notify: the end all the same.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        if conn.read_tls(&mut c.stream)? == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = conn.process_new_packets() {
+            // The alert rustls queued goes out if the socket takes it.
+            let _ = conn.write_tls(&mut c.stream);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        if c.handshake_until.is_some() && !conn.is_handshaking() {
+            c.handshake_until = None;
+            // Only a session that asked for TLS gets here: cannot fail.
+            let _ = c.handler.session().tls_established();
+        }
+        // Handshake replies go out now; application data waits its turn.
+        write_tls(conn, &mut c.stream, &[], &mut 0)?;
+    }
+}
+
 /// Lets the application see the session's events; work it asks for is
 /// kept for the loop, and the session reads nothing until it is done.
 fn events<H: Handler>(c: &mut Conn<H>) {
-    if !c.waiting
-        && let Some(work) = c.handler.on_events()
-    {
-        c.work = Some(work);
-        c.waiting = true;
+    if c.waiting || c.starttls {
+        return;
+    }
+    match c.handler.on_events() {
+        Some(Ask::Work(work)) => {
+            c.work = Some(work);
+            c.waiting = true;
+        }
+        Some(Ask::StartTls) => c.starttls = true,
+        None => {}
     }
 }
 
 /// Output, then reads (each followed by the application and output again)
 /// until the socket is drained, work is out, or the turn is used up.
-fn turn<H: Handler>(c: &mut Conn<H>, buf: &mut [u8]) -> Turn {
+fn turn<H: Handler>(
+    c: &mut Conn<H>,
+    buf: &mut [u8],
+    tls: Option<&(Arc<rustls::ServerConfig>, Duration)>,
+) -> Turn {
     events(c);
-    if let Turn::Closed = turn_output(c) {
+    if let Turn::Closed = turn_output(c, tls) {
         return Turn::Closed;
     }
     for _ in 0..READS_PER_TURN {
-        if c.waiting {
+        if c.waiting || c.starttls {
             return Turn::Idle;
         }
         if c.eof {
@@ -559,7 +707,7 @@ fn turn<H: Handler>(c: &mut Conn<H>, buf: &mut [u8]) -> Turn {
                 Turn::Idle
             };
         }
-        match c.stream.read(buf) {
+        match read_input(c, buf) {
             Ok(0) => {
                 c.eof = true;
                 c.handler.session().receive_eof(Instant::now());
@@ -570,7 +718,7 @@ fn turn<H: Handler>(c: &mut Conn<H>, buf: &mut [u8]) -> Turn {
             Err(_) => return Turn::Closed,
         }
         events(c);
-        if let Turn::Closed = turn_output(c) {
+        if let Turn::Closed = turn_output(c, tls) {
             return Turn::Closed;
         }
     }
@@ -660,7 +808,7 @@ mod tests {
             &mut self.session
         }
 
-        fn on_events(&mut self) -> Option<Work<Duration>> {
+        fn on_events(&mut self) -> Option<Ask<Duration>> {
             while let Some(event) = self.session.poll_event() {
                 match event {
                     Event::Mail { .. } => {
@@ -674,11 +822,12 @@ mod tests {
                     Event::Auth { .. } => self.session.reject(Reply::auth_failed()).unwrap(),
                     Event::MessageEnd => {
                         let wait = if self.slow { SLOW } else { Duration::ZERO };
-                        return Some(Box::new(move || {
+                        return Some(Ask::Work(Box::new(move || {
                             thread::sleep(wait);
                             wait
-                        }));
+                        })));
                     }
+                    Event::StartTls => return Some(Ask::StartTls),
                     _ => {}
                 }
             }
@@ -695,7 +844,17 @@ mod tests {
     }
 
     fn catcher_with(threads: usize, config: ServerConfig) -> Loops {
+        start(threads, config, None, Duration::from_secs(10))
+    }
+
+    fn start(
+        threads: usize,
+        mut config: ServerConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        tls_handshake_timeout: Duration,
+    ) -> Loops {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        config.extensions.starttls = tls.is_some();
         let config = Arc::new(config);
         let admit: Admitter<Catcher> = Arc::new(move |_| {
             Admit::Serve(Catcher {
@@ -706,6 +865,8 @@ mod tests {
         let config = LoopConfig {
             threads,
             stop_grace: Duration::from_secs(1),
+            tls,
+            tls_handshake_timeout,
         };
         Loops::start(listener, &config, Arc::new(Pool::new(2, 16)), admit).unwrap()
     }
@@ -950,6 +1111,8 @@ mod tests {
         let config = LoopConfig {
             threads: 1,
             stop_grace: Duration::from_secs(1),
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(1),
         };
         let loops = Loops::start(listener, &config, Arc::new(Pool::new(1, 1)), admit).unwrap();
         let mut c = Client::connect(loops.addr());
@@ -959,6 +1122,88 @@ mod tests {
         );
         let mut rest = String::new();
         assert_eq!(c.reader.read_line(&mut rest).unwrap(), 0, "{rest:?}");
+        loops.stop();
+    }
+
+    /// STARTTLS on the loop: the handshake, then a whole transaction over
+    /// TLS, and QUIT ends it with close_notify.
+    #[test]
+    fn starttls_runs_on_the_loop() {
+        let tls = crate::tls::self_signed("mail.kolleg.de").unwrap();
+        let loops = start(
+            1,
+            ServerConfig::new("mail.kolleg.de"),
+            Some(tls),
+            Duration::from_secs(10),
+        );
+        let mut c = Client::connect(loops.addr());
+        assert!(c.reply().starts_with("220 mail.kolleg.de "));
+        let ehlo = c.say("EHLO a.example\r\n");
+        assert!(ehlo.contains("250 STARTTLS\r\n"), "{ehlo}");
+        assert_eq!(c.say("STARTTLS\r\n"), "220 2.0.0 Ready to start TLS\r\n");
+        let name = rustls::pki_types::ServerName::try_from("mail.kolleg.de").unwrap();
+        let client =
+            rustls::ClientConnection::new(crate::tls::client_insecure().unwrap(), name).unwrap();
+        let tcp = c.writer.try_clone().unwrap();
+        let mut tls = BufReader::new(rustls::StreamOwned::new(client, tcp));
+        let mut say = |text: &str| {
+            tls.get_mut().write_all(text.as_bytes()).unwrap();
+            let mut all = String::new();
+            loop {
+                let mut line = String::new();
+                tls.read_line(&mut line).unwrap();
+                all.push_str(&line);
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return all;
+                }
+            }
+        };
+        let ehlo = say("EHLO a.example\r\n");
+        assert!(ehlo.starts_with("250-mail.kolleg.de"), "{ehlo}");
+        assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+        assert_eq!(
+            say("MAIL FROM:<anna@kolleg.de>\r\n"),
+            "250 2.1.0 Sender OK\r\n"
+        );
+        assert_eq!(
+            say("RCPT TO:<bob@kolleg.de>\r\n"),
+            "250 2.1.5 Recipient OK\r\n"
+        );
+        assert!(say("DATA\r\n").starts_with("354 "));
+        assert_eq!(
+            say("Subject: hi\r\n\r\nhello\r\n.\r\n"),
+            "250 2.0.0 Message accepted for delivery\r\n"
+        );
+        assert_eq!(
+            say("QUIT\r\n"),
+            "221 2.0.0 mail.kolleg.de See you later\r\n"
+        );
+        let mut rest = String::new();
+        assert_eq!(tls.read_line(&mut rest).unwrap(), 0, "{rest:?}");
+        loops.stop();
+    }
+
+    /// A client that answers STARTTLS's 220 with nothing is closed at the
+    /// handshake deadline, though the session's own timeout is far off.
+    #[test]
+    fn a_stalled_tls_handshake_is_cut_off_at_its_deadline() {
+        let tls = crate::tls::self_signed("mail.kolleg.de").unwrap();
+        let loops = start(
+            1,
+            ServerConfig::new("mail.kolleg.de"),
+            Some(tls),
+            Duration::from_millis(300),
+        );
+        let mut c = Client::connect(loops.addr());
+        assert!(c.reply().starts_with("220 mail.kolleg.de "));
+        assert!(c.say("EHLO a.example\r\n").starts_with("250-"));
+        assert_eq!(c.say("STARTTLS\r\n"), "220 2.0.0 Ready to start TLS\r\n");
+        let asked = Instant::now();
+        let mut rest = String::new();
+        assert_eq!(c.reader.read_line(&mut rest).unwrap(), 0, "{rest:?}");
+        let took = asked.elapsed();
+        assert!(took >= Duration::from_millis(300), "closed after {took:?}");
+        assert!(took < Duration::from_secs(5), "closed after {took:?}");
         loops.stop();
     }
 }
