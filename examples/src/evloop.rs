@@ -161,6 +161,10 @@ pub(crate) enum Ask<D> {
     /// The session answered STARTTLS/STLS: once that reply is out, run the
     /// TLS handshake, then call `tls_established`.
     StartTls,
+    /// Call `on_events` again once the output is written, reading nothing
+    /// meanwhile: a message is being sent in pieces, each only when the
+    /// client has taken the last, so it never waits in memory whole.
+    WhenDrained,
 }
 
 /// The application side of one connection, as a loop drives it.
@@ -303,6 +307,8 @@ struct Conn<H: Handler> {
     handshake_until: Option<Instant>,
     /// close_notify has been queued.
     tls_closing: bool,
+    /// The application wants its turn when the output is written.
+    when_drained: bool,
     eof: bool,
 }
 
@@ -460,6 +466,7 @@ impl<H: Handler> Loop<H> {
                             tls: None,
                             handshake_until: None,
                             tls_closing: false,
+                            when_drained: false,
                             eof: false,
                         },
                     );
@@ -548,8 +555,31 @@ impl<H: Handler> Loop<H> {
 }
 
 /// Writes what the session has to say, as far as the socket takes it;
-/// switches to TLS once the reply to STARTTLS is out.
+/// switches to TLS once the reply to STARTTLS is out; gives an application
+/// that streams its next turn while the socket keeps taking it.
 fn turn_output<H: Handler>(
+    c: &mut Conn<H>,
+    tls: Option<&(Arc<rustls::ServerConfig>, Duration)>,
+) -> Turn {
+    for _ in 0..READS_PER_TURN * 4 {
+        match write_out(c, tls) {
+            Turn::Idle if c.when_drained && c.sent == c.out.len() => {
+                c.when_drained = false;
+                events(c);
+            }
+            turn => return turn,
+        }
+    }
+    if c.when_drained && c.sent == c.out.len() {
+        // Drained and wanting more, but others come first.
+        Turn::More
+    } else {
+        Turn::Idle
+    }
+}
+
+/// One round of [`turn_output`].
+fn write_out<H: Handler>(
     c: &mut Conn<H>,
     tls: Option<&(Arc<rustls::ServerConfig>, Duration)>,
 ) -> Turn {
@@ -670,7 +700,7 @@ fn read_input<H: Handler>(c: &mut Conn<H>, buf: &mut [u8]) -> io::Result<usize> 
 /// Lets the application see the session's events; work it asks for is
 /// kept for the loop, and the session reads nothing until it is done.
 fn events<H: Handler>(c: &mut Conn<H>) {
-    if c.waiting || c.starttls {
+    if c.waiting || c.starttls || c.when_drained {
         return;
     }
     match c.handler.on_events() {
@@ -679,6 +709,7 @@ fn events<H: Handler>(c: &mut Conn<H>) {
             c.waiting = true;
         }
         Some(Ask::StartTls) => c.starttls = true,
+        Some(Ask::WhenDrained) => c.when_drained = true,
         None => {}
     }
 }
@@ -691,11 +722,12 @@ fn turn<H: Handler>(
     tls: Option<&(Arc<rustls::ServerConfig>, Duration)>,
 ) -> Turn {
     events(c);
-    if let Turn::Closed = turn_output(c, tls) {
-        return Turn::Closed;
+    match turn_output(c, tls) {
+        Turn::Idle => {}
+        turn => return turn,
     }
     for _ in 0..READS_PER_TURN {
-        if c.waiting || c.starttls {
+        if c.waiting || c.starttls || c.when_drained {
             return Turn::Idle;
         }
         if c.eof {
@@ -718,8 +750,9 @@ fn turn<H: Handler>(
             Err(_) => return Turn::Closed,
         }
         events(c);
-        if let Turn::Closed = turn_output(c, tls) {
-            return Turn::Closed;
+        match turn_output(c, tls) {
+            Turn::Idle => {}
+            turn => return turn,
         }
     }
     Turn::More
@@ -1204,6 +1237,110 @@ mod tests {
         let took = asked.elapsed();
         assert!(took >= Duration::from_millis(300), "closed after {took:?}");
         assert!(took < Duration::from_secs(5), "closed after {took:?}");
+        loops.stop();
+    }
+
+    /// POP3 that lists one big message and sends it in pieces, each when
+    /// the client has taken the last.
+    struct Streamer {
+        session: postamt_pop3::ServerSession,
+        left: usize,
+    }
+
+    const LINE: &[u8] = b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n";
+    /// Sixteen times the output bound: sent whole, it would be cut off.
+    const BIG: usize = 16 * OUTPUT_LIMIT;
+
+    impl Handler for Streamer {
+        type Session = postamt_pop3::ServerSession;
+        type Done = ();
+
+        fn session(&mut self) -> &mut postamt_pop3::ServerSession {
+            &mut self.session
+        }
+
+        fn on_events(&mut self) -> Option<Ask<()>> {
+            if self.left > 0 {
+                let piece = LINE.repeat(256);
+                let n = piece.len().min(self.left);
+                let flow = self.session.message_chunk(&piece[..n]).unwrap();
+                assert_eq!(flow, postamt_pop3::MessageFlow::Continue);
+                self.left -= n;
+                if self.left > 0 {
+                    return Some(Ask::WhenDrained);
+                }
+                self.session.message_end().unwrap();
+            }
+            while let Some(event) = self.session.poll_event() {
+                match event {
+                    postamt_pop3::Event::Login { .. } => {
+                        let mut drop = postamt_pop3::Maildrop::new();
+                        let uid = postamt_pop3::UniqueId::new("big").unwrap();
+                        drop.push(BIG as u64, uid).unwrap();
+                        self.session.accept_login(drop).unwrap();
+                    }
+                    postamt_pop3::Event::Retrieve { .. } => {
+                        self.left = BIG;
+                        return Some(Ask::WhenDrained);
+                    }
+                    postamt_pop3::Event::Commit { .. } => self.session.commit_done().unwrap(),
+                    _ => {}
+                }
+            }
+            None
+        }
+
+        fn finish(&mut self, (): ()) {}
+    }
+
+    /// A message sixteen times the output bound goes to a client that
+    /// takes its time: whole and exact, never more than a piece waiting.
+    #[test]
+    fn a_big_message_is_streamed_as_the_client_reads() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut pop3 = postamt_pop3::ServerConfig::default();
+        pop3.login_without_tls = true;
+        let pop3 = Arc::new(pop3);
+        let admit: Admitter<Streamer> = Arc::new(move |_| {
+            Admit::Serve(Streamer {
+                session: postamt_pop3::ServerSession::new(Arc::clone(&pop3), Instant::now()),
+                left: 0,
+            })
+        });
+        let config = LoopConfig {
+            threads: 1,
+            stop_grace: Duration::from_secs(1),
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(1),
+        };
+        let loops = Loops::start(listener, &config, Arc::new(Pool::new(1, 1)), admit).unwrap();
+        let mut c = Client::connect(loops.addr());
+        let line = |c: &mut Client| {
+            let mut l = String::new();
+            c.reader.read_line(&mut l).unwrap();
+            l
+        };
+        assert!(line(&mut c).starts_with("+OK"));
+        c.send("USER bob\r\nPASS secret\r\n");
+        assert!(line(&mut c).starts_with("+OK"));
+        assert!(line(&mut c).starts_with("+OK"));
+        c.send("RETR 1\r\nQUIT\r\n");
+        // The client is slow: everything the server has not sent by now
+        // waits with the server.
+        thread::sleep(Duration::from_millis(500));
+        assert!(line(&mut c).starts_with("+OK"));
+        let mut lines = 0;
+        loop {
+            let l = line(&mut c);
+            if l == ".\r\n" {
+                break;
+            }
+            assert_eq!(l.as_bytes(), LINE, "line {lines}");
+            lines += 1;
+        }
+        assert_eq!(lines * LINE.len(), BIG);
+        assert!(line(&mut c).starts_with("+OK"));
+        assert_eq!(line(&mut c), "");
         loops.stop();
     }
 }
