@@ -8,11 +8,14 @@
 //! ```
 //!
 //! Without `--fetch-to` or `--print` it lists the messages: number, size, and
-//! From and Subject read from `TOP n 0`. With `--delete`, a message is marked
+//! From and Subject read from `TOP n 0`. On a terminal (or with
+//! `--interactive`) it then asks what to do: `r N` shows message N, `d N`
+//! marks it for deletion (the server deletes it at QUIT), `u` takes the
+//! marks back, `l` lists again, `q` quits. With `--delete`, a message is marked
 //! for deletion only after it was stored (or printed), and the server removes
 //! the marked messages at QUIT.
 
-use std::io::Write as _;
+use std::io::{BufRead, IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -63,6 +66,10 @@ struct Args {
     /// Delete each message from the server once it is stored or printed.
     #[arg(long)]
     delete: bool,
+    /// After the list, ask what to read or delete even when standard input
+    /// is not a terminal.
+    #[arg(long, short, conflicts_with_all = ["fetch_to", "print"])]
+    interactive: bool,
     /// Print the POP3 dialogue's events.
     #[arg(long, short)]
     verbose: bool,
@@ -102,6 +109,101 @@ enum Sink {
 
 const HEADER_LIMIT: usize = 64 * 1024;
 
+/// What the user has seen and done after the list.
+#[derive(Default)]
+struct Desk {
+    /// Number, size, From and Subject of each message listed.
+    listed: Vec<(MessageNumber, u64, String, String)>,
+    /// Marked for deletion (they go at QUIT).
+    marked: Vec<MessageNumber>,
+    /// The message asked for with `r N`, being shown.
+    reading: Option<MessageNumber>,
+    /// The commands were explained (once, after the list).
+    helped: bool,
+}
+
+const HELP: &str = "Commands: r N reads message N, d N deletes it, u undoes the deletions, \
+                    l lists again, q quits. Deletions take effect when you quit.";
+
+impl Desk {
+    fn list(&self) {
+        let left: Vec<_> = self
+            .listed
+            .iter()
+            .filter(|(n, ..)| !self.marked.contains(n))
+            .collect();
+        println!("{} messages", left.len());
+        for (n, size, from, subject) in left {
+            println!("{n:>5} {size:>9}  {from:<30}  {subject}");
+        }
+    }
+
+    /// Asks what to do until it is a command for the server, and sends it.
+    fn ask(&mut self, session: &mut ClientSession) -> Result<(), String> {
+        if !self.helped {
+            self.helped = true;
+            println!("{HELP}");
+        }
+        let mut input = std::io::stdin().lock();
+        loop {
+            print!("fetch-mail> ");
+            std::io::stdout()
+                .flush()
+                .map_err(|e| format!("stdout: {e}"))?;
+            let mut line = String::new();
+            let read = input
+                .read_line(&mut line)
+                .map_err(|e| format!("stdin: {e}"))?;
+            let mut words = line.split_whitespace();
+            let (verb, number) = match (words.next(), words.next(), words.next()) {
+                // The end of input quits, as q does.
+                _ if read == 0 => ("q", None),
+                (None, ..) => continue,
+                (Some(verb), number, None) => (verb, number),
+                _ => ("?", None),
+            };
+            let number = match number.map(str::parse::<MessageNumber>) {
+                None => None,
+                Some(Ok(n)) if self.listed.iter().any(|(m, ..)| *m == n) => Some(n),
+                Some(_) => {
+                    println!("There is no message {}.", number.unwrap_or_default());
+                    continue;
+                }
+            };
+            let result = match (verb, number) {
+                ("r" | "read", Some(n)) if !self.marked.contains(&n) => {
+                    self.reading = Some(n);
+                    session.retr(n)
+                }
+                ("d" | "delete", Some(n)) if !self.marked.contains(&n) => session.dele(n),
+                ("r" | "read" | "d" | "delete", Some(n)) => {
+                    println!("Message {n} is marked for deletion (u undoes that).");
+                    continue;
+                }
+                ("u" | "undo", None) => session.rset(),
+                ("l" | "list", None) => {
+                    self.list();
+                    continue;
+                }
+                ("q" | "quit", None) => {
+                    if !self.marked.is_empty() {
+                        println!(
+                            "Deleting {} marked message(s) now, at QUIT.",
+                            self.marked.len()
+                        );
+                    }
+                    session.quit()
+                }
+                _ => {
+                    println!("{HELP}");
+                    continue;
+                }
+            };
+            return result.map_err(|e| e.to_string());
+        }
+    }
+}
+
 fn run(args: &Args) -> Result<bool, String> {
     let password = match &args.password {
         Some(p) => p.clone(),
@@ -117,6 +219,9 @@ fn run(args: &Args) -> Result<bool, String> {
         (None, true) => Action::Print,
         (None, false) => Action::List,
     };
+    let mut desk = (matches!(action, Action::List)
+        && (args.interactive || std::io::stdin().is_terminal()))
+    .then(Desk::default);
     let mut tls = if args.stls || args.tls {
         Some(
             tls::client_from_args(args.tls_ca.as_deref(), args.tls_insecure)
@@ -179,7 +284,7 @@ fn run(args: &Args) -> Result<bool, String> {
                     sizes = entries.clone();
                     todo = entries;
                     todo.reverse();
-                    next(&mut session, &mut todo, &action)?;
+                    next(&mut session, &mut todo, &action, desk.as_mut())?;
                 }
                 ClientEvent::MessageStart(n) => {
                     let size = sizes
@@ -187,6 +292,9 @@ fn run(args: &Args) -> Result<bool, String> {
                         .find(|(m, _)| *m == n)
                         .map_or(0, |&(_, size)| size);
                     let sink = match &action {
+                        Action::List if desk.as_ref().is_some_and(|d| d.reading == Some(n)) => {
+                            Sink::Stdout
+                        }
                         Action::List => Sink::Header(Vec::new()),
                         Action::Print => Sink::Stdout,
                         Action::Store(store, mailbox) => {
@@ -232,16 +340,22 @@ fn run(args: &Args) -> Result<bool, String> {
                     let done = match sink {
                         Sink::Header(header) => {
                             let summary = postamt_store::summary(&header);
-                            println!(
-                                "{n:>5} {size:>9}  {:<30}  {}",
-                                summary.from.as_deref().unwrap_or("-"),
-                                summary.subject.as_deref().unwrap_or("-"),
-                            );
+                            let from = summary.from.unwrap_or_else(|| "-".into());
+                            let subject = summary.subject.unwrap_or_else(|| "-".into());
+                            println!("{n:>5} {size:>9}  {from:<30}  {subject}");
+                            if let Some(desk) = desk.as_mut() {
+                                desk.listed.push((n, size, from, subject));
+                            }
                             false
                         }
                         Sink::Stdout => {
+                            if let Some(desk) = desk.as_mut() {
+                                desk.reading = None;
+                                println!("--- end of message {n} ---");
+                            }
                             stdout.lock().flush().map_err(|e| format!("stdout: {e}"))?;
-                            true
+                            // What the user reads stays until they delete it.
+                            desk.is_none()
                         }
                         Sink::Delivery(delivery) => match delivery.commit() {
                             Ok(()) => {
@@ -259,9 +373,22 @@ fn run(args: &Args) -> Result<bool, String> {
                     if done && args.delete {
                         session.dele(n).map_err(|e| e.to_string())?;
                     }
-                    next(&mut session, &mut todo, &action)?;
+                    next(&mut session, &mut todo, &action, desk.as_mut())?;
                 }
-                ClientEvent::Deleted(_) => {}
+                ClientEvent::Deleted(n) => {
+                    if let Some(desk) = desk.as_mut() {
+                        desk.marked.push(n);
+                        println!("Message {n} is marked for deletion; it goes when you quit (q).");
+                        desk.ask(&mut session)?;
+                    }
+                }
+                ClientEvent::Reset => {
+                    if let Some(desk) = desk.as_mut() {
+                        desk.marked.clear();
+                        println!("No message is marked for deletion any more.");
+                        desk.ask(&mut session)?;
+                    }
+                }
                 ClientEvent::Error { command, response } => {
                     eprintln!("{command}: {response}");
                     all_ok = false;
@@ -275,9 +402,17 @@ fn run(args: &Args) -> Result<bool, String> {
                         }
                         Request::Retr | Request::Top => {
                             current = None;
-                            next(&mut session, &mut todo, &action)?;
+                            if let Some(desk) = desk.as_mut() {
+                                desk.reading = None;
+                            }
+                            next(&mut session, &mut todo, &action, desk.as_mut())?;
                         }
                         Request::List => session.quit().map_err(|e| e.to_string())?,
+                        Request::Dele | Request::Rset => {
+                            if let Some(desk) = desk.as_mut() {
+                                desk.ask(&mut session)?;
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -313,16 +448,21 @@ fn login(
     result.map_err(|e| format!("login: {e}"))
 }
 
-/// Asks for the next message, or QUIT when there is none.
+/// Asks for the next message; when there is none, asks the user what to do
+/// (interactive), or QUIT.
 fn next(
     session: &mut ClientSession,
     todo: &mut Vec<(MessageNumber, u64)>,
     action: &Action,
+    desk: Option<&mut Desk>,
 ) -> Result<(), String> {
     let result = match todo.pop() {
         Some((n, _)) if matches!(action, Action::List) => session.top(n, 0),
         Some((n, _)) => session.retr(n),
-        None => session.quit(),
+        None => match desk {
+            Some(desk) => return desk.ask(session),
+            None => session.quit(),
+        },
     };
     result.map_err(|e| e.to_string())
 }

@@ -4,6 +4,7 @@
 //! what it and the integration tests start.
 #![forbid(unsafe_code)]
 
+pub mod classroom;
 pub mod client;
 mod conn;
 pub mod domains;
@@ -14,7 +15,9 @@ mod server;
 mod smtp;
 pub mod tls;
 mod trace;
+pub mod web;
 
 pub use forward::Forwarding;
 pub use server::{BindError, Options, Server};
 pub use smtp::POSTMASTER_MAILBOX;
+pub use web::Web;

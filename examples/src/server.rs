@@ -13,6 +13,7 @@ use postamt_store::{Directory, MailStore};
 use crate::conn::STOP_GRACE;
 use crate::forward::{Forwarder, Forwarding};
 use crate::trace::Sink;
+use crate::web::{self, Hub, Web};
 
 /// What the server needs to run.
 pub struct Options {
@@ -50,6 +51,8 @@ pub struct Options {
     pub max_connections: usize,
     /// Passing mail on: who may relay, routes, retries, the queue.
     pub forwarding: Forwarding,
+    /// The teacher's page; `None`: no page.
+    pub web: Option<Web>,
 }
 
 impl Options {
@@ -72,6 +75,7 @@ impl Options {
             strict_input: false,
             max_connections: 200,
             forwarding: Forwarding::new(),
+            web: None,
         }
     }
 }
@@ -112,6 +116,7 @@ impl std::fmt::Debug for Options {
             .field("strict_input", &self.strict_input)
             .field("max_connections", &self.max_connections)
             .field("forwarding", &self.forwarding)
+            .field("web", &self.web)
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +131,7 @@ pub struct Server {
     listeners: Vec<JoinHandle<()>>,
     forwarder: Forwarder,
     relay: JoinHandle<()>,
+    web: Option<web::Running>,
 }
 
 /// Binding failed; the message says why and what to do.
@@ -211,7 +217,31 @@ impl Server {
         let mut pop3 = pop3.unwrap_or_default();
         pop3.extensions.stls = tls;
         pop3.login_without_tls = !tls;
-        let trace = options.trace.then(|| Sink::start(options.trace_output));
+        let hub = options.web.is_some().then(|| Arc::new(Hub::new()));
+        let web = match options.web {
+            Some(page) => {
+                let listen = page.listen;
+                let spool = Arc::clone(&options.forwarding.spool);
+                let hub = hub.clone().expect("made for the page");
+                Some(
+                    web::start(page, spool, hub).map_err(|(hint, source)| BindError {
+                        message: format!(
+                            "cannot serve the teacher's page on {listen}: {source}\n  {hint}"
+                        ),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let terminal = options.trace.then(|| {
+            options
+                .trace_output
+                .unwrap_or_else(|| Box::new(io::stdout()))
+        });
+        // The page shows the trace's lines, so it traces even when the
+        // terminal does not.
+        let trace = (terminal.is_some() || hub.is_some()).then(|| Sink::start(terminal, hub));
         let next_id = Arc::new(AtomicU64::new(1));
         let (forwarder, relay) = crate::forward::start(crate::forward::Start {
             hostname: options.hostname.clone(),
@@ -255,7 +285,13 @@ impl Server {
             listeners,
             forwarder,
             relay,
+            web,
         })
+    }
+
+    /// Where the teacher's page is served, when it is.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(web::Running::addr)
     }
 
     /// Where SMTP listens.
@@ -303,6 +339,9 @@ impl Server {
         // Deliveries in flight are cut off; their recipients stay queued.
         self.forwarder.stop();
         let _ = self.relay.join();
+        if let Some(web) = self.web {
+            web.stop();
+        }
     }
 }
 

@@ -19,23 +19,82 @@ use std::time::Duration;
 
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
+use crate::web::Hub;
+
 /// Trace lines that may wait for the terminal before new ones are dropped.
 const QUEUE_LINES: usize = 4096;
 /// How soon a count of dropped lines is printed when no further line comes.
 const DROPPED_REPORT: Duration = Duration::from_millis(200);
 
-/// Where a server's trace lines go: a bounded queue drained by a writer
-/// thread of its own, which ends when the last connection has let go.
+/// Where a server's trace lines go: the terminal (a bounded queue drained
+/// by a writer thread of its own, which ends when the last connection has
+/// let go) and the teacher's page, each when on. Both get the same lines,
+/// masked and escaped once, here.
 #[derive(Clone, Debug)]
 pub(crate) struct Sink {
+    terminal: Option<Terminal>,
+    web: Option<Arc<Hub>>,
+}
+
+#[derive(Clone, Debug)]
+struct Terminal {
     lines: SyncSender<String>,
     dropped: Arc<AtomicU64>,
 }
 
+/// What a trace line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Said {
+    /// The client's bytes (`C:`).
+    Client,
+    /// The server's bytes (`S:`).
+    Server,
+    /// About the connection (`--`).
+    Note,
+    /// A failure (printed on standard error as well, traced or not).
+    Error,
+    /// The connection is over (the page marks it; the terminal shows nothing).
+    Closed,
+}
+
 impl Sink {
-    /// Starts the writer thread, writing to `out` (standard output if `None`).
-    pub(crate) fn start(out: Option<Box<dyn Write + Send>>) -> Self {
-        let mut out = out.unwrap_or_else(|| Box::new(std::io::stdout()));
+    /// Starts the terminal writer thread when `terminal` is given; `web`
+    /// is the teacher's page.
+    pub(crate) fn start(terminal: Option<Box<dyn Write + Send>>, web: Option<Arc<Hub>>) -> Self {
+        Self {
+            terminal: terminal.map(Terminal::start),
+            web,
+        }
+    }
+
+    /// Hands one line to the terminal and the page without ever waiting
+    /// for either.
+    fn emit(&self, id: u64, protocol: Protocol, said: Said, text: &str) {
+        if let Some(web) = &self.web {
+            web.line(id, protocol.name(), said, text);
+        }
+        let Some(terminal) = &self.terminal else {
+            return;
+        };
+        let tag = format!("[{} #{id}]", protocol.name());
+        let line = match said {
+            Said::Client => format!("{tag} C: {text}"),
+            Said::Server => format!("{tag} S: {text}"),
+            Said::Note => format!("{tag} -- {text}"),
+            Said::Error | Said::Closed => return,
+        };
+        match terminal.lines.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                terminal.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+impl Terminal {
+    fn start(mut out: Box<dyn Write + Send>) -> Self {
         let (lines, queue) = mpsc::sync_channel::<String>(QUEUE_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&dropped);
@@ -71,17 +130,6 @@ impl Sink {
         }
         Self { lines, dropped }
     }
-
-    /// Queues one line for the terminal without ever waiting for it.
-    fn emit(&self, line: String) {
-        match self.lines.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
-        }
-    }
 }
 
 /// Which protocol's secrets to look for.
@@ -91,6 +139,17 @@ pub(crate) enum Protocol {
     Pop3,
     /// Our own client session to a next hop (the forwarder).
     SmtpOut,
+}
+
+impl Protocol {
+    /// The name in trace tags and on the page.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Smtp => "smtp",
+            Self::Pop3 => "pop3",
+            Self::SmtpOut => "smtp-out",
+        }
+    }
 }
 
 /// Longest line kept whole in the transcript.
@@ -174,25 +233,24 @@ impl Trace {
         self.sink.is_some()
     }
 
-    fn tag(&self) -> String {
-        let p = match self.protocol {
-            Protocol::Smtp => "smtp",
-            Protocol::Pop3 => "pop3",
-            Protocol::SmtpOut => "smtp-out",
-        };
-        format!("[{p} #{}]", self.id)
-    }
-
     /// Something about the connection that is not protocol text.
     pub(crate) fn note(&self, text: &str) {
         if let Some(sink) = &self.sink {
-            sink.emit(format!("{} -- {text}", self.tag()));
+            sink.emit(self.id, self.protocol, Said::Note, text);
         }
     }
 
     /// A failure worth a log line, printed whether tracing is on or not.
     pub(crate) fn error(&self, text: &str) {
-        eprintln!("{} error: {text}", self.tag());
+        eprintln!("[{} #{}] error: {text}", self.protocol.name(), self.id);
+        if let Some(sink) = &self.sink {
+            sink.emit(
+                self.id,
+                self.protocol,
+                Said::Error,
+                &printable(text.as_bytes()),
+            );
+        }
     }
 
     /// Bytes from the client. `sasl` is the session's answer, asked before
@@ -201,24 +259,31 @@ impl Trace {
     /// passes at most one line start per call.
     pub(crate) fn client(&mut self, bytes: &[u8], sasl: bool) {
         let Some(sink) = &self.sink else { return };
-        let tag = self.tag();
-        let protocol = self.protocol;
+        let (id, protocol) = (self.id, self.protocol);
         self.client.take(bytes, sasl, |line, secret| {
             let shown = if secret {
                 "****".to_string()
             } else {
                 mask(protocol, &printable(line))
             };
-            sink.emit(format!("{tag} C: {shown}"));
+            sink.emit(id, protocol, Said::Client, &shown);
         });
     }
 
     pub(crate) fn server(&mut self, bytes: &[u8]) {
         let Some(sink) = &self.sink else { return };
-        let tag = self.tag();
+        let (id, protocol) = (self.id, self.protocol);
         self.server.take(bytes, false, |line, _| {
-            sink.emit(format!("{tag} S: {}", printable(line)));
+            sink.emit(id, protocol, Said::Server, &printable(line));
         });
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if let Some(sink) = &self.sink {
+            sink.emit(self.id, self.protocol, Said::Closed, "");
+        }
     }
 }
 
@@ -226,7 +291,7 @@ impl Trace {
 /// characters (C0, C1), Unicode format characters (bidi overrides and
 /// isolates, zero-width marks) and line or paragraph separators are written
 /// as `\u{..}` escapes, bytes that are not UTF-8 as `\x..`.
-fn printable(line: &[u8]) -> String {
+pub(crate) fn printable(line: &[u8]) -> String {
     let mut shown = String::with_capacity(line.len());
     for chunk in line.utf8_chunks() {
         for c in chunk.valid().chars() {

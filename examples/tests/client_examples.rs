@@ -11,6 +11,7 @@ use std::sync::Arc;
 use postamt_examples::{Options, Server};
 use postamt_store::{MemoryStore, StaticDirectory};
 
+mod keyboard;
 mod peers;
 
 /// Where cargo put the example `name`: next to this test's `deps/` folder.
@@ -150,5 +151,207 @@ fn send_mail_then_fetch_mail() {
         String::from_utf8_lossy(&listed.stderr)
     );
     assert!(!String::from_utf8_lossy(&listed.stdout).contains("Grüße"));
+    server.stop();
+}
+
+/// Bob's or anna's messages, in order.
+fn maildrop(store: &MemoryStore, user: &str) -> Vec<Vec<u8>> {
+    use postamt_store::{MailStore, MailboxName};
+    use std::io::Read;
+    let maildrop = store
+        .open_maildrop(&MailboxName::new(user).unwrap())
+        .unwrap();
+    (0..maildrop.messages().len())
+        .map(|i| {
+            let mut m = Vec::new();
+            maildrop
+                .read_message(i)
+                .unwrap()
+                .read_to_end(&mut m)
+                .unwrap();
+            m
+        })
+        .collect()
+}
+
+/// `Tue, 1 Dec 2026 22:02:33 +0000`: RFC 5322's date-time, in UTC.
+fn is_rfc5322_date(date: &str) -> bool {
+    let parts: Vec<&str> = date.split(' ').collect();
+    let days = ["Mon,", "Tue,", "Wed,", "Thu,", "Fri,", "Sat,", "Sun,"];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let digits = |s: &str, n: std::ops::RangeInclusive<usize>| {
+        n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+    };
+    let time: Vec<&str> = parts.get(4).map_or(vec![], |t| t.split(':').collect());
+    parts.len() == 6
+        && days.contains(&parts[0])
+        && digits(parts[1], 1..=2)
+        && months.contains(&parts[2])
+        && digits(parts[3], 4..=4)
+        && time.len() == 3
+        && time.iter().all(|t| digits(t, 2..=2))
+        && parts[5] == "+0000"
+}
+
+/// The handout's user agent on a terminal: send-mail asks for From (once
+/// more after a wrong answer), To, Cc and Subject, then the text up to a
+/// lone `.`; the message has Date and Message-ID and reaches both. Then
+/// fetch-mail lists bob's maildrop, shows message 1, marks it, lists,
+/// undoes, marks again, and deletes it at QUIT. Every prompt and answer is
+/// checked as the terminal shows it (the pty echoes what is typed).
+#[test]
+fn send_mail_asks_and_fetch_mail_reads_and_deletes_on_a_terminal() {
+    let (Some(send), Some(fetch)) = (example("send-mail"), example("fetch-mail")) else {
+        peers::missing(
+            "the send-mail and fetch-mail examples",
+            "run `cargo test --workspace`, which builds them",
+        );
+        return;
+    };
+    if !peers::python() {
+        return;
+    }
+    let store = Arc::new(MemoryStore::new());
+    let server = Server::start(Options::new(
+        store.clone(),
+        Arc::new(StaticDirectory::demo()),
+    ))
+    .unwrap();
+    let smtp = server.smtp_addr().to_string();
+    let pop3 = server.pop3_addr().to_string();
+    let step = |keys: &str, until: &str| (keys.as_bytes().to_vec(), until.as_bytes().to_vec());
+
+    let screen = keyboard::type_into(
+        &[send.to_str().unwrap(), "--server", &smtp],
+        &[
+            step("", "From: "),
+            step("anna\r", "From: "),
+            step("anna@kolleg.de\r", "To: "),
+            step("bob@kolleg.de\r", "Cc: "),
+            step("anna@kolleg.de\r", "Subject: "),
+            step("Grüße aus Raum 12\r", "Ctrl-D):\n"),
+            step(
+                "Hallo Bob,\r.ein Punkt vorn\r\rbis morgen!\r.\r",
+                "for delivery\n",
+            ),
+        ],
+        10,
+    );
+    let want = [
+        "From: ",
+        "anna\nnot a mail address: anna\nFrom: ",
+        "anna@kolleg.de\nTo: ",
+        "bob@kolleg.de\nCc: ",
+        "anna@kolleg.de\nSubject: ",
+        "Grüße aus Raum 12\nText (end it with a line holding only \".\", or with Ctrl-D):\n",
+        "Hallo Bob,\n.ein Punkt vorn\n\nbis morgen!\n.\n\
+         <bob@kolleg.de>: accepted (250 2.1.5 Recipient OK)\n\
+         <anna@kolleg.de>: accepted (250 2.1.5 Recipient OK)\n\
+         message sent: 250 2.0.0 Message accepted for delivery\n",
+    ];
+    for (got, want) in screen.steps.iter().zip(want) {
+        assert_eq!(keyboard::show(got), keyboard::show(want.as_bytes()));
+    }
+    assert_eq!((screen.rest.as_slice(), screen.status), (&b""[..], 0));
+
+    // The message: the headers asked for, Date and Message-ID, the text as
+    // typed; one copy each for bob (To) and anna (Cc).
+    let bob = maildrop(&store, "bob@kolleg.de");
+    assert_eq!(bob.len(), 1);
+    assert_eq!(maildrop(&store, "anna@kolleg.de"), bob);
+    let text = String::from_utf8(bob[0].clone()).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert_eq!(body, "Hallo Bob,\r\n.ein Punkt vorn\r\n\r\nbis morgen!\r\n");
+    let fields: Vec<&str> = head.split("\r\n").skip(4).collect();
+    assert_eq!(
+        fields[..3],
+        [
+            "From: <anna@kolleg.de>",
+            "To: <bob@kolleg.de>",
+            "Cc: <anna@kolleg.de>"
+        ]
+    );
+    assert_eq!(
+        postamt_store::summary(&bob[0]).subject.as_deref(),
+        Some("Grüße aus Raum 12")
+    );
+    assert!(fields[3].starts_with("Subject: =?utf-8?"), "{head}");
+    let date = fields[4].strip_prefix("Date: ").unwrap();
+    assert!(is_rfc5322_date(date), "{date:?}");
+    let id = fields[5]
+        .strip_prefix("Message-ID: <")
+        .and_then(|id| id.strip_suffix("@kolleg.de>"))
+        .unwrap();
+    assert!(
+        !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit() || b == b'.'),
+        "{id}"
+    );
+    assert_eq!(
+        fields[6..],
+        [
+            "MIME-Version: 1.0",
+            "Content-Type: text/plain; charset=utf-8",
+            "Content-Transfer-Encoding: 8bit"
+        ]
+    );
+
+    let size = bob[0].len();
+    let help = "Commands: r N reads message N, d N deletes it, u undoes the deletions, \
+                l lists again, q quits. Deletions take effect when you quit.\n";
+    let screen = keyboard::type_into(
+        &[
+            fetch.to_str().unwrap(),
+            "--server",
+            &pop3,
+            "--user",
+            "bob",
+            "--password",
+            "topSecret",
+        ],
+        &[
+            step("", "fetch-mail> "),
+            step("r 1\r", "fetch-mail> "),
+            step("d 1\r", "fetch-mail> "),
+            step("r 1\r", "fetch-mail> "),
+            step("l\r", "fetch-mail> "),
+            step("u\r", "fetch-mail> "),
+            step("l\r", "fetch-mail> "),
+            step("r 9\r", "fetch-mail> "),
+            step("hilfe\r", "fetch-mail> "),
+            step("d 1\r", "fetch-mail> "),
+            step("q\r", "at QUIT.\n"),
+        ],
+        10,
+    );
+    let line = format!(
+        "    1 {size:>9}  {:<30}  Grüße aus Raum 12\n",
+        "anna@kolleg.de"
+    );
+    let mut read = b"r 1\n".to_vec();
+    read.extend_from_slice(&bob[0]);
+    read.extend_from_slice(b"--- end of message 1 ---\nfetch-mail> ");
+    let marked = "d 1\nMessage 1 is marked for deletion; it goes when you quit (q).\nfetch-mail> ";
+    let want = [
+        format!("1 messages\n{line}{help}fetch-mail> ").into_bytes(),
+        read,
+        marked.into(),
+        b"r 1\nMessage 1 is marked for deletion (u undoes that).\nfetch-mail> ".to_vec(),
+        b"l\n0 messages\nfetch-mail> ".to_vec(),
+        b"u\nNo message is marked for deletion any more.\nfetch-mail> ".to_vec(),
+        format!("l\n1 messages\n{line}fetch-mail> ").into_bytes(),
+        b"r 9\nThere is no message 9.\nfetch-mail> ".to_vec(),
+        format!("hilfe\n{help}fetch-mail> ").into_bytes(),
+        marked.into(),
+        b"q\nDeleting 1 marked message(s) now, at QUIT.\n".to_vec(),
+    ];
+    for (got, want) in screen.steps.iter().zip(&want) {
+        assert_eq!(keyboard::show(got), keyboard::show(want));
+    }
+    assert_eq!((screen.rest.as_slice(), screen.status), (&b""[..], 0));
+    // Bob's copy went at QUIT; anna's stays.
+    assert!(maildrop(&store, "bob@kolleg.de").is_empty());
+    assert_eq!(maildrop(&store, "anna@kolleg.de").len(), 1);
     server.stop();
 }

@@ -3,10 +3,10 @@
 //!
 //! ```text
 //! cargo run --release --example toy-server
-//! cargo run --release --example toy-server -- --listen 0.0.0.0 --smtp-port 25 --pop3-port 110 --trace
+//! cargo run --release --example toy-server -- --classroom
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -14,11 +14,11 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use postamt_examples::domains::ExtraDomains;
-use postamt_examples::{Forwarding, Options, Server, tls};
-use postamt_relay::{MessageId, NextHop, QueuedMessage, RecipientState, RelayConfig};
+use postamt_examples::{Forwarding, Options, Server, Web, classroom, tls, web};
+use postamt_relay::{MessageId, NextHop, QueuedMessage, RelayConfig};
 use postamt_store::{
-    DEFAULT_MEMORY_LIMIT, Directory, FolderSpool, MailStore, Maildir, MemorySpool, MemoryStore,
-    Spool, StaticDirectory,
+    DEFAULT_MEMORY_LIMIT, Directory, FolderSpool, MailStore, MailView, Maildir, MemorySpool,
+    MemoryStore, Spool, StaticDirectory,
 };
 
 /// The accounts of the classic exercise, used when no users file is given.
@@ -30,15 +30,29 @@ const DEMO_ACCOUNTS: [(&str, &str); 2] =
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Address to listen on; 0.0.0.0 lets the whole classroom connect.
-    #[arg(long, default_value = "127.0.0.1")]
-    listen: IpAddr,
-    /// SMTP port (25 is the standard one and needs root).
-    #[arg(long, default_value_t = 2525)]
-    smtp_port: u16,
-    /// POP3 port (110 is the standard one and needs root).
-    #[arg(long, default_value_t = 1100)]
-    pop3_port: u16,
+    /// The lesson in one flag: listen on all interfaces, SMTP on port 25
+    /// and POP3 on 110, relay for this machine's own networks, print the
+    /// trace, serve the teacher's page on 127.0.0.1:8025. Flags given
+    /// besides win (`--classroom --smtp-port 2525`).
+    #[arg(long)]
+    classroom: bool,
+    /// Address to listen on; 0.0.0.0 lets the whole classroom connect
+    /// [default: 127.0.0.1; 0.0.0.0 with --classroom].
+    #[arg(long)]
+    listen: Option<IpAddr>,
+    /// SMTP port; 25, the standard one, needs root or a capability
+    /// [default: 2525; 25 with --classroom].
+    #[arg(long)]
+    smtp_port: Option<u16>,
+    /// POP3 port; 110, the standard one, needs root or a capability
+    /// [default: 1100; 110 with --classroom].
+    #[arg(long)]
+    pop3_port: Option<u16>,
+    /// Serve the teacher's page here: every connection live, the mailboxes,
+    /// the queue; read-only [default: none; 127.0.0.1:8025 with
+    /// --classroom].
+    #[arg(long, value_name = "ADDR:PORT")]
+    web: Option<SocketAddr>,
     /// Keep mail in this Maildir folder (one subfolder per mailbox).
     #[arg(long, default_value = "./postamt-mail")]
     maildir: PathBuf,
@@ -96,7 +110,8 @@ struct Args {
     memory_limit: Option<u64>,
     /// Clients in this network may relay mail to other domains without
     /// logging in (repeatable, CIDR such as 127.0.0.0/8 or ::1/128); default
-    /// none: only authenticated clients relay, everyone else gets 550 5.7.1.
+    /// none: only authenticated clients relay, everyone else gets 550 5.7.1
+    /// (with --classroom: the networks of this machine's interfaces).
     #[arg(long = "relay-from", value_name = "CIDR")]
     relay_from: Vec<ipnet::IpNet>,
     /// Mail for DOMAIN goes to HOST[:PORT] (repeatable), before
@@ -109,7 +124,7 @@ struct Args {
     relay_host: Option<NextHop>,
     /// Ask this DNS server (IP:PORT) for MX records instead of the system's.
     #[arg(long, value_name = "IP:PORT")]
-    dns: Option<std::net::SocketAddr>,
+    dns: Option<SocketAddr>,
     /// Port of next hops found by DNS (and of routes without a port).
     #[arg(long, default_value_t = 25)]
     relay_port: u16,
@@ -209,10 +224,74 @@ fn main() {
     }
 }
 
+/// What `--classroom` and the flags given make of the listening address,
+/// ports, relaying, trace and page.
+struct Settled {
+    listen: IpAddr,
+    smtp_port: u16,
+    pop3_port: u16,
+    relay_from: Vec<ipnet::IpNet>,
+    trace: bool,
+    web: Option<SocketAddr>,
+}
+
+fn settle(args: &Args) -> Settled {
+    let class = args.classroom;
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let relay_from = if class && args.relay_from.is_empty() {
+        classroom::machine_subnets()
+    } else {
+        args.relay_from.clone()
+    };
+    Settled {
+        listen: args.listen.unwrap_or(if class {
+            any
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }),
+        smtp_port: args.smtp_port.unwrap_or(if class { 25 } else { 2525 }),
+        pop3_port: args.pop3_port.unwrap_or(if class { 110 } else { 1100 }),
+        relay_from,
+        trace: args.trace || class,
+        web: args
+            .web
+            .or_else(|| class.then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 8025)))),
+    }
+}
+
+/// The error for a port that could not be had, with the exact way out
+/// when it is a port below 1024.
+fn bind_failed(e: &postamt_examples::BindError, args: &Args, set: &Settled) -> String {
+    if e.source.kind() != std::io::ErrorKind::PermissionDenied {
+        return e.to_string();
+    }
+    let exe = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .unwrap_or_else(|_| PathBuf::from("toy-server"));
+    let mut flags = String::from("toy-server");
+    if args.classroom {
+        flags.push_str(" --classroom");
+    }
+    let smtp = if set.smtp_port < 1024 {
+        2525
+    } else {
+        set.smtp_port
+    };
+    let pop3 = if set.pop3_port < 1024 {
+        1100
+    } else {
+        set.pop3_port
+    };
+    flags.push_str(&format!(" --smtp-port {smtp} --pop3-port {pop3}"));
+    let first = e.message.lines().next().unwrap_or_default();
+    format!("{first}\n{}", classroom::low_port_fix(&exe, &flags))
+}
+
 fn run(args: Args) -> Result<(), String> {
     if let Some(Command::Queue) = args.command {
         return list_queue(&queue_dir(&args));
     }
+    let set = settle(&args);
     let directory = match &args.users {
         Some(path) => StaticDirectory::from_file(path).map_err(|e| e.to_string())?,
         None => {
@@ -231,16 +310,18 @@ fn run(args: Args) -> Result<(), String> {
         Arc::new(ExtraDomains::new(directory, own, args.domains.clone()));
     let mailbox_limit = limit(args.mailbox_size_limit);
     let memory_limit = limit(args.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT));
-    let store: Arc<dyn MailStore> = if args.memory {
-        Arc::new(
+    let (store, view): (Arc<dyn MailStore>, Arc<dyn MailView>) = if args.memory {
+        let store = Arc::new(
             MemoryStore::new()
                 .with_mailbox_size_limit(mailbox_limit)
                 .with_total_size_limit(memory_limit),
-        )
+        );
+        (store.clone(), store)
     } else {
         std::fs::create_dir_all(&args.maildir)
             .map_err(|e| format!("{}: {e}", args.maildir.display()))?;
-        Arc::new(Maildir::new(&args.maildir).with_mailbox_size_limit(mailbox_limit))
+        let store = Arc::new(Maildir::new(&args.maildir).with_mailbox_size_limit(mailbox_limit));
+        (store.clone(), store)
     };
     let spool: Arc<dyn Spool> = if args.memory {
         Arc::new(MemorySpool::new())
@@ -255,18 +336,19 @@ fn run(args: Args) -> Result<(), String> {
         _ => None,
     };
     let server = Server::start(Options {
-        listen: args.listen,
-        smtp_port: args.smtp_port,
-        pop3_port: args.pop3_port,
+        listen: set.listen,
+        smtp_port: set.smtp_port,
+        pop3_port: set.pop3_port,
         hostname: args.hostname.clone(),
         tls: tls.clone(),
-        trace: args.trace,
+        trace: set.trace,
+        web: set.web.map(|listen| Web { listen, view }),
         tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
         max_connections_per_client: args.max_connections_per_client,
         strict_input: args.strict_input,
         max_connections: args.max_connections,
         forwarding: Forwarding {
-            relay_from: args.relay_from.clone(),
+            relay_from: set.relay_from.clone(),
             routes: args.routes.clone(),
             relay_host: args.relay_host.clone(),
             dns: args.dns,
@@ -282,21 +364,62 @@ fn run(args: Args) -> Result<(), String> {
         },
         ..Options::new(store, directory)
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| bind_failed(&e, &args, &set))?;
 
-    println!("postamt toy server is running. Connect to:");
-    for ip in addresses(args.listen) {
-        println!("  SMTP  telnet {ip} {}", server.smtp_addr().port());
-        println!("  POP3  telnet {ip} {}", server.pop3_addr().port());
+    let mut connect = Vec::new();
+    for ip in addresses(set.listen) {
+        connect.push(format!("SMTP  telnet {ip} {}", server.smtp_addr().port()));
+        connect.push(format!("POP3  telnet {ip} {}", server.pop3_addr().port()));
     }
+    let mut accounts = Vec::new();
     match &args.users {
-        Some(path) => println!("Accounts: from {}", path.display()),
+        Some(path) => accounts.push(format!("Accounts: from {}", path.display())),
         None => {
-            println!("Accounts (POP3 login with the name before @ or the full address):");
+            accounts.push(
+                "Accounts (POP3 login with the name before @ or the full address):".to_string(),
+            );
             for (address, password) in DEMO_ACCOUNTS {
-                println!("  {address:<20} password {password}");
+                accounts.push(format!("  {address:<20} password {password}"));
             }
         }
+    }
+    if args.classroom {
+        // What the students need, framed, for the back of the room.
+        let mut lines = vec!["The class's mail server. Type:".to_string(), String::new()];
+        lines.extend(connect.iter().map(|l| format!("  {l}")));
+        lines.push(String::new());
+        lines.extend(accounts);
+        let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) + 4;
+        println!("+{}+", "-".repeat(width));
+        for line in &lines {
+            println!("|  {line:<w$}|", w = width - 2);
+        }
+        println!("+{}+", "-".repeat(width));
+        let every = if set.listen.is_unspecified() {
+            " (every interface)"
+        } else {
+            ""
+        };
+        println!(
+            "Listening on {}{every}, SMTP port {}, POP3 port {}.",
+            set.listen,
+            server.smtp_addr().port(),
+            server.pop3_addr().port()
+        );
+    } else {
+        println!("postamt toy server is running. Connect to:");
+        for line in &connect {
+            println!("  {line}");
+        }
+        for line in &accounts {
+            println!("{line}");
+        }
+    }
+    if let Some(addr) = server.web_addr() {
+        println!("Teacher's page: http://{addr}/ (live; open it in a browser on this machine)");
+    }
+    if set.trace {
+        println!("Trace: on, every dialogue below (C: client, S: server, passwords masked).");
     }
     println!("Local domains: {}", domains.join(", "));
     if args.memory {
@@ -325,10 +448,10 @@ fn run(args: Args) -> Result<(), String> {
         Some(_) => println!("STARTTLS and STLS: on"),
         None => println!("STARTTLS and STLS: off (use --tls-self-signed to try them)"),
     }
-    if args.relay_from.is_empty() {
+    if set.relay_from.is_empty() {
         println!("Relaying: for logged-in clients only (--relay-from CIDR to trust a network).");
     } else {
-        let nets: Vec<String> = args.relay_from.iter().map(ToString::to_string).collect();
+        let nets: Vec<String> = set.relay_from.iter().map(ToString::to_string).collect();
         println!(
             "Relaying: for logged-in clients and for {}.",
             nets.join(", ")
@@ -366,12 +489,14 @@ fn show_size(octets: u64) -> String {
 }
 
 /// The addresses students type: the listening address, or every
-/// non-loopback address of this machine when listening on all of them.
+/// non-loopback address of this machine when listening on all of them
+/// (IPv4 ones only for 0.0.0.0, which takes no IPv6 connection).
 fn addresses(listen: IpAddr) -> Vec<IpAddr> {
     if !listen.is_unspecified() {
         return vec![listen];
     }
     let mut found = interface_addresses();
+    found.retain(|ip| listen.is_ipv6() || ip.is_ipv4());
     if found.is_empty() {
         found.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
@@ -416,7 +541,6 @@ fn list_queue(dir: &Path) -> Result<(), String> {
         println!("The queue in {} is empty.", dir.display());
     }
     let date = |t: SystemTime| httpdate::fmt_http_date(t).replace("GMT", "+0000");
-    let said = |r: &postamt_smtp::Reply| r.to_string().trim_end().replace("\r\n", " / ");
     for entry in entries {
         let id = MessageId::new(entry.id.as_str());
         let msg = match QueuedMessage::from_record(id, &entry.record) {
@@ -437,19 +561,10 @@ fn list_queue(dir: &Path) -> Result<(), String> {
             date(msg.arrival())
         );
         for r in msg.recipients() {
-            let state = match r.state() {
-                RecipientState::Pending => "pending".to_string(),
-                RecipientState::Deferred {
-                    attempts,
-                    next_attempt,
-                    last_reply,
-                } => format!(
-                    "deferred, {attempts} attempt(s), next {}; last reply: {}",
-                    date(*next_attempt),
-                    said(last_reply)
-                ),
-                RecipientState::Delivered { reply } => format!("delivered: {}", said(reply)),
-                RecipientState::Failed { reply } => format!("failed: {}", said(reply)),
+            let state = match web::recipient_state(r.state()) {
+                (name, detail) if detail.is_empty() => name.to_string(),
+                ("deferred", detail) => format!("deferred, {detail}"),
+                (name, detail) => format!("{name}: {detail}"),
             };
             println!("  {}  {state}", r.mailbox());
         }

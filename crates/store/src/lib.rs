@@ -21,6 +21,8 @@
 //!   other servers with an opaque record of their state, durable on commit
 //!   ([`MemorySpool`] in memory, [`FolderSpool`] in a folder, durable as
 //!   Maildir is).
+//! - [`MailView`] looks into the mailboxes without a lock and changes nothing
+//!   (for a monitor; both stores implement it).
 //! - [`summary`] gives From, To, Subject and Date for listings and logs.
 //!
 //! Everything is synchronous; an async server calls it from a blocking pool.
@@ -77,5 +79,5 @@ pub use mailbox::{MAX_MAILBOX_NAME_LEN, MAX_UID_LEN, MailboxName, Uid};
 pub use maildir::{LOCK_FILE_NAME, Maildir, SIZE_CACHE_MARGIN, STALE_TMP_AGE};
 pub use memory::{DEFAULT_MEMORY_LIMIT, MemoryStore};
 pub use spool::{MemorySpool, Spool, SpoolEntry, SpoolId, SpoolWriter};
-pub use store::{DEFAULT_MAILBOX_SIZE_LIMIT, Delivery, MailStore, Maildrop, MessageInfo};
+pub use store::{DEFAULT_MAILBOX_SIZE_LIMIT, Delivery, MailStore, MailView, Maildrop, MessageInfo};
 pub use summary::{Summary, summary};

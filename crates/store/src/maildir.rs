@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::crlf::{CrlfReader, CrlfSize, crlf_size_of};
 use crate::store::{DEFAULT_MAILBOX_SIZE_LIMIT, check_indices, fits, unique_recipients};
-use crate::{Delivery, MailStore, MailboxName, Maildrop, MessageInfo, StoreError, Uid};
+use crate::{Delivery, MailStore, MailView, MailboxName, Maildrop, MessageInfo, StoreError, Uid};
 
 /// Files in `tmp/` older than this are leftovers of crashed deliveries; the
 /// Maildir convention says to remove them after 36 hours.
@@ -251,6 +251,114 @@ impl MailStore for Maildir {
             _process_lock: process_lock,
         }))
     }
+}
+
+impl MailView for Maildir {
+    fn mailboxes(&self) -> Result<Vec<MailboxName>, StoreError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io("read", &self.root, e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("read", &self.root, e))?;
+            // Names a mailbox cannot have (`.queue`, not UTF-8) are not ours.
+            let Some(mailbox) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| MailboxName::new(name).ok())
+            else {
+                continue;
+            };
+            if entry.path().join("cur").is_dir() || entry.path().join("new").is_dir() {
+                found.push(mailbox);
+            }
+        }
+        found.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(found)
+    }
+
+    fn peek(&self, mailbox: &MailboxName) -> Result<Vec<MessageInfo>, StoreError> {
+        let dir = self.mailbox_path(mailbox);
+        Ok(peek_folders(&dir)?
+            .into_iter()
+            .map(|(_, e)| e.info)
+            .collect())
+    }
+
+    fn peek_message(
+        &self,
+        mailbox: &MailboxName,
+        uid: &Uid,
+    ) -> Result<Option<Box<dyn Read + Send>>, StoreError> {
+        let dir = self.mailbox_path(mailbox);
+        let Some((path, _)) = peek_folders(&dir)?
+            .into_iter()
+            .find(|(_, e)| &e.info.uid == uid)
+        else {
+            return Ok(None);
+        };
+        match File::open(&path) {
+            Ok(file) => Ok(Some(Box::new(CrlfReader::new(file)))),
+            // Read or deleted by a POP3 session since the listing.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("open", &path, e)),
+        }
+    }
+}
+
+/// The messages in a mailbox folder's `new/` and `cur/`, moving none, in
+/// the order and with the ids [`list_cur`] gives them once moved; each with
+/// its path now. A file that goes away while listed is left out.
+fn peek_folders(dir: &Path) -> Result<Vec<(PathBuf, Entry)>, StoreError> {
+    let mut found = Vec::new();
+    for sub in ["new", "cur"] {
+        let folder = dir.join(sub);
+        let entries = match fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io("read", &folder, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("read", &folder, e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            found.push((entry.path(), name));
+        }
+    }
+    found.sort_by_cached_key(|(_, name)| (delivery_time(name), name.clone()));
+    let mut seen = HashSet::new();
+    let mut entries = Vec::with_capacity(found.len());
+    for (path, name) in found {
+        let base = base_name(&name).to_owned();
+        let mut uid = Uid::from_name(&base);
+        if !seen.insert(uid.clone()) {
+            uid = Uid::hashed(&name);
+            seen.insert(uid.clone());
+        }
+        let size = match crlf_size_field(&base) {
+            Some(size) => size,
+            None => match File::open(&path).and_then(crlf_size_of) {
+                Ok(size) => size,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io("read", &path, e)),
+            },
+        };
+        entries.push((
+            path,
+            Entry {
+                name,
+                base,
+                info: MessageInfo { uid, size },
+            },
+        ));
+    }
+    Ok(entries)
 }
 
 /// Fsyncs a directory, so that entries created or renamed in it are durable.

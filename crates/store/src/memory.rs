@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::crlf::{CrlfReader, crlf_size};
 use crate::store::{DEFAULT_MAILBOX_SIZE_LIMIT, check_indices, fits, unique_recipients};
-use crate::{Delivery, MailStore, MailboxName, Maildrop, MessageInfo, StoreError, Uid};
+use crate::{Delivery, MailStore, MailView, MailboxName, Maildrop, MessageInfo, StoreError, Uid};
 
 /// The default limit of all a [`MemoryStore`] holds: 512 MiB, so that a
 /// server keeping mail in memory cannot be made to grow without bound.
@@ -239,6 +239,38 @@ impl MailStore for MemoryStore {
         self.lock()
             .room(std::slice::from_ref(mailbox), size)
             .map_err(|refusal| refusal.error())
+    }
+}
+
+impl MailView for MemoryStore {
+    fn mailboxes(&self) -> Result<Vec<MailboxName>, StoreError> {
+        let mut found: Vec<MailboxName> = self.lock().mailboxes.keys().cloned().collect();
+        found.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(found)
+    }
+
+    fn peek(&self, mailbox: &MailboxName) -> Result<Vec<MessageInfo>, StoreError> {
+        Ok(self
+            .lock()
+            .mailboxes
+            .get(mailbox)
+            .map_or_else(Vec::new, |m| {
+                m.messages.iter().map(|s| s.info.clone()).collect()
+            }))
+    }
+
+    fn peek_message(
+        &self,
+        mailbox: &MailboxName,
+        uid: &Uid,
+    ) -> Result<Option<Box<dyn Read + Send>>, StoreError> {
+        let shared = self.lock();
+        let bytes = shared
+            .mailboxes
+            .get(mailbox)
+            .and_then(|m| m.messages.iter().find(|s| &s.info.uid == uid))
+            .map(|s| Arc::clone(&s.bytes));
+        Ok(bytes.map(|b| Box::new(CrlfReader::new(Cursor::new(b))) as Box<dyn Read + Send>))
     }
 }
 

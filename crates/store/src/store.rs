@@ -131,3 +131,25 @@ pub(crate) fn unique_recipients(
     }
     Ok(unique)
 }
+
+/// A look into the mailboxes that changes nothing and takes no lock, for a
+/// monitor such as the toy server's teacher's page: a POP3 session is never
+/// turned away (`-ERR [IN-USE]`) because someone looks, and mail that a
+/// session reads or deletes meanwhile is simply seen so a moment later.
+pub trait MailView: Send + Sync {
+    /// The mailboxes that hold or have held mail, sorted by name.
+    fn mailboxes(&self) -> Result<Vec<MailboxName>, StoreError>;
+
+    /// The messages of `mailbox` now, oldest first, read or not (a
+    /// mailbox that never got mail has none). Sizes and ids are those a
+    /// maildrop would list.
+    fn peek(&self, mailbox: &MailboxName) -> Result<Vec<MessageInfo>, StoreError>;
+
+    /// Message `uid` of `mailbox` with CRLF line ends, as a maildrop reads
+    /// it; `None` when it is gone (deleted since the listing).
+    fn peek_message(
+        &self,
+        mailbox: &MailboxName,
+        uid: &Uid,
+    ) -> Result<Option<Box<dyn Read + Send>>, StoreError>;
+}

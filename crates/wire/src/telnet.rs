@@ -8,7 +8,9 @@
 //! [`TelnetFilter`] sits in front of a session: it refuses every option
 //! (`WONT`/`DONT`, so both sides stay plain network virtual terminals),
 //! removes the negotiation from the input, applies Backspace and DEL to the
-//! line being typed, and ends a line at CR LF or CR NUL.
+//! line being typed, and ends a line at CR LF or CR NUL. A client that
+//! negotiated ends a line at a bare LF too: PuTTY's plink on a terminal in
+//! line mode sends each line as the terminal gives it, ending in LF.
 //!
 //! A mail client is never changed: editing applies only to command lines
 //! ([`Reads::Lines`]), where none of these bytes is valid anyway, and
@@ -230,6 +232,9 @@ impl TelnetFilter {
                 self.state = State::Cr;
                 false
             }
+            // A telnet client's bare LF is its user's Enter key; anyone
+            // else's stays bare for the session to refuse.
+            b'\n' if self.telnet => self.end_line(b"\r\n", out),
             b'\n' => self.end_line(b"\n", out),
             BS | DEL if !self.overflowed => {
                 self.erase();
@@ -339,6 +344,24 @@ mod tests {
     fn cr_nul_and_cr_lf_end_a_line_bare_ones_pass() {
         let (out, _) = every_split(b"HELO a\r\x00NOOP\r\nX\ny\rz\r\n", Reads::Lines);
         assert_eq!(out, b"HELO a\r\nNOOP\r\nX\ny\rz\r\n");
+    }
+
+    #[test]
+    fn a_telnet_clients_bare_lf_ends_its_line() {
+        // plink in line mode: its opening, then lines ending in LF.
+        let (out, replies) =
+            every_split(b"\xff\xfb\x1fHELO server\nNOOX\x08P\nX\ry\n", Reads::Lines);
+        assert_eq!(out, b"HELO server\r\nNOOP\r\nX\ry\r\n");
+        assert_eq!(replies, b"\xff\xfe\x1f");
+        // Its message text too.
+        let mut f = TelnetFilter::new(64);
+        let mut out = Vec::new();
+        f.push(b"\xff\xfb\x1fDATA\n", Reads::Lines, &mut out);
+        f.push(b"Hallo\n.\n", Reads::Message, &mut out);
+        assert_eq!(out, b"DATA\r\nHallo\r\n.\r\n");
+        // Without negotiation a bare LF stays bare.
+        let (out, _) = every_split(b"HELO server\n", Reads::Lines);
+        assert_eq!(out, b"HELO server\n");
     }
 
     #[test]
