@@ -165,6 +165,9 @@ pub(crate) enum Ask<D> {
     /// meanwhile: a message is being sent in pieces, each only when the
     /// client has taken the last, so it never waits in memory whole.
     WhenDrained,
+    /// Call `on_events` again after this long, reading nothing meanwhile
+    /// (the pause after a failed login): a timer, so the loop goes on.
+    Pause(Duration),
 }
 
 /// The application side of one connection, as a loop drives it.
@@ -309,6 +312,8 @@ struct Conn<H: Handler> {
     tls_closing: bool,
     /// The application wants its turn when the output is written.
     when_drained: bool,
+    /// The application wants its turn then.
+    paused_until: Option<Instant>,
     eof: bool,
 }
 
@@ -410,7 +415,9 @@ impl<H: Handler> Loop<H> {
                     self.close(key);
                     continue;
                 }
-                c.handler.session().handle_timeout(now);
+                if c.paused_until.take().is_none() {
+                    c.handler.session().handle_timeout(now);
+                }
                 self.serve(key);
             }
         }
@@ -467,6 +474,7 @@ impl<H: Handler> Loop<H> {
                             handshake_until: None,
                             tls_closing: false,
                             when_drained: false,
+                            paused_until: None,
                             eof: false,
                         },
                     );
@@ -484,10 +492,10 @@ impl<H: Handler> Loop<H> {
         };
         let turn = turn(c, &mut self.buf, self.tls.as_ref());
         let work = c.work.take();
-        let deadline = match c.handshake_until {
-            Some(until) => Some(until),
-            None if c.waiting => None,
-            None => c.handler.session().poll_timeout(),
+        let deadline = match (c.handshake_until, c.paused_until) {
+            (Some(until), _) | (None, Some(until)) => Some(until),
+            (None, None) if c.waiting => None,
+            (None, None) => c.handler.session().poll_timeout(),
         };
         match turn {
             Turn::Closed => {
@@ -700,7 +708,7 @@ fn read_input<H: Handler>(c: &mut Conn<H>, buf: &mut [u8]) -> io::Result<usize> 
 /// Lets the application see the session's events; work it asks for is
 /// kept for the loop, and the session reads nothing until it is done.
 fn events<H: Handler>(c: &mut Conn<H>) {
-    if c.waiting || c.starttls || c.when_drained {
+    if c.waiting || c.starttls || c.when_drained || c.paused_until.is_some() {
         return;
     }
     match c.handler.on_events() {
@@ -710,6 +718,7 @@ fn events<H: Handler>(c: &mut Conn<H>) {
         }
         Some(Ask::StartTls) => c.starttls = true,
         Some(Ask::WhenDrained) => c.when_drained = true,
+        Some(Ask::Pause(pause)) => c.paused_until = Some(Instant::now() + pause),
         None => {}
     }
 }
@@ -727,7 +736,7 @@ fn turn<H: Handler>(
         turn => return turn,
     }
     for _ in 0..READS_PER_TURN {
-        if c.waiting || c.starttls || c.when_drained {
+        if c.waiting || c.starttls || c.when_drained || c.paused_until.is_some() {
             return Turn::Idle;
         }
         if c.eof {
@@ -829,6 +838,8 @@ mod tests {
     struct Catcher {
         session: ServerSession,
         slow: bool,
+        /// A login failed: refuse it after the pause.
+        failed_login: bool,
     }
 
     const SLOW: Duration = Duration::from_secs(1);
@@ -842,6 +853,9 @@ mod tests {
         }
 
         fn on_events(&mut self) -> Option<Ask<Duration>> {
+            if std::mem::take(&mut self.failed_login) {
+                self.session.reject(Reply::auth_failed()).unwrap();
+            }
             while let Some(event) = self.session.poll_event() {
                 match event {
                     Event::Mail { .. } => {
@@ -852,7 +866,10 @@ mod tests {
                         self.slow |= to.to_string() == "<slow@kolleg.de>";
                         self.session.accept().unwrap();
                     }
-                    Event::Auth { .. } => self.session.reject(Reply::auth_failed()).unwrap(),
+                    Event::Auth { .. } => {
+                        self.failed_login = true;
+                        return Some(Ask::Pause(SLOW));
+                    }
                     Event::MessageEnd => {
                         let wait = if self.slow { SLOW } else { Duration::ZERO };
                         return Some(Ask::Work(Box::new(move || {
@@ -893,6 +910,7 @@ mod tests {
             Admit::Serve(Catcher {
                 session: ServerSession::new(Arc::clone(&config), Instant::now()),
                 slow: false,
+                failed_login: false,
             })
         });
         let config = LoopConfig {
@@ -1341,6 +1359,47 @@ mod tests {
         assert_eq!(lines * LINE.len(), BIG);
         assert!(line(&mut c).starts_with("+OK"));
         assert_eq!(line(&mut c), "");
+        loops.stop();
+    }
+
+    /// The pause after a failed login is a timer: the failing session hears
+    /// 535 after it, pipelined input after that, while another session on
+    /// the same loop thread is served meanwhile.
+    #[test]
+    fn a_failed_login_pauses_only_its_own_session() {
+        let mut config = ServerConfig::new("mail.kolleg.de");
+        config.login_without_tls = true;
+        let loops = catcher_with(1, config);
+        let mut guesser = Client::connect(loops.addr());
+        assert!(guesser.reply().starts_with("220 mail.kolleg.de "));
+        let ehlo = guesser.say("EHLO a.example\r\n");
+        assert!(ehlo.contains("AUTH PLAIN"), "{ehlo}");
+        // PLAIN: "", "bob", "guess".
+        guesser.send("AUTH PLAIN AGJvYgBndWVzcw==\r\nNOOP\r\n");
+        let asked = Instant::now();
+
+        let mut other = Client::connect(loops.addr());
+        assert!(other.reply().starts_with("220 mail.kolleg.de "));
+        assert!(
+            other
+                .say("EHLO b.example\r\n")
+                .starts_with("250-mail.kolleg.de")
+        );
+        other.message("bob@kolleg.de");
+        assert_eq!(other.reply(), "250 2.0.0 Message accepted for delivery\r\n");
+        let other_done = asked.elapsed();
+        assert!(other_done < SLOW, "the other session took {other_done:?}");
+
+        assert_eq!(
+            guesser.reply(),
+            "535 5.7.8 Authentication credentials invalid\r\n"
+        );
+        assert!(
+            asked.elapsed() >= SLOW,
+            "answered after {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(guesser.reply(), "250 2.0.0 OK\r\n");
         loops.stop();
     }
 }
