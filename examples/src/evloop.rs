@@ -17,9 +17,13 @@
 //! output holds encrypted as in the clear, and a handshake has its own
 //! deadline in the same timer structure.
 //!
-//! Not yet the toy server's core: the telnet filter and the trace are still
-//! [`crate::conn`]'s, on a thread per connection; until the server runs on
-//! this loop only its tests use it.
+//! The telnet filter and the trace sit between socket and session as in
+//! [`crate::conn`]: with either on, input goes to the session a line at a
+//! time, each after asking what the session reads next.
+//!
+//! Not yet the toy server's core: until the server runs on this loop (its
+//! SMTP and POP3 applications handing their store work to the pool) only
+//! its tests use it.
 #![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -32,8 +36,11 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use postamt_wire::Session;
+use postamt_wire::{Reads, Session, TelnetFilter};
 use rustls::ServerConnection;
+
+use crate::conn::Reading;
+use crate::trace::Trace;
 
 /// Octets of replies that may wait for a client before it is cut off.
 pub(crate) const OUTPUT_LIMIT: usize = 256 * 1024;
@@ -184,6 +191,14 @@ pub(crate) trait Handler: Send + 'static {
     fn on_events(&mut self) -> Option<Ask<Self::Done>>;
     /// The result of the work `on_events` asked for: answer the decision.
     fn finish(&mut self, done: Self::Done);
+    /// What the session reads next, for the telnet filter and the trace.
+    fn reading(&mut self) -> Reading {
+        Reading::Line { secret: false }
+    }
+    /// This connection's trace, when tracing is on.
+    fn trace(&mut self) -> Option<&mut Trace> {
+        None
+    }
 }
 
 /// What to do with a new connection.
@@ -208,6 +223,8 @@ pub(crate) struct LoopConfig {
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// How long a TLS handshake may take in all.
     pub(crate) tls_handshake_timeout: Duration,
+    /// Take the client's bytes exactly as sent: no telnet filter.
+    pub(crate) strict_input: bool,
 }
 
 /// Running loops on one listener; [`Loops::stop`] ends them.
@@ -257,6 +274,7 @@ impl Loops {
                     .tls
                     .clone()
                     .map(|t| (t, config.tls_handshake_timeout)),
+                strict_input: config.strict_input,
                 buf: vec![0; READ_SIZE],
             };
             wakers.push(waker);
@@ -314,6 +332,12 @@ struct Conn<H: Handler> {
     when_drained: bool,
     /// The application wants its turn then.
     paused_until: Option<Instant>,
+    /// Input read but not yet given to the session (trace or filter on).
+    held: Vec<u8>,
+    held_pos: usize,
+    filter: Option<TelnetFilter>,
+    /// Scratch for what the filter makes of a piece of input.
+    typed: Vec<u8>,
     eof: bool,
 }
 
@@ -339,6 +363,7 @@ struct Loop<H: Handler> {
     stop: Arc<AtomicBool>,
     grace: Duration,
     tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
+    strict_input: bool,
     buf: Vec<u8>,
 }
 
@@ -475,6 +500,10 @@ impl<H: Handler> Loop<H> {
                             tls_closing: false,
                             when_drained: false,
                             paused_until: None,
+                            held: Vec::new(),
+                            held_pos: 0,
+                            filter: (!self.strict_input).then(new_filter),
+                            typed: Vec::new(),
                             eof: false,
                         },
                     );
@@ -595,7 +624,13 @@ fn write_out<H: Handler>(
         c.out.clear();
         c.sent = 0;
     }
+    let before = c.out.len();
     c.handler.session().poll_transmit(&mut c.out);
+    if c.out.len() > before
+        && let Some(trace) = c.handler.trace()
+    {
+        trace.server(&c.out[before..]);
+    }
     if c.out.len() - c.sent > OUTPUT_LIMIT {
         // It sends but does not read: holding more would have no end.
         return Turn::Closed;
@@ -623,6 +658,24 @@ fn write_out<H: Handler>(
         match ServerConnection::new(Arc::clone(config)) {
             Ok(conn) => c.tls = Some(Box::new(conn)),
             Err(_) => return Turn::Closed,
+        }
+        if c.held_pos < c.held.len() {
+            // Sent in plaintext after STARTTLS, before the handshake: the
+            // session drops it unread (RFC 3207 §5, RFC 2595 §4).
+            let rest = &c.held[c.held_pos..];
+            if let Some(trace) = c.handler.trace() {
+                trace.note(&format!(
+                    "{} bytes sent before the TLS handshake, discarded",
+                    rest.len()
+                ));
+            }
+            c.handler.session().receive(Instant::now(), rest);
+            c.held.clear();
+            c.held_pos = 0;
+        }
+        // A line half typed before the handshake goes with it.
+        if c.filter.is_some() {
+            c.filter = Some(new_filter());
         }
         c.starttls = false;
         c.handshake_until = Some(Instant::now() + *timeout);
@@ -705,6 +758,91 @@ fn read_input<H: Handler>(c: &mut Conn<H>, buf: &mut [u8]) -> io::Result<usize> 
     }
 }
 
+/// Whether the session may not take input now.
+fn blocked<H: Handler>(c: &Conn<H>) -> bool {
+    c.waiting || c.starttls || c.when_drained || c.paused_until.is_some()
+}
+
+/// Longest typed line the telnet filter holds for editing (as in
+/// [`crate::conn`]): above every session line limit, AUTH's 12 KiB included.
+const TYPED_LINE: usize = 16 * 1024;
+
+fn new_filter() -> TelnetFilter {
+    TelnetFilter::new(TYPED_LINE)
+}
+
+/// Length of the first segment of `input`: up to and including the first
+/// LF, or all of it.
+fn segment(input: &[u8]) -> usize {
+    input
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(input.len(), |lf| lf + 1)
+}
+
+/// Gives what was read to the session: whole when neither the trace nor the
+/// filter would change it (a mail client's reads, nearly always), else held
+/// to go a line at a time.
+fn take_input<H: Handler>(c: &mut Conn<H>, input: &[u8]) {
+    let tracing = c.handler.trace().is_some_and(|t| t.enabled());
+    let plain = c.filter.as_ref().is_none_or(|f| f.passes_unchanged(input));
+    if !tracing && c.held.is_empty() && plain {
+        c.handler.session().receive(Instant::now(), input);
+    } else {
+        c.held.extend_from_slice(input);
+        feed(c);
+    }
+}
+
+/// Hands the session the next piece of held input: a line (which the
+/// filter may edit, and the trace masks when it is a SASL response), or
+/// message text, line by line only where a line after its end could be a
+/// secret or typed.
+fn feed<H: Handler>(c: &mut Conn<H>) {
+    let tracing = c.handler.trace().is_some_and(|t| t.enabled());
+    let rest = &c.held[c.held_pos..];
+    let by_line = tracing || c.filter.as_ref().is_some_and(TelnetFilter::is_telnet);
+    let (secret, reads, piece) = match c.handler.reading() {
+        Reading::Line { secret } => (secret, Reads::Lines, rest),
+        Reading::Text if by_line => (false, Reads::Message, &rest[..segment(rest)]),
+        Reading::Text => (false, Reads::Message, rest),
+        Reading::Chunk { left } => {
+            let n = usize::try_from(left).map_or(rest.len(), |l| l.min(rest.len()));
+            (false, Reads::Message, &rest[..n])
+        }
+    };
+    let taken = match c.filter.as_mut() {
+        Some(f) => {
+            c.typed.clear();
+            let n = f.push(piece, reads, &mut c.typed);
+            // Refusals of telnet options go out with the session's replies,
+            // under the same bound.
+            f.poll_reply(&mut c.out);
+            n
+        }
+        None => {
+            let n = match reads {
+                Reads::Lines => segment(piece),
+                _ => piece.len(),
+            };
+            c.typed.clear();
+            c.typed.extend_from_slice(&piece[..n]);
+            n
+        }
+    };
+    c.held_pos += taken;
+    if !c.typed.is_empty() {
+        if let Some(trace) = c.handler.trace() {
+            trace.client(&c.typed, secret);
+        }
+        c.handler.session().receive(Instant::now(), &c.typed);
+    }
+    if c.held_pos == c.held.len() {
+        c.held.clear();
+        c.held_pos = 0;
+    }
+}
+
 /// Lets the application see the session's events; work it asks for is
 /// kept for the loop, and the session reads nothing until it is done.
 fn events<H: Handler>(c: &mut Conn<H>) {
@@ -736,8 +874,17 @@ fn turn<H: Handler>(
         turn => return turn,
     }
     for _ in 0..READS_PER_TURN {
-        if c.waiting || c.starttls || c.when_drained || c.paused_until.is_some() {
+        if blocked(c) {
             return Turn::Idle;
+        }
+        if c.held_pos < c.held.len() {
+            feed(c);
+            events(c);
+            match turn_output(c, tls) {
+                Turn::Idle => {}
+                turn => return turn,
+            }
+            continue;
         }
         if c.eof {
             // The peer is gone and nothing is pending: the session said
@@ -753,7 +900,7 @@ fn turn<H: Handler>(
                 c.eof = true;
                 c.handler.session().receive_eof(Instant::now());
             }
-            Ok(n) => c.handler.session().receive(Instant::now(), &buf[..n]),
+            Ok(n) => take_input(c, &buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Idle,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Turn::Closed,
@@ -840,6 +987,7 @@ mod tests {
         slow: bool,
         /// A login failed: refuse it after the pause.
         failed_login: bool,
+        trace: Option<Trace>,
     }
 
     const SLOW: Duration = Duration::from_secs(1);
@@ -887,6 +1035,19 @@ mod tests {
         fn finish(&mut self, _: Duration) {
             self.session.accept().unwrap();
         }
+
+        fn reading(&mut self) -> Reading {
+            match self.session.input_mode() {
+                postamt_smtp::InputMode::SaslResponse => Reading::Line { secret: true },
+                postamt_smtp::InputMode::Data => Reading::Text,
+                postamt_smtp::InputMode::Chunk { remaining } => Reading::Chunk { left: remaining },
+                _ => Reading::Line { secret: false },
+            }
+        }
+
+        fn trace(&mut self) -> Option<&mut Trace> {
+            self.trace.as_mut()
+        }
     }
 
     fn catcher(threads: usize) -> Loops {
@@ -899,9 +1060,19 @@ mod tests {
 
     fn start(
         threads: usize,
+        config: ServerConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        tls_handshake_timeout: Duration,
+    ) -> Loops {
+        start_traced(threads, config, tls, tls_handshake_timeout, None)
+    }
+
+    fn start_traced(
+        threads: usize,
         mut config: ServerConfig,
         tls: Option<Arc<rustls::ServerConfig>>,
         tls_handshake_timeout: Duration,
+        trace: Option<crate::trace::Sink>,
     ) -> Loops {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         config.extensions.starttls = tls.is_some();
@@ -911,6 +1082,9 @@ mod tests {
                 session: ServerSession::new(Arc::clone(&config), Instant::now()),
                 slow: false,
                 failed_login: false,
+                trace: trace
+                    .clone()
+                    .map(|sink| Trace::new(1, crate::trace::Protocol::Smtp, Some(sink))),
             })
         });
         let config = LoopConfig {
@@ -918,6 +1092,7 @@ mod tests {
             stop_grace: Duration::from_secs(1),
             tls,
             tls_handshake_timeout,
+            strict_input: false,
         };
         Loops::start(listener, &config, Arc::new(Pool::new(2, 16)), admit).unwrap()
     }
@@ -1164,6 +1339,7 @@ mod tests {
             stop_grace: Duration::from_secs(1),
             tls: None,
             tls_handshake_timeout: Duration::from_secs(1),
+            strict_input: false,
         };
         let loops = Loops::start(listener, &config, Arc::new(Pool::new(1, 1)), admit).unwrap();
         let mut c = Client::connect(loops.addr());
@@ -1330,6 +1506,7 @@ mod tests {
             stop_grace: Duration::from_secs(1),
             tls: None,
             tls_handshake_timeout: Duration::from_secs(1),
+            strict_input: false,
         };
         let loops = Loops::start(listener, &config, Arc::new(Pool::new(1, 1)), admit).unwrap();
         let mut c = Client::connect(loops.addr());
@@ -1400,6 +1577,97 @@ mod tests {
             asked.elapsed()
         );
         assert_eq!(guesser.reply(), "250 2.0.0 OK\r\n");
+        loops.stop();
+    }
+
+    /// A telnet client on the loop: its option offers are refused, its
+    /// Backspace edits the line the session reads, and the dialogue holds
+    /// however its bytes are split (every split of the typed bytes in two).
+    #[test]
+    fn a_telnet_client_is_filtered_on_the_loop() {
+        let loops = catcher(1);
+        // IAC WILL NAWS, then "EHLX", Backspace, "O a.example".
+        let typed: &[u8] = b"\xff\xfb\x1fEHLX\x08O a.example\r\n";
+        for split in 1..typed.len() {
+            let mut c = Client::connect(loops.addr());
+            assert!(c.reply().starts_with("220 mail.kolleg.de "));
+            c.writer.write_all(&typed[..split]).unwrap();
+            thread::sleep(Duration::from_millis(2));
+            c.writer.write_all(&typed[split..]).unwrap();
+            // IAC DONT NAWS comes first, then the reply to the edited line.
+            let mut refusal = [0u8; 3];
+            c.reader.read_exact(&mut refusal).unwrap();
+            assert_eq!(refusal, [0xff, 0xfe, 0x1f], "split at {split}");
+            let ehlo = c.reply();
+            assert!(
+                ehlo.starts_with("250-mail.kolleg.de Hello a.example\r\n"),
+                "split at {split}: {ehlo}"
+            );
+            assert_eq!(
+                c.say("QUIT\r\n"),
+                "221 2.0.0 mail.kolleg.de See you later\r\n"
+            );
+        }
+        loops.stop();
+    }
+
+    /// What the trace's terminal writer wrote.
+    #[derive(Clone, Default)]
+    struct Shown(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shown {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// With the trace on, input goes a line at a time: a SASL response
+    /// pipelined with the next command is masked, the command is not, and
+    /// the server's lines are shown.
+    #[test]
+    fn the_trace_masks_a_pipelined_sasl_response_on_the_loop() {
+        let shown = Shown::default();
+        let sink = crate::trace::Sink::start(Some(Box::new(shown.clone())), None);
+        let mut config = ServerConfig::new("mail.kolleg.de");
+        config.login_without_tls = true;
+        let loops = start_traced(1, config, None, Duration::from_secs(10), Some(sink));
+        let mut c = Client::connect(loops.addr());
+        assert!(c.reply().starts_with("220 mail.kolleg.de "));
+        assert!(
+            c.say("EHLO a.example\r\n")
+                .starts_with("250-mail.kolleg.de")
+        );
+        assert_eq!(c.say("AUTH PLAIN\r\n"), "334 \r\n");
+        c.send("AGJvYgBndWVzcw==\r\nQUIT\r\n");
+        assert_eq!(
+            c.reply(),
+            "535 5.7.8 Authentication credentials invalid\r\n"
+        );
+        assert_eq!(c.reply(), "221 2.0.0 mail.kolleg.de See you later\r\n");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let text = loop {
+            let text = String::from_utf8_lossy(&shown.0.lock().unwrap()).into_owned();
+            if text.contains("See you later") || Instant::now() > deadline {
+                break text;
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        assert!(text.contains("EHLO a.example"), "{text}");
+        assert!(
+            text.contains("250-mail.kolleg.de Hello a.example"),
+            "{text}"
+        );
+        assert!(text.contains("****"), "{text}");
+        assert!(!text.contains("AGJvYgBndWVzcw=="), "{text}");
+        assert!(text.contains("QUIT"), "{text}");
+        assert!(
+            text.contains("221 2.0.0 mail.kolleg.de See you later"),
+            "{text}"
+        );
         loops.stop();
     }
 }
