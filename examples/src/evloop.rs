@@ -275,6 +275,7 @@ impl Loops {
                     .clone()
                     .map(|t| (t, config.tls_handshake_timeout)),
                 strict_input: config.strict_input,
+                retry_accept: false,
                 buf: vec![0; READ_SIZE],
             };
             wakers.push(waker);
@@ -364,6 +365,9 @@ struct Loop<H: Handler> {
     grace: Duration,
     tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
     strict_input: bool,
+    /// Accepting failed (out of descriptors, say) with connections still
+    /// queued: readiness is edge-triggered, so no event will say so again.
+    retry_accept: bool,
     buf: Vec<u8>,
 }
 
@@ -403,6 +407,11 @@ impl<H: Handler> Loop<H> {
                     Duration::ZERO
                 });
             }
+            if self.retry_accept {
+                wait = Some(wait.map_or(Duration::from_millis(10), |w| {
+                    w.min(Duration::from_millis(10))
+                }));
+            }
             if stopping_since.is_some() {
                 wait = Some(wait.map_or(Duration::from_millis(50), |w| {
                     w.min(Duration::from_millis(50))
@@ -421,6 +430,9 @@ impl<H: Handler> Loop<H> {
                     WAKER => {}
                     Token(key) => self.serve(key),
                 }
+            }
+            if std::mem::take(&mut self.retry_accept) {
+                self.accept();
             }
             self.finish_work();
             self.submit_backlog();
@@ -461,9 +473,9 @@ impl<H: Handler> Loop<H> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Out of descriptors, say: the listener stays readable,
-                    // so the next turn tries again.
+                    // Out of descriptors, say: tried again shortly.
                     eprintln!("accept failed: {e}");
+                    self.retry_accept = true;
                     return;
                 }
             };
