@@ -10,6 +10,8 @@
 #                                       # a private Postfix, both passing mail
 #                                       # on to smtp-sink (about 1 minute with
 #                                       # DURATION=5)
+#   sudo benches/e2e.sh smtp-source     # Postfix's smtp-source instead of
+#                                       # postamt-load (about 2 minutes)
 #
 # Needs root on Debian (or alike): it installs postfix and dovecot-pop3d with
 # apt-get when they are missing, and runs them as private instances whose whole
@@ -32,25 +34,42 @@
 # reference. Then a soak (SOAK seconds, default 300): mixed SMTP and POP3 load
 # against the toy server with Maildir, and a count check sent = stored = fetched.
 #
+# Mode smtp-source: Postfix's own load generator instead, one 1 KiB message
+# per connection (how most mail arrives: a connection is opened, greeted and
+# closed for every message), at 1, 10, 50 and 200 concurrent sessions against
+# smtp-sink and the toy server --memory, and at 1, 10 and 50 against the
+# private Postfix and the toy server --maildir. The rate is messages per
+# second of wall-clock time for SRC_COUNT messages (SRC_COUNT_MAILDIR for
+# the two that write to disk). Dovecot is not started and there is no soak.
+# The toy servers run without the per-client cap (every session comes from
+# 127.0.0.1), as smtp-sink and Postfix's mynetworks do.
+#
 # Knobs (environment): SOAK (s, default 300, 0 skips), DURATION (s per
 # measurement, default 5), COUNT (transactions/sessions per measurement at most,
 # default 20000), PREFILL (messages per POP3 maildrop, default 20),
+# SRC_COUNT (messages per smtp-source cell, default 3000), SRC_COUNT_MAILDIR
+# (default 600),
 # KEEP=1 keeps the temporary folder (logs) after the run.
 # Every process started here is stopped by its pid when the script ends.
 
 set -euo pipefail
 
-MODE=${1:-all}
+# load (the default): postamt-load and the soak; forward: relaying;
+# smtp-source: Postfix's load generator, one message per connection.
+MODE=${1:-load}
 case $MODE in
-all | forward) ;;
-*) echo "usage: e2e.sh [forward]" >&2; exit 2 ;;
+load | forward | smtp-source) ;;
+*) echo "usage: e2e.sh [load | forward | smtp-source]" >&2; exit 2 ;;
 esac
 SOAK=${SOAK:-300}
 DURATION=${DURATION:-5}
 COUNT=${COUNT:-20000}
 PREFILL=${PREFILL:-20}
 KEEP=${KEEP:-0}
+SRC_COUNT=${SRC_COUNT:-3000}
+SRC_COUNT_MAILDIR=${SRC_COUNT_MAILDIR:-600}
 LEVELS=(1 10 50)
+SRC_LEVELS=(1 10 50 200)
 USERS=50 # load1..50 (POP3, pre-filled), bulk1..50 (SMTP targets), soak1..8
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -203,6 +222,26 @@ measure() {
 
 # Warm up a server (first sessions make indexes, start processes); not measured.
 warm() { "$LOAD" --concurrency 50 --count 100 --duration 5 --timeout 10 "$@" >/dev/null 2>&1 || true; }
+
+# measure_src SERVER CONCURRENCY MESSAGES PORT: Postfix's smtp-source, one
+# 1 KiB message per connection; the rate is over the whole run's wall clock.
+measure_src() {
+    local server=$1 c=$2 n=$3 port=$4 start end out rc=0 rate errs
+    start=$(date +%s%N)
+    out=$(/usr/sbin/smtp-source -4 -s "$c" -m "$n" -l 1024 -M e2e.kolleg.de \
+        -f anna@kolleg.de -t bulk1@kolleg.de "127.0.0.1:$port" 2>&1) || rc=$?
+    end=$(date +%s%N)
+    errs=$(grep -ciE 'error|fatal|warning' <<<"$out" || true)
+    if ((rc != 0)); then
+        printf '%s\n' "$out" | head -5 >&2
+        echo "$server|smtp-source|$c|0|-|-|failed" >>"$RESULTS"
+        say "$server smtp-source c=$c: failed (exit $rc)"
+        return
+    fi
+    rate=$(awk -v n="$n" -v ns="$((end - start))" 'BEGIN {printf "%.1f", n * 1e9 / ns}')
+    echo "$server|smtp-source|$c|$rate|-|-|$errs" >>"$RESULTS"
+    say "$server smtp-source c=$c: $rate messages/s ($n in $(((end - start) / 1000000)) ms) errors $errs"
+}
 
 # Postfix keeps delivering after smtpd said 250; let the queue drain so that
 # the next measurement has the machine to itself.
@@ -492,16 +531,18 @@ fi
 
 # ---------------------------------------------------------------------------
 # Dovecot POP3
+# (load mode only: smtp-source measures SMTP alone)
+if [[ $MODE == load ]]; then
 
-free_port DC_PORT
-DC=$T/dovecot
-mkdir -p "$DC/run" "$DC/state" "$DC/mail"
-prefill_maildir "$DC/mail" ""
-chown -R dovecot:dovecot "$DC/mail"
-for u in $(seqs load "$USERS"); do
-    echo "$u:{PLAIN}pw-$u:$(id -u dovecot):$(id -g dovecot)::$DC/mail/$u::"
-done >"$DC/users"
-cat >"$DC/dovecot.conf" <<EOF
+    free_port DC_PORT
+    DC=$T/dovecot
+    mkdir -p "$DC/run" "$DC/state" "$DC/mail"
+    prefill_maildir "$DC/mail" ""
+    chown -R dovecot:dovecot "$DC/mail"
+    for u in $(seqs load "$USERS"); do
+        echo "$u:{PLAIN}pw-$u:$(id -u dovecot):$(id -g dovecot)::$DC/mail/$u::"
+    done >"$DC/users"
+    cat >"$DC/dovecot.conf" <<EOF
 protocols = pop3
 listen = 127.0.0.1
 base_dir = $DC/run
@@ -541,9 +582,10 @@ service imap-login {
   }
 }
 EOF
-/usr/sbin/dovecot -F -c "$DC/dovecot.conf" </dev/null >"$DC/stdout.log" 2>&1 &
-PIDS+=($!)
-wait_listen "$DC_PORT" dovecot "$DC/dovecot.log"
+    /usr/sbin/dovecot -F -c "$DC/dovecot.conf" </dev/null >"$DC/stdout.log" 2>&1 &
+    PIDS+=($!)
+    wait_listen "$DC_PORT" dovecot "$DC/dovecot.log"
+fi
 
 # ---------------------------------------------------------------------------
 # The toy server, with the memory store and with Maildir
@@ -553,13 +595,16 @@ wait_listen "$DC_PORT" dovecot "$DC/dovecot.log"
         echo "$u@kolleg.de pw-$u"
     done
 } >"$T/toy-users"
+# smtp-source's sessions all come from 127.0.0.1, up to 200 at a time.
+TOY_LIMITS=()
+[[ $MODE == smtp-source ]] && TOY_LIMITS=(--max-connections 1000 --max-connections-per-client 0)
 free_port TM_SMTP; free_port TM_POP3
-"$TOY" --memory --users "$T/toy-users" --smtp-port "$TM_SMTP" --pop3-port "$TM_POP3" \
+"$TOY" --memory --users "$T/toy-users" --smtp-port "$TM_SMTP" --pop3-port "$TM_POP3" "${TOY_LIMITS[@]}" \
     >"$T/toy-memory.log" 2>&1 &
 PIDS+=($!)
 free_port TD_SMTP; free_port TD_POP3
 TD_MAIL=$T/toy-maildir
-"$TOY" --maildir "$TD_MAIL" --users "$T/toy-users" --smtp-port "$TD_SMTP" --pop3-port "$TD_POP3" \
+"$TOY" --maildir "$TD_MAIL" --users "$T/toy-users" --smtp-port "$TD_SMTP" --pop3-port "$TD_POP3" "${TOY_LIMITS[@]}" \
     >"$T/toy-maildir.log" 2>&1 &
 PIDS+=($!)
 wait_listen "$TM_SMTP" "toy-server --memory (SMTP)" "$T/toy-memory.log"
@@ -567,53 +612,71 @@ wait_listen "$TM_POP3" "toy-server --memory (POP3)" "$T/toy-memory.log"
 wait_listen "$TD_SMTP" "toy-server --maildir (SMTP)" "$T/toy-maildir.log"
 wait_listen "$TD_POP3" "toy-server --maildir (POP3)" "$T/toy-maildir.log"
 
-# The toy servers' POP3 maildrops get the same PREFILL messages per user as
-# Dovecot's: written as files for Maildir, sent over SMTP for memory.
-say "pre-filling the POP3 maildrops"
-prefill_maildir "$TD_MAIL" "@kolleg.de"
-for u in $(seqs load "$USERS"); do
-    "$LOAD" --smtp "127.0.0.1:$TM_SMTP" --concurrency 1 --count "$PREFILL" \
-        --duration 30 --to "$u@kolleg.de" >/dev/null
-done
-
-# ---------------------------------------------------------------------------
-# The measurements
-
-for c in "${LEVELS[@]}"; do
-    measure smtp-sink smtp "$c" --smtp "127.0.0.1:$SINK_PORT" "${BULK_TO[@]}"
-done
-for c in "${LEVELS[@]}"; do
-    measure "toy-server --memory" smtp "$c" --smtp "127.0.0.1:$TM_SMTP" "${BULK_TO[@]}"
-done
-if ((PF_STARTED)); then
+if [[ $MODE == smtp-source ]]; then
+    for c in "${SRC_LEVELS[@]}"; do
+        measure_src smtp-sink "$c" "$SRC_COUNT" "$SINK_PORT"
+    done
+    for c in "${SRC_LEVELS[@]}"; do
+        measure_src "toy-server --memory" "$c" "$SRC_COUNT" "$TM_SMTP"
+    done
+    if ((PF_STARTED)); then
+        for c in "${LEVELS[@]}"; do
+            measure_src "postfix smtpd (Maildir)" "$c" "$SRC_COUNT_MAILDIR" "$PF_PORT"
+            pf_drain
+        done
+    fi
     for c in "${LEVELS[@]}"; do
-        measure "postfix smtpd (Maildir)" smtp "$c" --smtp "127.0.0.1:$PF_PORT" "${BULK_TO[@]}"
-        pf_drain
+        measure_src "toy-server --maildir" "$c" "$SRC_COUNT_MAILDIR" "$TD_SMTP"
+    done
+else
+    # The toy servers' POP3 maildrops get the same PREFILL messages per user as
+    # Dovecot's: written as files for Maildir, sent over SMTP for memory.
+    say "pre-filling the POP3 maildrops"
+    prefill_maildir "$TD_MAIL" "@kolleg.de"
+    for u in $(seqs load "$USERS"); do
+        "$LOAD" --smtp "127.0.0.1:$TM_SMTP" --concurrency 1 --count "$PREFILL" \
+            --duration 30 --to "$u@kolleg.de" >/dev/null
+    done
+
+    # ---------------------------------------------------------------------------
+    # The measurements
+
+    for c in "${LEVELS[@]}"; do
+        measure smtp-sink smtp "$c" --smtp "127.0.0.1:$SINK_PORT" "${BULK_TO[@]}"
+    done
+    for c in "${LEVELS[@]}"; do
+        measure "toy-server --memory" smtp "$c" --smtp "127.0.0.1:$TM_SMTP" "${BULK_TO[@]}"
+    done
+    if ((PF_STARTED)); then
+        for c in "${LEVELS[@]}"; do
+            measure "postfix smtpd (Maildir)" smtp "$c" --smtp "127.0.0.1:$PF_PORT" "${BULK_TO[@]}"
+            pf_drain
+        done
+    fi
+    for c in "${LEVELS[@]}"; do
+        measure "toy-server --maildir" smtp "$c" --smtp "127.0.0.1:$TD_SMTP" "${BULK_TO[@]}"
+    done
+    warm --pop3 "127.0.0.1:$DC_PORT" "${LOAD_LOGINS[@]}"
+    for c in "${LEVELS[@]}"; do
+        measure "dovecot pop3 (Maildir)" pop3 "$c" --pop3 "127.0.0.1:$DC_PORT" "${LOAD_LOGINS[@]}"
+    done
+    warm --pop3 "127.0.0.1:$TD_POP3" "${LOAD_LOGINS[@]}"
+    for c in "${LEVELS[@]}"; do
+        measure "toy-server --maildir" pop3 "$c" --pop3 "127.0.0.1:$TD_POP3" "${LOAD_LOGINS[@]}"
+    done
+    warm --pop3 "127.0.0.1:$TM_POP3" "${LOAD_LOGINS[@]}"
+    for c in "${LEVELS[@]}"; do
+        measure "toy-server --memory" pop3 "$c" --pop3 "127.0.0.1:$TM_POP3" "${LOAD_LOGINS[@]}"
     done
 fi
-for c in "${LEVELS[@]}"; do
-    measure "toy-server --maildir" smtp "$c" --smtp "127.0.0.1:$TD_SMTP" "${BULK_TO[@]}"
-done
-warm --pop3 "127.0.0.1:$DC_PORT" "${LOAD_LOGINS[@]}"
-for c in "${LEVELS[@]}"; do
-    measure "dovecot pop3 (Maildir)" pop3 "$c" --pop3 "127.0.0.1:$DC_PORT" "${LOAD_LOGINS[@]}"
-done
-warm --pop3 "127.0.0.1:$TD_POP3" "${LOAD_LOGINS[@]}"
-for c in "${LEVELS[@]}"; do
-    measure "toy-server --maildir" pop3 "$c" --pop3 "127.0.0.1:$TD_POP3" "${LOAD_LOGINS[@]}"
-done
-warm --pop3 "127.0.0.1:$TM_POP3" "${LOAD_LOGINS[@]}"
-for c in "${LEVELS[@]}"; do
-    measure "toy-server --memory" pop3 "$c" --pop3 "127.0.0.1:$TM_POP3" "${LOAD_LOGINS[@]}"
-done
 
 # ---------------------------------------------------------------------------
 # The table
 
 reference() { # SERVER PROTO -> reference server name (empty: is one)
     case "$1|$2" in
-    "toy-server --memory|smtp") echo smtp-sink ;;
-    "toy-server --maildir|smtp") echo "postfix smtpd (Maildir)" ;;
+    "toy-server --memory|smtp"*) echo smtp-sink ;;
+    "toy-server --maildir|smtp"*) echo "postfix smtpd (Maildir)" ;;
     "toy-server --"*"|pop3") echo "dovecot pop3 (Maildir)" ;;
     esac
 }
@@ -622,17 +685,24 @@ target() { # SERVER PROTO -> required ratio
     "toy-server --memory|smtp") echo 1 ;;
     "toy-server --maildir|smtp") echo 2 ;;
     "toy-server --maildir|pop3") echo 2 ;;
+    "toy-server --memory|smtp-source") echo 1 ;;
+    "toy-server --maildir|smtp-source") echo 3 ;;
     esac
 }
 lookup() { awk -F'|' -v s="$1" -v p="$2" -v c="$3" '$1==s && $2==p && $3==c {print $4}' "$RESULTS"; }
 
 echo
-echo "postamt e2e: $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d), DURATION=${DURATION}s COUNT=$COUNT per cell, 10 KiB messages"
-echo "smtp: transactions/s (one connection per client); pop3: sessions/s (login, STAT, RETR 1, QUIT)"
+if [[ $MODE == smtp-source ]]; then
+    echo "postamt e2e smtp-source: $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d), SRC_COUNT=$SRC_COUNT (Maildir: $SRC_COUNT_MAILDIR) messages per cell, 1 KiB"
+    echo "smtp-source: messages/s, one message per connection, c sessions in parallel"
+else
+    echo "postamt e2e: $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d), DURATION=${DURATION}s COUNT=$COUNT per cell, 10 KiB messages"
+    echo "smtp: transactions/s (one connection per client); pop3: sessions/s (login, STAT, RETR 1, QUIT)"
+fi
 echo
-printf '| %-23s | %-5s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
+printf '| %-23s | %-11s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
     server proto c "per second" "p50 ms" "p99 ms" errors "ratio vs reference"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------- ------- ------ ------------ ---------- ---------- -------- ------------------------------------------------------------
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------- ------------- ------ ------------ ---------- ---------- -------- ------------------------------------------------------------
 ALL_MET=1
 MISSED=()
 while IFS='|' read -r server proto c rate p50 p99 errs; do
@@ -661,7 +731,7 @@ while IFS='|' read -r server proto c rate p50 p99 errs; do
         ratio="reference"
     fi
     [[ $errs == 0 || -z $ref ]] || ALL_MET=0
-    printf '| %-23s | %-5s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
+    printf '| %-23s | %-11s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
         "$server" "$proto" "$c" "$rate" "$p50" "$p99" "$errs" "$ratio"
 done <"$RESULTS"
 echo
@@ -676,6 +746,9 @@ fi
 # Soak: mixed SMTP and POP3 against the toy server with Maildir, then
 # sent (250) = stored (files in the Maildir) = fetched (POP3 RETR + DELE).
 
+if [[ $MODE == smtp-source ]]; then
+    exit 0
+fi
 if ((SOAK == 0)); then
     echo "soak: skipped (SOAK=0)"
     exit 0

@@ -125,6 +125,11 @@ struct Desk {
 const HELP: &str = "Commands: r N reads message N, d N deletes it, u undoes the deletions, \
                     l lists again, q quits. Deletions take effect when you quit.";
 
+/// "1 message", "3 messages".
+fn count(n: usize) -> String {
+    format!("{n} message{}", if n == 1 { "" } else { "s" })
+}
+
 impl Desk {
     fn list(&self) {
         let left: Vec<_> = self
@@ -132,7 +137,7 @@ impl Desk {
             .iter()
             .filter(|(n, ..)| !self.marked.contains(n))
             .collect();
-        println!("{} messages", left.len());
+        println!("{}", count(left.len()));
         for (n, size, from, subject) in left {
             println!("{n:>5} {size:>9}  {from:<30}  {subject}");
         }
@@ -279,7 +284,7 @@ fn run(args: &Args) -> Result<bool, String> {
                 ClientEvent::LoggedIn => session.list(None).map_err(|e| e.to_string())?,
                 ClientEvent::List(entries) => {
                     if matches!(action, Action::List) {
-                        println!("{} messages", entries.len());
+                        println!("{}", count(entries.len()));
                     }
                     sizes = entries.clone();
                     todo = entries;

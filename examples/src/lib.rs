@@ -10,6 +10,7 @@ mod conn;
 #[cfg(unix)]
 pub mod control;
 pub mod domains;
+mod evloop;
 mod forward;
 mod pop3;
 mod server;

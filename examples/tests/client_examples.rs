@@ -334,13 +334,13 @@ fn send_mail_asks_and_fetch_mail_reads_and_deletes_on_a_terminal() {
     read.extend_from_slice(b"--- end of message 1 ---\nfetch-mail> ");
     let marked = "d 1\nMessage 1 is marked for deletion; it goes when you quit (q).\nfetch-mail> ";
     let want = [
-        format!("1 messages\n{line}{help}fetch-mail> ").into_bytes(),
+        format!("1 message\n{line}{help}fetch-mail> ").into_bytes(),
         read,
         marked.into(),
         b"r 1\nMessage 1 is marked for deletion (u undoes that).\nfetch-mail> ".to_vec(),
         b"l\n0 messages\nfetch-mail> ".to_vec(),
         b"u\nNo message is marked for deletion any more.\nfetch-mail> ".to_vec(),
-        format!("l\n1 messages\n{line}fetch-mail> ").into_bytes(),
+        format!("l\n1 message\n{line}fetch-mail> ").into_bytes(),
         b"r 9\nThere is no message 9.\nfetch-mail> ".to_vec(),
         format!("hilfe\n{help}fetch-mail> ").into_bytes(),
         marked.into(),

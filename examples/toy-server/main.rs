@@ -21,6 +21,15 @@ use postamt_store::{
     MemoryStore, Spool, StaticDirectory,
 };
 
+/// `println!` that does not panic when stdout is gone (`toy-server | head`):
+/// the server keeps serving mail whoever reads its banner.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The accounts of the classic exercise, used when no users file is given.
 const DEMO_ACCOUNTS: [(&str, &str); 2] =
     [("anna@kolleg.de", "geheim"), ("bob@kolleg.de", "topSecret")];
@@ -320,7 +329,7 @@ fn run(args: Args) -> Result<(), String> {
             action: Some(QueueAction::Flush),
         }) => {
             let n = postamt_examples::control::flush(&control_socket(&args))?;
-            println!("Flushed: {n} deferred recipient(s) are being tried now.");
+            say!("Flushed: {n} deferred recipient(s) are being tried now.");
             return Ok(());
         }
         None => {}
@@ -432,42 +441,42 @@ fn run(args: Args) -> Result<(), String> {
         lines.push(String::new());
         lines.extend(accounts);
         let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0) + 4;
-        println!("+{}+", "-".repeat(width));
+        say!("+{}+", "-".repeat(width));
         for line in &lines {
-            println!("|  {line:<w$}|", w = width - 2);
+            say!("|  {line:<w$}|", w = width - 2);
         }
-        println!("+{}+", "-".repeat(width));
+        say!("+{}+", "-".repeat(width));
         let every = if set.listen.is_unspecified() {
             " (every interface)"
         } else {
             ""
         };
-        println!(
+        say!(
             "Listening on {}{every}, SMTP port {}, POP3 port {}.",
             set.listen,
             server.smtp_addr().port(),
             server.pop3_addr().port()
         );
     } else {
-        println!("postamt toy server is running. Connect to:");
+        say!("postamt toy server is running. Connect to:");
         for line in &connect {
-            println!("  {line}");
+            say!("  {line}");
         }
         for line in &accounts {
-            println!("{line}");
+            say!("{line}");
         }
     }
     if let Some(addr) = server.web_addr() {
-        println!("Teacher's page: http://{addr}/ (live; open it in a browser on this machine)");
+        say!("Teacher's page: http://{addr}/ (live; open it in a browser on this machine)");
     }
     if set.trace {
-        println!("Trace: on, every dialogue below (C: client, S: server, passwords masked).");
+        say!("Trace: on, every dialogue below (C: client, S: server, passwords masked).");
     }
-    println!("Local domains: {}", domains.join(", "));
+    say!("Local domains: {}", domains.join(", "));
     if args.memory {
-        println!("Mail is kept in memory (gone when the server stops).");
+        say!("Mail is kept in memory (gone when the server stops).");
     } else {
-        println!(
+        say!(
             "Mail is kept in the Maildir folder {}, mail for other servers in {}",
             args.maildir.display(),
             queue_dir(&args).display()
@@ -475,39 +484,39 @@ fn run(args: Args) -> Result<(), String> {
     }
     let shown = |limit: Option<u64>| limit.map_or("no limit".to_string(), show_size);
     if args.memory {
-        println!(
+        say!(
             "Limits: {} per mailbox, {} in memory in all.",
             shown(mailbox_limit),
             shown(memory_limit)
         );
     } else {
-        println!("Limits: {} per mailbox.", shown(mailbox_limit));
+        say!("Limits: {} per mailbox.", shown(mailbox_limit));
     }
     match tls {
         Some(_) if args.tls_self_signed => {
-            println!("STARTTLS and STLS: on (self-signed certificate)")
+            say!("STARTTLS and STLS: on (self-signed certificate)")
         }
-        Some(_) => println!("STARTTLS and STLS: on"),
-        None => println!("STARTTLS and STLS: off (use --tls-self-signed to try them)"),
+        Some(_) => say!("STARTTLS and STLS: on"),
+        None => say!("STARTTLS and STLS: off (use --tls-self-signed to try them)"),
     }
     if set.relay_from.is_empty() {
-        println!("Relaying: for logged-in clients only (--relay-from CIDR to trust a network).");
+        say!("Relaying: for logged-in clients only (--relay-from CIDR to trust a network).");
     } else {
         let nets: Vec<String> = set.relay_from.iter().map(ToString::to_string).collect();
-        println!(
+        say!(
             "Relaying: for logged-in clients and for {}.",
             nets.join(", ")
         );
     }
     for (domain, hop) in &args.routes {
-        println!("Route: {domain} -> {hop}");
+        say!("Route: {domain} -> {hop}");
     }
     match (&args.relay_host, args.dns) {
-        (Some(hop), _) => println!("Other foreign mail goes to {hop}."),
-        (None, Some(dns)) => println!("Other foreign mail goes to the MX hosts ({dns} asked)."),
-        (None, None) => println!("Other foreign mail goes to the MX hosts DNS names."),
+        (Some(hop), _) => say!("Other foreign mail goes to {hop}."),
+        (None, Some(dns)) => say!("Other foreign mail goes to the MX hosts ({dns} asked)."),
+        (None, None) => say!("Other foreign mail goes to the MX hosts DNS names."),
     }
-    println!("Stop with Ctrl-C.");
+    say!("Stop with Ctrl-C.");
 
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -515,7 +524,7 @@ fn run(args: Args) -> Result<(), String> {
     })
     .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
     let _ = rx.recv();
-    println!("Stopping: no new connections; open sessions get a few seconds to finish.");
+    say!("Stopping: no new connections; open sessions get a few seconds to finish.");
     server.stop();
     Ok(())
 }
@@ -585,7 +594,7 @@ fn list_queue(dir: &Path) -> Result<(), String> {
         .list()
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     if entries.is_empty() {
-        println!("The queue in {} is empty.", dir.display());
+        say!("The queue in {} is empty.", dir.display());
     }
     let date = |t: SystemTime| httpdate::fmt_http_date(t).replace("GMT", "+0000");
     for entry in entries {
@@ -593,14 +602,15 @@ fn list_queue(dir: &Path) -> Result<(), String> {
         let msg = match QueuedMessage::from_record(id, &entry.record) {
             Ok(msg) => msg,
             Err(e) => {
-                println!(
+                say!(
                     "{}  {} octets  record unreadable: {e}",
-                    entry.id, entry.size
+                    entry.id,
+                    entry.size
                 );
                 continue;
             }
         };
-        println!(
+        say!(
             "{}  {} octets  from {}  arrived {}",
             entry.id,
             entry.size,
@@ -613,7 +623,7 @@ fn list_queue(dir: &Path) -> Result<(), String> {
                 ("deferred", detail) => format!("deferred, {detail}"),
                 (name, detail) => format!("{name}: {detail}"),
             };
-            println!("  {}  {state}", r.mailbox());
+            say!("  {}  {state}", r.mailbox());
         }
     }
     Ok(())
