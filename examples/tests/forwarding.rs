@@ -1707,6 +1707,9 @@ enum HopMode {
     ClosesAfterEachMessage,
     /// Answers a connection's second MAIL with 421 and closes.
     Refuses421AtSecondMail,
+    /// Takes a connection's second message and closes without answering
+    /// its final dot.
+    VanishesAfterSecondDot,
 }
 
 /// One connection a [`Counting`] next hop took: its command lines and
@@ -1777,7 +1780,14 @@ impl Counting {
                         text.extend_from_slice(&piece);
                     }
                     text.truncate(text.len() - 3);
-                    all.lock().unwrap()[n].messages.push(text);
+                    let got = {
+                        let mut all = all.lock().unwrap();
+                        all[n].messages.push(text);
+                        all[n].messages.len()
+                    };
+                    if mode == HopMode::VanishesAfterSecondDot && got == 2 {
+                        return;
+                    }
                     let _ = w.write_all(b"250 2.0.0 queued\r\n");
                     if mode == HopMode::ClosesAfterEachMessage {
                         return;
@@ -2065,4 +2075,50 @@ fn outbound_lines(trace: &Captured, needle: &str, n: usize) {
     }
     thread::sleep(Duration::from_millis(100));
     assert_eq!(count(), n, "{needle:?} in {}", trace.text());
+}
+
+#[test]
+fn a_connection_lost_after_the_final_dot_is_not_retried_at_once() {
+    let hop = Counting::start(HopMode::VanishesAfterSecondDot);
+    let spool = Arc::new(postamt_store::MemorySpool::new());
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("hop.example".into(), hop.addr.to_string().parse().unwrap())],
+            concurrency: 1,
+            reuse_idle: Duration::from_secs(5),
+            spool: spool.clone(),
+            // The deferred recipient's own retry comes long after the test.
+            retry_after: Duration::from_secs(60),
+            ..trusted(&[])
+        },
+    );
+    for i in 0..2 {
+        send(
+            kolleg.server.smtp_addr(),
+            "anna@kolleg.de",
+            &["carl@hop.example"],
+            &numbered(i),
+        );
+        hop.wait_for(i + 1);
+    }
+    // The hop may have taken the second message: it is not sent again on
+    // a new connection (that would be the retry of a stale connection).
+    thread::sleep(Duration::from_millis(500));
+    let sessions = hop.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_each_once(&sessions[0].messages, 2);
+    outbound_lines(&kolleg.trace, "the idle connection was dead", 0);
+    // Deferred, still queued for its retry (the first one's removal is
+    // written by a thread of its own).
+    use postamt_store::Spool;
+    let deadline = Instant::now() + WAIT;
+    while spool.list().unwrap().len() > 1 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(spool.list().unwrap().len(), 1);
+    kolleg.server.stop();
 }
