@@ -1248,8 +1248,14 @@ fn transaction(
         }
     };
     if let Err(e) = conn.session.start_message(envelope, Some(size)) {
+        // Nothing went out and no reply is awaited: waiting for one would
+        // block for good. Deferred; the connection stays usable.
         conn.trace
             .error(&format!("cannot start the transaction: {e}"));
+        ctx.pool.put(conn, ctx.require_tls);
+        return Run::Ended(Some(Outcome::ConnectionLost {
+            answered: Vec::new(),
+        }));
     }
     // Once the message's end is handed over, a failure is never retried:
     // the server may have taken it.
