@@ -68,6 +68,27 @@ impl ClientStream {
         Ok(Self::Tls(Box::new(tls)))
     }
 
+    /// Whether the server has said nothing since the last reply, not even
+    /// closed the connection: an idle connection fit to carry another
+    /// transaction. Anything waiting (a 421, a TLS alert, the end of the
+    /// stream) or a socket error means it is not.
+    pub fn is_quiet(&mut self) -> bool {
+        if let Self::Tls(s) = self {
+            // Records rustls read already but did not yet decrypt.
+            match s.conn.process_new_packets() {
+                Ok(st) if st.plaintext_bytes_to_read() == 0 && !st.peer_has_closed() => {}
+                _ => return false,
+            }
+        }
+        let tcp = self.tcp();
+        if tcp.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = [0; 1];
+        let quiet = matches!(tcp.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        tcp.set_nonblocking(false).is_ok() && quiet
+    }
+
     /// Writes all of `bytes`.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         if bytes.is_empty() {

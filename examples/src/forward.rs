@@ -12,6 +12,7 @@
 //! the control socket (`control.rs`).
 
 use std::io::{self, Read};
+use std::mem;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -72,6 +73,11 @@ pub struct Forwarding {
     pub delay_warning: Duration,
     /// Connecting to a next hop may take this long: 30 s.
     pub connect_timeout: Duration,
+    /// A connection whose transaction ended cleanly waits this long for
+    /// the next message to the same host and port (Postfix's
+    /// `smtp_connection_cache_time_limit`): 2 s; zero: a new connection
+    /// for every delivery. Idle connections count against `concurrency`.
+    pub reuse_idle: Duration,
     /// TLS to next hops; [`RelayTls::May`] by default.
     pub tls: RelayTls,
     /// With [`RelayTls::Require`]: the PEM file of the certificate
@@ -118,6 +124,7 @@ impl Forwarding {
             concurrency: relay.concurrency,
             delay_warning: relay.delay_warning,
             connect_timeout: Duration::from_secs(30),
+            reuse_idle: Duration::from_secs(2),
             tls: RelayTls::May,
             tls_roots: None,
             spool: Arc::new(postamt_store::MemorySpool::new()),
@@ -151,6 +158,7 @@ impl std::fmt::Debug for Forwarding {
             .field("queue_lifetime", &self.queue_lifetime)
             .field("concurrency", &self.concurrency)
             .field("delay_warning", &self.delay_warning)
+            .field("reuse_idle", &self.reuse_idle)
             .field("tls", &self.tls)
             .field("control", &self.control)
             .finish_non_exhaustive()
@@ -230,6 +238,8 @@ struct Context {
     require_tls: bool,
     trace: Option<Sink>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
+    /// Idle connections to next hops.
+    pool: Arc<Pool>,
 }
 
 impl Context {
@@ -406,6 +416,7 @@ pub(crate) fn start(start: Start) -> (Forwarder, thread::JoinHandle<()>) {
         require_tls: f.tls == RelayTls::Require,
         trace,
         next_id,
+        pool: Pool::start(f.reuse_idle, workers),
     });
     let (input, inbox) = mpsc::channel();
     let (jobs, job_queue) = mpsc::channel::<Delivery>();
@@ -419,7 +430,10 @@ pub(crate) fn start(start: Start) -> (Forwarder, thread::JoinHandle<()>) {
                     let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
                     let Ok(delivery) = job else { break };
                     let id = delivery.id();
+                    let busy = &ctx.pool.busy;
+                    busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let outcome = deliver(&ctx, &delivery, &input);
+                    busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     if let Some(outcome) = outcome {
                         let _ = input.send(Input::Done(id, outcome));
                     }
@@ -511,7 +525,11 @@ fn run(
                 let _ = answer.send(relay.flush(now));
             }
             // Every state change handed out is written before we return.
-            Input::Stop => return writers.finish(),
+            // Idle connections get their QUIT.
+            Input::Stop => {
+                ctx.pool.stop();
+                return writers.finish();
+            }
         }
     }
 }
@@ -729,22 +747,309 @@ fn notify(relay: &mut Relay, notice: &Notice, ctx: &Context) {
     }
 }
 
-/// Where the delivery thread stands, for what a failure means.
-#[derive(PartialEq)]
-enum Stage {
-    /// Before the envelope: the host could not be used.
-    Greeting,
-    /// The envelope went out.
-    Transaction,
-    /// The relay decided without us (no envelope), or the report is in.
-    Decided,
+/// A greeted connection to a next hop, between transactions.
+struct Conn {
+    /// The next hop as routed (name lowercased) and its port.
+    key: (String, u16),
+    stream: ClientStream,
+    session: ClientSession,
+    trace: Trace,
+    /// Since when it is open (for the reuse time limit).
+    opened: Instant,
+    /// Since when it waits in the pool (for the idle time limit).
+    idle_since: Instant,
+    out: Vec<u8>,
+    buf: Vec<u8>,
 }
 
-/// Runs one delivery: `None` when the relay already knows its end. A
-/// next hop whose STARTTLS fails gets the message in plaintext on a new
-/// connection, as Postfix does for opportunistic TLS: else a host with a
-/// broken TLS set-up would never get mail.
+impl Conn {
+    fn key(ctx: &Context, hop: &NextHop) -> (String, u16) {
+        (
+            hop.host().to_ascii_lowercase(),
+            hop.port().unwrap_or(ctx.relay_port),
+        )
+    }
+
+    /// Drives the session until it awaits no reply (the RSET the session
+    /// sends after a failed transaction), so nothing the server says
+    /// later is mistaken for news; whether it is fit for another
+    /// transaction. Call it only after a transaction's report.
+    fn settle(&mut self) -> bool {
+        let Self {
+            stream,
+            session,
+            trace,
+            out,
+            buf,
+            ..
+        } = self;
+        loop {
+            while let Some(event) = session.poll_event() {
+                if let ClientEvent::Closed(_) = event {
+                    return false;
+                }
+            }
+            if session.is_closed() {
+                return false;
+            }
+            if session.poll_timeout().is_none() {
+                return flush(stream, session, out, trace).is_ok();
+            }
+            if exchange(stream, session, false, out, buf, trace).is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// Connections kept open after a clean transaction (Postfix's
+/// `smtp_connection_cache_on_demand`): the next delivery to the same host
+/// and port says MAIL FROM on the same session instead of connecting,
+/// greeting, saying EHLO and STARTTLS again. Idle connections count
+/// against the delivery concurrency: idle ones plus those of running
+/// deliveries never exceed it, so a delivery that must connect afresh
+/// first closes the longest idle one. A reaper thread says QUIT to those
+/// idle past their time, and to all at stop.
+struct Pool {
+    state: Mutex<PoolState>,
+    wake: std::sync::Condvar,
+    /// How long a connection may wait for its next transaction; zero: no reuse.
+    idle_for: Duration,
+    /// A connection open longer is not kept (Postfix's
+    /// `smtp_connection_reuse_time_limit`).
+    max_age: Duration,
+    /// Open connections at most: the delivery concurrency.
+    limit: usize,
+    /// Deliveries running (each holds at most one connection).
+    busy: std::sync::atomic::AtomicUsize,
+    reaper: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Longest idle first.
+    idle: std::collections::VecDeque<Conn>,
+    /// Taken out to be closed by the reaper.
+    closing: Vec<Conn>,
+    stopped: bool,
+}
+
+impl Pool {
+    /// QUIT and its 221 may take this long when closing idle connections.
+    const QUIT_WAIT: Duration = Duration::from_secs(2);
+    const MAX_AGE: Duration = Duration::from_secs(300);
+
+    fn start(idle_for: Duration, limit: usize) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            state: Mutex::new(PoolState::default()),
+            wake: std::sync::Condvar::new(),
+            idle_for,
+            max_age: Self::MAX_AGE,
+            limit: limit.max(1),
+            busy: std::sync::atomic::AtomicUsize::new(0),
+            reaper: Mutex::new(None),
+        });
+        if !idle_for.is_zero() {
+            let reaper = Arc::clone(&pool);
+            match thread::Builder::new()
+                .name("idle-reaper".into())
+                .spawn(move || reaper.reap())
+            {
+                Ok(t) => *pool.reaper.lock().unwrap_or_else(PoisonError::into_inner) = Some(t),
+                Err(e) => eprintln!("forwarder: no connection reuse ({e})"),
+            }
+        }
+        pool
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn enabled(&self) -> bool {
+        !self.idle_for.is_zero()
+            && self
+                .reaper
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+    }
+
+    /// The most recently used idle connection to `key` whose server has
+    /// said nothing meanwhile; one it closed (or that has news) is dropped.
+    fn take(&self, key: &(String, u16)) -> Option<Conn> {
+        loop {
+            let mut conn = {
+                let mut st = self.lock();
+                let i = st.idle.iter().rposition(|c| &c.key == key)?;
+                st.idle.remove(i)?
+            };
+            if conn.stream.is_quiet() {
+                return Some(conn);
+            }
+            conn.trace
+                .note("the next hop closed the idle connection (or spoke): dropped");
+        }
+    }
+
+    /// Keeps `conn` for the next delivery to its host, or closes it.
+    fn put(&self, mut conn: Conn, require_tls: bool) {
+        let fit = self.enabled()
+            && conn.opened.elapsed() < self.max_age
+            && (!require_tls || conn.session.is_tls());
+        let mut st = self.lock();
+        if !fit || st.stopped {
+            drop(st);
+            return close(vec![conn]);
+        }
+        conn.idle_since = Instant::now();
+        conn.trace.note("idle, kept for the next message");
+        st.idle.push_back(conn);
+        // This delivery, still counted as running, holds none now.
+        self.evict(&mut st, 1);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Before a new connection: makes room for it under the limit.
+    fn make_room(&self) {
+        let mut st = self.lock();
+        if self.evict(&mut st, 0) {
+            drop(st);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Moves the longest idle connections to `closing` while idle ones and
+    /// running deliveries (but `free` of them, which hold none) together
+    /// exceed the limit.
+    fn evict(&self, st: &mut PoolState, free: usize) -> bool {
+        let busy = self
+            .busy
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .saturating_sub(free);
+        let mut any = false;
+        while !st.idle.is_empty() && st.idle.len() + busy > self.limit {
+            if let Some(conn) = st.idle.pop_front() {
+                st.closing.push(conn);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// The reaper: QUIT to what is due, until stop.
+    fn reap(&self) {
+        loop {
+            let (due, stopped) = {
+                let mut st = self.lock();
+                loop {
+                    let now = Instant::now();
+                    let mut due = mem::take(&mut st.closing);
+                    if st.stopped {
+                        due.extend(st.idle.drain(..));
+                    } else {
+                        while st
+                            .idle
+                            .front()
+                            .is_some_and(|c| c.idle_since + self.idle_for <= now)
+                        {
+                            due.extend(st.idle.pop_front());
+                        }
+                    }
+                    if !due.is_empty() || st.stopped {
+                        break (due, st.stopped);
+                    }
+                    // Oldest first by idle time: the front is due first.
+                    let wait = st.idle.front().map_or(Duration::from_secs(3600), |c| {
+                        (c.idle_since + self.idle_for).saturating_duration_since(now)
+                    });
+                    st = self
+                        .wake
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            };
+            close(due);
+            if stopped {
+                return;
+            }
+        }
+    }
+
+    /// Closes every idle connection with QUIT; later ones are closed at once.
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.wake.notify_all();
+        let reaper = self
+            .reaper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = reaper {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Says QUIT on every connection, then waits (at most
+/// [`Pool::QUIT_WAIT`] in all) for their 221s.
+fn close(mut conns: Vec<Conn>) {
+    for c in &mut conns {
+        if c.session.quit().is_err()
+            || flush(&mut c.stream, &mut c.session, &mut c.out, &mut c.trace).is_err()
+        {
+            c.trace.note("closed");
+        }
+    }
+    let deadline = Instant::now() + Pool::QUIT_WAIT;
+    for mut c in conns {
+        while !c.session.is_closed() && Instant::now() < deadline {
+            while c.session.poll_event().is_some() {}
+            if c.session.is_closed() {
+                break;
+            }
+            let Conn {
+                stream,
+                session,
+                trace,
+                out,
+                buf,
+                ..
+            } = &mut c;
+            if flush(stream, session, out, trace).is_err() {
+                break;
+            }
+            let wait = session.poll_timeout().map_or(deadline, |t| t.min(deadline));
+            match stream.read_until(buf, Some(wait)) {
+                Ok(Some(0)) => session.receive_eof(Instant::now()),
+                Ok(Some(n)) => {
+                    trace.server(&buf[..n]);
+                    session.receive(Instant::now(), &buf[..n]);
+                }
+                Ok(None) => session.handle_timeout(Instant::now()),
+                Err(_) => break,
+            }
+        }
+        c.trace.note("closed");
+    }
+}
+
+/// Runs one delivery: `None` when the relay already knows its end. An
+/// idle connection to the host is used first; one that turns out dead
+/// before any recipient was answered (closed, reset, 421) gets the
+/// delivery retried once on a new connection: no text went, so nothing
+/// can arrive twice. A next hop whose STARTTLS fails gets the message in
+/// plaintext on a new connection, as Postfix does for opportunistic TLS:
+/// else a host with a broken TLS set-up would never get mail.
 fn deliver(ctx: &Context, delivery: &Delivery, input: &Sender<Input>) -> Option<Outcome> {
+    if let Some(conn) = ctx.pool.take(&Conn::key(ctx, delivery.host())) {
+        match transaction(ctx, delivery, input, conn, true) {
+            Run::Ended(outcome) => return outcome,
+            Run::Stale => {}
+        }
+    }
     match attempt(ctx, delivery, input, ctx.tls.is_some()) {
         Some(Outcome::HostFailed(HostFailure::Tls(_))) if !ctx.require_tls => {
             attempt(ctx, delivery, input, false)
@@ -753,7 +1058,16 @@ fn deliver(ctx: &Context, delivery: &Delivery, input: &Sender<Input>) -> Option<
     }
 }
 
-/// One connection for a delivery; `tls`: try STARTTLS when offered.
+/// How a transaction on a connection ended.
+enum Run {
+    /// As the relay must hear (`None`: it knows already).
+    Ended(Option<Outcome>),
+    /// A reused connection was dead before the server answered anything
+    /// of this transaction, and before the message's end went out.
+    Stale,
+}
+
+/// One new connection for a delivery; `tls`: try STARTTLS when offered.
 fn attempt(
     ctx: &Context,
     delivery: &Delivery,
@@ -763,7 +1077,7 @@ fn attempt(
     let id = ctx
         .next_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut trace = Trace::new(id, Protocol::SmtpOut, ctx.trace.clone());
+    let trace = Trace::new(id, Protocol::SmtpOut, ctx.trace.clone());
     let hop = delivery.host();
     trace.note(&format!(
         "delivery {} of {} to {hop} for {} recipient(s)",
@@ -771,7 +1085,8 @@ fn attempt(
         delivery.message(),
         delivery.recipients().len()
     ));
-    let mut stream = match connect(ctx, hop) {
+    ctx.pool.make_room();
+    let stream = match connect(ctx, hop) {
         Ok((stream, addr)) => {
             trace.note(&format!("connected to {addr}"));
             stream
@@ -781,22 +1096,34 @@ fn attempt(
             return Some(Outcome::HostFailed(HostFailure::Unreachable(e)));
         }
     };
-    let mut session = ClientSession::new(ClientConfig::new(ctx.hostname.clone()), Instant::now());
-    let mut stage = Stage::Greeting;
-    let mut outcome: Option<Outcome> = None;
-    let mut body: Option<Box<dyn Read + Send>> = None;
+    match greet(ctx, hop, stream, trace, tls) {
+        Ok(conn) => match transaction(ctx, delivery, input, conn, false) {
+            Run::Ended(outcome) => outcome,
+            // Only for reused connections.
+            Run::Stale => Some(Outcome::ConnectionLost {
+                answered: Vec::new(),
+            }),
+        },
+        Err(outcome) => Some(outcome),
+    }
+}
+
+/// Greeting, EHLO and STARTTLS on a new connection, up to where the
+/// session is ready for a transaction; else what the host failure means.
+fn greet(
+    ctx: &Context,
+    hop: &NextHop,
+    mut stream: ClientStream,
+    mut trace: Trace,
+    tls: bool,
+) -> Result<Conn, Outcome> {
+    let unreachable = |e: String| Outcome::HostFailed(HostFailure::Unreachable(e));
+    let opened = Instant::now();
+    let mut session = ClientSession::new(ClientConfig::new(ctx.hostname.clone()), opened);
     let mut tls_tried = false;
     let mut out = Vec::new();
     let mut buf = vec![0; 16 * 1024];
-    let mut chunk = vec![0; 64 * 1024];
-    let failed = |stage: &Stage, e: String| match stage {
-        Stage::Greeting => Some(Outcome::HostFailed(HostFailure::Unreachable(e))),
-        Stage::Transaction => Some(Outcome::ConnectionLost {
-            answered: Vec::new(),
-        }),
-        Stage::Decided => None,
-    };
-    while !session.is_closed() {
+    loop {
         while let Some(event) = session.poll_event() {
             match event {
                 ClientEvent::Ready(caps) => {
@@ -813,49 +1140,26 @@ fn attempt(
                             (Some(_), true) => format!("STARTTLS with {hop} did not start"),
                         };
                         trace.note(&format!("TLS required: {why}"));
-                        outcome = Some(Outcome::HostFailed(HostFailure::Tls(why)));
-                        stage = Stage::Decided;
-                        let _ = session.quit();
-                        continue;
-                    }
-                    let (tx, rx) = mpsc::channel();
-                    let _ = input.send(Input::Envelope(
-                        delivery.id(),
-                        delivery.message().clone(),
-                        caps,
-                        tx,
-                    ));
-                    match rx.recv().ok().flatten() {
-                        Some((envelope, size)) => {
-                            let size = Some(size);
-                            match open_body(ctx, delivery) {
-                                Ok(reader) => body = Some(reader),
-                                Err(e) => {
-                                    trace.error(&format!("cannot read the queued message: {e}"));
-                                    stage = Stage::Transaction;
-                                    outcome = Some(Outcome::ConnectionLost {
-                                        answered: Vec::new(),
-                                    });
-                                    let _ = session.quit();
-                                    continue;
-                                }
-                            }
-                            stage = Stage::Transaction;
-                            if let Err(e) = session.start_message(envelope, size) {
-                                trace.error(&format!("cannot start the transaction: {e}"));
-                            }
+                        if session.quit().is_ok() {
+                            let _ = flush(&mut stream, &mut session, &mut out, &mut trace);
                         }
-                        None => {
-                            stage = Stage::Decided;
-                            let _ = session.quit();
-                        }
+                        return Err(Outcome::HostFailed(HostFailure::Tls(why)));
                     }
+                    return Ok(Conn {
+                        key: Conn::key(ctx, hop),
+                        stream,
+                        session,
+                        trace,
+                        opened,
+                        idle_since: opened,
+                        out,
+                        buf,
+                    });
                 }
                 ClientEvent::StartTls => {
                     let flushed = crate::client::flush(&mut stream, &mut session, &mut out);
                     trace.client(&out, false);
-                    let config = ctx.tls.clone();
-                    let upgraded = match (flushed, config) {
+                    let upgraded = match (flushed, ctx.tls.clone()) {
                         (Ok(()), Some(config)) => stream
                             .start_tls(config, &tls_name(hop.host()))
                             .map_err(|e| e.to_string()),
@@ -870,75 +1174,176 @@ fn attempt(
                         }
                         Err(e) => {
                             trace.note(&format!("TLS failed: {e}"));
-                            return Some(Outcome::HostFailed(HostFailure::Tls(e)));
+                            return Err(Outcome::HostFailed(HostFailure::Tls(e)));
                         }
                     }
                 }
-                ClientEvent::Done(report) => {
-                    stage = Stage::Decided;
-                    body = None;
-                    outcome = Some(match report.outcome {
-                        Err(Failure::ConnectionLost) => {
-                            let mut answered = report.accepted;
-                            answered.extend(report.refused);
-                            Outcome::ConnectionLost { answered }
+                ClientEvent::Closed(e) => {
+                    trace.note("closed");
+                    return Err(match e {
+                        Some(ClientError::Refused(reply)) => {
+                            Outcome::HostFailed(HostFailure::Refused(reply))
                         }
-                        _ => Outcome::Done(report),
+                        Some(ClientError::Timeout) => Outcome::HostFailed(HostFailure::Timeout),
+                        Some(e) => unreachable(e.to_string()),
+                        None => unreachable("the session ended".into()),
                     });
-                    let _ = session.quit();
-                }
-                ClientEvent::Closed(Some(e)) if outcome.is_none() => {
-                    outcome = match (&stage, e) {
-                        (Stage::Greeting, ClientError::Refused(reply)) => {
-                            Some(Outcome::HostFailed(HostFailure::Refused(reply)))
-                        }
-                        (Stage::Greeting, ClientError::Timeout) => {
-                            Some(Outcome::HostFailed(HostFailure::Timeout))
-                        }
-                        (Stage::Transaction, ClientError::Timeout) => Some(Outcome::Timeout {
-                            answered: Vec::new(),
-                        }),
-                        (stage, e) => failed(stage, e.to_string()),
-                    };
                 }
                 _ => {}
             }
         }
-        if let Some(reader) = body.as_mut() {
-            while session.wants_message_bytes() {
-                match reader.read(&mut chunk) {
-                    Ok(0) => {
-                        let _ = session.end_message();
-                        body = None;
-                        break;
-                    }
-                    Ok(n) => {
-                        let _ = session.message_chunk(&chunk[..n]);
-                    }
-                    Err(e) => {
-                        trace.error(&format!("reading the queued message failed: {e}"));
-                        return Some(Outcome::ConnectionLost {
-                            answered: Vec::new(),
-                        });
-                    }
-                }
-            }
-        }
-        let sending = body.is_some();
         if let Err(e) = exchange(
             &mut stream,
             &mut session,
-            sending,
+            false,
             &mut out,
             &mut buf,
             &mut trace,
         ) {
             trace.note(&format!("connection failed: {e}"));
-            return outcome.or_else(|| failed(&stage, e.to_string()));
+            return Err(unreachable(e.to_string()));
         }
     }
-    trace.note("closed");
-    outcome.or_else(|| failed(&stage, "the session ended".into()))
+}
+
+/// One transaction on a greeted connection (`reused`: it carried one
+/// before); a connection that ends it clean goes back to the pool.
+fn transaction(
+    ctx: &Context,
+    delivery: &Delivery,
+    input: &Sender<Input>,
+    mut conn: Conn,
+    reused: bool,
+) -> Run {
+    if reused {
+        conn.trace.note(&format!(
+            "delivery {} of {} to {} for {} recipient(s), on this connection again",
+            delivery.id(),
+            delivery.message(),
+            delivery.host(),
+            delivery.recipients().len()
+        ));
+    }
+    let caps = conn.session.capabilities().cloned().unwrap_or_default();
+    let (tx, rx) = mpsc::channel();
+    let _ = input.send(Input::Envelope(
+        delivery.id(),
+        delivery.message().clone(),
+        caps,
+        tx,
+    ));
+    let Some((envelope, size)) = rx.recv().ok().flatten() else {
+        // The relay decided without a transaction (a loop, no SMTPUTF8).
+        close(vec![conn]);
+        return Run::Ended(None);
+    };
+    let mut body = match open_body(ctx, delivery) {
+        Ok(reader) => Some(reader),
+        Err(e) => {
+            conn.trace
+                .error(&format!("cannot read the queued message: {e}"));
+            ctx.pool.put(conn, ctx.require_tls);
+            return Run::Ended(Some(Outcome::ConnectionLost {
+                answered: Vec::new(),
+            }));
+        }
+    };
+    if let Err(e) = conn.session.start_message(envelope, Some(size)) {
+        // Nothing went out and no reply is awaited: waiting for one would
+        // block for good. Deferred; the connection stays usable.
+        conn.trace
+            .error(&format!("cannot start the transaction: {e}"));
+        ctx.pool.put(conn, ctx.require_tls);
+        return Run::Ended(Some(Outcome::ConnectionLost {
+            answered: Vec::new(),
+        }));
+    }
+    // Once the message's end is handed over, a failure is never retried:
+    // the server may have taken it.
+    let mut ended = false;
+    let mut broken = false;
+    let mut chunk = vec![0; 64 * 1024];
+    let report = loop {
+        let mut report = None;
+        while let Some(event) = conn.session.poll_event() {
+            if let ClientEvent::Done(r) = event {
+                report = Some(r);
+            }
+        }
+        if let Some(report) = report {
+            break Some(report);
+        }
+        if broken || conn.session.is_closed() {
+            break None;
+        }
+        if let Some(reader) = body.as_mut() {
+            while conn.session.wants_message_bytes() {
+                match reader.read(&mut chunk) {
+                    Ok(0) => {
+                        ended = true;
+                        let _ = conn.session.end_message();
+                        body = None;
+                        break;
+                    }
+                    Ok(n) => {
+                        let _ = conn.session.message_chunk(&chunk[..n]);
+                    }
+                    Err(e) => {
+                        // The end never goes out: the server drops the text.
+                        conn.trace
+                            .error(&format!("reading the queued message failed: {e}"));
+                        return Run::Ended(Some(Outcome::ConnectionLost {
+                            answered: Vec::new(),
+                        }));
+                    }
+                }
+            }
+        }
+        let Conn {
+            stream,
+            session,
+            trace,
+            out,
+            buf,
+            ..
+        } = &mut conn;
+        if let Err(e) = exchange(stream, session, body.is_some(), out, buf, trace) {
+            trace.note(&format!("connection failed: {e}"));
+            // The session reports the transaction as a lost connection.
+            session.receive_eof(Instant::now());
+            broken = true;
+        }
+    };
+    let Some(report) = report else {
+        conn.trace.note("closed");
+        return Run::Ended(Some(Outcome::ConnectionLost {
+            answered: Vec::new(),
+        }));
+    };
+    let dead = match &report.outcome {
+        Err(Failure::ConnectionLost) => true,
+        Err(Failure::Message(r) | Failure::Sender(r)) => r.code() == 421,
+        _ => false,
+    };
+    if reused && dead && !ended && report.accepted.is_empty() && report.refused.is_empty() {
+        conn.trace
+            .note("the idle connection was dead: the delivery goes on a new one");
+        return Run::Stale;
+    }
+    let outcome = match report.outcome {
+        Err(Failure::ConnectionLost) => {
+            let mut answered = report.accepted;
+            answered.extend(report.refused);
+            Outcome::ConnectionLost { answered }
+        }
+        _ => Outcome::Done(report),
+    };
+    if !broken && conn.settle() {
+        ctx.pool.put(conn, ctx.require_tls);
+    } else {
+        conn.trace.note("closed");
+    }
+    Run::Ended(Some(outcome))
 }
 
 /// `client::exchange` with the bytes shown in the trace. While `sending` a

@@ -927,7 +927,8 @@ fn a_route_back_to_this_server_fails_instead_of_looping() {
     kolleg.server.stop();
 }
 
-/// A next hop that answers every RCPT with `451`; counts its sessions.
+/// A next hop that answers every RCPT with `451`; counts its transactions
+/// (MAIL commands: retries may share a connection).
 fn always_451() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -936,7 +937,7 @@ fn always_451() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     thread::spawn(move || {
         for tcp in listener.incoming() {
             let Ok(tcp) = tcp else { return };
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let counted = counted.clone();
             thread::spawn(move || {
                 let mut w = tcp.try_clone().unwrap();
                 let mut r = BufReader::new(tcp);
@@ -946,8 +947,12 @@ fn always_451() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
                     let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
                     let answer: &[u8] = match verb.as_str() {
                         "EHLO" => b"250-busy.example\r\n250 ENHANCEDSTATUSCODES\r\n",
-                        "MAIL" => b"250 2.1.0 ok\r\n",
+                        "MAIL" => {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            b"250 2.1.0 ok\r\n"
+                        }
                         "RCPT" => b"451 4.3.0 Try again later\r\n",
+                        "RSET" => b"250 2.0.0 ok\r\n",
                         "QUIT" => b"221 2.0.0 bye\r\n",
                         _ => b"503 5.5.1 no\r\n",
                     };
@@ -965,7 +970,7 @@ fn always_451() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
 
 #[test]
 fn a_next_hop_that_defers_forever_fails_at_the_end_of_the_lifetime() {
-    let (addr, sessions) = always_451();
+    let (addr, transactions) = always_451();
     let kolleg = Node::start(
         "mail.kolleg.de",
         "kolleg.de",
@@ -995,8 +1000,8 @@ fn a_next_hop_that_defers_forever_fails_at_the_end_of_the_lifetime() {
         "{notice}"
     );
     // Tried again and again in between (retries after 0.5 s, then 1 s).
-    let tries = sessions.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(tries >= 3, "{tries} sessions");
+    let tries = transactions.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(tries >= 3, "{tries} transactions");
     kolleg.server.stop();
 }
 
@@ -1294,16 +1299,17 @@ fn a_bounce_that_cannot_be_delivered_goes_to_the_postmaster() {
     );
     let got = kolleg.wait_for(postamt_examples::POSTMASTER_MAILBOX, 1);
     wait_until_empty(&spool);
+    // The bounce takes the connection the message went over (idle
+    // connections are reused).
     let envelopes = hop.envelopes();
     assert_eq!(
         envelopes,
-        [
-            [
-                "MAIL FROM:<bob@far.example>\r\n",
-                "RCPT TO:<niemand@far.example>\r\n"
-            ],
-            ["MAIL FROM:<>\r\n", "RCPT TO:<bob@far.example>\r\n"],
-        ]
+        [[
+            "MAIL FROM:<bob@far.example>\r\n",
+            "RCPT TO:<niemand@far.example>\r\n",
+            "MAIL FROM:<>\r\n",
+            "RCPT TO:<bob@far.example>\r\n",
+        ]]
     );
     let text = String::from_utf8(got[0].clone()).unwrap();
     assert!(text.starts_with("Return-Path: <>\r\n"), "{text}");
@@ -1340,7 +1346,8 @@ fn a_bounce_that_cannot_be_delivered_goes_to_the_postmaster() {
         kolleg.mailbox(postamt_examples::POSTMASTER_MAILBOX).len(),
         1
     );
-    assert_eq!(hop.envelopes().len(), 2);
+    let mails = hop.envelopes().concat();
+    assert_eq!(mails.iter().filter(|l| l.starts_with("MAIL")).count(), 2);
     kolleg.server.stop();
 }
 
@@ -1688,4 +1695,430 @@ fn required_tls_is_verified_and_a_host_without_it_is_deferred() {
     for n in [good, selfish, plain] {
         n.server.stop();
     }
+}
+
+/// What a [`Counting`] next hop does besides answering well.
+#[derive(Clone, Copy, PartialEq)]
+enum HopMode {
+    /// Takes every transaction and waits for more.
+    Patient,
+    /// Closes the connection right after each message's 250, as a server
+    /// with a short idle timeout does.
+    ClosesAfterEachMessage,
+    /// Answers a connection's second MAIL with 421 and closes.
+    Refuses421AtSecondMail,
+    /// Takes a connection's second message and closes without answering
+    /// its final dot.
+    VanishesAfterSecondDot,
+}
+
+/// One connection a [`Counting`] next hop took: its command lines and
+/// the message texts it got (as sent, dot-stuffed, without the final dot).
+#[derive(Clone, Default, Debug)]
+struct HopSession {
+    lines: Vec<String>,
+    messages: Vec<Vec<u8>>,
+}
+
+/// A next hop that counts connections and transactions, with or without
+/// STARTTLS.
+struct Counting {
+    addr: SocketAddr,
+    sessions: Arc<Mutex<Vec<HopSession>>>,
+}
+
+impl Counting {
+    fn start(mode: HopMode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let all = sessions.clone();
+        thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let all = all.clone();
+                thread::spawn(move || Self::serve(tcp, mode, &all));
+            }
+        });
+        Self { addr, sessions }
+    }
+
+    fn serve(tcp: TcpStream, mode: HopMode, all: &Mutex<Vec<HopSession>>) {
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let n = {
+            let mut all = all.lock().unwrap();
+            all.push(HopSession::default());
+            all.len() - 1
+        };
+        let mut w = tcp.try_clone().unwrap();
+        let mut r = BufReader::new(tcp);
+        let _ = w.write_all(b"220 hop.example ESMTP\r\n");
+        let mut mails = 0;
+        let mut line = String::new();
+        while r.read_line(&mut line).is_ok_and(|k| k > 0) {
+            all.lock().unwrap()[n].lines.push(line.clone());
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            let answer = match verb.as_str() {
+                "EHLO" => "250-hop.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into(),
+                "MAIL" => {
+                    mails += 1;
+                    if mode == HopMode::Refuses421AtSecondMail && mails == 2 {
+                        let _ = w.write_all(b"421 4.3.2 hop.example closing\r\n");
+                        return;
+                    }
+                    "250 2.1.0 ok\r\n".to_string()
+                }
+                "RCPT" => "250 2.1.5 ok\r\n".into(),
+                "DATA" => {
+                    let _ = w.write_all(b"354 go on\r\n");
+                    let mut text = Vec::new();
+                    while !text.ends_with(b"\r\n.\r\n") {
+                        let mut piece = Vec::new();
+                        if !r.read_until(b'\n', &mut piece).is_ok_and(|k| k > 0) {
+                            return;
+                        }
+                        text.extend_from_slice(&piece);
+                    }
+                    text.truncate(text.len() - 3);
+                    let got = {
+                        let mut all = all.lock().unwrap();
+                        all[n].messages.push(text);
+                        all[n].messages.len()
+                    };
+                    if mode == HopMode::VanishesAfterSecondDot && got == 2 {
+                        return;
+                    }
+                    let _ = w.write_all(b"250 2.0.0 queued\r\n");
+                    if mode == HopMode::ClosesAfterEachMessage {
+                        return;
+                    }
+                    line.clear();
+                    continue;
+                }
+                "RSET" => "250 2.0.0 ok\r\n".into(),
+                "QUIT" => "221 2.0.0 bye\r\n".into(),
+                _ => "502 5.5.1 no\r\n".into(),
+            };
+            let _ = w.write_all(answer.as_bytes());
+            if verb == "QUIT" {
+                return;
+            }
+            line.clear();
+        }
+    }
+
+    fn sessions(&self) -> Vec<HopSession> {
+        self.sessions.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` messages arrived, in all connections.
+    fn wait_for(&self, n: usize) -> Vec<HopSession> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.sessions();
+            let count: usize = got.iter().map(|s| s.messages.len()).sum();
+            if count >= n || Instant::now() > deadline {
+                assert_eq!(count, n, "{got:?}");
+                return got;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The `i`th message of a reuse test.
+fn numbered(i: usize) -> String {
+    format!(
+        "From: anna@kolleg.de\r\nTo: carl@hop.example\r\nSubject: Nummer {i}\r\n\r\nText {i}\r\n.punkt\r\n"
+    )
+}
+
+/// A relay for `hop.example` through `hop`, one delivery at a time (so
+/// the counts are exact), keeping idle connections for `idle`.
+fn reusing(hop: SocketAddr, idle: Duration) -> Node {
+    Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("hop.example".into(), hop.to_string().parse().unwrap())],
+            concurrency: 1,
+            reuse_idle: idle,
+            ..trusted(&[])
+        },
+    )
+}
+
+/// Each message arrived once, in order, as queued: our Received: header
+/// in front of the text anna sent (dot-stuffed on the wire).
+fn assert_each_once(messages: &[Vec<u8>], n: usize) {
+    assert_eq!(messages.len(), n);
+    for (i, got) in messages.iter().enumerate() {
+        let text = String::from_utf8(got.clone()).unwrap();
+        let sent = numbered(i).replace("\r\n.", "\r\n..");
+        assert!(text.starts_with("Received: from "), "{text}");
+        assert!(text.ends_with(&sent), "{text}");
+        assert_eq!(text.matches("Subject: ").count(), 1, "{text}");
+    }
+}
+
+fn verbs(session: &HopSession) -> Vec<String> {
+    session
+        .lines
+        .iter()
+        .map(|l| l.split([' ', ':', '\r']).next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn messages_to_one_host_in_a_row_share_one_connection() {
+    let hop = Counting::start(HopMode::Patient);
+    let kolleg = reusing(hop.addr, Duration::from_secs(5));
+    for i in 0..4 {
+        send(
+            kolleg.server.smtp_addr(),
+            "anna@kolleg.de",
+            &["carl@hop.example"],
+            &numbered(i),
+        );
+        hop.wait_for(i + 1);
+    }
+    let sessions = hop.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_each_once(&sessions[0].messages, 4);
+    let per_message = ["MAIL", "RCPT", "DATA"];
+    let mut want = vec!["EHLO".to_string()];
+    want.extend((0..4).flat_map(|_| per_message.map(String::from)));
+    assert_eq!(verbs(&sessions[0]), want);
+    // At stop the idle connection gets its QUIT.
+    kolleg.server.stop();
+    let sessions = hop.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].lines.last().unwrap(), "QUIT\r\n");
+}
+
+#[test]
+fn an_idle_connection_is_closed_with_quit_when_its_time_is_up() {
+    let hop = Counting::start(HopMode::Patient);
+    let kolleg = reusing(hop.addr, Duration::from_millis(300));
+    let addr = kolleg.server.smtp_addr();
+    send(addr, "anna@kolleg.de", &["carl@hop.example"], &numbered(0));
+    hop.wait_for(1);
+    let deadline = Instant::now() + WAIT;
+    while hop.sessions()[0].lines.last().map(String::as_str) != Some("QUIT\r\n") {
+        assert!(Instant::now() < deadline, "{:?}", hop.sessions());
+        thread::sleep(Duration::from_millis(20));
+    }
+    send(addr, "anna@kolleg.de", &["carl@hop.example"], &numbered(1));
+    let sessions = hop.wait_for(2);
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(
+        verbs(&sessions[0]),
+        ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
+    );
+    assert_each_once(&[sessions[0].messages[0].clone()], 1);
+    assert_eq!(sessions[1].messages.len(), 1);
+    assert!(sessions[1].messages[0].ends_with(numbered(1).replace("\r\n.", "\r\n..").as_bytes()));
+    kolleg.server.stop();
+}
+
+#[test]
+fn reuse_can_be_turned_off() {
+    let hop = Counting::start(HopMode::Patient);
+    let kolleg = reusing(hop.addr, Duration::ZERO);
+    for i in 0..3 {
+        send(
+            kolleg.server.smtp_addr(),
+            "anna@kolleg.de",
+            &["carl@hop.example"],
+            &numbered(i),
+        );
+        hop.wait_for(i + 1);
+    }
+    let sessions = hop.sessions();
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    for s in &sessions {
+        assert_eq!(verbs(s), ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"]);
+    }
+    kolleg.server.stop();
+}
+
+#[test]
+fn a_next_hop_that_closed_the_idle_connection_gets_the_next_message_on_a_new_one() {
+    let hop = Counting::start(HopMode::ClosesAfterEachMessage);
+    let kolleg = reusing(hop.addr, Duration::from_secs(5));
+    for i in 0..3 {
+        send(
+            kolleg.server.smtp_addr(),
+            "anna@kolleg.de",
+            &["carl@hop.example"],
+            &numbered(i),
+        );
+        hop.wait_for(i + 1);
+        // The FIN is on its way; the relay may see it before or only
+        // at the next MAIL: either way the message goes on a new connection.
+    }
+    assert!(kolleg.mailbox("anna@kolleg.de").is_empty(), "no notice");
+    kolleg.server.stop();
+    let sessions = hop.sessions();
+    // Every message once; a stale connection's MAIL (if it went out
+    // before the FIN arrived) reached no one.
+    let messages: Vec<Vec<u8>> = sessions.iter().flat_map(|s| s.messages.clone()).collect();
+    assert_each_once(&messages, 3);
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+}
+
+#[test]
+fn a_421_at_mail_on_a_reused_connection_sends_the_message_once_on_a_new_one() {
+    let hop = Counting::start(HopMode::Refuses421AtSecondMail);
+    let kolleg = reusing(hop.addr, Duration::from_secs(5));
+    for i in 0..3 {
+        send(
+            kolleg.server.smtp_addr(),
+            "anna@kolleg.de",
+            &["carl@hop.example"],
+            &numbered(i),
+        );
+        hop.wait_for(i + 1);
+    }
+    // The 421 was no failed attempt: no notice, nothing deferred.
+    assert!(kolleg.mailbox("anna@kolleg.de").is_empty(), "no notice");
+    kolleg.server.stop();
+    let sessions = hop.sessions();
+    // Each connection: one message, then a MAIL that got 421 (the hop
+    // reads nothing after it; the last connection: idle until the stop's
+    // QUIT).
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    assert_eq!(
+        verbs(&sessions[0]),
+        ["EHLO", "MAIL", "RCPT", "DATA", "MAIL"]
+    );
+    assert_eq!(
+        verbs(&sessions[1]),
+        ["EHLO", "MAIL", "RCPT", "DATA", "MAIL"]
+    );
+    assert_eq!(
+        verbs(&sessions[2]),
+        ["EHLO", "MAIL", "RCPT", "DATA", "QUIT"]
+    );
+    let messages: Vec<Vec<u8>> = sessions.iter().flat_map(|s| s.messages.clone()).collect();
+    assert_each_once(&messages, 3);
+    outbound_lines(&kolleg.trace, "the idle connection was dead", 2);
+}
+
+#[test]
+fn starttls_reuse_keeps_tls() {
+    let tls = postamt_examples::tls::self_signed("mx.schule.example").unwrap();
+    let schule = Node::start_tls(
+        "mx.schule.example",
+        "schule.example",
+        &["carl"],
+        0,
+        Forwarding::new(),
+        Some(tls),
+    );
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            concurrency: 1,
+            reuse_idle: Duration::from_secs(5),
+            ..trusted(&[("schule.example", &schule)])
+        },
+    );
+    for i in 0..3 {
+        send(
+            kolleg.server.smtp_addr(),
+            "anna@kolleg.de",
+            &["carl@schule.example"],
+            &numbered(i),
+        );
+        schule.wait_for("carl@schule.example", i + 1);
+    }
+    for got in schule.mailbox("carl@schule.example") {
+        let got = String::from_utf8(got).unwrap();
+        assert!(
+            got.contains("\r\n\tby mx.schule.example (postamt) with ESMTPS;\r\n"),
+            "{got}"
+        );
+    }
+    kolleg.server.stop();
+    // One connection: one STARTTLS, EHLO before and after it, three
+    // transactions, one QUIT at the stop.
+    outbound_lines(&kolleg.trace, " C: STARTTLS", 1);
+    outbound_lines(&kolleg.trace, " -- TLS established", 1);
+    outbound_lines(&kolleg.trace, " C: EHLO mail.kolleg.de", 2);
+    outbound_lines(&kolleg.trace, " C: MAIL FROM:<anna@kolleg.de>", 3);
+    outbound_lines(&kolleg.trace, " C: QUIT", 1);
+    outbound_lines(&kolleg.trace, " -- connected to ", 1);
+    assert_eq!(schule.transactions(), 3);
+    schule.server.stop();
+}
+
+/// Waits until a node's trace shows `n` lines of its outbound sessions
+/// containing `needle` (the trace is written by a thread of its own),
+/// and that there are no more.
+fn outbound_lines(trace: &Captured, needle: &str, n: usize) {
+    let count = || {
+        trace
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("[smtp-out #") && l.contains(needle))
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while count() < n && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(count(), n, "{needle:?} in {}", trace.text());
+}
+
+#[test]
+fn a_connection_lost_after_the_final_dot_is_not_retried_at_once() {
+    let hop = Counting::start(HopMode::VanishesAfterSecondDot);
+    let spool = Arc::new(postamt_store::MemorySpool::new());
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![("hop.example".into(), hop.addr.to_string().parse().unwrap())],
+            concurrency: 1,
+            reuse_idle: Duration::from_secs(5),
+            spool: spool.clone(),
+            // The deferred recipient's own retry comes long after the test.
+            retry_after: Duration::from_secs(60),
+            ..trusted(&[])
+        },
+    );
+    for i in 0..2 {
+        send(
+            kolleg.server.smtp_addr(),
+            "anna@kolleg.de",
+            &["carl@hop.example"],
+            &numbered(i),
+        );
+        hop.wait_for(i + 1);
+    }
+    // The hop may have taken the second message: it is not sent again on
+    // a new connection (that would be the retry of a stale connection).
+    thread::sleep(Duration::from_millis(500));
+    let sessions = hop.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_each_once(&sessions[0].messages, 2);
+    outbound_lines(&kolleg.trace, "the idle connection was dead", 0);
+    // Deferred, still queued for its retry (the first one's removal is
+    // written by a thread of its own).
+    use postamt_store::Spool;
+    let deadline = Instant::now() + WAIT;
+    while spool.list().unwrap().len() > 1 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(spool.list().unwrap().len(), 1);
+    kolleg.server.stop();
 }

@@ -137,9 +137,15 @@ struct Args {
     /// Port of next hops found by DNS (and of routes without a port).
     #[arg(long, default_value_t = 25)]
     relay_port: u16,
-    /// Deliveries to other servers running at once.
+    /// Deliveries to other servers running at once; connections to them,
+    /// idle ones included, never exceed it.
     #[arg(long, default_value_t = RelayConfig::new("").concurrency)]
     relay_concurrency: usize,
+    /// A connection to a next hop whose transaction ended cleanly waits
+    /// this long for the next message to the same host (Postfix's
+    /// smtp_connection_cache_time_limit); 0s: a new connection each time.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    relay_reuse_idle: Duration,
     /// STARTTLS to next hops: `may` uses it when offered, without checking
     /// the certificate (MX hosts rarely have one for their names);
     /// `require` verifies it (see --relay-tls-ca) and defers mail for a
@@ -395,6 +401,7 @@ fn run(args: Args) -> Result<(), String> {
             retry_max: args.retry_max,
             queue_lifetime: args.queue_lifetime,
             concurrency: args.relay_concurrency,
+            reuse_idle: args.relay_reuse_idle,
             delay_warning: args.delay_warning,
             tls: match args.relay_tls.as_str() {
                 "require" => RelayTls::Require,

@@ -127,6 +127,14 @@ struct Transaction {
 /// PIPELINING the client sends MAIL, every RCPT and DATA in one write; it goes
 /// on with the accepted recipients and reports the refused ones.
 ///
+/// A session carries any number of transactions, one after another: the
+/// next may start as soon as [`ClientEvent::Done`] reported the last one.
+/// After a failed transaction the session says RSET by itself (the next
+/// MAIL waits for its reply, or follows it unanswered with PIPELINING).
+/// Between transactions, [`poll_timeout`](Session::poll_timeout) is `None`
+/// once no reply is awaited: the session may then wait idle, e.g. in a
+/// connection cache, for its next message.
+///
 /// Once the session has ended (the server closed, a timeout, a fatal reply:
 /// [`ClientEvent::Closed`] is queued) every method that asks for something
 /// returns `Ok(())` and sends nothing: the caller may not have seen the

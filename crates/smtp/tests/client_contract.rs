@@ -435,3 +435,106 @@ fn injected_plaintext_is_dropped_however_split() {
         }
     }
 }
+
+/// One session, three transactions, as a forwarder reusing a connection
+/// runs them: a delivered one, a refused one (the session says RSET on
+/// its own), and one more after it; each starts right after the last
+/// one's report (with PIPELINING the next MAIL follows the RSET unanswered).
+/// Every reply is split at every point: the same wire, the same reports.
+#[test]
+fn several_transactions_follow_one_another_on_one_session_however_split() {
+    for pipelining in [false, true] {
+        let ehlo: &[u8] = if pipelining {
+            b"250-mx.kolleg.de\r\n250 PIPELINING\r\n"
+        } else {
+            b"250 mx.kolleg.de\r\n"
+        };
+        // A real server's replies, one per command, in order; with
+        // PIPELINING the refused transaction's DATA went out too.
+        let mut replies: Vec<&[u8]> = vec![
+            b"250 2.1.0 ok\r\n",
+            b"250 2.1.5 ok\r\n",
+            b"354 go\r\n",
+            b"250 2.0.0 one\r\n",
+            b"250 2.1.0 ok\r\n",
+            b"550-5.1.1 no such\r\n550 5.1.1 user\r\n",
+        ];
+        if pipelining {
+            replies.push(b"554 5.5.1 no valid recipients\r\n");
+        }
+        replies.extend([
+            &b"250 2.0.0 reset\r\n"[..],
+            b"250 2.1.0 ok\r\n",
+            b"250 2.1.5 ok\r\n",
+            b"354 go\r\n",
+            b"250 2.0.0 three\r\n",
+        ]);
+        let longest = replies.iter().map(|r| r.len()).max().unwrap();
+        let mut first: Option<(Vec<u8>, Vec<String>)> = None;
+        for cut in 0..=longest {
+            let (mut c, now) = ready(ehlo);
+            let mut sent = 1;
+            c.send_message(envelope(), Bytes::from_static(b"Subject: 1\r\n\r\none\r\n"))
+                .unwrap();
+            let mut wire = take(&mut c);
+            let mut reports = Vec::new();
+            for reply in &replies {
+                let at = cut.min(reply.len());
+                for piece in [&reply[..at], &reply[at..]] {
+                    c.receive(now, piece);
+                    while let Some(e) = c.poll_event() {
+                        let ClientEvent::Done(report) = e else {
+                            panic!("{e:?}")
+                        };
+                        reports.push(format!(
+                            "{:?} accepted {} refused {}",
+                            report.outcome.as_ref().map(|r| r.code()),
+                            report.accepted.len(),
+                            report.refused.len()
+                        ));
+                        if sent < 3 {
+                            sent += 1;
+                            let text = format!("Subject: {sent}\r\n\r\nmore\r\n");
+                            c.send_message(envelope(), text.into_bytes()).unwrap();
+                        }
+                    }
+                    wire.extend(take(&mut c));
+                }
+            }
+            assert_eq!(c.poll_timeout(), None, "nothing awaited at the end");
+            assert!(!c.is_closed());
+            match &first {
+                None => first = Some((wire, reports)),
+                Some((w, r)) => {
+                    assert_eq!(&wire, w, "cut at {cut}");
+                    assert_eq!(&reports, r, "cut at {cut}");
+                }
+            }
+        }
+        let (wire, reports) = first.unwrap();
+        let envelope = "MAIL FROM:<anna@kolleg.de>\r\nRCPT TO:<bob@kolleg.de>\r\n";
+        let middle = if pipelining {
+            "DATA\r\nRSET\r\n"
+        } else {
+            "RSET\r\n"
+        };
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            format!(
+                "{envelope}DATA\r\nSubject: 1\r\n\r\none\r\n.\r\n\
+                 {envelope}{middle}\
+                 {envelope}DATA\r\nSubject: 3\r\n\r\nmore\r\n.\r\n"
+            ),
+            "pipelining {pipelining}"
+        );
+        assert_eq!(
+            reports,
+            [
+                "Ok(250) accepted 1 refused 0",
+                "Err(NoRecipients) accepted 0 refused 1",
+                "Ok(250) accepted 1 refused 0",
+            ],
+            "pipelining {pipelining}"
+        );
+    }
+}
