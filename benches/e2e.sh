@@ -168,6 +168,31 @@ wait_listen() { # PORT WHAT LOG
 # ---------------------------------------------------------------------------
 # Accounts and mail
 
+# The master.cf services both private Postfix instances run (chroot off,
+# column 5 = n: a chroot would need copies of /etc files in the queue); each
+# adds its smtpd line and its delivery agents.
+postfix_services() {
+    cat <<'PFEOF'
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+PFEOF
+}
+
 seqs() { seq -f "$1%g" 1 "$2"; }
 LOAD_LOGINS=() BULK_TO=()
 for u in $(seqs load "$USERS"); do LOAD_LOGINS+=(--login "$u:pw-$u"); done
@@ -304,28 +329,14 @@ maillog_file_prefixes = $T
 syslog_name = postfix-e2e-fw
 biff = no
 PFEOF
-    cat >"$d/etc/master.cf" <<PFEOF
-127.0.0.1:$port inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
+    {
+        echo "127.0.0.1:$port inet n - n - - smtpd"
+        postfix_services
+        cat <<PFEOF
 smtp      unix  -       -       n       -       -       smtp
 relay     unix  -       -       n       -       -       smtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
 PFEOF
+    } >"$d/etc/master.cf"
     PF_DIR=$d/etc
     postfix -c "$PF_DIR" check >"$d/check.log" 2>&1 && postfix -c "$PF_DIR" start >"$d/start.log" 2>&1 ||
         { cat "$d/check.log" "$d/start.log" >&2; return 1; }
@@ -496,29 +507,14 @@ maillog_file_prefixes = $T
 syslog_name = postfix-e2e
 biff = no
 EOF
-# chroot off (column 5 = n): a chroot would need copies of /etc files in the queue.
-cat >"$PF_DIR/master.cf" <<EOF
-127.0.0.1:$PF_PORT inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
+{
+    echo "127.0.0.1:$PF_PORT inet n - n - - smtpd"
+    postfix_services
+    cat <<EOF
 proxywrite unix -       -       n       -       1       proxymap
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
 virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
+} >"$PF_DIR/master.cf"
 if postfix -c "$PF_DIR" check >"$T/pf/check.log" 2>&1 &&
     postfix -c "$PF_DIR" start >"$T/pf/start.log" 2>&1; then
     PF_STARTED=1

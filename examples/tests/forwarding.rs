@@ -150,6 +150,28 @@ fn trusted(routes: &[(&str, &Node)]) -> Forwarding {
     }
 }
 
+/// Kolleg's server (anna), trusting loopback, with mail for `domain` routed
+/// to `hop` and its queue in a [`MemorySpool`](postamt_store::MemorySpool)
+/// the test can watch.
+fn kolleg_via(
+    domain: &str,
+    hop: postamt_relay::NextHop,
+) -> (Node, Arc<postamt_store::MemorySpool>) {
+    let spool = Arc::new(postamt_store::MemorySpool::new());
+    let kolleg = Node::start(
+        "mail.kolleg.de",
+        "kolleg.de",
+        &["anna"],
+        0,
+        Forwarding {
+            routes: vec![(domain.into(), hop)],
+            spool: spool.clone(),
+            ..trusted(&[])
+        },
+    );
+    (kolleg, spool)
+}
+
 /// A client typing lines and reading whole replies.
 struct Client {
     reader: BufReader<TcpStream>,
@@ -1158,18 +1180,7 @@ const DSN_RCPT: &str =
 #[test]
 fn dsn_parameters_go_on_to_a_next_hop_that_offers_dsn_and_it_reports() {
     let hop = Scripted::start("250-DSN\r\n250-SIZE 1000000\r\n", "250 2.1.5 ok");
-    let spool = Arc::new(postamt_store::MemorySpool::new());
-    let kolleg = Node::start(
-        "mail.kolleg.de",
-        "kolleg.de",
-        &["anna"],
-        0,
-        Forwarding {
-            routes: vec![("dsn.example".into(), hop.hop())],
-            spool: spool.clone(),
-            ..trusted(&[])
-        },
-    );
+    let (kolleg, spool) = kolleg_via("dsn.example", hop.hop());
     send_raw(kolleg.server.smtp_addr(), DSN_MAIL, &[DSN_RCPT], MESSAGE);
     wait_until_empty(&spool);
     // SIZE= is the queued message: anna's plus our Received: header.
@@ -1199,16 +1210,7 @@ fn dsn_parameters_go_on_to_a_next_hop_that_offers_dsn_and_it_reports() {
 #[test]
 fn notify_success_gets_a_relayed_notice_when_the_next_hop_has_no_dsn() {
     let hop = Scripted::start("", "250 2.1.5 ok");
-    let kolleg = Node::start(
-        "mail.kolleg.de",
-        "kolleg.de",
-        &["anna"],
-        0,
-        Forwarding {
-            routes: vec![("dsn.example".into(), hop.hop())],
-            ..trusted(&[])
-        },
-    );
+    let (kolleg, _) = kolleg_via("dsn.example", hop.hop());
     send_raw(kolleg.server.smtp_addr(), DSN_MAIL, &[DSN_RCPT], MESSAGE);
     let notice = kolleg.wait_for("anna@kolleg.de", 1);
     let notice = String::from_utf8(notice[0].clone()).unwrap();
@@ -1244,18 +1246,7 @@ fn notify_success_gets_a_relayed_notice_when_the_next_hop_has_no_dsn() {
 #[test]
 fn notify_never_gets_no_notice_and_a_bounce_never_bounces_to_its_sender() {
     let hop = Scripted::start("", "550 5.1.1 No such user");
-    let spool = Arc::new(postamt_store::MemorySpool::new());
-    let kolleg = Node::start(
-        "mail.kolleg.de",
-        "kolleg.de",
-        &["anna"],
-        0,
-        Forwarding {
-            routes: vec![("far.example".into(), hop.hop())],
-            spool: spool.clone(),
-            ..trusted(&[])
-        },
-    );
+    let (kolleg, spool) = kolleg_via("far.example", hop.hop());
     send_raw(
         kolleg.server.smtp_addr(),
         "MAIL FROM:<anna@kolleg.de>",
@@ -1279,18 +1270,7 @@ fn a_bounce_that_cannot_be_delivered_goes_to_the_postmaster() {
     // recipient at far.example that does not exist; his bounce goes back
     // to far.example, which refuses it too.
     let hop = Scripted::start("", "550 5.1.1 No such user");
-    let spool = Arc::new(postamt_store::MemorySpool::new());
-    let kolleg = Node::start(
-        "mail.kolleg.de",
-        "kolleg.de",
-        &["anna"],
-        0,
-        Forwarding {
-            routes: vec![("far.example".into(), hop.hop())],
-            spool: spool.clone(),
-            ..trusted(&[])
-        },
-    );
+    let (kolleg, spool) = kolleg_via("far.example", hop.hop());
     send(
         kolleg.server.smtp_addr(),
         "bob@far.example",
@@ -1354,16 +1334,7 @@ fn a_bounce_that_cannot_be_delivered_goes_to_the_postmaster() {
 #[test]
 fn smtputf8_to_a_next_hop_without_it_fails_with_5_6_7() {
     let hop = Scripted::start("", "250 2.1.5 ok");
-    let kolleg = Node::start(
-        "mail.kolleg.de",
-        "kolleg.de",
-        &["anna"],
-        0,
-        Forwarding {
-            routes: vec![("far.example".into(), hop.hop())],
-            ..trusted(&[])
-        },
-    );
+    let (kolleg, _) = kolleg_via("far.example", hop.hop());
     send_raw(
         kolleg.server.smtp_addr(),
         "MAIL FROM:<anna@kolleg.de> SMTPUTF8",
