@@ -5,12 +5,15 @@
 //! serving the next client. Timeouts are shortened to seconds through
 //! `Server::start_with_configs`, so every test runs in a few seconds.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod lines;
+use lines::Conn;
 
 use postamt_examples::{Options, Server};
 use postamt_store::{
@@ -178,48 +181,9 @@ fn stored(store: &dyn MailStore, mailbox: &MailboxName) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// One plain-text connection, read line by line.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
 impl Conn {
     fn open(addr: SocketAddr) -> Self {
-        let tcp = TcpStream::connect(addr).expect("connect");
-        tcp.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        Self {
-            reader: BufReader::new(tcp.try_clone().unwrap()),
-            writer: tcp,
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        self.writer.write_all(text.as_bytes()).expect("send");
-    }
-
-    /// One line, CRLF included; empty when the server closed.
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read a line");
-        line
-    }
-
-    /// One SMTP reply, all its lines.
-    fn reply(&mut self) -> String {
-        let mut reply = String::new();
-        loop {
-            let line = self.line();
-            reply.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return reply;
-            }
-        }
-    }
-
-    fn command(&mut self, text: &str) -> String {
-        self.send(text);
-        self.reply()
+        Self::with_timeout(addr, READ_TIMEOUT)
     }
 
     /// Greeting and EHLO.
@@ -361,7 +325,7 @@ fn failed_pop3_commit_is_sys_temp_and_loses_nothing() {
     c.send("STAT\r\n");
     assert!(c.line().starts_with("+OK 3 "));
     for n in 1..=2 {
-        c.send(&format!("DELE {n}\r\n"));
+        c.send(format!("DELE {n}\r\n"));
         assert!(c.line().starts_with("+OK"));
     }
     c.send("QUIT\r\n");
@@ -413,7 +377,7 @@ fn client_vanishing_mid_data_delivers_nothing() {
             c.start_data();
             // 200 KB of the message, then the client is gone: without a
             // final dot, or with the dot line cut short.
-            c.send(&message("vanished", 5000));
+            c.send(message("vanished", 5000));
             c.send("\r\n.");
             if half_close {
                 c.writer.shutdown(std::net::Shutdown::Write).unwrap();
@@ -445,7 +409,7 @@ fn silent_client_mid_data_gets_421_at_the_data_timeout() {
     let server = start(Arc::new(memory.clone()), 10, timeout);
     let mut c = Conn::smtp(server.smtp_addr());
     c.start_data();
-    c.send(&message("silent", 100));
+    c.send(message("silent", 100));
     let sent = Instant::now();
     assert_eq!(
         c.reply(),

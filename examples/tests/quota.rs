@@ -5,12 +5,15 @@
 //! what POP3 then lists, and that the process's memory stays bounded by the
 //! limits when a client sends far more.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod lines;
+use lines::Conn;
 
 use postamt_examples::{Options, Server};
 use postamt_store::{
@@ -46,47 +49,9 @@ impl Directory for WithPostmaster {
     }
 }
 
-/// One plain-text connection, read line by line.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
 impl Conn {
     fn open(addr: SocketAddr) -> Self {
-        let tcp = TcpStream::connect(addr).expect("connect");
-        tcp.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        Self {
-            reader: BufReader::new(tcp.try_clone().unwrap()),
-            writer: tcp,
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).expect("send");
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read a line");
-        line
-    }
-
-    /// One SMTP reply, all its lines.
-    fn reply(&mut self) -> String {
-        let mut reply = String::new();
-        loop {
-            let line = self.line();
-            reply.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return reply;
-            }
-        }
-    }
-
-    fn command(&mut self, text: &str) -> String {
-        self.send(text.as_bytes());
-        self.reply()
+        Self::with_timeout(addr, READ_TIMEOUT)
     }
 
     fn smtp(addr: SocketAddr) -> Self {
