@@ -21,11 +21,6 @@
 //! [`crate::conn`]: with either on, input goes to the session a line at a
 //! time, each after asking what the session reads next.
 //!
-//! Not yet the toy server's core: until the server runs on this loop (its
-//! SMTP and POP3 applications handing their store work to the pool) only
-//! its tests use it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -39,8 +34,20 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use postamt_wire::{Reads, Session, TelnetFilter};
 use rustls::ServerConnection;
 
-use crate::conn::Reading;
 use crate::trace::Trace;
+
+/// How long connections may run on after the server was asked to stop.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// What a session reads next, as the loop needs to know it: typed lines
+/// (and whether the next one is a secret SASL response), message text up to
+/// its end marker (DATA), or the octets left of a BDAT chunk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Reading {
+    Line { secret: bool },
+    Text,
+    Chunk { left: u64 },
+}
 
 /// Octets of replies that may wait for a client before it is cut off.
 pub(crate) const OUTPUT_LIMIT: usize = 256 * 1024;
@@ -91,6 +98,7 @@ impl Timers {
     }
 
     /// How many keys have a deadline.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.at.len()
     }
@@ -189,8 +197,10 @@ pub(crate) trait Handler: Send + 'static {
     /// asked for runs on the pool; until its result is given to
     /// [`Handler::finish`], the session gets no input.
     fn on_events(&mut self) -> Option<Ask<Self::Done>>;
-    /// The result of the work `on_events` asked for: answer the decision.
-    fn finish(&mut self, done: Self::Done);
+    /// The result of the work `on_events` asked for: answer the decision,
+    /// and say what the loop should do next (as `on_events` does; `None`
+    /// gives `on_events` its turn).
+    fn finish(&mut self, done: Self::Done) -> Option<Ask<Self::Done>>;
     /// What the session reads next, for the telnet filter and the trace.
     fn reading(&mut self) -> Reading {
         Reading::Line { secret: false }
@@ -199,6 +209,51 @@ pub(crate) trait Handler: Send + 'static {
     fn trace(&mut self) -> Option<&mut Trace> {
         None
     }
+}
+
+/// What store work hands back to a handler that takes its results as
+/// closures: the rest of the work, run on the loop with the handler.
+pub(crate) struct Then<H>(Box<Rest<H>>);
+
+/// The rest of some work: run with the handler, it says what comes next.
+type Rest<H> = dyn FnOnce(&mut H) -> Option<Ask<Then<H>>> + Send;
+
+impl<H> Then<H> {
+    /// The rest of some work, to run on the loop.
+    pub(crate) fn new(rest: impl FnOnce(&mut H) -> Option<Ask<Self>> + Send + 'static) -> Self {
+        Self(Box::new(rest))
+    }
+
+    /// Runs the rest of the work.
+    pub(crate) fn run(self, handler: &mut H) -> Option<Ask<Self>> {
+        (self.0)(handler)
+    }
+}
+
+/// Runs `job` with `context` and then `then` with its result: both at once
+/// when the job does not block (`blocks` false, a store in memory), else
+/// the job on the pool and `then` back on the loop when it is done.
+pub(crate) fn offload<H, C, T>(
+    handler: &mut H,
+    context: &Arc<C>,
+    blocks: bool,
+    job: impl FnOnce(&C) -> T + Send + 'static,
+    then: impl FnOnce(&mut H, T) -> Option<Ask<Then<H>>> + Send + 'static,
+) -> Option<Ask<Then<H>>>
+where
+    H: 'static,
+    C: Send + Sync + ?Sized + 'static,
+    T: Send + 'static,
+{
+    if !blocks {
+        let result = job(context);
+        return then(handler, result);
+    }
+    let context = Arc::clone(context);
+    Some(Ask::Work(Box::new(move || {
+        let result = job(&context);
+        Then(Box::new(move |h: &mut H| then(h, result)))
+    })))
 }
 
 /// What to do with a new connection.
@@ -230,6 +285,7 @@ pub(crate) struct LoopConfig {
 /// Running loops on one listener; [`Loops::stop`] ends them.
 #[derive(Debug)]
 pub(crate) struct Loops {
+    #[cfg_attr(not(test), allow(dead_code))]
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     wakers: Vec<Arc<Waker>>,
@@ -294,16 +350,29 @@ impl Loops {
     }
 
     /// Where the listener is.
+    #[cfg(test)]
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Stops accepting; connections get the grace, then are closed.
+    #[cfg(test)]
     pub(crate) fn stop(self) {
+        self.begin_stop();
+        self.join();
+    }
+
+    /// Stops accepting and starts the connections' grace, without waiting
+    /// (so that several sets of loops stop together).
+    pub(crate) fn begin_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         for w in &self.wakers {
             let _ = w.wake();
         }
+    }
+
+    /// Waits for the loops to end after [`Loops::begin_stop`].
+    pub(crate) fn join(self) {
         for t in self.threads {
             let _ = t.join();
         }
@@ -449,6 +518,11 @@ impl<H: Handler> Loop<H> {
                 if c.handshake_until.is_some_and(|until| until <= now) {
                     // Per-read timeouts alone would let a client that sends
                     // a byte now and then hold the connection for days.
+                    if let (Some(trace), Some((_, timeout))) = (c.handler.trace(), &self.tls) {
+                        trace.note(&format!(
+                            "TLS handshake failed: not finished within {timeout:?}"
+                        ));
+                    }
                     self.close(key);
                     continue;
                 }
@@ -458,7 +532,15 @@ impl<H: Handler> Loop<H> {
                 self.serve(key);
             }
         }
-        for (_, c) in self.conns.drain() {
+        for (_, mut c) in self.conns.drain() {
+            let note = if c.handshake_until.is_some() {
+                "server stopping: TLS handshake abandoned"
+            } else {
+                "server stopping: connection closed"
+            };
+            if let Some(trace) = c.handler.trace() {
+                trace.note(note);
+            }
             let _ = c.stream.shutdown(Shutdown::Both);
         }
     }
@@ -589,7 +671,8 @@ impl<H: Handler> Loop<H> {
                 continue;
             };
             c.waiting = false;
-            c.handler.finish(result);
+            let ask = c.handler.finish(result);
+            take_ask(c, ask);
             self.serve(key);
         }
     }
@@ -764,6 +847,9 @@ fn read_input<H: Handler>(c: &mut Conn<H>, buf: &mut [u8]) -> io::Result<usize> 
             c.handshake_until = None;
             // Only a session that asked for TLS gets here: cannot fail.
             let _ = c.handler.session().tls_established();
+            if let Some(trace) = c.handler.trace() {
+                trace.note("TLS handshake complete");
+            }
         }
         // Handshake replies go out now; application data waits its turn.
         write_tls(conn, &mut c.stream, &[], &mut 0)?;
@@ -861,7 +947,13 @@ fn events<H: Handler>(c: &mut Conn<H>) {
     if c.waiting || c.starttls || c.when_drained || c.paused_until.is_some() {
         return;
     }
-    match c.handler.on_events() {
+    let ask = c.handler.on_events();
+    take_ask(c, ask);
+}
+
+/// Does what the application asked after its events or its work's result.
+fn take_ask<H: Handler>(c: &mut Conn<H>, ask: Option<Ask<H::Done>>) {
+    match ask {
         Some(Ask::Work(work)) => {
             c.work = Some(work);
             c.waiting = true;
@@ -910,12 +1002,32 @@ fn turn<H: Handler>(
         match read_input(c, buf) {
             Ok(0) => {
                 c.eof = true;
+                let handshaking = c.handshake_until.is_some();
+                if let Some(trace) = c.handler.trace() {
+                    trace.note(if handshaking {
+                        "TLS handshake failed: the client closed the connection"
+                    } else {
+                        "client closed the connection"
+                    });
+                }
                 c.handler.session().receive_eof(Instant::now());
             }
             Ok(n) => take_input(c, &buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Idle,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Turn::Closed,
+            Err(e) => {
+                if let Some(trace) = c.handler.trace() {
+                    if c.handshake_until.is_some() {
+                        trace.note(&format!("TLS handshake failed: {e}"));
+                    } else {
+                        trace.note(&format!("connection failed: {e}"));
+                    }
+                }
+                // What the application holds for a transaction goes.
+                c.handler.session().receive_eof(Instant::now());
+                events(c);
+                return Turn::Closed;
+            }
         }
         events(c);
         match turn_output(c, tls) {
@@ -1044,8 +1156,9 @@ mod tests {
             None
         }
 
-        fn finish(&mut self, _: Duration) {
+        fn finish(&mut self, _: Duration) -> Option<Ask<Duration>> {
             self.session.accept().unwrap();
+            None
         }
 
         fn reading(&mut self) -> Reading {
@@ -1496,7 +1609,9 @@ mod tests {
             None
         }
 
-        fn finish(&mut self, (): ()) {}
+        fn finish(&mut self, (): ()) -> Option<Ask<()>> {
+            None
+        }
     }
 
     /// A message sixteen times the output bound goes to a client that

@@ -1,78 +1,99 @@
 //! The POP3 side of the toy server: logins against the directory, the
-//! maildrop from the store, messages streamed, deletions committed at QUIT.
+//! maildrop from the store, messages streamed, deletions committed at QUIT,
+//! as a handler on the event loop. Store work that may wait on a disk or a
+//! network (opening the maildrop, reading a message, committing deletions)
+//! runs on the worker pool, and the session waits for it; a store in
+//! memory is asked on the loop.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use postamt_pop3::Session as _;
 use postamt_pop3::{Event, MessageFlow, Response, ResponseCode, ServerSession, verify_apop};
 use postamt_store::{MailboxName, Maildrop, StoreError};
 
-use crate::conn::{Next, Reading, drive};
+use crate::evloop::{Ask, Handler, Reading, Then, offload};
 use crate::server::Shared;
-use crate::smtp::FAILED_LOGIN_DELAY;
+use crate::smtp::{FAILED_LOGIN_DELAY, Slot};
 use crate::trace::{Protocol, Trace};
 
 /// Bytes of a message read from the store at a time.
 const CHUNK: usize = 64 * 1024;
 
-/// The open maildrop (its lock held) and the message being sent, if any.
-#[derive(Default)]
-struct State {
+/// A message being sent: its stream from the store (`None` while a read
+/// is out on the pool).
+type Stream = Option<Box<dyn Read + Send>>;
+
+/// One POP3 connection as the event loop drives it.
+pub(crate) struct Pop3Conn {
+    session: ServerSession,
+    shared: Arc<Shared>,
+    trace: Trace,
+    /// The open maildrop (its lock held).
     maildrop: Option<Box<dyn Maildrop>>,
-    reading: Option<Box<dyn Read + Send>>,
+    /// The message being sent, if any.
+    reading: Option<Stream>,
+    /// What to do when a pause is over (refuse a failed login).
+    resume: Option<Then<Self>>,
+    /// Counted in the connection limits while it lives.
+    _slot: Slot,
 }
 
-pub(crate) fn serve(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-    shared: &Shared,
-    stop: &AtomicBool,
-) -> std::io::Result<()> {
-    let mut trace = Trace::new(id, Protocol::Pop3, shared.trace.clone());
-    trace.note(&format!("connection from {peer}"));
-    let clock = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let timestamp =
-        postamt_pop3::apop_timestamp(std::process::id(), clock + u128::from(id), &shared.hostname);
-    let session = ServerSession::with_apop(Arc::clone(&shared.pop3), Instant::now(), timestamp);
-    let mut state = State::default();
-    drive(
-        tcp,
-        session,
-        shared,
-        stop,
-        &mut trace,
-        |session: &ServerSession| Reading::Line {
-            secret: session.expects_sasl_response(),
-        },
-        |session, trace| step(session, &mut state, shared, trace),
-    )
-}
+/// What a login found: the user's mailbox (when the password was right)
+/// and the maildrop opened for it.
+type Found = Option<(MailboxName, Result<Box<dyn Maildrop>, StoreError>)>;
 
-fn step(session: &mut ServerSession, state: &mut State, shared: &Shared, trace: &Trace) -> Next {
-    if state.reading.is_some() {
-        return stream_message(session, state, trace);
+impl Pop3Conn {
+    pub(crate) fn new(peer: SocketAddr, id: u64, shared: &Arc<Shared>, slot: Slot) -> Self {
+        let trace = Trace::new(id, Protocol::Pop3, shared.trace.clone());
+        trace.note(&format!("connection from {peer}"));
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let timestamp = postamt_pop3::apop_timestamp(
+            std::process::id(),
+            clock + u128::from(id),
+            &shared.hostname,
+        );
+        Self {
+            session: ServerSession::with_apop(Arc::clone(&shared.pop3), Instant::now(), timestamp),
+            shared: Arc::clone(shared),
+            trace,
+            maildrop: None,
+            reading: None,
+            resume: None,
+            _slot: slot,
+        }
     }
-    while let Some(event) = session.poll_event() {
-        let decided = match event {
+
+    fn decided(&self, result: Result<(), postamt_pop3::UsageError>) {
+        if let Err(e) = result {
+            self.trace
+                .error(&format!("session refused a decision: {e}"));
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Option<Ask<Then<Self>>> {
+        let blocks = self.shared.store.blocks();
+        let shared = Arc::clone(&self.shared);
+        match event {
             Event::Login { user, password } => {
-                let mailbox = shared
-                    .directory
-                    .verify_password(&user, password.expose().as_bytes());
-                login(session, state, shared, trace, &user, mailbox)
+                let user_name = user.clone();
+                let verify = move |shared: &Shared| {
+                    shared
+                        .directory
+                        .verify_password(&user, password.expose().as_bytes())
+                };
+                self.login(user_name, verify)
             }
             Event::Apop {
                 user,
                 digest,
                 timestamp,
-            } => {
-                let mailbox = shared
+            } => self.login(user.clone(), move |shared: &Shared| {
+                shared
                     .directory
                     .apop_secret(&user)
                     .filter(|s| {
@@ -82,143 +103,268 @@ fn step(session: &mut ServerSession, state: &mut State, shared: &Shared, trace: 
                             digest.expose(),
                         )
                     })
-                    .map(|s| s.mailbox().clone());
-                login(session, state, shared, trace, &user, mailbox)
-            }
+                    .map(|s| s.mailbox().clone())
+            }),
             Event::Auth { credentials, .. } => {
-                let password = credentials.password.expose().as_bytes();
-                let mailbox = shared
-                    .directory
-                    .verify_password(&credentials.username, password);
-                login(
-                    session,
-                    state,
-                    shared,
-                    trace,
-                    &credentials.username,
-                    mailbox,
-                )
+                self.login(credentials.username.clone(), move |shared: &Shared| {
+                    let password = credentials.password.expose().as_bytes();
+                    shared
+                        .directory
+                        .verify_password(&credentials.username, password)
+                })
             }
             Event::Retrieve { message, .. } => {
-                let opened = state
-                    .maildrop
-                    .as_ref()
-                    .map(|m| m.read_message(message.index()));
-                match opened {
-                    Some(Ok(reader)) => {
-                        state.reading = Some(reader);
-                        return stream_message(session, state, trace);
-                    }
-                    Some(Err(e)) => {
-                        trace.error(&format!("cannot read message {}: {e}", message.get()));
-                        session.message_unavailable()
-                    }
-                    None => session.message_unavailable(),
-                }
+                let Some(maildrop) = self.maildrop.take() else {
+                    let refused = self.session.message_unavailable();
+                    self.decided(refused);
+                    return None;
+                };
+                let index = message.index();
+                offload(
+                    self,
+                    &shared,
+                    blocks,
+                    move |_: &Shared| {
+                        let opened = maildrop.read_message(index);
+                        (maildrop, opened)
+                    },
+                    move |c: &mut Self, (maildrop, opened)| {
+                        c.maildrop = Some(maildrop);
+                        match opened {
+                            Ok(reader) => {
+                                c.reading = Some(Some(reader));
+                                c.stream()
+                            }
+                            Err(e) => {
+                                c.trace
+                                    .error(&format!("cannot read message {}: {e}", message.get()));
+                                let refused = c.session.message_unavailable();
+                                c.decided(refused);
+                                None
+                            }
+                        }
+                    },
+                )
             }
             Event::Commit { deletions } => {
                 let indices: Vec<usize> = deletions.iter().map(|d| d.message.index()).collect();
-                let committed = match state.maildrop.take() {
-                    Some(maildrop) => maildrop.commit_deletions(&indices),
-                    None => Ok(()),
-                };
-                match committed {
-                    Ok(()) => {
-                        trace.note(&format!("{} message(s) deleted", indices.len()));
-                        session.commit_done()
-                    }
-                    Err(e) => {
-                        trace.error(&format!("deletions not committed: {e}"));
-                        session.commit_failed()
-                    }
-                }
+                let maildrop = self.maildrop.take();
+                offload(
+                    self,
+                    &shared,
+                    blocks,
+                    move |_: &Shared| {
+                        let committed = match maildrop {
+                            Some(maildrop) => maildrop.commit_deletions(&indices),
+                            None => Ok(()),
+                        };
+                        (committed, indices.len())
+                    },
+                    |c: &mut Self, (committed, deleted)| {
+                        let decided = match committed {
+                            Ok(()) => {
+                                c.trace.note(&format!("{deleted} message(s) deleted"));
+                                c.session.commit_done()
+                            }
+                            Err(e) => {
+                                c.trace.error(&format!("deletions not committed: {e}"));
+                                c.session.commit_failed()
+                            }
+                        };
+                        c.decided(decided);
+                        None
+                    },
+                )
             }
-            Event::StartTls => return Next::StartTls,
-            _ => Ok(()),
-        };
-        if let Err(e) = decided {
-            trace.error(&format!("session refused a decision: {e}"));
+            Event::StartTls => Some(Ask::StartTls),
+            _ => None,
         }
     }
-    Next::Continue
-}
 
-fn login(
-    session: &mut ServerSession,
-    state: &mut State,
-    shared: &Shared,
-    trace: &Trace,
-    user: &str,
-    mailbox: Option<MailboxName>,
-) -> Result<(), postamt_pop3::UsageError> {
-    let Some(mailbox) = mailbox else {
-        std::thread::sleep(FAILED_LOGIN_DELAY);
-        return session.reject_login();
-    };
-    match shared.store.open_maildrop(&mailbox) {
-        Ok(maildrop) => {
-            let mut listing = postamt_pop3::Maildrop::new();
-            for m in maildrop.messages() {
-                // The store's ids are valid UIDLs already; the check is cheap.
-                let pushed = m
-                    .uid
-                    .as_str()
-                    .parse()
-                    .map_err(|e: postamt_pop3::InvalidUniqueId| e.to_string())
-                    .and_then(|uid| listing.push(m.size, uid).map_err(|e| e.to_string()));
-                if let Err(e) = pushed {
-                    trace.error(&format!("cannot list {}: {e}", m.uid.as_str()));
-                    return session.reject_login_with(Response::err_with(
-                        ResponseCode::SysTemp,
-                        "Maildrop cannot be listed",
-                    ));
-                }
-            }
-            trace.note(&format!("{user} logged in to {}", mailbox.as_str()));
-            state.maildrop = Some(maildrop);
-            session.accept_login(listing)
-        }
-        Err(StoreError::Locked(_)) => session.maildrop_locked(),
-        Err(e) => {
-            trace.error(&format!("cannot open the maildrop of {user}: {e}"));
-            session.reject_login_with(Response::err_with(
-                ResponseCode::SysTemp,
-                "Maildrop not available, try later",
-            ))
-        }
-    }
-}
-
-/// Feeds the message to the session while it wants bytes.
-fn stream_message(session: &mut ServerSession, state: &mut State, trace: &Trace) -> Next {
-    let Some(reader) = state.reading.as_mut() else {
-        return Next::Continue;
-    };
-    let mut chunk = vec![0; CHUNK];
-    while session.wants_message_bytes() {
-        match reader.read(&mut chunk) {
-            Ok(0) => {
-                state.reading = None;
-                if let Err(e) = session.message_end() {
-                    trace.error(&format!("{e}"));
-                }
-                return Next::Again;
-            }
-            Ok(n) => match session.message_chunk(&chunk[..n]) {
-                Ok(MessageFlow::Continue) => {}
-                Ok(MessageFlow::Finished) | Err(_) => {
-                    state.reading = None;
-                    return Next::Again;
-                }
+    /// Checks a login with `verify` (which gives the user's mailbox when the
+    /// credentials are right), then opens the maildrop. A failure is
+    /// answered after a pause that holds only this session.
+    fn login(
+        &mut self,
+        user: String,
+        verify: impl FnOnce(&Shared) -> Option<MailboxName> + Send + 'static,
+    ) -> Option<Ask<Then<Self>>> {
+        let shared = Arc::clone(&self.shared);
+        let blocks = shared.directory.blocks() || shared.store.blocks();
+        offload(
+            self,
+            &shared,
+            blocks,
+            move |shared: &Shared| -> Found {
+                let mailbox = verify(shared)?;
+                let opened = shared.store.open_maildrop(&mailbox);
+                Some((mailbox, opened))
             },
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            move |c: &mut Self, found| c.logged_in(&user, found),
+        )
+    }
+
+    fn logged_in(&mut self, user: &str, found: Found) -> Option<Ask<Then<Self>>> {
+        let Some((mailbox, opened)) = found else {
+            self.resume = Some(Then::new(|c: &mut Self| {
+                let rejected = c.session.reject_login();
+                c.decided(rejected);
+                None
+            }));
+            return Some(Ask::Pause(FAILED_LOGIN_DELAY));
+        };
+        let decided = match opened {
+            Ok(maildrop) => self.open(user, &mailbox, maildrop),
+            Err(StoreError::Locked(_)) => self.session.maildrop_locked(),
             Err(e) => {
-                trace.error(&format!("reading a message failed: {e}"));
-                state.reading = None;
-                let _ = session.message_unavailable();
-                return Next::Again;
+                self.trace
+                    .error(&format!("cannot open the maildrop of {user}: {e}"));
+                self.session.reject_login_with(Response::err_with(
+                    ResponseCode::SysTemp,
+                    "Maildrop not available, try later",
+                ))
+            }
+        };
+        self.decided(decided);
+        None
+    }
+
+    /// Lists the opened maildrop to the session.
+    fn open(
+        &mut self,
+        user: &str,
+        mailbox: &MailboxName,
+        maildrop: Box<dyn Maildrop>,
+    ) -> Result<(), postamt_pop3::UsageError> {
+        let mut listing = postamt_pop3::Maildrop::new();
+        for m in maildrop.messages() {
+            // The store's ids are valid UIDLs already; the check is cheap.
+            let pushed = m
+                .uid
+                .as_str()
+                .parse()
+                .map_err(|e: postamt_pop3::InvalidUniqueId| e.to_string())
+                .and_then(|uid| listing.push(m.size, uid).map_err(|e| e.to_string()));
+            if let Err(e) = pushed {
+                self.trace
+                    .error(&format!("cannot list {}: {e}", m.uid.as_str()));
+                return self.session.reject_login_with(Response::err_with(
+                    ResponseCode::SysTemp,
+                    "Maildrop cannot be listed",
+                ));
+            }
+        }
+        self.trace
+            .note(&format!("{user} logged in to {}", mailbox.as_str()));
+        self.maildrop = Some(maildrop);
+        self.session.accept_login(listing)
+    }
+
+    /// Feeds the message being sent to the session while it wants bytes,
+    /// a piece at a time, each when the client has taken the last: read
+    /// here from a store in memory, on the pool from one that blocks.
+    fn stream(&mut self) -> Option<Ask<Then<Self>>> {
+        let reader = self.reading.as_mut().and_then(Option::take)?;
+        let shared = Arc::clone(&self.shared);
+        let blocks = shared.store.blocks();
+        offload(
+            self,
+            &shared,
+            blocks,
+            move |_: &Shared| {
+                let mut reader = reader;
+                let mut chunk = vec![0; CHUNK];
+                let read = loop {
+                    match reader.read(&mut chunk) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        read => break read.map(|n| chunk.truncate(n)),
+                    }
+                };
+                (reader, read.map(|()| chunk))
+            },
+            |c: &mut Self, (reader, read)| c.send_piece(reader, read),
+        )
+    }
+
+    /// Gives the session one piece of the message (empty: its end).
+    fn send_piece(
+        &mut self,
+        reader: Box<dyn Read + Send>,
+        read: std::io::Result<Vec<u8>>,
+    ) -> Option<Ask<Then<Self>>> {
+        let done = |c: &mut Self| {
+            c.reading = None;
+            // Pipelined commands' events come next.
+            None
+        };
+        match read {
+            Ok(piece) if piece.is_empty() => {
+                if let Err(e) = self.session.message_end() {
+                    self.trace.error(&format!("{e}"));
+                }
+                done(self)
+            }
+            Ok(piece) => match self.session.message_chunk(&piece) {
+                Ok(MessageFlow::Continue) => {
+                    self.reading = Some(Some(reader));
+                    if self.session.wants_message_bytes() && !self.shared.store.blocks() {
+                        self.stream()
+                    } else {
+                        Some(Ask::WhenDrained)
+                    }
+                }
+                Ok(MessageFlow::Finished) | Err(_) => done(self),
+            },
+            Err(e) => {
+                self.trace.error(&format!("reading a message failed: {e}"));
+                let _ = self.session.message_unavailable();
+                done(self)
             }
         }
     }
-    Next::Again
+}
+
+impl Handler for Pop3Conn {
+    type Session = ServerSession;
+    type Done = Then<Self>;
+
+    fn session(&mut self) -> &mut ServerSession {
+        &mut self.session
+    }
+
+    fn on_events(&mut self) -> Option<Ask<Then<Self>>> {
+        if let Some(resume) = self.resume.take()
+            && let Some(ask) = resume.run(self)
+        {
+            return Some(ask);
+        }
+        if self.reading.is_some() {
+            if let Some(ask) = self.stream() {
+                return Some(ask);
+            }
+            if self.reading.is_some() {
+                return None;
+            }
+        }
+        while let Some(event) = self.session.poll_event() {
+            if let Some(ask) = self.handle(event) {
+                return Some(ask);
+            }
+        }
+        None
+    }
+
+    fn finish(&mut self, done: Then<Self>) -> Option<Ask<Then<Self>>> {
+        done.run(self)
+    }
+
+    fn reading(&mut self) -> Reading {
+        Reading::Line {
+            secret: self.session.expects_sasl_response(),
+        }
+    }
+
+    fn trace(&mut self) -> Option<&mut Trace> {
+        Some(&mut self.trace)
+    }
 }

@@ -1,17 +1,20 @@
-//! The listeners: one thread per connection, a connection cap, a clean stop.
+//! The listeners: every connection on a few event-loop threads (one per
+//! core) with store work on a bounded pool, connection caps, a clean stop.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postamt_store::{Directory, MailStore};
 
-use crate::conn::STOP_GRACE;
+use crate::evloop::{Admit, Admitter, Handler, LoopConfig, Loops, Pool, STOP_GRACE};
 use crate::forward::{Forwarder, Forwarding};
+use crate::pop3::Pop3Conn;
+use crate::smtp::SmtpConn;
 use crate::trace::Sink;
 use crate::web::{self, Hub, Web};
 
@@ -47,13 +50,27 @@ pub struct Options {
     /// and applies Backspace/DEL to typed command lines, so a class can type
     /// from any telnet client; a mail client's bytes pass unchanged.
     pub strict_input: bool,
-    /// Connections per protocol beyond which new ones are turned away.
+    /// Connections per protocol beyond which new ones are turned away
+    /// (each holds a socket and a session of a few KiB; no thread).
     pub max_connections: usize,
+    /// Event-loop threads per protocol; 0 for one per core.
+    pub loop_threads: usize,
+    /// Worker threads for store work that waits on a disk or a network
+    /// (fsync, directory scans), shared by both protocols: as many
+    /// deliveries can wait on their fsync at once.
+    pub store_threads: usize,
     /// Passing mail on: who may relay, routes, retries, the queue.
     pub forwarding: Forwarding,
     /// The teacher's page; `None`: no page.
     pub web: Option<Web>,
 }
+
+/// The default cap on connections per protocol: ten thousand idle clients
+/// take a few tens of MiB on the event loops. Above the usual limit of
+/// 1,024 open files, which the server raises as far as it may.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The default number of store worker threads.
+pub const DEFAULT_STORE_THREADS: usize = 32;
 
 impl Options {
     /// Loopback, free ports, `mail.kolleg.de`, no TLS, no trace, and the
@@ -73,7 +90,9 @@ impl Options {
             tls_handshake_timeout: Duration::from_secs(300),
             max_connections_per_client: 50,
             strict_input: false,
-            max_connections: 200,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            loop_threads: 0,
+            store_threads: DEFAULT_STORE_THREADS,
             forwarding: Forwarding::new(),
             web: None,
         }
@@ -115,6 +134,8 @@ impl std::fmt::Debug for Options {
             )
             .field("strict_input", &self.strict_input)
             .field("max_connections", &self.max_connections)
+            .field("loop_threads", &self.loop_threads)
+            .field("store_threads", &self.store_threads)
             .field("forwarding", &self.forwarding)
             .field("web", &self.web)
             .finish_non_exhaustive()
@@ -126,9 +147,9 @@ impl std::fmt::Debug for Options {
 pub struct Server {
     smtp_addr: SocketAddr,
     pop3_addr: SocketAddr,
-    stop: Arc<AtomicBool>,
     active: Arc<AtomicUsize>,
-    listeners: Vec<JoinHandle<()>>,
+    loops: Vec<Loops>,
+    pool: Arc<Pool>,
     forwarder: Forwarder,
     relay: JoinHandle<()>,
     web: Option<web::Running>,
@@ -267,22 +288,38 @@ impl Server {
             forwarder: forwarder.clone(),
             next_id,
         });
-        let stop = Arc::new(AtomicBool::new(false));
+        raise_open_files(options.max_connections);
+        let threads = match options.loop_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let config = LoopConfig {
+            threads,
+            stop_grace: STOP_GRACE,
+            tls: shared.tls.clone(),
+            tls_handshake_timeout: shared.tls_handshake_timeout,
+            strict_input: shared.strict_input,
+        };
+        let pool = Arc::new(Pool::new(options.store_threads, options.store_threads * 64));
         let active = Arc::new(AtomicUsize::new(0));
-        let mut listeners = Vec::new();
-        for (listener, kind) in [(smtp_listener, Kind::Smtp), (pop3_listener, Kind::Pop3)] {
-            let (shared, stop, active) =
-                (Arc::clone(&shared), Arc::clone(&stop), Arc::clone(&active));
-            listeners.push(thread::spawn(move || {
-                accept_loop(listener, kind, &shared, &stop, &active)
-            }));
-        }
+        let smtp_loops = start_loops(
+            smtp_listener,
+            &config,
+            &pool,
+            admitter(Kind::Smtp, &shared, &active, SmtpConn::new),
+        )?;
+        let pop3_loops = start_loops(
+            pop3_listener,
+            &config,
+            &pool,
+            admitter(Kind::Pop3, &shared, &active, Pop3Conn::new),
+        )?;
         Ok(Self {
             smtp_addr,
             pop3_addr,
-            stop,
             active,
-            listeners,
+            loops: vec![smtp_loops, pop3_loops],
+            pool,
             forwarder,
             relay,
             web,
@@ -317,26 +354,15 @@ impl Server {
 
     /// Stops accepting, lets sessions finish for a few seconds, then returns.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // The listeners block in accept(): a connection of our own wakes each
-        // one to see the flag.
-        for addr in [self.smtp_addr, self.pop3_addr] {
-            let mut wake = addr;
-            if wake.ip().is_unspecified() {
-                wake.set_ip(match wake {
-                    SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-                    SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-                });
-            }
-            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        for l in &self.loops {
+            l.begin_stop();
         }
-        for l in self.listeners {
-            let _ = l.join();
+        for l in self.loops {
+            l.join();
         }
-        let deadline = Instant::now() + STOP_GRACE + Duration::from_secs(1);
-        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
+        // Store work still queued runs to its end (a message being
+        // committed is committed); nobody hears of it any more.
+        drop(self.pool);
         // Deliveries in flight are cut off; their recipients stay queued.
         self.forwarder.stop();
         let _ = self.relay.join();
@@ -352,7 +378,7 @@ enum Kind {
     Pop3,
 }
 
-/// Decrements the active count when a connection thread ends, however it ends.
+/// Decrements a count when a connection ends, however it ends.
 struct Active(Arc<AtomicUsize>);
 
 impl Drop for Active {
@@ -361,68 +387,79 @@ impl Drop for Active {
     }
 }
 
-fn accept_loop(
+/// Raises the soft limit of open files towards what `max_connections` per
+/// protocol need (the hard limit caps it; only root may go beyond), and
+/// says so when the limit stays short of them.
+fn raise_open_files(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        let want = (max_connections as u64)
+            .saturating_mul(2)
+            .saturating_add(256);
+        match rlimit::increase_nofile_limit(want) {
+            Ok(got) if got < (max_connections as u64).saturating_add(256) => eprintln!(
+                "note: at most {got} open files (the system's limit), fewer than \
+                 {max_connections} connections per protocol need; raise it with ulimit -n"
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("note: cannot raise the limit of open files: {e}"),
+        }
+    }
+}
+
+fn start_loops<H: Handler>(
     listener: TcpListener,
+    config: &LoopConfig,
+    pool: &Arc<Pool>,
+    admit: Admitter<H>,
+) -> Result<Loops, BindError> {
+    Loops::start(listener, config, Arc::clone(pool), admit).map_err(|source| BindError {
+        message: format!("cannot start the event loops: {source}"),
+        source,
+    })
+}
+
+/// Decides for each new connection of one protocol: served by a new
+/// handler (made by `new`), or turned away when the protocol's cap or its
+/// address's share is reached. The handler holds the counts' guards, so
+/// they drop with it.
+fn admitter<H: Handler>(
     kind: Kind,
     shared: &Arc<Shared>,
-    stop: &Arc<AtomicBool>,
     active: &Arc<AtomicUsize>,
-) {
+    new: fn(SocketAddr, u64, &Arc<Shared>, crate::smtp::Slot) -> H,
+) -> Admitter<H> {
     let open = Arc::new(AtomicUsize::new(0));
     let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
-    while !stop.load(Ordering::SeqCst) {
-        let (tcp, peer) = match listener.accept() {
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                eprintln!("accept failed: {e}");
-                thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
+    let (shared, active) = (Arc::clone(shared), Arc::clone(active));
+    Arc::new(move |peer: SocketAddr| {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if open.load(Ordering::SeqCst) >= shared.max_connections {
-            refuse(tcp, kind, shared, "Too many connections");
             eprintln!(
                 "#{id} {peer}: turned away, {} connections open",
                 shared.max_connections
             );
-            continue;
+            return Admit::Refuse(refusal(kind, &shared, "Too many connections"));
         }
         let Some(slot) =
             ClientSlot::take(&per_client, peer.ip(), shared.max_connections_per_client)
         else {
-            refuse(tcp, kind, shared, "Too many connections from your address");
             eprintln!(
                 "#{id} {peer}: turned away, {} connections from {} open",
                 shared.max_connections_per_client,
                 peer.ip()
             );
-            continue;
+            return Admit::Refuse(refusal(
+                kind,
+                &shared,
+                "Too many connections from your address",
+            ));
         };
         open.fetch_add(1, Ordering::SeqCst);
         active.fetch_add(1, Ordering::SeqCst);
-        let guards = (Active(Arc::clone(&open)), Active(Arc::clone(active)), slot);
-        let (shared, stop) = (Arc::clone(shared), Arc::clone(stop));
-        let spawned = thread::Builder::new()
-            .name(format!("conn-{id}"))
-            .spawn(move || {
-                let _guards = guards;
-                let result = match kind {
-                    Kind::Smtp => crate::smtp::serve(tcp, peer, id, &shared, &stop),
-                    Kind::Pop3 => crate::pop3::serve(tcp, peer, id, &shared, &stop),
-                };
-                if let Err(e) = result {
-                    eprintln!("#{id} {peer}: connection ended with an error: {e}");
-                }
-            });
-        if let Err(e) = spawned {
-            eprintln!("#{id} {peer}: cannot start a thread: {e}");
-        }
-    }
+        let guards = (Active(Arc::clone(&open)), Active(Arc::clone(&active)), slot);
+        Admit::Serve(new(peer, id, &shared, Box::new(guards)))
+    })
 }
 
 /// One connection counted against its client address's limit; dropping it
@@ -463,11 +500,11 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Answers a connection that is turned away (`why`: over the cap, or too
-/// many from its address) and closes it: SMTP's 421 greeting (without an
-/// enhanced code, which only follows EHLO), POP3's `-ERR [SYS/TEMP]`.
-fn refuse(mut tcp: TcpStream, kind: Kind, shared: &Shared, why: &str) {
-    let _ = tcp.set_write_timeout(Some(Duration::from_secs(2)));
+/// What a connection that is turned away (`why`: over the cap, or too
+/// many from its address) hears before it is closed: SMTP's 421 greeting
+/// (without an enhanced code, which only follows EHLO), POP3's
+/// `-ERR [SYS/TEMP]`.
+fn refusal(kind: Kind, shared: &Shared, why: &str) -> Vec<u8> {
     let mut out = Vec::new();
     match kind {
         Kind::Smtp => {
@@ -486,5 +523,5 @@ fn refuse(mut tcp: TcpStream, kind: Kind, shared: &Shared, why: &str) {
             .render(&mut out);
         }
     }
-    let _ = tcp.write_all(&out);
+    out
 }

@@ -1,9 +1,11 @@
 //! The SMTP side of the toy server: what the application decides for each
-//! event of a `postamt_smtp::ServerSession`.
+//! event of a `postamt_smtp::ServerSession`, as a handler on the event
+//! loop. Store work that may wait on a disk or a network (the room check
+//! at RCPT, writing and committing a message) runs on the worker pool, and
+//! the session waits for it; a store in memory is asked on the loop.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
 use postamt_relay::{HopCounter, MessageId, QueuedMessage, QueuedRecipient, too_many_hops};
@@ -13,7 +15,7 @@ use postamt_smtp::{
 };
 use postamt_store::{Delivery, MailboxName, SpoolWriter, StoreError};
 
-use crate::conn::{Next, Reading, drive};
+use crate::evloop::{Ask, Handler, Reading, Then, offload};
 use crate::server::Shared;
 use crate::trace::{Protocol, Trace};
 
@@ -22,6 +24,22 @@ pub const POSTMASTER_MAILBOX: &str = "postmaster";
 /// Pause after a failed AUTH, against password guessing.
 pub(crate) const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
 
+/// Message text gathered before it goes to a store that blocks, so that
+/// each trip to the worker pool carries a fair amount.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// One SMTP connection as the event loop drives it.
+pub(crate) struct SmtpConn {
+    session: ServerSession,
+    shared: Arc<Shared>,
+    trace: Trace,
+    tx: Transaction,
+    /// What to do when a pause is over (refuse a failed login).
+    resume: Option<Then<Self>>,
+    /// Counted in the connection limits while it lives.
+    _slot: Slot,
+}
+
 struct Transaction {
     helo: String,
     peer: SocketAddr,
@@ -29,265 +47,448 @@ struct Transaction {
     recipients: Vec<MailboxName>,
     /// The MAIL `SIZE=` the client declared (0: none), asked of each RCPT's mailbox.
     size: u64,
-    delivery: Option<Box<dyn Delivery>>,
     /// The sender and MAIL parameters, for the queue.
     reverse_path: ReversePath<'static>,
     params: MailParameters<'static>,
     /// Accepted recipients in other domains: they go to the queue.
     foreign: Vec<QueuedRecipient>,
-    /// The queue entry being written, and its octets so far.
-    spool: Option<Box<dyn SpoolWriter>>,
-    spooled: u64,
     hops: HopCounter,
     failed: bool,
     /// The reply for a delivery the store refused for room (else 451).
     refusal: Option<Reply>,
+    /// Where the message goes; moved to the pool and back for store work
+    /// (`None` while it is out there).
+    copies: Option<Copies>,
+    /// Message text not yet written to the copies (a store that blocks).
+    pending: Vec<u8>,
 }
 
-pub(crate) fn serve(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-    shared: &Shared,
-    stop: &AtomicBool,
-) -> std::io::Result<()> {
-    let mut trace = Trace::new(id, Protocol::Smtp, shared.trace.clone());
-    trace.note(&format!("connection from {peer}"));
-    let session = ServerSession::new(Arc::clone(&shared.smtp), Instant::now());
-    let mut tx = Transaction {
-        helo: String::new(),
-        peer,
-        from: String::new(),
-        recipients: Vec::new(),
-        size: 0,
-        delivery: None,
-        reverse_path: ReversePath::Null,
-        params: MailParameters::default(),
-        foreign: Vec::new(),
-        spool: None,
-        spooled: 0,
-        hops: HopCounter::new(),
-        failed: false,
-        refusal: None,
-    };
-    drive(
-        tcp,
-        session,
-        shared,
-        stop,
-        &mut trace,
-        reading,
-        |session, trace| {
-            let mut next = Next::Continue;
-            while let Some(event) = session.poll_event() {
-                if let Event::StartTls = event {
-                    next = Next::StartTls;
-                } else {
-                    handle(session, event, &mut tx, shared, trace);
-                }
+/// The copies of one message: the local delivery and the queue entry,
+/// begun with the first octets written to them.
+#[derive(Default)]
+struct Copies {
+    /// The local mailboxes (none: no local copy) and what goes before the
+    /// message in their copy.
+    recipients: Vec<MailboxName>,
+    local_head: String,
+    /// Whether the queue gets a copy, and what goes before the message in it.
+    queued: bool,
+    queue_head: String,
+    begun: bool,
+    delivery: Option<Box<dyn Delivery>>,
+    spool: Option<Box<dyn SpoolWriter>>,
+    spooled: u64,
+}
+
+/// What the queue entry of a message records besides its octets.
+struct Envelope {
+    reverse_path: ReversePath<'static>,
+    params: MailParameters<'static>,
+    foreign: Vec<QueuedRecipient>,
+}
+
+/// A store operation that failed, and what it was.
+struct Failed(&'static str, StoreError);
+
+impl Copies {
+    /// Begins the copies on first use, then writes `bytes` to each. On
+    /// failure both copies are dropped (which aborts them).
+    fn write(&mut self, shared: &Shared, bytes: &[u8]) -> Result<(), Failed> {
+        let result = self.try_write(shared, bytes);
+        if result.is_err() {
+            self.delivery = None;
+            self.spool = None;
+        }
+        result
+    }
+
+    fn try_write(&mut self, shared: &Shared, bytes: &[u8]) -> Result<(), Failed> {
+        if !self.begun {
+            self.begun = true;
+            if !self.recipients.is_empty() {
+                let mut delivery = shared
+                    .store
+                    .begin_delivery(&self.recipients)
+                    .map_err(|e| Failed("cannot begin delivery", e))?;
+                delivery
+                    .write_chunk(self.local_head.as_bytes())
+                    .map_err(|e| Failed("writing the trace header failed", e))?;
+                self.delivery = Some(delivery);
             }
-            next
-        },
-    )
-}
-
-/// What the SMTP session reads next, for the driver.
-fn reading(session: &ServerSession) -> Reading {
-    match session.input_mode() {
-        InputMode::SaslResponse => Reading::Line { secret: true },
-        InputMode::Data => Reading::Text,
-        InputMode::Chunk { remaining } => Reading::Chunk { left: remaining },
-        _ => Reading::Line { secret: false },
+            if self.queued {
+                let mut spool = shared
+                    .forwarding
+                    .spool
+                    .begin()
+                    .map_err(|e| Failed("cannot begin a queue entry", e))?;
+                spool
+                    .write_chunk(self.queue_head.as_bytes())
+                    .map_err(|e| Failed("writing to the queue failed", e))?;
+                self.spooled = self.queue_head.len() as u64;
+                self.spool = Some(spool);
+            }
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if let Some(delivery) = self.delivery.as_mut() {
+            delivery
+                .write_chunk(bytes)
+                .map_err(|e| Failed("delivery failed while writing", e))?;
+        }
+        if let Some(spool) = self.spool.as_mut() {
+            spool
+                .write_chunk(bytes)
+                .map_err(|e| Failed("writing to the queue failed", e))?;
+            self.spooled += bytes.len() as u64;
+        }
+        Ok(())
     }
 }
 
-fn handle(
-    session: &mut ServerSession,
-    event: Event,
-    tx: &mut Transaction,
-    shared: &Shared,
-    trace: &Trace,
-) {
-    // Decisions are answered at once, so these calls cannot fail.
-    let decided = match event {
-        Event::Hello { domain, .. } => {
-            tx.helo = domain.to_string();
-            Ok(())
+/// Counts a connection while it lives (the loop's caps).
+pub(crate) type Slot = Box<dyn Send>;
+
+impl SmtpConn {
+    pub(crate) fn new(peer: SocketAddr, id: u64, shared: &Arc<Shared>, slot: Slot) -> Self {
+        let trace = Trace::new(id, Protocol::Smtp, shared.trace.clone());
+        trace.note(&format!("connection from {peer}"));
+        Self {
+            session: ServerSession::new(Arc::clone(&shared.smtp), Instant::now()),
+            shared: Arc::clone(shared),
+            trace,
+            tx: Transaction {
+                helo: String::new(),
+                peer,
+                from: String::new(),
+                recipients: Vec::new(),
+                size: 0,
+                reverse_path: ReversePath::Null,
+                params: MailParameters::default(),
+                foreign: Vec::new(),
+                hops: HopCounter::new(),
+                failed: false,
+                refusal: None,
+                copies: None,
+                pending: Vec::new(),
+            },
+            resume: None,
+            _slot: slot,
         }
-        Event::Auth { credentials, .. } => {
-            let password = credentials.password.expose().as_bytes();
-            if shared
-                .directory
-                .verify_password(&credentials.username, password)
-                .is_some()
-            {
-                trace.note(&format!("authenticated as {}", credentials.username));
-                session.accept()
-            } else {
-                std::thread::sleep(FAILED_LOGIN_DELAY);
-                session.reject(Reply::auth_failed())
+    }
+
+    /// Whether the copies of a message may wait on a disk or a network.
+    fn copies_block(&self) -> bool {
+        self.shared.store.blocks() || self.shared.forwarding.spool.blocks()
+    }
+
+    /// Logs what the session refused to take (decisions are answered when
+    /// due, so this is a bug if it shows).
+    fn decided(&self, result: Result<(), postamt_smtp::UsageError>) {
+        if let Err(e) = result {
+            self.trace
+                .error(&format!("session refused a decision: {e}"));
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Option<Ask<Then<Self>>> {
+        match event {
+            Event::Hello { domain, .. } => {
+                self.tx.helo = domain.to_string();
+                None
             }
-        }
-        Event::Mail { from, params } => {
-            tx.from = from.to_string();
-            tx.recipients.clear();
-            tx.foreign.clear();
-            tx.size = params.size.unwrap_or(0);
-            tx.reverse_path = from;
-            tx.params = params;
-            session.accept()
-        }
-        Event::Rcpt { to, params } => {
-            let may_relay = session.is_authenticated() || shared.forwarding.trusts(tx.peer.ip());
-            match recipient_mailbox(&to, may_relay, shared) {
-                Ok(Dest::Foreign(mailbox)) => {
-                    trace.note(&format!("{mailbox} goes to the queue"));
-                    tx.foreign
-                        .push(QueuedRecipient::from_rcpt(mailbox, &params));
-                    session.accept()
-                }
-                Ok(Dest::Local(mailbox)) => match shared.store.check_room(&mailbox, tx.size) {
-                    Ok(()) => {
-                        tx.recipients.push(mailbox);
-                        session.accept()
-                    }
-                    Err(e) => {
-                        let reply = match no_room(&e) {
-                            Some(reply) => {
-                                trace.note(&format!("recipient refused: {e}"));
-                                reply
-                            }
-                            None => {
-                                trace.error(&format!("cannot ask the store for room: {e}"));
-                                Reply::local_error()
-                            }
-                        };
-                        session.reject(reply)
-                    }
-                },
-                Err(reply) => session.reject(reply),
-            }
-        }
-        Event::MessageStart => {
-            tx.failed = false;
-            tx.refusal = None;
-            tx.hops = HopCounter::new();
-            tx.spooled = 0;
-            let received = received_header(tx, session, shared);
-            if !tx.recipients.is_empty() {
-                tx.delivery = match shared.store.begin_delivery(&tx.recipients) {
-                    Ok(mut delivery) => {
-                        let header = format!("Return-Path: {}\r\n{received}", tx.from);
-                        match delivery.write_chunk(header.as_bytes()) {
-                            Ok(()) => Some(delivery),
-                            Err(e) => {
-                                tx.fail("writing the trace header failed", &e, trace);
-                                None
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tx.fail("cannot begin delivery", &e, trace);
-                        None
-                    }
-                };
-            }
-            if !tx.foreign.is_empty() && !tx.failed {
-                // The queued copy gets no Return-Path: the last server adds it.
-                tx.spool = match shared.forwarding.spool.begin() {
-                    Ok(mut spool) => match spool.write_chunk(received.as_bytes()) {
-                        Ok(()) => {
-                            tx.spooled = received.len() as u64;
-                            Some(spool)
-                        }
-                        Err(e) => {
-                            tx.fail("writing to the queue failed", &e, trace);
+            Event::Auth { credentials, .. } => {
+                let blocks = self.shared.directory.blocks();
+                let shared = Arc::clone(&self.shared);
+                offload(
+                    self,
+                    &shared,
+                    blocks,
+                    move |shared: &Shared| {
+                        let password = credentials.password.expose().as_bytes();
+                        shared
+                            .directory
+                            .verify_password(&credentials.username, password)
+                            .map(|_| credentials.username.clone())
+                    },
+                    |c: &mut Self, user| match user {
+                        Some(user) => {
+                            c.trace.note(&format!("authenticated as {user}"));
+                            let accepted = c.session.accept();
+                            c.decided(accepted);
                             None
                         }
+                        None => {
+                            c.resume = Some(Then::new(|c: &mut Self| {
+                                let rejected = c.session.reject(Reply::auth_failed());
+                                c.decided(rejected);
+                                None
+                            }));
+                            Some(Ask::Pause(FAILED_LOGIN_DELAY))
+                        }
                     },
-                    Err(e) => {
-                        tx.fail("cannot begin a queue entry", &e, trace);
+                )
+            }
+            Event::Mail { from, params } => {
+                let tx = &mut self.tx;
+                tx.from = from.to_string();
+                tx.recipients.clear();
+                tx.foreign.clear();
+                tx.size = params.size.unwrap_or(0);
+                tx.reverse_path = from;
+                tx.params = params;
+                let accepted = self.session.accept();
+                self.decided(accepted);
+                None
+            }
+            Event::Rcpt { to, params } => {
+                let may_relay = self.session.is_authenticated()
+                    || self.shared.forwarding.trusts(self.tx.peer.ip());
+                let size = self.tx.size;
+                let blocks = self.shared.directory.blocks() || self.shared.store.blocks();
+                let shared = Arc::clone(&self.shared);
+                offload(
+                    self,
+                    &shared,
+                    blocks,
+                    move |shared: &Shared| match recipient_mailbox(&to, may_relay, shared) {
+                        Ok(Dest::Local(mailbox)) => {
+                            let room = shared.store.check_room(&mailbox, size);
+                            (Ok(Dest::Local(mailbox)), room.err(), params)
+                        }
+                        other => (other, None, params),
+                    },
+                    |c: &mut Self, (dest, short, params)| {
+                        let decided = match (dest, short) {
+                            (Ok(Dest::Foreign(mailbox)), _) => {
+                                c.trace.note(&format!("{mailbox} goes to the queue"));
+                                c.tx.foreign
+                                    .push(QueuedRecipient::from_rcpt(mailbox, &params));
+                                c.session.accept()
+                            }
+                            (Ok(Dest::Local(mailbox)), None) => {
+                                c.tx.recipients.push(mailbox);
+                                c.session.accept()
+                            }
+                            (Ok(Dest::Local(_)), Some(e)) => {
+                                let reply = match no_room(&e) {
+                                    Some(reply) => {
+                                        c.trace.note(&format!("recipient refused: {e}"));
+                                        reply
+                                    }
+                                    None => {
+                                        c.trace
+                                            .error(&format!("cannot ask the store for room: {e}"));
+                                        Reply::local_error()
+                                    }
+                                };
+                                c.session.reject(reply)
+                            }
+                            (Err(reply), _) => c.session.reject(reply),
+                        };
+                        c.decided(decided);
                         None
+                    },
+                )
+            }
+            Event::MessageStart => {
+                let received = received_header(&self.tx, &self.session, &self.shared);
+                let tx = &mut self.tx;
+                tx.failed = false;
+                tx.refusal = None;
+                tx.hops = HopCounter::new();
+                tx.pending.clear();
+                tx.copies = Some(Copies {
+                    recipients: std::mem::take(&mut tx.recipients),
+                    local_head: format!("Return-Path: {}\r\n{received}", tx.from),
+                    queued: !tx.foreign.is_empty(),
+                    // The queued copy gets no Return-Path: the last server adds it.
+                    queue_head: received,
+                    ..Copies::default()
+                });
+                None
+            }
+            Event::MessageData(bytes) => {
+                self.tx.hops.feed(&bytes);
+                if self.tx.failed {
+                    // The rest of the message is read and discarded.
+                    return None;
+                }
+                if !self.copies_block() {
+                    let shared = Arc::clone(&self.shared);
+                    if let Some(copies) = self.tx.copies.as_mut()
+                        && let Err(Failed(what, e)) = copies.write(&shared, &bytes)
+                    {
+                        self.tx.fail(what, &e, &self.trace);
                     }
-                };
+                    return None;
+                }
+                self.tx.pending.extend_from_slice(&bytes);
+                if self.tx.pending.len() < WRITE_BATCH {
+                    return None;
+                }
+                let batch = std::mem::take(&mut self.tx.pending);
+                let copies = self.tx.copies.take();
+                let shared = Arc::clone(&self.shared);
+                offload(
+                    self,
+                    &shared,
+                    true,
+                    move |shared: &Shared| {
+                        let mut copies = copies.unwrap_or_default();
+                        let written = copies.write(shared, &batch);
+                        (copies, written)
+                    },
+                    |c: &mut Self, (copies, written)| {
+                        c.tx.copies = Some(copies);
+                        if let Err(Failed(what, e)) = written {
+                            c.tx.fail(what, &e, &c.trace);
+                        }
+                        None
+                    },
+                )
             }
-            Ok(())
+            Event::MessageEnd => self.message_end(),
+            Event::MessageAborted(_) | Event::Reset => {
+                self.tx.copies = None;
+                self.tx.pending = Vec::new();
+                self.tx.recipients.clear();
+                self.tx.foreign.clear();
+                None
+            }
+            _ => None,
         }
-        Event::MessageData(bytes) => {
-            tx.hops.feed(&bytes);
-            if let Some(delivery) = tx.delivery.as_mut()
-                && let Err(e) = delivery.write_chunk(&bytes)
-            {
-                // Dropping the delivery releases what it held at once; the
-                // rest of the message is read and discarded.
-                tx.delivery = None;
-                tx.spool = None;
-                tx.fail("delivery failed while writing", &e, trace);
-            }
-            if let Some(spool) = tx.spool.as_mut() {
-                match spool.write_chunk(&bytes) {
-                    Ok(()) => tx.spooled += bytes.len() as u64,
-                    Err(e) => {
-                        tx.delivery = None;
-                        tx.spool = None;
-                        tx.fail("writing to the queue failed", &e, trace);
+    }
+
+    /// The message is complete: make it durable everywhere it goes, then
+    /// answer (250 only once it is).
+    fn message_end(&mut self) -> Option<Ask<Then<Self>>> {
+        let tx = &mut self.tx;
+        tx.recipients.clear();
+        let foreign = std::mem::take(&mut tx.foreign);
+        let refused = if tx.hops.too_many() {
+            Some((
+                format!("{} Received: headers, a loop", tx.hops.count()),
+                Some(too_many_hops()),
+            ))
+        } else if tx.failed {
+            // The delivery failed earlier and was dropped; that was logged.
+            Some(("the delivery failed earlier".to_string(), tx.refusal.take()))
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            tx.copies = None;
+            tx.pending = Vec::new();
+            self.answer(Err(refused));
+            return None;
+        }
+        let batch = std::mem::take(&mut tx.pending);
+        let copies = tx.copies.take().unwrap_or_default();
+        let envelope = Envelope {
+            reverse_path: tx.reverse_path.clone(),
+            params: tx.params.clone(),
+            foreign,
+        };
+        let blocks = self.copies_block();
+        let shared = Arc::clone(&self.shared);
+        offload(
+            self,
+            &shared,
+            blocks,
+            move |shared: &Shared| {
+                let mut copies = copies;
+                match copies.write(shared, &batch) {
+                    Ok(()) => commit(copies, envelope, shared),
+                    Err(Failed(what, e)) => {
+                        let reply = no_room(&e);
+                        Err((format!("{what}: {e}"), reply))
                     }
                 }
+            },
+            |c: &mut Self, stored| {
+                if let Ok(Some(msg)) = &stored {
+                    c.shared.forwarder.queued(msg.clone());
+                }
+                c.answer(stored.map(|_| ()));
+                None
+            },
+        )
+    }
+
+    /// Answers the end of a message: stored, or why not.
+    fn answer(&mut self, stored: Result<(), (String, Option<Reply>)>) {
+        let decided = match stored {
+            Ok(()) => {
+                self.trace.note("message stored");
+                self.session.accept()
             }
-            Ok(())
+            Err((e, Some(reply))) => {
+                self.trace
+                    .note(&format!("message from {} refused: {e}", self.tx.from));
+                self.session.reject(reply)
+            }
+            Err((e, None)) => {
+                self.trace
+                    .error(&format!("message from {} not stored: {e}", self.tx.from));
+                self.session.reject(Reply::local_error())
+            }
+        };
+        self.decided(decided);
+    }
+}
+
+impl Handler for SmtpConn {
+    type Session = ServerSession;
+    type Done = Then<Self>;
+
+    fn session(&mut self) -> &mut ServerSession {
+        &mut self.session
+    }
+
+    fn on_events(&mut self) -> Option<Ask<Then<Self>>> {
+        if let Some(resume) = self.resume.take()
+            && let Some(ask) = resume.run(self)
+        {
+            return Some(ask);
         }
-        Event::MessageEnd => {
-            tx.recipients.clear();
-            let foreign = std::mem::take(&mut tx.foreign);
-            let stored = if tx.hops.too_many() {
-                tx.delivery = None;
-                tx.spool = None;
-                Err((
-                    format!("{} Received: headers, a loop", tx.hops.count()),
-                    Some(too_many_hops()),
-                ))
-            } else if tx.failed {
-                // The delivery failed earlier and was dropped; that was logged.
-                tx.delivery = None;
-                tx.spool = None;
-                Err(("the delivery failed earlier".to_string(), tx.refusal.take()))
-            } else {
-                commit(tx, foreign, shared)
-            };
-            match stored {
-                Ok(()) => {
-                    trace.note("message stored");
-                    session.accept()
-                }
-                Err((e, Some(reply))) => {
-                    trace.note(&format!("message from {} refused: {e}", tx.from));
-                    session.reject(reply)
-                }
-                Err((e, None)) => {
-                    trace.error(&format!("message from {} not stored: {e}", tx.from));
-                    session.reject(Reply::local_error())
-                }
+        while let Some(event) = self.session.poll_event() {
+            if let Event::StartTls = event {
+                return Some(Ask::StartTls);
+            }
+            if let Some(ask) = self.handle(event) {
+                return Some(ask);
             }
         }
-        Event::MessageAborted(_) | Event::Reset => {
-            tx.delivery = None;
-            tx.spool = None;
-            tx.recipients.clear();
-            tx.foreign.clear();
-            Ok(())
+        None
+    }
+
+    fn finish(&mut self, done: Then<Self>) -> Option<Ask<Then<Self>>> {
+        done.run(self)
+    }
+
+    fn reading(&mut self) -> Reading {
+        match self.session.input_mode() {
+            InputMode::SaslResponse => Reading::Line { secret: true },
+            InputMode::Data => Reading::Text,
+            InputMode::Chunk { remaining } => Reading::Chunk { left: remaining },
+            _ => Reading::Line { secret: false },
         }
-        _ => Ok(()),
-    };
-    if let Err(e) = decided {
-        trace.error(&format!("session refused a decision: {e}"));
+    }
+
+    fn trace(&mut self) -> Option<&mut Trace> {
+        Some(&mut self.trace)
     }
 }
 
 impl Transaction {
     /// Marks the delivery failed: for room, with the reply the message gets
-    /// at its end; otherwise as an error, which gets 451.
+    /// at its end; otherwise as an error, which gets 451. What it held is
+    /// dropped, which releases it at once.
     fn fail(&mut self, what: &str, e: &StoreError, trace: &Trace) {
         self.failed = true;
+        self.copies = None;
+        self.pending = Vec::new();
         self.refusal = no_room(e);
         if self.refusal.is_some() {
             trace.note(&format!("{what}: {e}"));
@@ -310,32 +511,32 @@ fn no_room(e: &StoreError) -> Option<Reply> {
 /// (message and record together), then the local delivery. The 250 goes
 /// out only when both are. When the local delivery fails the queue entry
 /// is taken back before the relay has seen it, so the client's retry
-/// sends it to nobody twice.
+/// sends it to nobody twice. Gives back the queued message for the relay.
 fn commit(
-    tx: &mut Transaction,
-    foreign: Vec<QueuedRecipient>,
+    copies: Copies,
+    envelope: Envelope,
     shared: &Shared,
-) -> Result<(), (String, Option<Reply>)> {
+) -> Result<Option<QueuedMessage>, (String, Option<Reply>)> {
     let mut queued = None;
-    if let Some(spool) = tx.spool.take() {
+    if let Some(spool) = copies.spool {
         let id = spool.id().clone();
-        let mut msg = QueuedMessage::new(
+        let msg = QueuedMessage::new(
             MessageId::new(id.as_str()),
-            tx.reverse_path.clone(),
+            envelope.reverse_path,
             SystemTime::now(),
-            tx.spooled,
+            copies.spooled,
         )
-        .with_mail_parameters(&tx.params);
-        for r in foreign {
-            msg = msg.with_recipient(r);
-        }
+        .with_mail_parameters(&envelope.params);
+        let msg = envelope
+            .foreign
+            .into_iter()
+            .fold(msg, QueuedMessage::with_recipient);
         if let Err(e) = spool.commit(&crate::forward::record(&msg)) {
-            tx.delivery = None;
             return Err((format!("the queue did not take it: {e}"), no_room(&e)));
         }
         queued = Some((id, msg));
     }
-    if let Some(delivery) = tx.delivery.take()
+    if let Some(delivery) = copies.delivery
         && let Err(e) = delivery.commit()
     {
         if let Some((id, _)) = &queued
@@ -348,10 +549,7 @@ fn commit(
         let reply = no_room(&e);
         return Err((e.to_string(), reply));
     }
-    if let Some((_, msg)) = queued {
-        shared.forwarder.queued(msg);
-    }
-    Ok(())
+    Ok(queued.map(|(_, msg)| msg))
 }
 
 /// Where an accepted recipient's mail goes.

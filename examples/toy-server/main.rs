@@ -106,8 +106,17 @@ struct Args {
     #[arg(long)]
     strict_input: bool,
     /// Connections per protocol; more are turned away with 421 / -ERR [SYS/TEMP].
-    #[arg(long, default_value_t = 200)]
+    /// Each holds a socket and a session of a few KiB, no thread; the server
+    /// raises its limit of open files as far as the system lets it.
+    #[arg(long, default_value_t = postamt_examples::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Event-loop threads per protocol (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    loop_threads: usize,
+    /// Worker threads for store work that waits on the disk (fsync,
+    /// directory scans), shared by SMTP and POP3.
+    #[arg(long, default_value_t = postamt_examples::DEFAULT_STORE_THREADS, value_name = "N")]
+    store_threads: usize,
     /// Largest size of one mailbox, in octets or with K, M or G (binary:
     /// 1M = 1048576); 0 means no limit. A full mailbox gets 452 4.2.2.
     #[arg(long, default_value = "50M", value_parser = parse_size)]
@@ -390,6 +399,8 @@ fn run(args: Args) -> Result<(), String> {
         max_connections_per_client: args.max_connections_per_client,
         strict_input: args.strict_input,
         max_connections: args.max_connections,
+        loop_threads: args.loop_threads,
+        store_threads: args.store_threads,
         forwarding: Forwarding {
             relay_from: set.relay_from.clone(),
             routes: args.routes.clone(),

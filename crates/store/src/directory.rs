@@ -48,6 +48,13 @@ pub trait Directory: Send + Sync {
 
     /// Whether mail for `domain` is ours to deliver (case-insensitive).
     fn is_local_domain(&self, domain: &str) -> bool;
+
+    /// Whether a call may wait on a disk or a network. An event loop asks
+    /// a directory that does not right away and hands one that does to
+    /// worker threads; the default says it may.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// A user's APOP shared secret, with the mailbox a successful APOP opens.
@@ -322,6 +329,11 @@ impl FromStr for StaticDirectory {
 }
 
 impl Directory for StaticDirectory {
+    /// Everything is in memory.
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn verify_password(&self, user: &str, password: &[u8]) -> Option<MailboxName> {
         match self.login(user) {
             Some(found) => {

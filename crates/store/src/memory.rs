@@ -207,6 +207,11 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 }
 
 impl MailStore for MemoryStore {
+    /// Everything is in memory.
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn begin_delivery(&self, recipients: &[MailboxName]) -> Result<Box<dyn Delivery>, StoreError> {
         Ok(Box::new(MemoryDelivery {
             shared: Arc::clone(&self.shared),

@@ -90,6 +90,13 @@ pub trait Spool: Send + Sync {
     /// Removes message `id` and its record, durably. Removing what is not
     /// there is an error ([`StoreError::NoSuchSpoolEntry`]).
     fn remove(&self, id: &SpoolId) -> Result<(), StoreError>;
+
+    /// Whether a call (or a call on what it returns) may wait on a disk or
+    /// a network, as [`MailStore::blocks`](crate::MailStore::blocks) says
+    /// of a store; the default says it may.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// One message being spooled; dropping it without
@@ -152,6 +159,11 @@ impl Queue {
 }
 
 impl Spool for MemorySpool {
+    /// Everything is in memory.
+    fn blocks(&self) -> bool {
+        false
+    }
+
     fn begin(&self) -> Result<Box<dyn SpoolWriter>, StoreError> {
         let mut queue = self.lock();
         queue.next += 1;

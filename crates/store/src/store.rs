@@ -33,6 +33,14 @@ pub trait MailStore: Send + Sync {
         let _ = (mailbox, size);
         Ok(())
     }
+
+    /// Whether a call (or a call on what it returns) may wait on a disk or
+    /// a network. An event loop calls a store that does not on the loop
+    /// itself and hands one that does to worker threads; the default says
+    /// it may.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// The default limit of one mailbox's stored octets: 50 MiB, the order of
