@@ -8,6 +8,8 @@
 //! - the output is a sequence of well-formed replies, `ddd[ -]text CRLF`,
 //!   each parsed by `Reply::parse`, multi-line replies never interleaved;
 //! - output per input byte is bounded;
+//! - with XCLIENT trusted (as the header says), the same holds for sessions
+//!   that start over after XCLIENT;
 //! - with a small `max_buffered_input` and an application that sits on its
 //!   decisions for a few reads, a client that sends more than the limit
 //!   while a decision is pending gets the session closed, and a closed
@@ -30,6 +32,8 @@ enum End {
 }
 
 struct Setup {
+    /// The application trusts the client with XCLIENT.
+    xclient: bool,
     config: Arc<ServerConfig>,
     small: Arc<ServerConfig>,
     end: End,
@@ -113,6 +117,7 @@ fn push_event(events: &mut Vec<Event>, event: Event) {
 fn run(setup: &Setup, config: &Arc<ServerConfig>, input: &[u8], splits: &[usize], lazy: bool) -> Run {
     let now = Instant::now();
     let mut session = ServerSession::new(Arc::clone(config), now);
+    session.allow_xclient(setup.xclient);
     let mut app = App {
         decisions: &setup.decisions,
         answered: 0,
@@ -277,6 +282,7 @@ fn setup(data: &[u8]) -> Option<(Setup, &[u8])> {
     let splits = splits.iter().map(|&b| usize::from(b) + 1).collect::<Vec<_>>();
     Some((
         Setup {
+            xclient: size & 0x20 != 0,
             config: Arc::new(config),
             small: Arc::new(small),
             end,

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use crate::address::{self, ADDR_TYPE, Domain, ForwardPath, KEYWORD, ReversePath, VALUE, XCHAR};
 use crate::error::CommandError;
 use crate::reply::push_decimal;
+use crate::xclient::Xclient;
 
 /// The body type a client declares with `BODY=` (RFC 6152, RFC 3030).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -159,6 +160,9 @@ pub enum Command<'a> {
         /// The base64 initial response (`=` for an empty one).
         initial: Option<&'a str>,
     },
+    /// `XCLIENT attribute=value ...` (Postfix): a trusted proxy names the
+    /// real client.
+    Xclient(Xclient),
 }
 
 /// A four-letter verb in lower case, as the dispatch in [`Command::parse`] reads it.
@@ -214,6 +218,12 @@ impl<'a> Command<'a> {
                 _ => unknown(line),
             };
         }
+        if let Some(verb) = line.first_chunk::<7>()
+            && is_word(verb, b"XCLIENT")
+            && line.get(7).is_none_or(|&b| b == b' ')
+        {
+            return Xclient::parse(utf8(&line[7..])?).map(Self::Xclient);
+        }
         if let Some(verb) = line.first_chunk::<8>()
             && u64::from_le_bytes(*verb) | 0x2020_2020_2020_2020 == STARTTLS
             && line.get(8).is_none_or(|&b| b == b' ')
@@ -241,6 +251,7 @@ impl<'a> Command<'a> {
             Self::Help(_) => "HELP",
             Self::StartTls => "STARTTLS",
             Self::Auth { .. } => "AUTH",
+            Self::Xclient(_) => "XCLIENT",
         }
     }
 
@@ -282,6 +293,7 @@ impl<'a> Command<'a> {
                     out.extend_from_slice(b" LAST");
                 }
             }
+            Self::Xclient(x) => x.render(out),
             Self::Data | Self::Rset | Self::Quit | Self::StartTls => {}
         }
         out.extend_from_slice(b"\r\n");
@@ -451,7 +463,7 @@ pub fn encode_xtext(text: &str) -> String {
     out
 }
 
-fn is_xtext(s: &[u8]) -> bool {
+pub(crate) fn is_xtext(s: &[u8]) -> bool {
     xtext_len(s) == s.len()
 }
 

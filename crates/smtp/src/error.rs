@@ -33,6 +33,10 @@ pub enum CommandError {
     /// The HELO/EHLO/LHLO argument is not a domain or address literal.
     #[error("invalid domain")]
     BadDomain,
+    /// An XCLIENT attribute that is unknown, given twice, or whose value
+    /// is not valid xtext or not of the attribute's kind.
+    #[error("bad XCLIENT attribute")]
+    BadXclient,
 }
 
 impl CommandError {
@@ -77,6 +81,11 @@ impl CommandError {
                 "Invalid parameter value",
             ),
             Self::BadDomain => (501, EnhancedCode::INVALID_ARGUMENTS, "Invalid domain name"),
+            Self::BadXclient => (
+                501,
+                EnhancedCode::INVALID_ARGUMENTS,
+                "Bad XCLIENT attribute or value",
+            ),
         }
     }
 }

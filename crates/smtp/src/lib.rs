@@ -12,6 +12,32 @@
 //! the trait into scope to drive them. [`ServerSession`] and
 //! [`ClientSession`] describe their own events and decisions.
 //!
+//! # Behind a proxy: XCLIENT
+//!
+//! A proxy or filter in front of the server names the real client with
+//! Postfix's XCLIENT. The session obeys it only from a connection the
+//! application trusts ([`ServerSession::allow_xclient`], a decision about the
+//! peer's address, like Postfix's `smtpd_authorized_xclient_hosts`); it then
+//! reports the attributes as [`Event::Xclient`] ([`Xclient`]) and greets
+//! anew. A TCP load balancer's PROXY protocol header comes before SMTP
+//! starts and is read with `postamt_wire::proxy`.
+//!
+//! ```
+//! use std::time::Instant;
+//! use postamt_smtp::{Event, ServerConfig, ServerSession, Session};
+//!
+//! let now = Instant::now();
+//! let mut session = ServerSession::new(ServerConfig::new("mx.example"), now);
+//! session.allow_xclient(true); // this peer is our proxy
+//! session.receive(now, b"XCLIENT ADDR=192.0.2.7 NAME=client.example LOGIN=anna\r\n");
+//! let Some(Event::Xclient(client)) = session.poll_event() else { panic!() };
+//! assert_eq!(client.addr.and_then(|a| a.known().copied()), "192.0.2.7".parse().ok());
+//! assert!(session.is_authenticated());
+//! let mut out = Vec::new();
+//! session.poll_transmit(&mut out);
+//! assert!(out.ends_with(b"\r\n220 mx.example ESMTP postamt ready\r\n"));
+//! ```
+//!
 //! # Both sides, wired together in memory
 //!
 //! ```
@@ -76,6 +102,7 @@ mod config;
 pub mod error;
 pub mod reply;
 mod server;
+mod xclient;
 
 pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
 pub use bytes;
@@ -91,6 +118,7 @@ pub use postamt_wire::Session;
 pub use postamt_wire::sasl::{Credentials, Mechanism};
 pub use reply::{EnhancedCode, Reply};
 pub use server::{AbortReason, Decision, Event, Hello, InputMode, ServerSession};
+pub use xclient::{ClientProtocol, XCLIENT_ATTRIBUTES, Xclient, XclientValue};
 
 /// The README's Rust examples, compiled and run as doctests.
 #[cfg(doctest)]

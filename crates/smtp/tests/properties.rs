@@ -109,7 +109,61 @@ fn command_line() -> impl Strategy<Value = String> {
                 Some(i) => format!("AUTH {m} {i}"),
                 None => format!("AUTH {m}"),
             }),
+        xclient_attributes().prop_map(|a| format!("XCLIENT {}", a.join(" "))),
     ]
+}
+
+/// One to eight XCLIENT attributes, each at most once, in any case.
+fn xclient_attributes() -> impl Strategy<Value = Vec<String>> {
+    let special = || prop_oneof![Just("[UNAVAILABLE]".to_string())];
+    let ip = || {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(|a| std::net::Ipv4Addr::from(a).to_string()),
+            any::<[u8; 16]>().prop_map(|a| format!("IPv6:{}", std::net::Ipv6Addr::from(a))),
+            special(),
+        ]
+    };
+    let port = || prop_oneof![any::<u16>().prop_map(|p| p.to_string()), special()];
+    // xtext whose decoded text is printable: what HELO and LOGIN may hold.
+    let text = || prop_oneof!["([a-zA-Z0-9.@\\[\\]:-]|\\+2B|\\+3D|\\+20){1,12}", special()];
+    let name = || {
+        prop::collection::vec("[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", 1..4).prop_map(|l| l.join("."))
+    };
+    (
+        prop::option::of(prop_oneof![
+            name(),
+            special(),
+            Just("[TEMPUNAVAIL]".to_string())
+        ]),
+        prop::option::of(ip()),
+        prop::option::of(port()),
+        prop::option::of(prop_oneof![
+            Just("SMTP".to_string()),
+            Just("esmtp".to_string()),
+            special()
+        ]),
+        prop::option::of(text()),
+        prop::option::of(text()),
+        prop::option::of(ip()),
+        prop::option::of(port()),
+    )
+        .prop_filter_map("no attribute", |(n, a, p, pr, h, l, da, dp)| {
+            let pairs = [
+                ("NAME", n),
+                ("addr", a),
+                ("Port", p),
+                ("PROTO", pr),
+                ("HELO", h),
+                ("LOGIN", l),
+                ("DESTADDR", da),
+                ("destport", dp),
+            ];
+            let attrs: Vec<String> = pairs
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+                .collect();
+            (!attrs.is_empty()).then_some(attrs)
+        })
 }
 
 fn reply() -> impl Strategy<Value = Reply> {
@@ -214,6 +268,7 @@ fn drive(input: &[u8], points: &[usize], accept_mask: u64) -> (Vec<u8>, Vec<Stri
     config.limits.max_message_size = 300;
     config.limits.max_text_line = 40;
     let mut s = ServerSession::new(config, now);
+    s.allow_xclient(true);
     let mut out = Vec::new();
     let mut events = Vec::new();
     let mut data = Vec::new();

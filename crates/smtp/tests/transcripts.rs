@@ -57,5 +57,9 @@ transcripts!(
     timeout,
     timeout_command,
     timeout_per_command,
-    too_many_recipients
+    too_many_recipients,
+    xclient,
+    xclient_syntax,
+    xclient_transaction,
+    xclient_untrusted
 );

@@ -17,6 +17,9 @@
 //!   client's bytes alone.
 //! - [`sasl`] decodes SASL PLAIN and LOGIN exchanges (RFC 4616, the LOGIN draft)
 //!   for servers and encodes them for clients.
+//! - [`proxy`] reads and writes the PROXY protocol header (v1 and v2) that a
+//!   TCP load balancer puts before the first byte of SMTP or POP3, so a
+//!   server behind it learns the client's real address ([`ProxyHeader`]).
 //!
 //! Nothing here performs I/O: every type is fed bytes and writes bytes.
 #![forbid(unsafe_code)]
@@ -26,6 +29,7 @@ pub mod crlf;
 mod dot;
 mod error;
 mod line;
+pub mod proxy;
 pub mod sasl;
 mod scan;
 mod secret;
@@ -36,6 +40,7 @@ pub use crlf::{CrlfNormalizer, CrlfSize, crlf_size};
 pub use dot::{BareLineEndings, Checked, Decoded, DotDecoder, DotEncoder, LineChecker, Violation};
 pub use error::SaslError;
 pub use line::{Frame, LineFramer};
+pub use proxy::{ProxyError, ProxyHeader};
 pub use secret::Secret;
 pub use session::Session;
 pub use telnet::{Reads, TelnetFilter};

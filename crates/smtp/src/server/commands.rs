@@ -13,6 +13,7 @@ use crate::address::{Domain, ForwardPath, ReversePath};
 use crate::command::{Body, Command, MailParameters, RcptParameters};
 use crate::config::Protocol;
 use crate::reply::EnhancedCode;
+use crate::xclient::{XCLIENT_ATTRIBUTES, Xclient};
 
 /// Sequence errors (RFC 5321 §4.1.4, 503 5.5.1).
 const NEED_HELLO: &str = "Send HELO or EHLO first";
@@ -93,6 +94,7 @@ impl ServerSession {
             }
             Command::StartTls => return self.starttls(),
             Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
+            Command::Xclient(attributes) => self.xclient(Some(attributes)),
         }
         false
     }
@@ -201,6 +203,9 @@ impl ServerSession {
                 out.extend_from_slice(m.as_str().as_bytes());
             }
             out.extend_from_slice(b"\r\n");
+        }
+        if self.xclient {
+            line(out, &["XCLIENT ", XCLIENT_ATTRIBUTES]);
         }
         // HELP is a command every server has (RFC 5321 §4.1.1.8), not a
         // service extension: it is not advertised.
@@ -405,6 +410,38 @@ impl ServerSession {
         self.framer.reset();
         self.events.push_back(Event::StartTls);
         true
+    }
+
+    /// XCLIENT (Postfix's `XCLIENT_README`), with its attributes or `None`
+    /// when they did not parse. Outside a transaction, from a trusted
+    /// client, with good attributes, the session starts over as for a new
+    /// connection: 220 greeting, no HELO, authenticated only by `LOGIN=`.
+    pub(super) fn xclient(&mut self, attributes: Option<Xclient>) {
+        if self.tx.is_open() {
+            return self.sequence_error("Error: MAIL transaction in progress");
+        }
+        if !self.xclient {
+            return self.error(
+                550,
+                EnhancedCode::SECURITY,
+                "Error: insufficient authorization",
+            );
+        }
+        let Some(attributes) = attributes else {
+            let (code, ec, text) = crate::error::CommandError::BadXclient.parts();
+            return self.error(code, ec, text);
+        };
+        self.hello = None;
+        self.authenticated = attributes.login_name().is_some();
+        self.events.push_back(Event::Xclient(attributes));
+        let c = Arc::clone(&self.config);
+        say(
+            &mut self.out,
+            false,
+            220,
+            None,
+            &[&c.hostname, " ", &c.texts.greeting],
+        );
     }
 
     pub(super) fn auth(&mut self, mechanism: &str, initial: Option<&str>) {

@@ -6,6 +6,7 @@ use postamt_wire::sasl::{Credentials, Mechanism};
 
 use crate::address::{Domain, ForwardPath, ReversePath};
 use crate::command::{MailParameters, RcptParameters};
+use crate::xclient::Xclient;
 
 /// How the client greeted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +106,14 @@ pub enum Event {
     /// The transaction was abandoned (RSET, a new HELO/EHLO, STARTTLS, QUIT,
     /// or the end of the connection) before a message was complete.
     Reset,
+    /// A trusted proxy named the real client with XCLIENT
+    /// ([`ServerSession::allow_xclient`](crate::ServerSession::allow_xclient)):
+    /// from now on use its attributes, where sent, for `Received:`, relay
+    /// decisions and logs, in place of the connection's. The session has
+    /// answered with a new 220 greeting and starts over, waiting for EHLO;
+    /// it is authenticated exactly when `LOGIN` named a user
+    /// ([`Xclient::login_name`]).
+    Xclient(Xclient),
 }
 
 /// The decision the session is waiting for.

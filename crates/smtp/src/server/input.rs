@@ -10,6 +10,7 @@ use postamt_wire::{Checked, Decoded, Frame};
 use super::{AbortReason, Event, Input, Pending, Phase, ServerSession, Transaction, decimal, say};
 use crate::command::Command;
 use crate::config::Protocol;
+use crate::error::CommandError;
 use crate::reply::EnhancedCode;
 
 /// BDAT octets that count as one record for the timer: a chunk trickling in
@@ -317,6 +318,12 @@ impl ServerSession {
         }
         match Command::parse(line) {
             Ok(command) => self.command(command),
+            // The session's own checks (transaction, trust) come before the
+            // syntax: an untrusted client learns nothing from its attributes.
+            Err(CommandError::BadXclient) => {
+                self.xclient(None);
+                false
+            }
             Err(e) => {
                 let (code, ec, text) = e.parts();
                 self.error(code, ec, text);

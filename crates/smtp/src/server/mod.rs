@@ -203,6 +203,8 @@ pub struct ServerSession {
     /// is done: no input is processed until it does.
     handshake_due: bool,
     authenticated: bool,
+    /// The application trusts this client to send XCLIENT.
+    xclient: bool,
     tx: Transaction,
     errors: u32,
     auth_failures: u32,
@@ -233,6 +235,7 @@ impl fmt::Debug for ServerSession {
             .field("tls", &self.tls)
             .field("handshake_due", &self.handshake_due)
             .field("authenticated", &self.authenticated)
+            .field("xclient", &self.xclient)
             .field("transaction", &self.tx)
             .field("errors", &self.errors)
             .field("closed", &self.closed)
@@ -291,6 +294,7 @@ impl ServerSession {
             tls: config.implicit_tls,
             handshake_due: false,
             authenticated: false,
+            xclient: false,
             tx: Transaction::default(),
             errors: 0,
             auth_failures: 0,
@@ -339,9 +343,26 @@ impl ServerSession {
         self.tls
     }
 
-    /// Whether the client authenticated with AUTH.
+    /// Whether the client authenticated with AUTH (or a trusted proxy said
+    /// so with XCLIENT `LOGIN=`).
     pub fn is_authenticated(&self) -> bool {
         self.authenticated
+    }
+
+    /// Lets this client use XCLIENT (Postfix's `smtpd_authorized_xclient_hosts`):
+    /// call it right after [`ServerSession::new`] for a connection from a
+    /// proxy the application trusts to name the real client. Then EHLO
+    /// offers `XCLIENT` with its attributes and the command is obeyed
+    /// ([`Event::Xclient`]); otherwise it is refused with 550 5.7.0. Trust
+    /// belongs to the connection, not to the configuration every connection
+    /// shares, and it outlasts XCLIENT itself, so the proxy may send more.
+    pub fn allow_xclient(&mut self, allowed: bool) {
+        self.xclient = allowed;
+    }
+
+    /// Whether this client may use XCLIENT.
+    pub fn is_xclient_allowed(&self) -> bool {
+        self.xclient
     }
 
     /// Whether the next input line is a SASL response (base64 credentials),

@@ -8,8 +8,8 @@
 use std::time::Instant;
 
 use postamt_smtp::{
-    BareLineEndings, Command, Decision, Event, ForwardPath, Reply, ServerConfig, ServerSession,
-    Session,
+    BareLineEndings, ClientProtocol, Command, Decision, Event, ForwardPath, Reply, ServerConfig,
+    ServerSession, Session, XclientValue,
 };
 use postamt_transcript::{Application, Split, Transcript, escape};
 
@@ -45,6 +45,9 @@ pub fn config(t: &Transcript) -> ServerConfig {
             "max_command_line" => config.limits.max_command_line = num() as usize,
             "max_text_line" => config.limits.max_text_line = num() as usize,
             "max_buffered_input" => config.limits.max_buffered_input = num() as usize,
+            // Not configuration but the application's trust in this client:
+            // `Scripted::start` calls `allow_xclient`.
+            "xclient" => {}
             other => panic!("{} line {}: unknown !config {other}", t.name, setting.line),
         }
     }
@@ -175,6 +178,44 @@ impl App {
                 self.data.clear();
             }
             Event::Reset => self.events.push("reset".into()),
+            Event::Xclient(x) => {
+                fn attr<T>(
+                    line: &mut String,
+                    key: &str,
+                    v: &Option<XclientValue<T>>,
+                    f: impl Fn(&T) -> String,
+                ) {
+                    let text = match v {
+                        None => return,
+                        Some(XclientValue::Known(v)) => f(v),
+                        Some(XclientValue::Unavailable) => "[UNAVAILABLE]".into(),
+                        Some(XclientValue::TempUnavailable) => "[TEMPUNAVAIL]".into(),
+                    };
+                    line.push_str(&format!(" {key}={text}"));
+                }
+                let mut line = String::from("xclient");
+                attr(&mut line, "name", &x.name, |d| d.to_string());
+                attr(&mut line, "addr", &x.addr, |a| a.to_string());
+                attr(&mut line, "port", &x.port, |p| p.to_string());
+                attr(&mut line, "proto", &x.proto, |p| {
+                    match p {
+                        ClientProtocol::Smtp => "SMTP",
+                        ClientProtocol::Esmtp => "ESMTP",
+                    }
+                    .into()
+                });
+                attr(&mut line, "helo", &x.helo, |h| format!("{h:?}"));
+                attr(&mut line, "login", &x.login, |l| format!("{l:?}"));
+                attr(&mut line, "destaddr", &x.destaddr, |a| a.to_string());
+                attr(&mut line, "destport", &x.destport, |p| p.to_string());
+                let auth = if session.is_authenticated() {
+                    "authenticated"
+                } else {
+                    "anonymous"
+                };
+                line.push_str(&format!(" ({auth})"));
+                self.events.push(line);
+            }
             other => panic!("unexpected event {other:?}"),
         }
     }
@@ -190,9 +231,13 @@ impl Application for Scripted {
     type Session = ServerSession;
 
     fn start(t: &Transcript, _split: Split, now: Instant) -> Self {
+        let mut session = ServerSession::new(config(t), now);
+        if t.settings.iter().any(|s| s.key == "xclient") {
+            session.allow_xclient(true);
+        }
         Self {
             app: App::default(),
-            session: ServerSession::new(config(t), now),
+            session,
         }
     }
 
