@@ -29,8 +29,10 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use postamt_wire::proxy::{Decoded, ProxyHeader};
 use postamt_wire::{Reads, Session, TelnetFilter};
 use rustls::ServerConnection;
 
@@ -265,7 +267,29 @@ pub(crate) enum Admit<H> {
 }
 
 /// Makes the handler for a new connection from its peer's address.
-pub(crate) type Admitter<H> = Arc<dyn Fn(SocketAddr) -> Admit<H> + Send + Sync>;
+pub(crate) type Admitter<H> = Arc<dyn Fn(Client) -> Admit<H> + Send + Sync>;
+
+/// Who a new connection is from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Client {
+    /// The client: the peer, or the one a trusted balancer's PROXY header
+    /// names.
+    pub(crate) addr: SocketAddr,
+    /// The other end of the TCP connection (the balancer, if any).
+    pub(crate) peer: SocketAddr,
+}
+
+/// How long a trusted balancer may take to send its PROXY header (it sends
+/// it at once, before anything of the client's).
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection from a trusted balancer whose PROXY header has not yet
+/// arrived whole.
+struct Preamble {
+    stream: TcpStream,
+    peer: SocketAddr,
+    received: Vec<u8>,
+}
 
 /// How the loops run.
 #[derive(Clone, Debug)]
@@ -280,6 +304,9 @@ pub(crate) struct LoopConfig {
     pub(crate) tls_handshake_timeout: Duration,
     /// Take the client's bytes exactly as sent: no telnet filter.
     pub(crate) strict_input: bool,
+    /// Balancers whose connections begin with a PROXY protocol header
+    /// naming the client (v1 or v2); nobody else may send one.
+    pub(crate) proxy_from: Vec<IpNet>,
 }
 
 /// Running loops on one listener; [`Loops::stop`] ends them.
@@ -316,6 +343,8 @@ impl Loops {
                 poll,
                 listener: Some(listener),
                 conns: HashMap::new(),
+                preambles: HashMap::new(),
+                proxy_from: config.proxy_from.clone(),
                 next_key: 0,
                 timers: Timers::default(),
                 done: Arc::default(),
@@ -419,6 +448,9 @@ struct Loop<H: Handler> {
     poll: Poll,
     listener: Option<TcpListener>,
     conns: HashMap<usize, Conn<H>>,
+    /// Balancers' connections waiting for their PROXY header.
+    preambles: HashMap<usize, Preamble>,
+    proxy_from: Vec<IpNet>,
     next_key: usize,
     timers: Timers,
     /// Results of store work, with their connections' keys.
@@ -462,7 +494,8 @@ impl<H: Handler> Loop<H> {
                 }
             }
             if let Some(since) = stopping_since
-                && (self.conns.is_empty() || since.elapsed() >= self.grace)
+                && ((self.conns.is_empty() && self.preambles.is_empty())
+                    || since.elapsed() >= self.grace)
             {
                 break;
             }
@@ -497,6 +530,7 @@ impl<H: Handler> Loop<H> {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
+                    Token(key) if self.preambles.contains_key(&key) => self.read_preamble(key),
                     Token(key) => self.serve(key),
                 }
             }
@@ -512,6 +546,14 @@ impl<H: Handler> Loop<H> {
             }
             let now = Instant::now();
             while let Some(key) = self.timers.pop_due(now) {
+                if let Some(p) = self.preambles.get(&key) {
+                    eprintln!(
+                        "{}: no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}: closed",
+                        p.peer
+                    );
+                    self.close_preamble(key);
+                    continue;
+                }
                 let Some(c) = self.conns.get_mut(&key) else {
                     continue;
                 };
@@ -531,6 +573,9 @@ impl<H: Handler> Loop<H> {
                 }
                 self.serve(key);
             }
+        }
+        for (_, p) in self.preambles.drain() {
+            let _ = p.stream.shutdown(Shutdown::Both);
         }
         for (_, mut c) in self.conns.drain() {
             let note = if c.handshake_until.is_some() {
@@ -562,49 +607,150 @@ impl<H: Handler> Loop<H> {
                 }
             };
             let _ = stream.set_nodelay(true);
-            match (self.admit)(peer) {
-                Admit::Refuse(bytes) => {
-                    // A fresh socket's buffer takes a one-line refusal whole.
-                    let _ = stream.write(&bytes);
-                    let _ = stream.shutdown(Shutdown::Both);
+            let key = self.next_key;
+            self.next_key += 1;
+            if self
+                .proxy_from
+                .iter()
+                .any(|net| net.contains(&peer.ip().to_canonical()))
+            {
+                // A balancer's connection: who the client is comes first.
+                if let Err(e) =
+                    self.poll
+                        .registry()
+                        .register(&mut stream, Token(key), Interest::READABLE)
+                {
+                    eprintln!("{peer}: cannot watch the connection: {e}");
+                    continue;
                 }
-                Admit::Serve(handler) => {
-                    let key = self.next_key;
-                    self.next_key += 1;
-                    if let Err(e) = self.poll.registry().register(
-                        &mut stream,
-                        Token(key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        eprintln!("{peer}: cannot watch the connection: {e}");
-                        continue;
-                    }
-                    self.conns.insert(
-                        key,
-                        Conn {
-                            stream,
-                            handler,
-                            out: Vec::new(),
-                            sent: 0,
-                            waiting: false,
-                            work: None,
-                            starttls: false,
-                            tls: None,
-                            handshake_until: None,
-                            tls_closing: false,
-                            when_drained: false,
-                            paused_until: None,
-                            held: Vec::new(),
-                            held_pos: 0,
-                            filter: (!self.strict_input).then(new_filter),
-                            typed: Vec::new(),
-                            eof: false,
-                        },
-                    );
-                    self.serve(key);
+                self.preambles.insert(
+                    key,
+                    Preamble {
+                        stream,
+                        peer,
+                        received: Vec::new(),
+                    },
+                );
+                self.timers
+                    .set(key, Some(Instant::now() + PROXY_HEADER_TIMEOUT));
+                self.read_preamble(key);
+                continue;
+            }
+            self.admit(key, stream, Client { addr: peer, peer }, &[], false);
+        }
+    }
+
+    /// Reads a balancer's PROXY header; once it is whole, the connection
+    /// is admitted as the client it names, with what followed the header
+    /// as its first input. A malformed header, or none in time, closes it.
+    fn read_preamble(&mut self, key: usize) {
+        let Some(p) = self.preambles.get_mut(&key) else {
+            return;
+        };
+        loop {
+            match p.stream.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => p.received.extend_from_slice(&self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+            match ProxyHeader::decode(&p.received) {
+                Decoded::Incomplete => continue,
+                Decoded::Complete { header, consumed } => {
+                    let Some(p) = self.preambles.remove(&key) else {
+                        return;
+                    };
+                    self.timers.set(key, None);
+                    let client = Client {
+                        addr: header.source().unwrap_or(p.peer),
+                        peer: p.peer,
+                    };
+                    self.admit(key, p.stream, client, &p.received[consumed..], true);
+                    return;
+                }
+                Decoded::Malformed(e) => {
+                    eprintln!("{}: no PROXY protocol header ({e}): closed", p.peer);
+                    break;
                 }
             }
         }
+        self.close_preamble(key);
+    }
+
+    fn close_preamble(&mut self, key: usize) {
+        if let Some(mut p) = self.preambles.remove(&key) {
+            let _ = self.poll.registry().deregister(&mut p.stream);
+            let _ = p.stream.shutdown(Shutdown::Both);
+        }
+        self.timers.set(key, None);
+    }
+
+    /// Serves a new connection from `client` or turns it away, as the
+    /// admitter says; `input` is what it sent already, `registered` whether
+    /// the poller watches it yet.
+    fn admit(
+        &mut self,
+        key: usize,
+        mut stream: TcpStream,
+        client: Client,
+        input: &[u8],
+        registered: bool,
+    ) {
+        let handler = match (self.admit)(client) {
+            Admit::Refuse(bytes) => {
+                // A fresh socket's buffer takes a one-line refusal whole.
+                if registered {
+                    let _ = self.poll.registry().deregister(&mut stream);
+                }
+                let _ = stream.write(&bytes);
+                let _ = stream.shutdown(Shutdown::Both);
+                return;
+            }
+            Admit::Serve(handler) => handler,
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let watched = if registered {
+            self.poll
+                .registry()
+                .reregister(&mut stream, Token(key), interest)
+        } else {
+            self.poll
+                .registry()
+                .register(&mut stream, Token(key), interest)
+        };
+        if let Err(e) = watched {
+            eprintln!("{}: cannot watch the connection: {e}", client.peer);
+            return;
+        }
+        self.conns.insert(
+            key,
+            Conn {
+                stream,
+                handler,
+                out: Vec::new(),
+                sent: 0,
+                waiting: false,
+                work: None,
+                starttls: false,
+                tls: None,
+                handshake_until: None,
+                tls_closing: false,
+                when_drained: false,
+                paused_until: None,
+                held: Vec::new(),
+                held_pos: 0,
+                filter: (!self.strict_input).then(new_filter),
+                typed: Vec::new(),
+                eof: false,
+            },
+        );
+        if !input.is_empty()
+            && let Some(c) = self.conns.get_mut(&key)
+        {
+            take_input(c, input);
+        }
+        self.serve(key);
     }
 
     /// Gives one connection its turn: output, then input while there is
@@ -1218,6 +1364,7 @@ mod tests {
             tls,
             tls_handshake_timeout,
             strict_input: false,
+            proxy_from: Vec::new(),
         };
         Loops::start(listener, &config, Arc::new(Pool::new(2, 16)), admit).unwrap()
     }
@@ -1465,6 +1612,7 @@ mod tests {
             tls: None,
             tls_handshake_timeout: Duration::from_secs(1),
             strict_input: false,
+            proxy_from: Vec::new(),
         };
         let loops = Loops::start(listener, &config, Arc::new(Pool::new(1, 1)), admit).unwrap();
         let mut c = Client::connect(loops.addr());
@@ -1634,6 +1782,7 @@ mod tests {
             tls: None,
             tls_handshake_timeout: Duration::from_secs(1),
             strict_input: false,
+            proxy_from: Vec::new(),
         };
         let loops = Loops::start(listener, &config, Arc::new(Pool::new(1, 1)), admit).unwrap();
         let mut c = Client::connect(loops.addr());

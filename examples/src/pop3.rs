@@ -6,7 +6,6 @@
 //! memory is asked on the loop.
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,9 +13,9 @@ use postamt_pop3::Session as _;
 use postamt_pop3::{Event, MessageFlow, Response, ResponseCode, ServerSession, verify_apop};
 use postamt_store::{MailboxName, Maildrop, StoreError};
 
-use crate::evloop::{Ask, Handler, Reading, Then, offload};
+use crate::evloop::{Ask, Client, Handler, Reading, Then, offload};
 use crate::server::Shared;
-use crate::smtp::{FAILED_LOGIN_DELAY, Slot};
+use crate::smtp::{FAILED_LOGIN_DELAY, Slot, connected};
 use crate::trace::{Protocol, Trace};
 
 /// Bytes of a message read from the store at a time.
@@ -46,9 +45,9 @@ pub(crate) struct Pop3Conn {
 type Found = Option<(MailboxName, Result<Box<dyn Maildrop>, StoreError>)>;
 
 impl Pop3Conn {
-    pub(crate) fn new(peer: SocketAddr, id: u64, shared: &Arc<Shared>, slot: Slot) -> Self {
+    pub(crate) fn new(client: Client, id: u64, shared: &Arc<Shared>, slot: Slot) -> Self {
         let trace = Trace::new(id, Protocol::Pop3, shared.trace.clone());
-        trace.note(&format!("connection from {peer}"));
+        trace.note(&connected(client));
         let clock = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use postamt_store::{Directory, MailStore};
 
-use crate::evloop::{Admit, Admitter, Handler, LoopConfig, Loops, Pool, STOP_GRACE};
+use crate::evloop::{Admit, Admitter, Client, Handler, LoopConfig, Loops, Pool, STOP_GRACE};
 use crate::forward::{Forwarder, Forwarding};
 use crate::pop3::Pop3Conn;
 use crate::smtp::SmtpConn;
@@ -59,6 +60,13 @@ pub struct Options {
     /// (fsync, directory scans), shared by both protocols: as many
     /// deliveries can wait on their fsync at once.
     pub store_threads: usize,
+    /// Load balancers whose connections begin with a PROXY protocol header
+    /// (v1 or v2) naming the real client, for both protocols; a connection
+    /// from anywhere else is never read for one. Empty: none.
+    pub proxy_from: Vec<IpNet>,
+    /// SMTP clients trusted to name the real client with XCLIENT (a proxy
+    /// such as Postfix's postscreen or nginx); empty: nobody.
+    pub xclient_from: Vec<IpNet>,
     /// Passing mail on: who may relay, routes, retries, the queue.
     pub forwarding: Forwarding,
     /// The teacher's page; `None`: no page.
@@ -93,6 +101,8 @@ impl Options {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             loop_threads: 0,
             store_threads: DEFAULT_STORE_THREADS,
+            proxy_from: Vec::new(),
+            xclient_from: Vec::new(),
             forwarding: Forwarding::new(),
             web: None,
         }
@@ -114,6 +124,7 @@ pub(crate) struct Shared {
     pub(crate) max_connections: usize,
     pub(crate) forwarding: Forwarding,
     pub(crate) forwarder: Forwarder,
+    pub(crate) xclient_from: Vec<IpNet>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -136,6 +147,8 @@ impl std::fmt::Debug for Options {
             .field("max_connections", &self.max_connections)
             .field("loop_threads", &self.loop_threads)
             .field("store_threads", &self.store_threads)
+            .field("proxy_from", &self.proxy_from)
+            .field("xclient_from", &self.xclient_from)
             .field("forwarding", &self.forwarding)
             .field("web", &self.web)
             .finish_non_exhaustive()
@@ -286,6 +299,7 @@ impl Server {
             max_connections: options.max_connections,
             forwarding: options.forwarding,
             forwarder: forwarder.clone(),
+            xclient_from: options.xclient_from,
             next_id,
         });
         raise_open_files(options.max_connections);
@@ -299,6 +313,7 @@ impl Server {
             tls: shared.tls.clone(),
             tls_handshake_timeout: shared.tls_handshake_timeout,
             strict_input: shared.strict_input,
+            proxy_from: options.proxy_from,
         };
         let pool = Arc::new(Pool::new(options.store_threads, options.store_threads * 64));
         let active = Arc::new(AtomicUsize::new(0));
@@ -427,12 +442,13 @@ fn admitter<H: Handler>(
     kind: Kind,
     shared: &Arc<Shared>,
     active: &Arc<AtomicUsize>,
-    new: fn(SocketAddr, u64, &Arc<Shared>, crate::smtp::Slot) -> H,
+    new: fn(Client, u64, &Arc<Shared>, crate::smtp::Slot) -> H,
 ) -> Admitter<H> {
     let open = Arc::new(AtomicUsize::new(0));
     let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let (shared, active) = (Arc::clone(shared), Arc::clone(active));
-    Arc::new(move |peer: SocketAddr| {
+    Arc::new(move |client: Client| {
+        let peer = client.addr;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if open.load(Ordering::SeqCst) >= shared.max_connections {
             eprintln!(
@@ -458,7 +474,7 @@ fn admitter<H: Handler>(
         open.fetch_add(1, Ordering::SeqCst);
         active.fetch_add(1, Ordering::SeqCst);
         let guards = (Active(Arc::clone(&open)), Active(Arc::clone(&active)), slot);
-        Admit::Serve(new(peer, id, &shared, Box::new(guards)))
+        Admit::Serve(new(client, id, &shared, Box::new(guards)))
     })
 }
 

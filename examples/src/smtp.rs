@@ -15,7 +15,7 @@ use postamt_smtp::{
 };
 use postamt_store::{Delivery, MailboxName, SpoolWriter, StoreError};
 
-use crate::evloop::{Ask, Handler, Reading, Then, offload};
+use crate::evloop::{Ask, Client, Handler, Reading, Then, offload};
 use crate::server::Shared;
 use crate::trace::{Protocol, Trace};
 
@@ -42,7 +42,13 @@ pub(crate) struct SmtpConn {
 
 struct Transaction {
     helo: String,
+    /// The client: the connection's peer, the client a balancer's PROXY
+    /// header named, or the one a trusted proxy's XCLIENT named.
     peer: SocketAddr,
+    /// Who the peer was before XCLIENT (what `ADDR=[UNAVAILABLE]` returns to).
+    connection_peer: SocketAddr,
+    /// The client's host name, as XCLIENT `NAME=` gave it.
+    client_name: Option<String>,
     from: String,
     recipients: Vec<MailboxName>,
     /// The MAIL `SIZE=` the client declared (0: none), asked of each RCPT's mailbox.
@@ -146,20 +152,35 @@ impl Copies {
     }
 }
 
+/// The trace's first line: who connected (and through which balancer).
+pub(crate) fn connected(client: Client) -> String {
+    if client.addr == client.peer {
+        format!("connection from {}", client.addr)
+    } else {
+        format!("connection from {} via {}", client.addr, client.peer)
+    }
+}
+
 /// Counts a connection while it lives (the loop's caps).
 pub(crate) type Slot = Box<dyn Send>;
 
 impl SmtpConn {
-    pub(crate) fn new(peer: SocketAddr, id: u64, shared: &Arc<Shared>, slot: Slot) -> Self {
+    pub(crate) fn new(client: Client, id: u64, shared: &Arc<Shared>, slot: Slot) -> Self {
         let trace = Trace::new(id, Protocol::Smtp, shared.trace.clone());
-        trace.note(&format!("connection from {peer}"));
+        trace.note(&connected(client));
+        let peer = client.addr;
+        let mut session = ServerSession::new(Arc::clone(&shared.smtp), Instant::now());
+        let ip = client.peer.ip().to_canonical();
+        session.allow_xclient(shared.xclient_from.iter().any(|net| net.contains(&ip)));
         Self {
-            session: ServerSession::new(Arc::clone(&shared.smtp), Instant::now()),
+            session,
             shared: Arc::clone(shared),
             trace,
             tx: Transaction {
                 helo: String::new(),
                 peer,
+                connection_peer: peer,
+                client_name: None,
                 from: String::new(),
                 recipients: Vec::new(),
                 size: 0,
@@ -195,6 +216,41 @@ impl SmtpConn {
         match event {
             Event::Hello { domain, .. } => {
                 self.tx.helo = domain.to_string();
+                None
+            }
+            Event::Xclient(x) => {
+                // A trusted proxy names the client it speaks for: Received:,
+                // the relay decision and the trace use that one from now on.
+                let tx = &mut self.tx;
+                if let Some(addr) = &x.addr {
+                    let port = x
+                        .port
+                        .as_ref()
+                        .and_then(|p| p.known().copied())
+                        .unwrap_or(0);
+                    tx.peer = match addr.known() {
+                        Some(ip) => SocketAddr::new(*ip, port),
+                        None => tx.connection_peer,
+                    };
+                }
+                if let Some(name) = &x.name {
+                    tx.client_name = name.known().map(ToString::to_string);
+                }
+                if let Some(helo) = &x.helo {
+                    tx.helo = helo.known().cloned().unwrap_or_default();
+                }
+                let login = x
+                    .login_name()
+                    .map(|user| format!(", logged in as {user}"))
+                    .unwrap_or_default();
+                self.trace.note(&format!(
+                    "XCLIENT: speaking for {}{}{login}",
+                    tx.peer,
+                    tx.client_name
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
+                ));
                 None
             }
             Event::Auth { credentials, .. } => {
@@ -605,8 +661,12 @@ fn received_header(tx: &Transaction, session: &ServerSession, shared: &Shared) -
     }
     let date = httpdate::fmt_http_date(SystemTime::now()).replace("GMT", "+0000");
     format!(
-        "Received: from {} ([{}])\r\n\tby {} (postamt) with {with};\r\n\t{date}\r\n",
+        "Received: from {} ({}[{}])\r\n\tby {} (postamt) with {with};\r\n\t{date}\r\n",
         tx.helo,
+        tx.client_name
+            .as_deref()
+            .map(|name| format!("{name} "))
+            .unwrap_or_default(),
         tx.peer.ip(),
         shared.smtp.hostname,
     )

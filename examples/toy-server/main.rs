@@ -132,6 +132,17 @@ struct Args {
     /// (with --classroom: the networks of this machine's interfaces).
     #[arg(long = "relay-from", value_name = "CIDR")]
     relay_from: Vec<ipnet::IpNet>,
+    /// Load balancers (repeatable, CIDR) whose connections, SMTP and POP3,
+    /// begin with a PROXY protocol header (v1 or v2, HAProxy's send-proxy /
+    /// send-proxy-v2) naming the real client; Received:, relaying, limits
+    /// and the trace then use that client. Connections from these addresses
+    /// without a valid header are closed; nobody else may send one.
+    #[arg(long = "proxy-from", value_name = "CIDR")]
+    proxy_from: Vec<ipnet::IpNet>,
+    /// SMTP clients (repeatable, CIDR) trusted to name the real client with
+    /// Postfix's XCLIENT command; EHLO offers it only to them.
+    #[arg(long = "xclient-from", value_name = "CIDR")]
+    xclient_from: Vec<ipnet::IpNet>,
     /// Mail for DOMAIN goes to HOST[:PORT] (repeatable), before
     /// --relay-host and DNS.
     #[arg(long = "route", value_name = "DOMAIN=HOST[:PORT]", value_parser = parse_route)]
@@ -401,6 +412,8 @@ fn run(args: Args) -> Result<(), String> {
         max_connections: args.max_connections,
         loop_threads: args.loop_threads,
         store_threads: args.store_threads,
+        proxy_from: args.proxy_from.clone(),
+        xclient_from: args.xclient_from.clone(),
         forwarding: Forwarding {
             relay_from: set.relay_from.clone(),
             routes: args.routes.clone(),

@@ -1,5 +1,7 @@
 //! A plain-text connection read line by line, for tests that type SMTP at
 //! the toy server and compare the exact replies.
+// Each test file uses what it needs of this.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,6 +17,16 @@ impl Conn {
     /// Connects; every read waits `timeout` at most.
     pub(crate) fn with_timeout(addr: SocketAddr, timeout: Duration) -> Self {
         let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(timeout)).unwrap();
+        Self {
+            reader: BufReader::new(tcp.try_clone().unwrap()),
+            writer: tcp,
+        }
+    }
+
+    /// Reads and writes `tcp` (connected as the test needs); every read
+    /// waits `timeout` at most.
+    pub(crate) fn from_stream(tcp: TcpStream, timeout: Duration) -> Self {
         tcp.set_read_timeout(Some(timeout)).unwrap();
         Self {
             reader: BufReader::new(tcp.try_clone().unwrap()),
