@@ -86,6 +86,11 @@ pub struct Forwarding {
     pub tls_roots: Option<PathBuf>,
     /// Where queued messages wait.
     pub spool: Arc<dyn Spool>,
+    /// For a queue several servers share (in PostgreSQL): how often to
+    /// claim what nobody passes on, the messages of a server that died among
+    /// them (`Spool::claim`). `None` (the default): the queue is this
+    /// server's alone and is read once, at start.
+    pub claim_every: Option<Duration>,
     /// A Unix socket the running server listens on for `flush` (what
     /// `toy-server queue flush` sends): in the queue folder, so the admin
     /// command finds the server that owns the queue. `None`: no socket.
@@ -128,6 +133,7 @@ impl Forwarding {
             tls: RelayTls::May,
             tls_roots: None,
             spool: Arc::new(postamt_store::MemorySpool::new()),
+            claim_every: None,
             control: None,
         }
     }
@@ -240,6 +246,8 @@ struct Context {
     next_id: Arc<std::sync::atomic::AtomicU64>,
     /// Idle connections to next hops.
     pool: Arc<Pool>,
+    /// A shared queue is claimed from this often (see [`Forwarding`]).
+    claim_every: Option<Duration>,
 }
 
 impl Context {
@@ -417,6 +425,7 @@ pub(crate) fn start(start: Start) -> (Forwarder, thread::JoinHandle<()>) {
         trace,
         next_id,
         pool: Pool::start(f.reuse_idle, workers),
+        claim_every: f.claim_every,
     });
     let (input, inbox) = mpsc::channel();
     let (jobs, job_queue) = mpsc::channel::<Delivery>();
@@ -483,16 +492,26 @@ fn run(
 ) {
     restore(&mut relay, ctx);
     let writers = Writers::start(&ctx.spool);
+    let mut next_claim = ctx.claim_every.map(|every| Instant::now() + every);
     loop {
+        if let (Some(at), Some(every)) = (next_claim, ctx.claim_every)
+            && Instant::now() >= at
+        {
+            restore(&mut relay, ctx);
+            next_claim = Some(Instant::now() + every);
+        }
         let now = SystemTime::now();
         while let Some(action) = relay.poll_action(now) {
             perform(&mut relay, action, ctx, input, jobs, &writers);
         }
-        let wait = relay
+        let mut wait = relay
             .poll_timeout()
             .map_or(Duration::from_secs(3600), |due| {
                 due.duration_since(SystemTime::now()).unwrap_or_default()
             });
+        if let Some(at) = next_claim {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
         let next = match inbox.recv_timeout(wait) {
             Ok(next) => next,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -500,6 +519,9 @@ fn run(
         };
         let now = SystemTime::now();
         match next {
+            // Claimed from a shared queue already (it was committed before
+            // the relay heard of it): the first copy stands.
+            Input::Queued(msg) if relay.message(msg.id()).is_some() => {}
             Input::Queued(msg) => {
                 if let Err(e) = relay.enqueue(msg) {
                     eprintln!("forwarder: cannot queue a message: {e}");
@@ -535,9 +557,12 @@ fn run(
 }
 
 /// Queues what the spool kept from before a restart, with each
-/// recipient's state as last saved: delivered ones are not sent again.
+/// recipient's state as last saved: delivered ones are not sent again. On
+/// a shared queue, called again every little while: what this server
+/// claims then (what nobody passes on) joins the rest; what it has
+/// already is left alone.
 fn restore(relay: &mut Relay, ctx: &Context) {
-    let entries = match ctx.spool.list() {
+    let entries = match ctx.spool.claim(usize::MAX) {
         Ok(entries) => entries,
         Err(e) => {
             eprintln!("forwarder: cannot read the queue: {e}");
@@ -546,6 +571,9 @@ fn restore(relay: &mut Relay, ctx: &Context) {
     };
     for entry in entries {
         let id = MessageId::new(entry.id.as_str());
+        if relay.message(&id).is_some() {
+            continue;
+        }
         match QueuedMessage::from_record(id, &entry.record) {
             Ok(msg) => {
                 if let Err(e) = relay.enqueue(msg) {
