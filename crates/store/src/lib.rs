@@ -23,7 +23,7 @@
 //!   Maildir is).
 //! - [`MailView`] looks into the mailboxes without a lock and changes nothing
 //!   (for a monitor; both stores implement it).
-//! - With the cargo feature `postgres`, [`pg`] keeps users, mailboxes and
+//! - With the cargo feature `postgres`, the module `pg` keeps users, mailboxes and
 //!   the forwarding queue in PostgreSQL, shared by several front ends
 //!   (`PgStore`, `PgSpool`).
 //! - [`summary`] gives From, To, Subject and Date for listings and logs.

@@ -95,7 +95,7 @@ pub trait Spool: Send + Sync {
     /// passing on, oldest first, so that several front ends can share one
     /// queue and each message is passed on by one of them at a time.
     ///
-    /// A shared spool ([`PgSpool`](crate::PgSpool)) hands each message to one
+    /// A shared spool (`PgSpool`, cargo feature `postgres`) hands each message to one
     /// claimer: the messages it committed itself, and those claimed here,
     /// stay this spool's until [`release`](Spool::release),
     /// [`remove`](Spool::remove) or until its process stops renewing the

@@ -118,7 +118,10 @@ impl Harness for Pg {
     fn stray_files(&self, _: &MailboxName) -> Vec<String> {
         let mut client = self.db.client();
         let mut found: Vec<String> = client
-            .query("SELECT id FROM postamt_messages WHERE writer IS NOT NULL", &[])
+            .query(
+                "SELECT id FROM postamt_messages WHERE writer IS NOT NULL",
+                &[],
+            )
             .unwrap()
             .iter()
             .map(|row| format!("staged message {}", row.get::<_, i64>(0)))

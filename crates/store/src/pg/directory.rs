@@ -20,7 +20,7 @@ use crate::{ApopSecret, Directory, MailboxName, StaticDirectory, StoreError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApopSecrets {
     /// Keep only the password hash: no APOP for these users.
-    Drop,
+    Discard,
     /// Keep the password as the APOP secret too, as the users file means it.
     Keep,
 }
@@ -125,6 +125,14 @@ impl NewUser {
     }
 }
 
+/// What the database has for a user who logs in.
+struct Login {
+    mailbox: MailboxName,
+    /// The password's PHC string.
+    hash: String,
+    apop: Option<Vec<u8>>,
+}
+
 fn taken(address: &str) -> StoreError {
     StoreError::InvalidUser {
         address: address.to_owned(),
@@ -224,7 +232,7 @@ impl PgStore {
 
     /// The user someone logs in as (by full address, or by local part when
     /// exactly one user has it): mailbox, hash, APOP secret.
-    fn login(&self, user: &str) -> Result<Option<(MailboxName, String, Option<Vec<u8>>)>, StoreError> {
+    fn login(&self, user: &str) -> Result<Option<Login>, StoreError> {
         let user = user.to_lowercase();
         let mut conn = self.shared().conn()?;
         let rows = if user.contains('@') {
@@ -243,7 +251,11 @@ impl PgStore {
         let [row] = rows.as_slice() else {
             return Ok(None);
         };
-        Ok(Some((MailboxName::new(row.get::<_, String>(0))?, row.get(1), row.get(2))))
+        Ok(Some(Login {
+            mailbox: MailboxName::new(row.get::<_, String>(0))?,
+            hash: row.get(1),
+            apop: row.get(2),
+        }))
     }
 
     /// A hash no password matches, verified for unknown users so that they
@@ -259,10 +271,10 @@ impl Directory for PgStore {
     fn verify_password(&self, user: &str, password: &[u8]) -> Option<MailboxName> {
         // A database failure answers as a wrong password does: no login.
         match self.login(user) {
-            Ok(Some((mailbox, hash, _))) => Argon2::default()
-                .verify_password(password, hash.as_str())
+            Ok(Some(login)) => Argon2::default()
+                .verify_password(password, login.hash.as_str())
                 .is_ok()
-                .then_some(mailbox),
+                .then_some(login.mailbox),
             _ => {
                 let _ = Argon2::default().verify_password(password, self.dummy_hash());
                 None
@@ -272,7 +284,11 @@ impl Directory for PgStore {
 
     fn apop_secret(&self, user: &str) -> Option<ApopSecret> {
         match self.login(user) {
-            Ok(Some((mailbox, _, Some(secret)))) => Some(ApopSecret::new(mailbox, secret)),
+            Ok(Some(Login {
+                mailbox,
+                apop: Some(secret),
+                ..
+            })) => Some(ApopSecret::new(mailbox, secret)),
             _ => None,
         }
     }

@@ -515,10 +515,7 @@ impl MailStore for PgStore {
             released: false,
         };
         // On failure, dropping the maildrop gives the lease back.
-        for row in conn
-            .query(LISTING, &[&mailbox.as_str()])
-            .map_err(db)?
-        {
+        for row in conn.query(LISTING, &[&mailbox.as_str()]).map_err(db)? {
             let id: i64 = row.get(0);
             maildrop.infos.push(info(id, row.get(1)));
             maildrop.messages.push(Stored {
@@ -589,7 +586,10 @@ impl MailView for PgStore {
             .conn()?
             .query(LISTING, &[&mailbox.as_str()])
             .map_err(db)?;
-        Ok(rows.iter().map(|row| info(row.get(0), row.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|row| info(row.get(0), row.get(1)))
+            .collect())
     }
 
     fn peek_message(
@@ -750,7 +750,10 @@ impl Delivery for PgDelivery {
         let written = bigint(self.written);
         let crlf_size = bigint(self.crlf.size());
         let ttl = shared.options.ttl_ms();
-        let staged = self.staged.as_ref().map(|s| (s.id, s.writer.clone(), s.chunks));
+        let staged = self
+            .staged
+            .as_ref()
+            .map(|s| (s.id, s.writer.clone(), s.chunks));
         let buffer = std::mem::take(&mut self.buffer);
         let result = shared.transaction(|tx| {
             let (id, mut chunks) = match &staged {

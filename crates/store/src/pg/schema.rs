@@ -6,6 +6,7 @@
 //! migration done.
 
 use postgres::Client;
+use postgres::error::SqlState;
 
 use super::db;
 use crate::StoreError;
@@ -83,14 +84,33 @@ const MIGRATIONS: &[&str] = &[
 
 /// Brings the schema up to the newest version.
 pub(super) fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    client
-        .batch_execute(
+    // Two front ends creating the table at once: one of them fails on the
+    // catalog's unique index, and finds the table when it tries again.
+    let mut attempt = 1;
+    loop {
+        let created = client.batch_execute(
             "CREATE TABLE IF NOT EXISTS postamt_schema (
                 version INT PRIMARY KEY,
                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
             )",
-        )
-        .map_err(db)?;
+        );
+        match created {
+            Ok(()) => break,
+            Err(e)
+                if attempt < 5
+                    && matches!(
+                        e.code(),
+                        Some(&SqlState::UNIQUE_VIOLATION)
+                            | Some(&SqlState::DUPLICATE_OBJECT)
+                            | Some(&SqlState::DUPLICATE_TABLE)
+                    ) =>
+            {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(db(e)),
+        }
+    }
     for (index, sql) in MIGRATIONS.iter().enumerate() {
         let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
         let mut tx = client.transaction().map_err(db)?;
@@ -116,10 +136,7 @@ pub(super) fn migrate(client: &mut Client) -> Result<(), StoreError> {
 /// The highest migration applied.
 pub(super) fn version(client: &mut Client) -> Result<i32, StoreError> {
     let row = client
-        .query_one(
-            "SELECT COALESCE(MAX(version), 0) FROM postamt_schema",
-            &[],
-        )
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM postamt_schema", &[])
         .map_err(db)?;
     Ok(row.get(0))
 }

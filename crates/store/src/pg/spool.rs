@@ -54,12 +54,7 @@ impl PgSpool {
     }
 
     fn hold(&self, seq: i64) {
-        self.shared()
-            .held()
-            .claims
-            .entry(self.holder.clone())
-            .or_default()
-            .insert(seq);
+        hold(self.shared(), &self.holder, seq);
     }
 
     fn unhold(&self, seq: i64) {
@@ -83,6 +78,16 @@ impl PgSpool {
             _ => StoreError::NoSuchSpoolEntry(id.clone()),
         }
     }
+}
+
+/// Records that `holder` claimed `seq`, for the heartbeat to renew.
+fn hold(shared: &Shared, holder: &str, seq: i64) {
+    shared
+        .held()
+        .claims
+        .entry(holder.to_owned())
+        .or_default()
+        .insert(seq);
 }
 
 /// The id of queued message `seq`; [`seq_of`] reads it back.
@@ -118,7 +123,8 @@ impl Spool for PgSpool {
             .map_err(db)?;
         let seq: i64 = row.get(0);
         Ok(Box::new(PgSpoolWriter {
-            spool: self.clone(),
+            shared: Arc::clone(self.shared()),
+            holder: self.holder.clone(),
             id: spool_id(seq)?,
             seq,
             buffer: Vec::new(),
@@ -236,9 +242,12 @@ impl Spool for PgSpool {
 }
 
 /// One message being queued, like a delivery: one chunk in memory, the rest
-/// staged in rows that the commit makes visible.
+/// staged in rows that the commit makes visible. Like every value but the
+/// store's and spool's handles, it does not keep the heartbeat going.
 struct PgSpoolWriter {
-    spool: PgSpool,
+    shared: Arc<Shared>,
+    /// The claimer the committed message goes to.
+    holder: String,
     id: SpoolId,
     seq: i64,
     buffer: Vec<u8>,
@@ -249,7 +258,7 @@ struct PgSpoolWriter {
 
 impl PgSpoolWriter {
     fn shared(&self) -> &Arc<Shared> {
-        self.spool.shared()
+        &self.shared
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
@@ -337,7 +346,7 @@ impl SpoolWriter for PgSpoolWriter {
         let size = bigint(self.size);
         let staged = self.staged.as_ref().map(|s| (s.writer.clone(), s.chunks));
         let buffer = std::mem::take(&mut self.buffer);
-        let holder = self.spool.holder.clone();
+        let holder = self.holder.clone();
         shared.transaction(|tx| {
             let mut chunks = match &staged {
                 Some((writer, chunks)) => {
@@ -376,7 +385,7 @@ impl SpoolWriter for PgSpoolWriter {
             )?;
             Ok(())
         })?;
-        self.spool.hold(seq);
+        hold(&shared, &holder, seq);
         if let Some(staged) = self.staged.take() {
             self.shared().held().spool_writers.remove(&staged.writer);
         }

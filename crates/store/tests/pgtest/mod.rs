@@ -20,7 +20,9 @@ pub(crate) fn server() -> Option<String> {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ => {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{ENV} is not set: under CI=true the PostgreSQL tests must run (.ci/postgres.sh)");
+                panic!(
+                    "{ENV} is not set: under CI=true the PostgreSQL tests must run (.ci/postgres.sh)"
+                );
             }
             eprintln!("note: {ENV} is not set; skipping a PostgreSQL test");
             None
@@ -91,7 +93,10 @@ pub(crate) fn short_lease(ttl: Duration) -> PgOptions {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = Client::connect(&self.server, NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
