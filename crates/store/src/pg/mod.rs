@@ -514,8 +514,11 @@ impl MailStore for PgStore {
             messages: Vec::new(),
             released: false,
         };
-        // On failure, dropping the maildrop gives the lease back.
-        for row in conn.query(LISTING, &[&mailbox.as_str()]).map_err(db)? {
+        let listing = conn.query(LISTING, &[&mailbox.as_str()]);
+        // Back to the pool first: on failure, dropping the maildrop gives
+        // the lease back with a connection of its own.
+        drop(conn);
+        for row in listing.map_err(db)? {
             let id: i64 = row.get(0);
             maildrop.infos.push(info(id, row.get(1)));
             maildrop.messages.push(Stored {
@@ -523,7 +526,6 @@ impl MailStore for PgStore {
                 chunks: row.get(2),
             });
         }
-        drop(conn);
         Ok(Box::new(maildrop))
     }
 
@@ -1005,5 +1007,94 @@ impl Read for ChunkReader {
         out[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drops the unit test's database at the end.
+    struct TestDb {
+        server: String,
+        name: String,
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            if let Ok(mut admin) = postgres::Client::connect(&self.server, NoTls) {
+                let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+                let _ = admin.batch_execute(&sql);
+            }
+        }
+    }
+
+    /// A store in a fresh database of `POSTAMT_TEST_POSTGRES` (key=value
+    /// form), or `None` when it is not set (a failure under `CI=true`).
+    fn store() -> Option<(PgStore, TestDb)> {
+        let Ok(server) = std::env::var("POSTAMT_TEST_POSTGRES") else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "POSTAMT_TEST_POSTGRES must be set under CI=true"
+            );
+            eprintln!("note: POSTAMT_TEST_POSTGRES is not set; skipping");
+            return None;
+        };
+        assert!(
+            !server.contains("://"),
+            "this test takes the key=value form"
+        );
+        let name = format!("postamt_unit_{}", instance_name().replace('-', "_"));
+        let mut admin = postgres::Client::connect(&server, NoTls).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let store = PgStore::connect(&format!("{server} dbname={name}")).unwrap();
+        Some((store, TestDb { server, name }))
+    }
+
+    const CONFLICT: &str = "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$";
+
+    #[test]
+    fn serialization_failures_are_retried_a_bounded_number_of_times() {
+        let Some((store, _db)) = store() else { return };
+        let shared = store.shared();
+        let mut attempts = 0;
+        let value = shared
+            .transaction(|tx| {
+                attempts += 1;
+                if attempts < 3 {
+                    tx.batch_execute(CONFLICT)?;
+                }
+                Ok(attempts)
+            })
+            .unwrap();
+        assert_eq!(value, 3);
+
+        let mut attempts = 0;
+        let err = shared
+            .transaction(|tx| {
+                attempts += 1;
+                tx.batch_execute(CONFLICT)?;
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(attempts, ATTEMPTS);
+        assert_eq!(
+            err.to_string(),
+            "database: ERROR: conflict (SQLSTATE 40001)"
+        );
+
+        // Other errors are not tried again.
+        let mut attempts = 0;
+        let err = shared
+            .transaction(|tx| {
+                attempts += 1;
+                tx.batch_execute("SELECT * FROM no_such_table")?;
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(attempts, 1);
+        assert!(err.to_string().contains("SQLSTATE 42P01"), "{err}");
     }
 }
