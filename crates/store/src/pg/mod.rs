@@ -21,6 +21,31 @@
 //!   transactions that fail with a serialization failure (SQLSTATE 40001)
 //!   or a deadlock are retried a few times.
 //!
+//! # Example
+//!
+//! ```no_run
+//! use postamt_store::{ApopSecrets, Directory, MailStore, PgStore, Spool, StaticDirectory};
+//!
+//! # fn main() -> Result<(), postamt_store::StoreError> {
+//! let store = PgStore::connect("host=db.kolleg.de user=postamt dbname=mail")?;
+//! // Once: the users file into the database (again: updates).
+//! store.import_users(&StaticDirectory::demo(), ApopSecrets::Discard)?;
+//! let anna = store.verify_password("anna", b"geheim").expect("anna logs in");
+//!
+//! let mut delivery = store.begin_delivery(&[anna.clone()])?;
+//! delivery.write_chunk(b"Subject: Hallo\r\n\r\nBis morgen!\r\n")?;
+//! delivery.commit()?; // after COMMIT: SMTP may say 250
+//!
+//! // The forwarder: what dead front ends left, and what others released.
+//! let spool = store.spool();
+//! for entry in spool.claim(100)? {
+//!     // ... pass it on, then spool.update() or spool.remove() ...
+//! #   let _ = entry;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Tables
 //!
 //! | table | rows |
