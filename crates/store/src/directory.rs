@@ -138,6 +138,14 @@ impl fmt::Debug for StaticDirectory {
     }
 }
 
+/// One user of a [`StaticDirectory`], as [`StaticDirectory::entries`] gives it.
+#[cfg(feature = "postgres")]
+pub(crate) struct UserEntry<'a> {
+    pub(crate) address: &'a str,
+    pub(crate) password: &'a [u8],
+    pub(crate) aliases: Vec<&'a str>,
+}
+
 /// A password that never matches, compared against for unknown users so they
 /// take as long as known ones.
 const DUMMY_PASSWORD: &[u8] = b"postamt-no-such-user-dummy-password";
@@ -222,6 +230,32 @@ impl StaticDirectory {
         Ok(mailbox)
     }
 
+    /// Every user with its password and aliases (lower case), sorted by
+    /// address, for copying the directory into a database.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn entries(&self) -> Vec<UserEntry<'_>> {
+        let mut entries: Vec<UserEntry<'_>> = self
+            .users
+            .iter()
+            .map(|(address, user)| {
+                let mut aliases: Vec<&str> = self
+                    .addresses
+                    .iter()
+                    .filter(|(alias, primary)| *primary == address && *alias != address)
+                    .map(|(alias, _)| alias.as_str())
+                    .collect();
+                aliases.sort_unstable();
+                UserEntry {
+                    address,
+                    password: &user.password,
+                    aliases,
+                }
+            })
+            .collect();
+        entries.sort_by(|a, b| a.address.cmp(b.address));
+        entries
+    }
+
     /// The local domains, in lower case and sorted.
     pub fn domains(&self) -> impl Iterator<Item = &str> {
         self.domains.iter().map(String::as_str)
@@ -248,12 +282,12 @@ fn taken(address: &str) -> StoreError {
     }
 }
 
-fn split_address(address: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_address(address: &str) -> Option<(&str, &str)> {
     address.rsplit_once('@')
 }
 
 /// Lower-cases a well-formed `local@domain` address, refusing anything else.
-fn normalize(address: &str) -> Result<String, StoreError> {
+pub(crate) fn normalize(address: &str) -> Result<String, StoreError> {
     let invalid = |reason: &str| StoreError::InvalidUser {
         address: address.to_owned(),
         reason: reason.to_owned(),

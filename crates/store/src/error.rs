@@ -31,6 +31,14 @@ pub enum StoreError {
     /// No spooled message has this id.
     #[error("no spooled message {0}")]
     NoSuchSpoolEntry(crate::SpoolId),
+    /// Another front end holds the claim on this spooled message (see
+    /// [`Spool::claim`](crate::Spool::claim)): only its holder changes it.
+    #[error("spooled message {0} is claimed by another front end")]
+    Claimed(crate::SpoolId),
+    /// A database failed or refused a statement. The text names what failed
+    /// (SQLSTATE and message) and never carries passwords or mail.
+    #[error("database: {0}")]
+    Database(String),
     /// A delivery was begun without any recipient.
     #[error("a delivery needs at least one recipient")]
     NoRecipients,

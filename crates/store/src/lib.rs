@@ -23,6 +23,9 @@
 //!   Maildir is).
 //! - [`MailView`] looks into the mailboxes without a lock and changes nothing
 //!   (for a monitor; both stores implement it).
+//! - With the cargo feature `postgres`, the module `pg` keeps users, mailboxes and
+//!   the forwarding queue in PostgreSQL, shared by several front ends
+//!   (`PgStore`, `PgSpool`).
 //! - [`summary`] gives From, To, Subject and Date for listings and logs.
 //!
 //! Everything is synchronous; an async server calls it from a blocking pool.
@@ -68,6 +71,8 @@ mod folder_spool;
 mod mailbox;
 mod maildir;
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod pg;
 mod spool;
 mod store;
 mod summary;
@@ -78,6 +83,8 @@ pub use folder_spool::FolderSpool;
 pub use mailbox::{MAX_MAILBOX_NAME_LEN, MAX_UID_LEN, MailboxName, Uid};
 pub use maildir::{LOCK_FILE_NAME, Maildir, SIZE_CACHE_MARGIN, STALE_TMP_AGE};
 pub use memory::{DEFAULT_MEMORY_LIMIT, MemoryStore};
+#[cfg(feature = "postgres")]
+pub use pg::{ApopSecrets, PgOptions, PgSpool, PgStore};
 pub use spool::{MemorySpool, Spool, SpoolEntry, SpoolId, SpoolWriter};
 pub use store::{DEFAULT_MAILBOX_SIZE_LIMIT, Delivery, MailStore, MailView, Maildrop, MessageInfo};
 pub use summary::{Summary, summary};

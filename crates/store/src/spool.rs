@@ -97,6 +97,38 @@ pub trait Spool: Send + Sync {
     fn blocks(&self) -> bool {
         true
     }
+
+    /// Takes charge of up to `max` committed messages that no front end is
+    /// passing on, oldest first, so that several front ends can share one
+    /// queue and each message is passed on by one of them at a time.
+    ///
+    /// A shared spool (`PgSpool`, cargo feature `postgres`) hands each message to one
+    /// claimer: the messages it committed itself, and those claimed here,
+    /// stay this spool's until [`release`](Spool::release),
+    /// [`remove`](Spool::remove) or until its process stops renewing the
+    /// claim (it died); then another front end's `claim` takes them over.
+    /// A runner calls it once at start instead of [`list`](Spool::list) and
+    /// then every little while, skipping ids it already has queued.
+    ///
+    /// A spool one process owns ([`MemorySpool`], [`FolderSpool`]) has no one
+    /// to share with: every message is always that process's, so the default
+    /// gives the first `max` of [`list`](Spool::list).
+    ///
+    /// [`FolderSpool`]: crate::FolderSpool
+    fn claim(&self, max: usize) -> Result<Vec<SpoolEntry>, StoreError> {
+        let mut entries = self.list()?;
+        entries.truncate(max);
+        Ok(entries)
+    }
+
+    /// Gives up this spool's claim on `id` (a message it will not pass on
+    /// now), so another front end's [`claim`](Spool::claim) may take it.
+    /// Releasing what this spool does not hold changes nothing. The default,
+    /// for spools one process owns, does nothing.
+    fn release(&self, id: &SpoolId) -> Result<(), StoreError> {
+        let _ = id;
+        Ok(())
+    }
 }
 
 /// One message being spooled; dropping it without

@@ -1,4 +1,5 @@
-//! The outbound queue: one suite over `MemorySpool` and `FolderSpool`, then
+//! The outbound queue: one suite over `MemorySpool`, `FolderSpool` and (with
+//! the `postgres` feature) `PgSpool`, then
 //! what a crash leaves in a `FolderSpool`: each intermediate state written
 //! by hand, and a child process killed with SIGKILL in a loop.
 //!
@@ -16,11 +17,19 @@ use postamt_store::{
     FolderSpool, MemorySpool, STALE_TMP_AGE, Spool, SpoolId, SpoolWriter, StoreError,
 };
 
-/// Runs `check` on a fresh memory spool and a fresh folder spool.
+#[cfg(feature = "postgres")]
+mod pgtest;
+
+/// Runs `check` on a fresh memory spool and a fresh folder spool, and on a
+/// `PgSpool` in a fresh database when there is a server to test against.
 fn both(check: impl Fn(&dyn Spool, &str)) {
     check(&MemorySpool::new(), "memory");
     let dir = tempfile::tempdir().unwrap();
     check(&FolderSpool::new(dir.path().join("queue")), "folder");
+    #[cfg(feature = "postgres")]
+    if let Some(db) = pgtest::TestDb::new() {
+        check(&db.store().spool(), "postgres");
+    }
 }
 
 fn spool_message(spool: &dyn Spool, chunks: &[&[u8]], record: &[u8]) -> SpoolId {

@@ -1,4 +1,5 @@
-//! One suite, run against every store: `MemoryStore` and `Maildir` must
+//! One suite, run against every store: `MemoryStore`, `Maildir` and (with
+//! the `postgres` feature and `POSTAMT_TEST_POSTGRES`) `PgStore` must
 //! behave the same through the traits.
 
 use std::collections::HashSet;
@@ -18,6 +19,10 @@ trait Harness: Sized {
     fn store(&self) -> &Self::Store;
     /// Files a delivery may have left outside the listing (none for memory).
     fn stray_files(&self, mailbox: &MailboxName) -> Vec<String>;
+    /// Whether this store's tests skip here (a server that is not there).
+    fn skip() -> bool {
+        false
+    }
 }
 
 struct Memory(MemoryStore);
@@ -73,6 +78,69 @@ impl Harness for OnDisk {
             );
         }
         found
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod pgtest;
+
+/// A fresh database of its own per test.
+#[cfg(feature = "postgres")]
+struct Pg {
+    store: postamt_store::PgStore,
+    db: pgtest::TestDb,
+}
+
+#[cfg(feature = "postgres")]
+impl Harness for Pg {
+    type Store = postamt_store::PgStore;
+    fn new() -> Self {
+        let db = pgtest::TestDb::new().unwrap();
+        Self {
+            store: db.store(),
+            db,
+        }
+    }
+    fn with_mailbox_limit(limit: u64) -> Self {
+        let db = pgtest::TestDb::new().unwrap();
+        let mut options = pgtest::options();
+        options.mailbox_size_limit = Some(limit);
+        Self {
+            store: db.store_with(options),
+            db,
+        }
+    }
+    fn store(&self) -> &postamt_store::PgStore {
+        &self.store
+    }
+    /// Messages (any mailbox's) begun and not committed, and chunks of
+    /// messages no longer there.
+    fn stray_files(&self, _: &MailboxName) -> Vec<String> {
+        let mut client = self.db.client();
+        let mut found: Vec<String> = client
+            .query(
+                "SELECT id FROM postamt_messages WHERE writer IS NOT NULL",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| format!("staged message {}", row.get::<_, i64>(0)))
+            .collect();
+        let orphans: i64 = client
+            .query_one(
+                "SELECT count(*) FROM postamt_messages m WHERE writer IS NULL AND NOT EXISTS \
+                 (SELECT 1 FROM postamt_mailbox_messages mm WHERE mm.message_id = m.id)",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if orphans > 0 {
+            found.push(format!("{orphans} messages in no mailbox"));
+        }
+        found
+    }
+    fn skip() -> bool {
+        pgtest::server().is_none()
     }
 }
 
@@ -617,82 +685,142 @@ macro_rules! suite {
 
             #[test]
             fn delivers_lists_and_reads() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::delivers_lists_and_reads::<$harness>();
             }
             #[test]
             fn serves_bare_lf_as_crlf() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::serves_bare_lf_as_crlf::<$harness>();
             }
             #[test]
             fn listed_size_is_what_retr_sends() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::listed_size_is_what_retr_sends::<$harness>();
             }
             #[test]
             fn large_message_in_many_chunks() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::large_message_in_many_chunks::<$harness>();
             }
             #[test]
             fn empty_mailbox_opens_empty() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::empty_mailbox_opens_empty::<$harness>();
             }
             #[test]
             fn commit_deletes_only_the_marked() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::commit_deletes_only_the_marked::<$harness>();
             }
             #[test]
             fn bad_index_deletes_nothing() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::bad_index_deletes_nothing::<$harness>();
             }
             #[test]
             fn drop_without_commit_keeps_everything() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::drop_without_commit_keeps_everything::<$harness>();
             }
             #[test]
             fn maildrop_is_exclusive_across_threads() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::maildrop_is_exclusive_across_threads::<$harness>();
             }
             #[test]
             fn only_one_of_many_concurrent_opens_wins() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::only_one_of_many_concurrent_opens_wins::<$harness>();
             }
             #[test]
             fn delivery_during_session_shows_up_next_time() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::delivery_during_session_shows_up_next_time::<$harness>();
             }
             #[test]
             fn delivers_to_several_recipients() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::delivers_to_several_recipients::<$harness>();
             }
             #[test]
             fn aborted_delivery_leaves_nothing() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::aborted_delivery_leaves_nothing::<$harness>();
             }
             #[test]
             fn delivery_needs_a_recipient() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::delivery_needs_a_recipient::<$harness>();
             }
             #[test]
             fn concurrent_deliveries_all_arrive() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::concurrent_deliveries_all_arrive::<$harness>();
             }
             #[test]
             fn default_limits_are_50_mib() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::default_limits_are_50_mib::<$harness>();
             }
             #[test]
             fn under_the_limit_is_stored() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::under_the_limit_is_stored::<$harness>();
             }
             #[test]
             fn exactly_at_the_limit_is_stored() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::exactly_at_the_limit_is_stored::<$harness>();
             }
             #[test]
             fn over_the_limit_is_refused_mid_write() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::over_the_limit_is_refused_mid_write::<$harness>();
             }
             #[test]
             fn deleting_frees_room() {
+                if <$harness as Harness>::skip() {
+                    return;
+                }
                 super::deleting_frees_room::<$harness>();
             }
         }
@@ -701,6 +829,8 @@ macro_rules! suite {
 
 suite!(memory, Memory);
 suite!(maildir, OnDisk);
+#[cfg(feature = "postgres")]
+suite!(postgres, Pg);
 
 #[test]
 fn stores_are_usable_as_trait_objects_across_threads() {

@@ -1,4 +1,4 @@
-//! `MailView` over both stores: it sees what a maildrop would list and read,
+//! `MailView` over every store: it sees what a maildrop would list and read,
 //! takes no lock and moves nothing.
 
 use std::io::Read;
@@ -67,4 +67,15 @@ fn memory_store_view() {
 fn maildir_view() {
     let root = tempfile::tempdir().unwrap();
     check(&Maildir::new(root.path()), Some(root.path()));
+}
+
+#[cfg(feature = "postgres")]
+mod pgtest;
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_view() {
+    if let Some(db) = pgtest::TestDb::new() {
+        check(&db.store(), None);
+    }
 }
