@@ -27,6 +27,10 @@ impl<D> std::fmt::Debug for ExtraDomains<D> {
 }
 
 impl<D: Directory> Directory for ExtraDomains<D> {
+    fn blocks(&self) -> bool {
+        self.inner.blocks()
+    }
+
     fn verify_password(&self, user: &str, password: &[u8]) -> Option<MailboxName> {
         self.inner.verify_password(user, password)
     }
