@@ -17,8 +17,8 @@ use postamt_examples::domains::ExtraDomains;
 use postamt_examples::{Forwarding, Options, RelayTls, Server, Web, classroom, tls, web};
 use postamt_relay::{MessageId, NextHop, QueuedMessage, RelayConfig};
 use postamt_store::{
-    DEFAULT_MEMORY_LIMIT, Directory, FolderSpool, MailStore, MailView, Maildir, MemorySpool,
-    MemoryStore, Spool, StaticDirectory,
+    ApopSecrets, DEFAULT_MEMORY_LIMIT, Directory, FolderSpool, MailStore, MailView, Maildir,
+    MemorySpool, MemoryStore, PgOptions, PgStore, Spool, StaticDirectory,
 };
 
 /// `println!` that does not panic when stdout is gone (`toy-server | head`):
@@ -68,6 +68,14 @@ struct Args {
     /// Keep mail in memory only; it is gone when the server stops.
     #[arg(long, conflicts_with = "maildir", global = true)]
     memory: bool,
+    /// Keep users, mail and the outbound queue in PostgreSQL (a libpq URL or
+    /// key=value string), shared with every other server given the same
+    /// database: several of them behind a load balancer serve one set of
+    /// mailboxes. The schema is created on first use. Users come from the
+    /// database (`toy-server --postgres URL import-users FILE` puts a users
+    /// file there; --users does so at start).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["maildir", "memory"], global = true)]
+    postgres: Option<String>,
     /// Users file: one user per line, `address password [aliases...]`,
     /// `#` starts a comment. Default: anna@kolleg.de (geheim) and
     /// bob@kolleg.de (topSecret).
@@ -208,6 +216,17 @@ enum Command {
     Queue {
         #[command(subcommand)]
         action: Option<QueueAction>,
+    },
+    /// Copy a users file into the database of --postgres and exit (again:
+    /// passwords and aliases are updated; users not in the file stay).
+    /// Passwords are stored as Argon2 hashes; with --apop the plain password
+    /// too, so that those users may log in with APOP.
+    ImportUsers {
+        /// The users file (`address password [aliases...]` per line).
+        file: PathBuf,
+        /// Keep each password for APOP as well as its hash.
+        #[arg(long)]
+        apop: bool,
     },
 }
 
@@ -352,6 +371,26 @@ fn run(args: Args) -> Result<(), String> {
             say!("Flushed: {n} deferred recipient(s) are being tried now.");
             return Ok(());
         }
+        Some(Command::ImportUsers { ref file, apop }) => {
+            let url = args
+                .postgres
+                .as_deref()
+                .ok_or("import-users needs --postgres URL: the database to fill")?;
+            let store = PgStore::connect(url).map_err(|e| e.to_string())?;
+            let secrets = if apop {
+                ApopSecrets::Keep
+            } else {
+                ApopSecrets::Discard
+            };
+            let n = store
+                .import_users_file(file, secrets)
+                .map_err(|e| e.to_string())?;
+            say!(
+                "Imported {n} user(s) from {} into the database.",
+                file.display()
+            );
+            return Ok(());
+        }
         None => {}
     }
     let set = settle(&args);
@@ -369,11 +408,38 @@ fn run(args: Args) -> Result<(), String> {
     let own: Vec<String> = directory.domains().map(str::to_string).collect();
     let mut domains = own.clone();
     domains.extend(args.domains.iter().cloned());
-    let directory: Arc<dyn Directory> =
-        Arc::new(ExtraDomains::new(directory, own, args.domains.clone()));
     let mailbox_limit = limit(args.mailbox_size_limit);
+    let database = match &args.postgres {
+        Some(url) => {
+            let mut options = PgOptions::default();
+            options.mailbox_size_limit = mailbox_limit;
+            // As many as the store workers, which hold one each at most.
+            options.pool_size = u32::try_from(args.store_threads.clamp(4, 256)).unwrap_or(32);
+            let store = Arc::new(
+                PgStore::connect_with(url, options).map_err(|e| format!("--postgres: {e}"))?,
+            );
+            if args.users.is_some() {
+                let n = store
+                    .import_users(&directory, ApopSecrets::Keep)
+                    .map_err(|e| e.to_string())?;
+                say!("Imported {n} user(s) into the database.");
+            }
+            Some(store)
+        }
+        None => None,
+    };
+    let directory: Arc<dyn Directory> = match &database {
+        Some(db) => Arc::new(ExtraDomains::new(
+            PgStore::clone(db),
+            own,
+            args.domains.clone(),
+        )),
+        None => Arc::new(ExtraDomains::new(directory, own, args.domains.clone())),
+    };
     let memory_limit = limit(args.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT));
-    let (store, view): (Arc<dyn MailStore>, Arc<dyn MailView>) = if args.memory {
+    let (store, view): (Arc<dyn MailStore>, Arc<dyn MailView>) = if let Some(db) = &database {
+        (db.clone(), db.clone())
+    } else if args.memory {
         let store = Arc::new(
             MemoryStore::new()
                 .with_mailbox_size_limit(mailbox_limit)
@@ -386,7 +452,9 @@ fn run(args: Args) -> Result<(), String> {
         let store = Arc::new(Maildir::new(&args.maildir).with_mailbox_size_limit(mailbox_limit));
         (store.clone(), store)
     };
-    let spool: Arc<dyn Spool> = if args.memory {
+    let spool: Arc<dyn Spool> = if let Some(db) = &database {
+        Arc::new(db.spool())
+    } else if args.memory {
         Arc::new(MemorySpool::new())
     } else {
         Arc::new(FolderSpool::new(queue_dir(&args)))
@@ -433,7 +501,10 @@ fn run(args: Args) -> Result<(), String> {
                 _ => RelayTls::May,
             },
             tls_roots: args.relay_tls_ca.clone(),
-            control: (!args.memory).then(|| control_socket(&args)),
+            control: (!args.memory && database.is_none()).then(|| control_socket(&args)),
+            // A queue in the database is shared: what a server that died
+            // left is claimed by the others.
+            claim_every: database.is_some().then_some(Duration::from_secs(10)),
             spool,
             ..Forwarding::new()
         },
@@ -449,6 +520,10 @@ fn run(args: Args) -> Result<(), String> {
     let mut accounts = Vec::new();
     match &args.users {
         Some(path) => accounts.push(format!("Accounts: from {}", path.display())),
+        None if database.is_some() => accounts.push(
+            "Accounts: from the database (fill it with `toy-server --postgres URL import-users FILE`)"
+                .to_string(),
+        ),
         None => {
             accounts.push(
                 "Accounts (POP3 login with the name before @ or the full address):".to_string(),
@@ -497,7 +572,11 @@ fn run(args: Args) -> Result<(), String> {
         say!("Trace: on, every dialogue below (C: client, S: server, passwords masked).");
     }
     say!("Local domains: {}", domains.join(", "));
-    if args.memory {
+    if database.is_some() {
+        say!(
+            "Users, mail and mail for other servers are kept in PostgreSQL (shared with every server on that database)."
+        );
+    } else if args.memory {
         say!("Mail is kept in memory (gone when the server stops).");
     } else {
         say!(

@@ -15,13 +15,22 @@
 //! With `POSTAMT_TEST_ROUTE=DOMAIN=HOST:PORT` it relays mail for `DOMAIN`
 //! from loopback clients to that host, keeps its queue in `MAILDIR/.queue`
 //! and retries quickly (`tests/queue_crash.rs`).
+//!
+//! With `POSTAMT_TEST_DATABASE=URL` users, mail and the queue are in that
+//! PostgreSQL database instead (MAILDIR is then unused), with leases of
+//! `POSTAMT_TEST_LEASE_MS` (default 30 s) and the shared queue claimed from
+//! every half second; with `POSTAMT_TEST_PROXY_FROM=CIDR` connections from
+//! there begin with a PROXY header (`tests/scale_out.rs`: two of these
+//! behind HAProxy).
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use postamt_examples::{Forwarding, Options, Server};
-use postamt_store::{FolderSpool, Maildir, StaticDirectory};
+use std::time::Duration;
+
+use postamt_store::{FolderSpool, Maildir, PgOptions, PgStore, StaticDirectory};
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -38,11 +47,46 @@ fn main() -> ExitCode {
         smtp.limits.max_message_size = size;
     }
     let queue = std::path::Path::new(&root).join(".queue");
-    let mut options = Options::new(
+    let database = match std::env::var("POSTAMT_TEST_DATABASE") {
+        Ok(url) => {
+            let mut pg = PgOptions::default();
+            pg.mailbox_size_limit = None;
+            if let Some(ms) = std::env::var("POSTAMT_TEST_LEASE_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+            {
+                pg.lease_ttl = Duration::from_millis(ms);
+                pg.heartbeat = Duration::from_millis(ms / 4);
+            }
+            match PgStore::connect_with(&url, pg) {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    eprintln!("POSTAMT_TEST_DATABASE: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(_) => None,
+    };
+    let mut options = match &database {
+        Some(db) => Options::new(Arc::new(db.clone()), Arc::new(db.clone())),
         // No mailbox limit: the tests measure memory and crashes, not quotas.
-        Arc::new(Maildir::new(root).with_mailbox_size_limit(None)),
-        Arc::new(StaticDirectory::demo()),
-    );
+        None => Options::new(
+            Arc::new(Maildir::new(root).with_mailbox_size_limit(None)),
+            Arc::new(StaticDirectory::demo()),
+        ),
+    };
+    if let Ok(nets) = std::env::var("POSTAMT_TEST_PROXY_FROM") {
+        let Ok(nets) = nets
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            eprintln!("POSTAMT_TEST_PROXY_FROM must be CIDR[,CIDR...], not {nets:?}");
+            return ExitCode::from(2);
+        };
+        options.proxy_from = nets;
+    }
     if let Ok(route) = std::env::var("POSTAMT_TEST_ROUTE") {
         let Some((domain, hop)) = route
             .split_once('=')
@@ -55,9 +99,13 @@ fn main() -> ExitCode {
             relay_from: vec!["127.0.0.0/8".parse().expect("a network")],
             routes: vec![(domain, hop)],
             local_domains: vec!["kolleg.de".into()],
-            retry_after: std::time::Duration::from_millis(200),
-            retry_max: std::time::Duration::from_millis(500),
-            spool: Arc::new(FolderSpool::new(queue)),
+            retry_after: Duration::from_millis(200),
+            retry_max: Duration::from_millis(500),
+            spool: match &database {
+                Some(db) => Arc::new(db.spool()),
+                None => Arc::new(FolderSpool::new(queue)),
+            },
+            claim_every: database.is_some().then_some(Duration::from_millis(500)),
             ..Forwarding::new()
         };
     }
