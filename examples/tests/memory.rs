@@ -1,12 +1,17 @@
 //! Memory stays bounded by configuration, never by what a peer sends: a
-//! 100 MiB message received into a Maildir leaves the server's peak resident
-//! set (`VmHWM` in `/proc/PID/status`) under 32 MiB. The server runs as a
+//! 100 MiB message received into a Maildir, or into PostgreSQL, leaves the
+//! server's peak resident set (`VmHWM` in `/proc/PID/status`) under 32 MiB. The server runs as a
 //! process of its own so that the figure is its alone.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../../crates/store/tests/pgtest/mod.rs"]
+mod pgtest;
+
+use postamt_store::{ApopSecrets, MailStore, MailboxName, PgStore, StaticDirectory};
 
 const MIB: usize = 1024 * 1024;
 /// What the message carries after its header.
@@ -37,17 +42,18 @@ fn reply(reader: &mut BufReader<TcpStream>) -> String {
     }
 }
 
-#[test]
-fn a_100_mib_message_into_maildir_keeps_rss_under_32_mib() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postamt-test-server"))
-        .arg(dir.path())
+/// Sends the 100 MiB message to the test server `child` (started with
+/// `env`, on `dir`); gives its peak RSS and the octets sent.
+fn send_100_mib(dir: &std::path::Path, env: &[(&str, String)], store: &str) -> (u64, usize) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postamt-test-server"));
+    child
+        .arg(dir)
         .arg((2 * BODY).to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the test server starts");
+        .stderr(Stdio::null());
+    let mut child = child.spawn().expect("the test server starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let port: u16 = first.strip_prefix("smtp ").unwrap().parse().unwrap();
@@ -67,8 +73,7 @@ fn a_100_mib_message_into_maildir_keeps_rss_under_32_mib() {
     assert!(reply(&mut reader).starts_with("250 "));
     assert!(reply(&mut reader).starts_with("250 "));
     assert!(reply(&mut reader).starts_with("354 "));
-    let header = b"Subject: 100 MiB\r\n\r\n";
-    writer.write_all(header).unwrap();
+    writer.write_all(HEADER).unwrap();
     // 64 KiB of 64-octet lines, written 1600 times.
     let line = format!("{}\r\n", "m".repeat(62));
     let chunk = line.repeat(1024);
@@ -85,22 +90,54 @@ fn a_100_mib_message_into_maildir_keeps_rss_under_32_mib() {
     drop(child.stdin.take());
     let _ = child.wait();
     println!(
-        "100 MiB message stored in {elapsed:.1?}; server peak RSS {peak} KiB ({before} KiB before)"
+        "100 MiB message stored into {store} in {elapsed:.1?}; server peak RSS {peak} KiB ({before} KiB before)"
     );
     assert!(
         peak < LIMIT_KIB,
         "server peak RSS {peak} KiB, the bound is {LIMIT_KIB} KiB"
     );
+    (peak, HEADER.len() + BODY)
+}
 
+const HEADER: &[u8] = b"Subject: 100 MiB\r\n\r\n";
+
+/// Whether `stored` octets are what was sent plus a trace header.
+fn stored_whole(stored: u64, sent: usize) {
+    let trace_header = stored.checked_sub(sent as u64);
+    assert!(
+        trace_header.is_some_and(|t| (100..1000).contains(&t)),
+        "stored {stored} octets for {sent} sent"
+    );
+}
+
+#[test]
+fn a_100_mib_message_into_maildir_keeps_rss_under_32_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sent) = send_100_mib(dir.path(), &[], "a Maildir");
     // Stored whole: the trace header, then exactly what was sent.
     let new = dir.path().join("bob@kolleg.de/new");
     let files: Vec<_> = std::fs::read_dir(new).unwrap().collect();
     assert_eq!(files.len(), 1);
-    let size = files[0].as_ref().unwrap().metadata().unwrap().len();
-    let trace_header = size.checked_sub((header.len() + BODY) as u64);
-    assert!(
-        trace_header.is_some_and(|t| (100..1000).contains(&t)),
-        "stored {size} octets for {} sent",
-        header.len() + BODY
+    stored_whole(files[0].as_ref().unwrap().metadata().unwrap().len(), sent);
+}
+
+#[test]
+fn a_100_mib_message_into_postgresql_keeps_rss_under_32_mib() {
+    let Some(db) = pgtest::TestDb::new() else {
+        return;
+    };
+    let store = PgStore::connect(&db.url()).unwrap();
+    store
+        .import_users(&StaticDirectory::demo(), ApopSecrets::Discard)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sent) = send_100_mib(
+        dir.path(),
+        &[("POSTAMT_TEST_DATABASE", db.url())],
+        "PostgreSQL",
     );
+    let bob = MailboxName::new("bob@kolleg.de").unwrap();
+    let listing = store.open_maildrop(&bob).unwrap();
+    assert_eq!(listing.messages().len(), 1);
+    stored_whole(listing.messages()[0].size, sent);
 }
