@@ -382,6 +382,10 @@ fn each_queued_message_has_one_claimer() {
         Err(StoreError::NoSuchSpoolEntry(_))
     ));
     assert_eq!(b.list().unwrap().len(), 5);
+    // A front end that stops cleanly hands everything on at once.
+    assert_eq!(a.release_all().unwrap(), 3);
+    assert_eq!(b.release_all().unwrap(), 2);
+    assert_eq!(ids(&b.claim(10).unwrap()), queued[1..]);
 }
 
 #[test]
