@@ -382,6 +382,10 @@ fn each_queued_message_has_one_claimer() {
         Err(StoreError::NoSuchSpoolEntry(_))
     ));
     assert_eq!(b.list().unwrap().len(), 5);
+    // A front end that stops cleanly hands everything on at once.
+    assert_eq!(a.release_all().unwrap(), 3);
+    assert_eq!(b.release_all().unwrap(), 2);
+    assert_eq!(ids(&b.claim(10).unwrap()), queued[1..]);
 }
 
 #[test]
@@ -652,4 +656,72 @@ fn errors_name_the_database_and_keep_the_password_out() {
     assert!(matches!(err, StoreError::Database(_)), "{err:?}");
     assert!(text.starts_with("database: cannot connect"), "{text}");
     assert!(!text.contains("s3cr3t-pw"), "{text}");
+}
+
+/// The rule of `postamt_wire::crlf`, byte by byte, to check what is served.
+fn crlf_reference(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 16);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\n' if i == 0 || bytes[i - 1] != b'\r' => out.extend_from_slice(b"\r\n"),
+            b'\r' if bytes.get(i + 1) != Some(&b'\n') => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+
+    /// However a message arrives (chunks of any size, CR and LF anywhere,
+    /// across the store's chunk boundaries), it is stored in chunks of at
+    /// most `CHUNK_SIZE` and served as the rule says, at the listed size.
+    #[test]
+    fn stored_whatever_the_chunking(
+        extra in 0usize..CHUNK_SIZE,
+        seed in proptest::prelude::any::<u64>(),
+        cuts in proptest::collection::vec(1usize..200_000, 1..40),
+    ) {
+        let Some(db) = TestDb::new() else { return Ok(()) };
+        let store = db.store();
+        // Pseudo-random octets with many CR and LF, one to three chunks long.
+        let mut state = seed | 1;
+        let message: Vec<u8> = (0..CHUNK_SIZE + extra * 2)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                match state % 16 {
+                    0 => b'\r',
+                    1 => b'\n',
+                    _ => (state >> 8) as u8,
+                }
+            })
+            .collect();
+        let mut delivery = store.begin_delivery(&[mailbox("anna")]).unwrap();
+        let mut rest = &message[..];
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
+            delivery.write_chunk(chunk).unwrap();
+            rest = tail;
+        }
+        delivery.commit().unwrap();
+        let longest: i32 = db
+            .client()
+            .query_one("SELECT max(length(data)) FROM postamt_chunks", &[])
+            .unwrap()
+            .get(0);
+        proptest::prop_assert!(longest as usize <= CHUNK_SIZE);
+        let maildrop = store.open_maildrop(&mailbox("anna")).unwrap();
+        let served = read_all(&*maildrop, 0);
+        proptest::prop_assert_eq!(maildrop.messages()[0].size, served.len() as u64);
+        proptest::prop_assert!(served == crlf_reference(&message), "served octets differ");
+    }
 }

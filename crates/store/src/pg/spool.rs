@@ -49,6 +49,23 @@ impl PgSpool {
         &self.holder
     }
 
+    /// Gives up every claim this spool holds, for a front end that stops
+    /// cleanly: the others' [`Spool::claim`] takes the messages at once
+    /// instead of after the lease. Returns how many were released.
+    pub fn release_all(&self) -> Result<u64, StoreError> {
+        let released = self
+            .shared()
+            .conn()?
+            .execute(
+                "UPDATE postamt_spool SET claim_holder = NULL, claim_expires = NULL \
+                 WHERE claim_holder = $1",
+                &[&self.holder],
+            )
+            .map_err(db)?;
+        self.shared().held().claims.remove(&self.holder);
+        Ok(released)
+    }
+
     fn shared(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
