@@ -550,7 +550,17 @@ fn run(
             // Idle connections get their QUIT.
             Input::Stop => {
                 ctx.pool.stop();
-                return writers.finish();
+                writers.finish();
+                // On a shared queue, what this server held is the others'
+                // at once, not only when its claims run out.
+                for msg in relay.messages() {
+                    if let Err(e) =
+                        SpoolId::new(msg.id().as_str()).and_then(|id| ctx.spool.release(&id))
+                    {
+                        eprintln!("forwarder: cannot hand {} on: {e}", msg.id());
+                    }
+                }
+                return;
             }
         }
     }
