@@ -26,7 +26,7 @@ const TEMPUNAVAIL: &str = "[TEMPUNAVAIL]";
 const MAX_TEXT: usize = 255;
 
 /// One attribute's value as the proxy sent it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum XclientValue<T> {
     /// The value.
     Known(T),

@@ -565,3 +565,61 @@ fn input_mode_says_what_is_read_next() {
     s.receive(now, b"Hi\r\n.\r\n");
     assert_eq!(s.input_mode(), InputMode::Command);
 }
+
+#[test]
+fn xclient_reports_typed_attributes_and_keeps_tls_and_trust() {
+    use postamt_smtp::{ClientProtocol, Xclient, XclientValue};
+    let now = Instant::now();
+    let mut config = ServerConfig::new("mx.example");
+    config.implicit_tls = true;
+    let mut s = ServerSession::new(config, now);
+    assert!(!s.is_xclient_allowed());
+    s.allow_xclient(true);
+    assert!(s.is_xclient_allowed());
+    output(&mut s);
+    s.receive(
+        now,
+        b"XCLIENT ADDR=IPV6:2001:db8::7 PORT=4242 PROTO=smtp LOGIN=anna HELO=c+20d\r\nEHLO c.example\r\n",
+    );
+    let ev = events(&mut s);
+    let [Event::Xclient(x), Event::Hello { .. }] = ev.as_slice() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        x.addr,
+        Some(XclientValue::Known("2001:db8::7".parse().unwrap()))
+    );
+    assert_eq!(x.port, Some(XclientValue::Known(4242)));
+    assert_eq!(x.proto, Some(XclientValue::Known(ClientProtocol::Smtp)));
+    assert_eq!(
+        x.helo
+            .as_ref()
+            .and_then(XclientValue::known)
+            .map(String::as_str),
+        Some("c d")
+    );
+    assert_eq!(x.login_name(), Some("anna"));
+    assert_eq!((x.name.clone(), x.destaddr, x.destport), (None, None, None));
+    assert!(s.is_authenticated() && s.is_tls() && s.is_xclient_allowed());
+    assert_eq!(s.pending_decision(), None);
+    let out = output(&mut s);
+    assert!(
+        out.starts_with("220 mx.example ESMTP postamt ready\r\n250-mx.example"),
+        "{out}"
+    );
+    // Authenticated by LOGIN=: AUTH is no longer offered.
+    assert!(!out.contains("AUTH"), "{out}");
+    assert!(out.ends_with("250 XCLIENT NAME ADDR PROTO HELO LOGIN PORT DESTADDR DESTPORT\r\n"));
+
+    // The client-side renderer writes what the session reads back.
+    let mut sent = Xclient::new();
+    sent.name = Some(XclientValue::Known("client.example".parse().unwrap()));
+    sent.login = Some(XclientValue::Unavailable);
+    let mut line = Vec::new();
+    postamt_smtp::Command::Xclient(sent.clone()).render(&mut line);
+    assert_eq!(line, b"XCLIENT NAME=client.example LOGIN=[UNAVAILABLE]\r\n");
+    s.receive(now, &line);
+    assert_eq!(events(&mut s), [Event::Xclient(sent)]);
+    assert!(!s.is_authenticated());
+    assert_eq!(output(&mut s), "220 mx.example ESMTP postamt ready\r\n");
+}

@@ -140,6 +140,9 @@ impl Transaction {
 ///    and what arrived in between is dropped (RFC 3207 §5).
 /// 7. Once [`Session::is_closed`] is true (ended, and every event and byte
 ///    taken), close the connection.
+/// 8. Behind a proxy that names the real client with XCLIENT, call
+///    [`ServerSession::allow_xclient`] for its connections and take the
+///    client's address from [`Event::Xclient`].
 ///
 /// The same input, however split, gives the same events and the same output.
 /// Replies the protocol fixes (syntax errors, sequence errors, 354, 221, 421)
