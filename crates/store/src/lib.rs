@@ -81,7 +81,7 @@ pub use directory::{ApopSecret, Directory, StaticDirectory, constant_time_eq};
 pub use error::StoreError;
 pub use folder_spool::FolderSpool;
 pub use mailbox::{MAX_MAILBOX_NAME_LEN, MAX_UID_LEN, MailboxName, Uid};
-pub use maildir::{LOCK_FILE_NAME, Maildir, SIZE_CACHE_MARGIN, STALE_TMP_AGE};
+pub use maildir::{LOCK_FILE_NAME, Maildir, SIZE_CACHE_MARGIN, SIZE_RELIST_AFTER, STALE_TMP_AGE};
 pub use memory::{DEFAULT_MEMORY_LIMIT, MemoryStore};
 #[cfg(feature = "postgres")]
 pub use pg::{ApopSecrets, PgOptions, PgSpool, PgStore};

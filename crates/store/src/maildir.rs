@@ -17,9 +17,16 @@
 //! the folder's modification time and reused while that time stays the
 //! same, so an unchanged folder costs one `stat`. Any entry added, removed
 //! or renamed (our deliveries, POP3 deletions, other tools) changes the
-//! time; since two changes within one tick of the file system's clock may
-//! leave the same time, a sum is only kept for a folder that had not
-//! changed for [`SIZE_CACHE_MARGIN`] when it was listed.
+//! time. Two changes within one tick of the file system's clock may leave
+//! the same time, so a sum listed while the folder was still changing is
+//! trusted only for [`SIZE_RELIST_AFTER`] (one listed after the folder had
+//! not changed for [`SIZE_CACHE_MARGIN`], as long as the time stays).
+//! This store's own deliveries add their octets to the kept sum as they
+//! link a file into `new/` (the listing and the linking hold one lock, so
+//! none of our own changes can slip between them), so a mailbox that keeps
+//! receiving mail is listed once per [`SIZE_RELIST_AFTER`], not once per
+//! message; what another program changes in the same clock tick is caught
+//! at the next listing.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -27,7 +34,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::crlf::{CrlfReader, CrlfSize, crlf_size_of};
 use crate::store::{DEFAULT_MAILBOX_SIZE_LIMIT, check_indices, fits, unique_recipients};
@@ -41,6 +48,12 @@ pub const STALE_TMP_AGE: Duration = Duration::from_secs(36 * 60 * 60);
 /// above the coarsest timestamp granularity of common file systems (FAT's
 /// 2 s), so a later change always shows as a new modification time.
 pub const SIZE_CACHE_MARGIN: Duration = Duration::from_secs(3);
+
+/// How long a size listed while its folder was still changing (or kept
+/// up to date by our own deliveries since) is trusted before the folder is
+/// listed again: what another program did within one clock tick of one of
+/// our changes counts after this at the latest.
+pub const SIZE_RELIST_AFTER: Duration = Duration::from_secs(30);
 
 /// The lock file's name inside each mailbox folder. It sits beside `tmp/`,
 /// `new/` and `cur/`, where Maildir readers do not look for mail.
@@ -63,13 +76,25 @@ pub struct Maildir {
     mailbox_size_limit: Option<u64>,
     /// Stored octets of `new/` and `cur/` folders, shared by clones.
     sizes: Arc<Mutex<HashMap<PathBuf, ListedSize>>>,
+    /// How long a sum of a folder that was still changing is trusted.
+    relist_after: Duration,
 }
 
-/// A folder's stored octets, as listed while its modification time was `mtime`.
+/// A folder's stored octets, as listed while its modification time was
+/// `mtime` (or as our own changes since left it).
 #[derive(Clone, Copy, Debug)]
 struct ListedSize {
     mtime: SystemTime,
     octets: u64,
+    /// `None`: listed after the folder had settled, good while `mtime`
+    /// stays; else good until then.
+    trusted_until: Option<Instant>,
+}
+
+impl ListedSize {
+    fn holds(&self, mtime: Option<SystemTime>, now: Instant) -> bool {
+        Some(self.mtime) == mtime && self.trusted_until.is_none_or(|until| now < until)
+    }
 }
 
 impl Maildir {
@@ -80,6 +105,7 @@ impl Maildir {
             root: root.into(),
             mailbox_size_limit: Some(DEFAULT_MAILBOX_SIZE_LIMIT),
             sizes: Arc::default(),
+            relist_after: SIZE_RELIST_AFTER,
         }
     }
 
@@ -87,6 +113,17 @@ impl Maildir {
     /// limit (and `Some(0)`, a mailbox that takes nothing).
     pub fn with_mailbox_size_limit(mut self, limit: Option<u64>) -> Self {
         self.mailbox_size_limit = limit;
+        self
+    }
+
+    /// Sets how long the size of a folder that was still changing when it
+    /// was listed (or that our own deliveries keep changing) is trusted
+    /// before it is listed again ([`SIZE_RELIST_AFTER`] by default): how
+    /// late a change another program made within one clock tick of ours
+    /// counts. Zero lists such a folder at every ask, which is exact and
+    /// costs a listing per message for a mailbox that keeps receiving.
+    pub fn with_size_relist_after(mut self, after: Duration) -> Self {
+        self.relist_after = after;
         self
     }
 
@@ -119,38 +156,7 @@ impl Maildir {
     /// The stored octets of one `new/` or `cur/` folder, cached as the
     /// module documentation says.
     fn folder_size(&self, dir: &Path) -> Result<u64, StoreError> {
-        let mtime = match fs::metadata(dir) {
-            Ok(meta) => meta.modified().ok(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(StoreError::io("stat", dir, e)),
-        };
-        let cached = |sizes: &HashMap<PathBuf, ListedSize>| {
-            let hit = sizes.get(dir)?;
-            (Some(hit.mtime) == mtime).then_some(hit.octets)
-        };
-        if let Some(octets) = cached(&self.lock_sizes()) {
-            return Ok(octets);
-        }
-        let listed_at = SystemTime::now();
-        let octets = stored_size(dir)?;
-        let mut sizes = self.lock_sizes();
-        match mtime {
-            Some(mtime)
-                if mtime
-                    .checked_add(SIZE_CACHE_MARGIN)
-                    .is_some_and(|settled| settled <= listed_at) =>
-            {
-                sizes.insert(dir.to_path_buf(), ListedSize { mtime, octets });
-            }
-            _ => {
-                sizes.remove(dir);
-            }
-        }
-        Ok(octets)
-    }
-
-    fn lock_sizes(&self) -> MutexGuard<'_, HashMap<PathBuf, ListedSize>> {
-        self.sizes.lock().unwrap_or_else(PoisonError::into_inner)
+        folder_size(&self.sizes, dir, self.relist_after)
     }
 
     /// Creates the mailbox's folders if they are missing, fsyncing the
@@ -168,6 +174,109 @@ impl Maildir {
         sync_dir(&self.root)?;
         Ok(dir)
     }
+}
+
+/// The kept sums of `new/` and `cur/` folders, shared by a store's clones
+/// and its deliveries.
+type Sizes = Arc<Mutex<HashMap<PathBuf, ListedSize>>>;
+
+fn lock(sizes: &Sizes) -> MutexGuard<'_, HashMap<PathBuf, ListedSize>> {
+    sizes.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn modified(dir: &Path) -> Result<Option<SystemTime>, StoreError> {
+    match fs::metadata(dir) {
+        Ok(meta) => Ok(meta.modified().ok()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io("stat", dir, e)),
+    }
+}
+
+/// See [`Maildir::folder_size`]. The listing holds the lock, so that our
+/// own deliveries ([`placed`]) cannot change the folder meanwhile.
+fn folder_size(sizes: &Sizes, dir: &Path, relist_after: Duration) -> Result<u64, StoreError> {
+    let mut sizes = lock(sizes);
+    let mtime = match fs::metadata(dir) {
+        Ok(meta) => meta.modified().ok(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StoreError::io("stat", dir, e)),
+    };
+    let now = Instant::now();
+    if let Some(hit) = sizes.get(dir)
+        && hit.holds(mtime, now)
+    {
+        return Ok(hit.octets);
+    }
+    let listed_at = SystemTime::now();
+    let octets = stored_size(dir)?;
+    match mtime {
+        Some(mtime) => {
+            let settled = mtime
+                .checked_add(SIZE_CACHE_MARGIN)
+                .is_some_and(|settled| settled <= listed_at);
+            if !settled && relist_after.is_zero() {
+                sizes.remove(dir);
+                return Ok(octets);
+            }
+            let trusted_until = (!settled).then(|| now + relist_after);
+            sizes.insert(
+                dir.to_path_buf(),
+                ListedSize {
+                    mtime,
+                    octets,
+                    trusted_until,
+                },
+            );
+        }
+        None => {
+            sizes.remove(dir);
+        }
+    }
+    Ok(octets)
+}
+
+/// Runs `link` (which adds a file of `octets` to the folder `dir`) and adds
+/// those octets to the folder's kept sum, if it held just before: then the
+/// sum stays right without listing the folder again.
+fn placed(
+    sizes: &Sizes,
+    dir: &Path,
+    octets: u64,
+    relist_after: Duration,
+    link: impl FnOnce() -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut sizes = lock(sizes);
+    let before = modified(dir)?;
+    link()?;
+    let now = Instant::now();
+    let after = modified(dir).ok().flatten();
+    match (sizes.get_mut(dir), after) {
+        (Some(kept), Some(after)) if kept.holds(before, now) => {
+            kept.mtime = after;
+            kept.octets = kept.octets.saturating_add(octets);
+            kept.trusted_until.get_or_insert(now + relist_after);
+        }
+        _ => {
+            sizes.remove(dir);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `change` (which moves or removes files of the mailbox folder
+/// `dir`) under the lock of the kept sums, and forgets the sums of its
+/// `new/` and `cur/`: they are listed again when next asked, and no
+/// delivery of ours can slip in between.
+fn forgetting_sizes<T>(
+    sizes: &Sizes,
+    dir: &Path,
+    change: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut sizes = lock(sizes);
+    let result = change();
+    sizes.remove(&dir.join("new"));
+    sizes.remove(&dir.join("cur"));
+    result
 }
 
 impl MailStore for Maildir {
@@ -203,6 +312,8 @@ impl MailStore for Maildir {
             counter: CrlfSize::new(),
             quota,
             refused: false,
+            sizes: Arc::clone(&self.sizes),
+            relist_after: self.relist_after,
         }))
     }
 
@@ -239,7 +350,7 @@ impl MailStore for Maildir {
             Err(TryLockError::Error(e)) => return Err(StoreError::io("lock", &lock_path, e)),
         }
         remove_stale_tmp(&dir.join("tmp"), SystemTime::now());
-        move_new_to_cur(&dir)?;
+        forgetting_sizes(&self.sizes, &dir, || move_new_to_cur(&dir))?;
         let cur = dir.join("cur");
         let entries = list_cur(&cur)?;
         Ok(Box::new(MaildirMaildrop {
@@ -247,6 +358,7 @@ impl MailStore for Maildir {
             cur,
             infos: entries.iter().map(|e| e.info.clone()).collect(),
             entries,
+            sizes: Arc::clone(&self.sizes),
             _lock_file: lock_file,
             _process_lock: process_lock,
         }))
@@ -470,6 +582,9 @@ struct MaildirDelivery {
     quota: Option<Quota>,
     /// A chunk was refused for the limit; the tmp file is gone.
     refused: bool,
+    /// The store's kept folder sums, which the commit adds to.
+    sizes: Sizes,
+    relist_after: Duration,
 }
 
 impl Delivery for MaildirDelivery {
@@ -514,11 +629,15 @@ impl Delivery for MaildirDelivery {
             self.counter.size()
         );
         let mut placed: Vec<PathBuf> = Vec::with_capacity(self.dirs.len());
+        let octets = self.counter.raw();
         let result = self.dirs.iter().try_for_each(|dir| {
-            let dest = dir.join("new").join(&name);
-            place(&tmp, dir, &name, &dest)?;
+            let new = dir.join("new");
+            let dest = new.join(&name);
+            self::placed(&self.sizes, &new, octets, self.relist_after, || {
+                place(&tmp, dir, &name, &dest)
+            })?;
             placed.push(dest);
-            sync_dir(&dir.join("new"))
+            sync_dir(&new)
         });
         if let Err(e) = result {
             for path in &placed {
@@ -753,6 +872,8 @@ struct MaildirMaildrop {
     cur: PathBuf,
     infos: Vec<MessageInfo>,
     entries: Vec<Entry>,
+    /// The store's kept folder sums, which deletions make stale.
+    sizes: Sizes,
     // Field order matters: the OS lock is released before this process's
     // record of it, so a waiting open never sees a stale OS lock.
     _lock_file: File,
@@ -803,17 +924,21 @@ impl Maildrop for MaildirMaildrop {
         check_indices(indices, self.entries.len())?;
         let unique: BTreeSet<usize> = indices.iter().copied().collect();
         let mut removed = false;
-        for index in unique {
-            // Already gone (deleted by another reader) counts as deleted.
-            let Some(path) = self.locate(&self.entries[index])? else {
-                continue;
-            };
-            match fs::remove_file(&path) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::io("remove", &path, e)),
+        let mailbox_dir = self.cur.parent().unwrap_or(&self.cur).to_path_buf();
+        forgetting_sizes(&self.sizes, &mailbox_dir, || {
+            for index in unique {
+                // Already gone (deleted by another reader) counts as deleted.
+                let Some(path) = self.locate(&self.entries[index])? else {
+                    continue;
+                };
+                match fs::remove_file(&path) {
+                    Ok(()) => removed = true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io("remove", &path, e)),
+                }
             }
-        }
+            Ok(())
+        })?;
         if removed {
             sync_dir(&self.cur)?;
         }
@@ -875,6 +1000,8 @@ mod tests {
             counter: CrlfSize::new(),
             quota: None,
             refused: false,
+            sizes: Arc::default(),
+            relist_after: SIZE_RELIST_AFTER,
         });
         let err = delivery.write_chunk(&[b'x'; 100]).unwrap_err();
         assert!(

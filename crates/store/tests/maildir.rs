@@ -448,8 +448,9 @@ fn a_settled_folder_size_is_cached_until_the_folder_changes() {
 }
 
 #[test]
-fn a_folder_changed_within_the_margin_is_listed_at_every_ask() {
+fn a_folder_changed_within_the_margin_is_listed_at_every_ask_without_relist_time() {
     let (_dir, store, anna, path) = setup();
+    let store = store.with_size_relist_after(Duration::ZERO);
     deliver(&store, &anna, b"Subject: x\r\n\r\n12345678\r\n");
     let new = path.join("new");
     let recent = mtime(&new);
@@ -459,4 +460,37 @@ fn a_folder_changed_within_the_margin_is_listed_at_every_ask() {
     set_mtime(&new, recent);
     assert_eq!(store.mailbox_size(&anna).unwrap(), 1024);
     assert!(postamt_store::SIZE_CACHE_MARGIN >= Duration::from_secs(2));
+}
+
+#[test]
+fn our_own_deliveries_keep_a_changing_folder_sum_without_listing_it() {
+    let (_dir, store, anna, path) = setup();
+    deliver(&store, &anna, b"Subject: x\r\n\r\n12345678\r\n");
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 24);
+    let new = path.join("new");
+    // Another program's change in the same tick as a listing is not seen
+    // while the sum is trusted ...
+    let recent = mtime(&new);
+    fs::write(new.join("1700000000.M1P1.other,S=1000"), b"").unwrap();
+    set_mtime(&new, recent);
+    assert_eq!(store.mailbox_size(&anna).unwrap(), 24);
+    // ... while each of our deliveries adds its octets, however fast they
+    // come, and a second store (another process) lists and sees them all.
+    let mut expected = 24;
+    for n in 0..20u64 {
+        let text = format!("Subject: {n}\r\n\r\n{}\r\n", "x".repeat(n as usize));
+        deliver(&store, &anna, text.as_bytes());
+        expected += text.len() as u64;
+        assert_eq!(store.mailbox_size(&anna).unwrap(), expected, "after {n}");
+    }
+    let fresh = Maildir::new(path.parent().unwrap());
+    assert_eq!(fresh.mailbox_size(&anna).unwrap(), expected + 1000);
+    // A POP3 session's changes make the sum be listed again: all counted.
+    // Message 1 is the other program's (the oldest name).
+    let maildrop = store.open_maildrop(&anna).unwrap();
+    assert_eq!(maildrop.messages().len(), 22);
+    assert_eq!(store.mailbox_size(&anna).unwrap(), expected + 1000);
+    maildrop.commit_deletions(&[0]).unwrap();
+    assert_eq!(store.mailbox_size(&anna).unwrap(), expected);
+    assert!(postamt_store::SIZE_RELIST_AFTER <= Duration::from_secs(60));
 }
