@@ -505,9 +505,10 @@ postgres_mode() {
     # shellcheck source=../.ci/postgres.sh
     source "$REPO/.ci/postgres.sh" start >"$pg/start.log" 2>&1 ||
         { cat "$pg/start.log" >&2; die "PostgreSQL did not start"; }
-    # The cluster goes first at any exit (fast shutdown, by its pid), then
-    # everything else (cleanup); the exit status is kept.
-    trap 'pgb_rc=$?; for p in "${PGB_SRC[@]}"; do kill "$p" 2>/dev/null; done; cp "$PG_DIR/server.log" "$T/pg/" 2>/dev/null; pg_stop "$PG_DIR" >/dev/null 2>&1; (exit $pgb_rc); cleanup' EXIT
+    # At any exit the load and the cluster go first (the cluster by its pid,
+    # a fast shutdown), then everything else (cleanup); the exit status is
+    # kept. set +e: a failing step here must not skip cleanup.
+    trap 'pgb_rc=$?; set +e; for p in "${PGB_SRC[@]}"; do kill "$p" 2>/dev/null; done; [[ -f $PG_DIR/server.log ]] && cp "$PG_DIR/server.log" "$T/pg/"; pg_stop "$PG_DIR" >/dev/null 2>&1; (exit $pgb_rc); cleanup' EXIT
     local base=$POSTAMT_TEST_POSTGRES
     say "PostgreSQL (pid $PG_PID): $base, fsync $(psql -XAtq "$base" -c 'SHOW fsync'), synchronous_commit $(psql -XAtq "$base" -c 'SHOW synchronous_commit')"
     pgb_sql() { psql -XAtq -v ON_ERROR_STOP=1 "$base" -c "$1"; }
