@@ -629,16 +629,22 @@ postgres_mode() {
         say "$setup c=$c: $rate messages/s ($count in $(((end - start) / 1000000)) ms), errors $errs, sessions per front end $split"
     }
     STORED=()
+    pgb_syncs() { pgb_sql "SELECT wal_sync FROM pg_stat_wal" 2>/dev/null || echo 0; }
     pgb_setup() { # SETUP COUNT-COMMAND: warm up, the three cells, the stored count, stop
-        local setup=$1 counter=$2 c stored sent=$((warm + ${#LEVELS[@]} * count))
+        local setup=$1 counter=$2 c stored sent=$((warm + ${#LEVELS[@]} * count)) syncs
+        syncs=$(pgb_syncs)
         # Not measured: the first sessions open the pool's connections.
         pgb_source "$PGB_PORT" 10 "$warm" warm || die "$setup: the warm-up failed (see $pg/warm-*.out)"
         for c in "${LEVELS[@]}"; do pgb_cell "$setup" "$c"; done
         stored=$($counter)
-        STORED+=("$setup: sent $sent, stored $stored")
-        [[ $stored == "$sent" ]] || say "$setup: sent $sent, stored $stored"
         pgb_stop
         PGB_STATS=""
+        # The WAL's fsyncs meanwhile (pg_stat_wal, flushed by the backends
+        # as the servers closed their connections): fewer than the messages
+        # when commits shared them.
+        syncs=$(($(pgb_syncs) - syncs))
+        STORED+=("$setup: sent $sent, stored $stored, WAL fsyncs $syncs")
+        [[ $stored == "$sent" ]] || say "$setup: sent $sent, stored $stored"
     }
     pgb_count_db() { psql -XAtq "$PGB_URL" -c "SELECT count(*) FROM postamt_mailbox_messages" 2>/dev/null || echo "?"; }
 
