@@ -7,6 +7,11 @@
 # The server listens on a free loopback port and on a unix socket in its
 # folder; the test user `postamt` may create databases. As root the server
 # runs as the `postgres` user (PostgreSQL refuses to run as root).
+#
+# PG_FSYNC=off (the default) runs it with fsync=off: fast, and enough for
+# tests. PG_FSYNC=on keeps fsync and synchronous_commit on (PostgreSQL's
+# defaults), so that each COMMIT waits for the WAL on disk, as a benchmark
+# of durable deliveries needs.
 
 pg_bin() {
   local dir
@@ -30,7 +35,12 @@ pg_free_port() {
 }
 
 pg_start() {
-  local bin port
+  local bin port durability
+  case "${PG_FSYNC:-off}" in
+    off) durability="-c fsync=off" ;;
+    on) durability="-c fsync=on -c synchronous_commit=on" ;;
+    *) echo "postgres.sh: PG_FSYNC must be on or off" >&2; return 1 ;;
+  esac
   bin=$(pg_bin) || { echo "postgres.sh: no initdb found (install postgresql)" >&2; return 1; }
   PG_OWNER=postgres
   getent passwd postgres >/dev/null || PG_OWNER=nobody
@@ -41,12 +51,12 @@ pg_start() {
     || { echo "postgres.sh: initdb failed:" >&2; cat "$PG_DIR/initdb.log" >&2; return 1; }
   port=$(pg_free_port)
   pg_as_owner "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c fsync=off -c max_connections=400" start >/dev/null \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR $durability -c max_connections=400" start >/dev/null \
     || { echo "postgres.sh: the server did not start:" >&2; cat "$PG_DIR/server.log" >&2; return 1; }
   PG_PID=$(head -1 "$PG_DIR/data/postmaster.pid")
   POSTAMT_TEST_POSTGRES="host=127.0.0.1 port=$port user=postamt dbname=postgres"
   export PG_DIR PG_PID POSTAMT_TEST_POSTGRES
-  echo "postgres.sh: PostgreSQL (pid $PG_PID) at $POSTAMT_TEST_POSTGRES"
+  echo "postgres.sh: PostgreSQL (pid $PG_PID, fsync ${PG_FSYNC:-off}) at $POSTAMT_TEST_POSTGRES"
 }
 
 pg_stop() {

@@ -59,6 +59,7 @@ set -euo pipefail
 MODE=${1:-load}
 case $MODE in
 load | forward | smtp-source) ;;
+postgres) ;; # deliveries into PostgreSQL and through HAProxy: postgres_mode below
 *) echo "usage: e2e.sh [load | forward | smtp-source]" >&2; exit 2 ;;
 esac
 SOAK=${SOAK:-300}
@@ -463,6 +464,245 @@ forward_mode() {
 
 if [[ $MODE == forward ]]; then
     forward_mode
+    exit 0
+fi
+
+# ---------------------------------------------------------------------------
+# postgres: deliveries per second into PostgreSQL beside Maildir, and through
+# HAProxy (issue 15). A private PostgreSQL cluster (.ci/postgres.sh with
+# PG_FSYNC=on unless set otherwise: fsync and synchronous_commit on, so each
+# 250 waits for its COMMIT's WAL on disk), one fresh database per set-up,
+# cloned from one holding the users bulk1..50. Postfix's smtp-source, one
+# 1 KiB message per connection as in mode smtp-source, at 1, 10 and 50
+# sessions into, one set-up after the other, each with servers of its own
+# (stopped by pid after its three cells):
+#   toy-server --maildir DIR
+#   toy-server --postgres URL, clients connecting to it directly
+#   HAProxy (mode tcp, send-proxy-v2, check-send-proxy) in front of one
+#     toy-server --postgres URL --proxy-from 127.0.0.1/32
+#   the same in front of two such, each on its own ports (roundrobin)
+# Every toy server runs with --max-connections-per-client 0 (all sessions
+# come from 127.0.0.1). A cell is PG_COUNT messages (default
+# SRC_COUNT_MAILDIR); its rate is messages per second of its wall clock; a
+# cell running longer than PG_TIMEOUT seconds (default 120) is stopped and
+# counted as failed. PG_RCPTS (default 1, as mode smtp-source): the cell's
+# messages go to this many mailboxes, bulk1..N, one smtp-source per mailbox
+# with the sessions split among them. After each set-up the mail stored
+# (files in new/, rows in postamt_mailbox_messages) is counted against the
+# messages sent.
+PGB_SRC=() # smtp-source processes running now (stopped at exit)
+postgres_mode() {
+    local count=${PG_COUNT:-$SRC_COUNT_MAILDIR} timeout=${PG_TIMEOUT:-120} rcpts=${PG_RCPTS:-1}
+    [[ $count =~ ^[1-9][0-9]*$ && $timeout =~ ^[1-9][0-9]*$ && $rcpts =~ ^[1-9][0-9]*$ ]] && ((rcpts <= USERS)) ||
+        die "PG_COUNT, PG_TIMEOUT and PG_RCPTS must be whole numbers above 0 (PG_RCPTS at most $USERS)"
+    command -v haproxy >/dev/null || die "haproxy missing (apt-get install haproxy)"
+    command -v psql >/dev/null || die "psql missing (apt-get install postgresql)"
+    local pg=$T/pg results=$T/pg/results warm=50
+    mkdir -p "$pg"
+    : >"$results" # setup|c|rate|errors|sessions per front end
+
+    PG_FSYNC=${PG_FSYNC:-on}
+    # shellcheck source=../.ci/postgres.sh
+    source "$REPO/.ci/postgres.sh" start >"$pg/start.log" 2>&1 ||
+        { cat "$pg/start.log" >&2; die "PostgreSQL did not start"; }
+    # At any exit the load and the cluster go first (the cluster by its pid,
+    # a fast shutdown), then everything else (cleanup); the exit status is
+    # kept. set +e: a failing step here must not skip cleanup.
+    trap 'pgb_rc=$?; set +e; for p in "${PGB_SRC[@]}"; do kill "$p" 2>/dev/null; done; [[ -f $PG_DIR/server.log ]] && cp "$PG_DIR/server.log" "$T/pg/"; pg_stop "$PG_DIR" >/dev/null 2>&1; (exit $pgb_rc); cleanup' EXIT
+    local base=$POSTAMT_TEST_POSTGRES
+    say "PostgreSQL (pid $PG_PID): $base, fsync $(psql -XAtq "$base" -c 'SHOW fsync'), synchronous_commit $(psql -XAtq "$base" -c 'SHOW synchronous_commit')"
+    pgb_sql() { psql -XAtq -v ON_ERROR_STOP=1 "$base" -c "$1"; }
+    for u in $(seqs bulk "$USERS"); do echo "$u@kolleg.de pw-$u"; done >"$pg/users"
+    pgb_sql "CREATE DATABASE postamt_users" || die "CREATE DATABASE failed"
+    "$TOY" --postgres "${base/dbname=postgres/dbname=postamt_users}" import-users "$pg/users" >"$pg/import.log" 2>&1 ||
+        { cat "$pg/import.log" >&2; die "import-users failed"; }
+    PGB_URL=""
+    pgb_db() { # NAME: a fresh database with the users; its URL in PGB_URL
+        pgb_sql "CREATE DATABASE $1 TEMPLATE postamt_users" || die "CREATE DATABASE $1 failed"
+        PGB_URL=${base/dbname=postgres/dbname=$1}
+    }
+
+    local running=() # this set-up's servers
+    PGB_PORT=""
+    pgb_toy() { # LOG TOY-ARGS...: a toy server; its SMTP port in PGB_PORT
+        local log=$1 smtp pop
+        shift
+        free_port smtp
+        free_port pop
+        "$TOY" "$@" --smtp-port "$smtp" --pop3-port "$pop" --max-connections 1000 \
+            --max-connections-per-client 0 >"$log" 2>&1 &
+        PIDS+=($!)
+        running+=($!)
+        wait_listen "$smtp" "toy-server $1" "$log"
+        PGB_PORT=$smtp
+    }
+    PGB_STATS=""
+    pgb_haproxy() { # SMTP-PORT...: HAProxy in front of these; its port in PGB_PORT, stats in PGB_STATS
+        local front stats cfg=$pg/haproxy-$#.cfg n=0 p
+        free_port front
+        free_port stats
+        {
+            printf 'global\n    maxconn 4000\n'
+            printf 'defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n'
+            printf 'listen stats\n    mode http\n    bind 127.0.0.1:%s\n    stats enable\n    stats uri /\n' "$stats"
+            printf 'frontend smtp\n    bind 127.0.0.1:%s\n    default_backend fronts\n' "$front"
+            printf 'backend fronts\n    balance roundrobin\n'
+            for p; do
+                # The health checks send a PROXY header too (a v2 LOCAL one).
+                printf '    server fe%s 127.0.0.1:%s send-proxy-v2 check check-send-proxy inter 1s\n' "$n" "$p"
+                n=$((n + 1))
+            done
+        } >"$cfg"
+        haproxy -c -f "$cfg" >"$cfg.check" 2>&1 || { cat "$cfg.check" >&2; die "haproxy: $cfg is refused"; }
+        haproxy -db -f "$cfg" >"$pg/haproxy-$#.log" 2>&1 &
+        PIDS+=($!)
+        running+=($!)
+        wait_listen "$front" haproxy "$pg/haproxy-$#.log"
+        PGB_PORT=$front
+        PGB_STATS=$stats
+        # Every front end up (its health check passed) before the load.
+        for _ in $(seq 100); do
+            [[ $(pgb_up) == "$#" ]] && return 0
+            sleep 0.1
+        done
+        die "haproxy: not all $# front ends came up ($(pgb_stat 18))"
+    }
+    pgb_stat() { # FIELD: that column of the front ends' rows of HAProxy's CSV stats, space-separated
+        curl -fs "http://127.0.0.1:$PGB_STATS/;csv" | awk -F, -v f="$1" '$1 == "fronts" && $2 ~ /^fe/ {printf "%s%s", s, $f; s = " "}'
+    }
+    pgb_up() { pgb_stat 18 | tr ' ' '\n' | grep -cx UP || true; }
+    pgb_stop() { # this set-up's servers, by pid, the last started first (HAProxy before its
+        # front ends); SIGINT: a clean stop, SIGKILL after 10 s
+        local p i
+        for ((i = ${#running[@]} - 1; i >= 0; i--)); do
+            p=${running[i]}
+            kill -INT "$p" 2>/dev/null || true
+            for _ in $(seq 100); do
+                kill -0 "$p" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -9 "$p" 2>/dev/null || true
+            wait "$p" 2>/dev/null || true
+        done
+        running=()
+    }
+    pgb_source() { # PORT SESSIONS MESSAGES TAG: smtp-source, MESSAGES over PG_RCPTS mailboxes; status: its worst
+        local port=$1 c=$2 n=$3 tag=$4 k i rc=0 r p
+        k=$((c < rcpts ? c : rcpts))
+        PGB_SRC=()
+        for ((i = 1; i <= k; i++)); do
+            timeout "$timeout" /usr/sbin/smtp-source -4 -s "$((c / k + (i <= c % k)))" \
+                -m "$((n / k + (i <= n % k)))" -l 1024 -M e2e.kolleg.de -f anna@kolleg.de \
+                -t "bulk$i@kolleg.de" "127.0.0.1:$port" >"$pg/$tag-$i.out" 2>&1 &
+            PGB_SRC+=($!)
+        done
+        for p in "${PGB_SRC[@]}"; do
+            r=0
+            wait "$p" || r=$?
+            ((r > rc)) && rc=$r
+        done
+        PGB_SRC=()
+        return "$rc"
+    }
+    pgb_cell() { # SETUP C: one measurement against PGB_PORT
+        local setup=$1 c=$2 tag start end rc=0 rate errs before="" after="" split=-
+        tag=$(tr -c 'A-Za-z0-9\n' '-' <<<"$setup")-c$c
+        [[ -n $PGB_STATS ]] && before=$(pgb_stat 8)
+        start=$(date +%s%N)
+        pgb_source "$PGB_PORT" "$c" "$count" "$tag" || rc=$?
+        end=$(date +%s%N)
+        errs=$(cat "$pg/$tag"-*.out | grep -ciE 'error|fatal|warning' || true)
+        if [[ -n $PGB_STATS ]]; then
+            # Sessions each front end got in this cell (HAProxy's stot).
+            after=$(pgb_stat 8)
+            split=$(paste -d' ' <(tr ' ' '\n' <<<"$before") <(tr ' ' '\n' <<<"$after") |
+                awk '{printf "%s%d", s, $2 - $1; s = "/"}')
+        fi
+        if ((rc != 0)); then
+            head -5 "$pg/$tag"-*.out >&2
+            echo "$setup|$c|0|failed (exit $rc)|$split" >>"$results"
+            say "$setup c=$c: failed (exit $rc$( ((rc == 124)) && echo ": over PG_TIMEOUT=${timeout}s"))"
+            return
+        fi
+        rate=$(awk -v n="$count" -v ns="$((end - start))" 'BEGIN {printf "%.1f", n * 1e9 / ns}')
+        echo "$setup|$c|$rate|$errs|$split" >>"$results"
+        say "$setup c=$c: $rate messages/s ($count in $(((end - start) / 1000000)) ms), errors $errs, sessions per front end $split"
+    }
+    STORED=()
+    pgb_syncs() { pgb_sql "SELECT wal_sync FROM pg_stat_wal" 2>/dev/null || echo 0; }
+    pgb_setup() { # SETUP COUNT-COMMAND: warm up, the three cells, the stored count, stop
+        local setup=$1 counter=$2 c stored sent=$((warm + ${#LEVELS[@]} * count)) syncs
+        syncs=$(pgb_syncs)
+        # Not measured: the first sessions open the pool's connections.
+        pgb_source "$PGB_PORT" 10 "$warm" warm || die "$setup: the warm-up failed (see $pg/warm-*.out)"
+        for c in "${LEVELS[@]}"; do pgb_cell "$setup" "$c"; done
+        stored=$($counter)
+        pgb_stop
+        PGB_STATS=""
+        # The WAL's fsyncs meanwhile (pg_stat_wal, flushed by the backends
+        # as the servers closed their connections): fewer than the messages
+        # when commits shared them.
+        syncs=$(($(pgb_syncs) - syncs))
+        STORED+=("$setup: sent $sent, stored $stored, WAL fsyncs $syncs")
+        [[ $stored == "$sent" ]] || say "$setup: sent $sent, stored $stored"
+    }
+    pgb_count_db() { psql -XAtq "$PGB_URL" -c "SELECT count(*) FROM postamt_mailbox_messages" 2>/dev/null || echo "?"; }
+
+    say "toy-server --maildir"
+    local td=$pg/maildir
+    pgb_toy "$pg/toy-maildir.log" --maildir "$td" --users "$pg/users"
+    pgb_count_maildir() { find "$td" -path '*/new/*' -type f | wc -l; }
+    pgb_setup "toy-server --maildir" pgb_count_maildir
+
+    say "toy-server --postgres, direct"
+    pgb_db postamt_direct
+    pgb_toy "$pg/toy-pg-direct.log" --postgres "$PGB_URL"
+    pgb_setup "toy-server --postgres" pgb_count_db
+
+    local n fronts
+    for n in 1 2; do
+        say "HAProxy in front of $n toy-server --postgres"
+        pgb_db "postamt_fronts$n"
+        fronts=()
+        for i in $(seq "$n"); do
+            pgb_toy "$pg/toy-pg-fronts$n-$i.log" --postgres "$PGB_URL" --proxy-from 127.0.0.1/32
+            fronts+=("$PGB_PORT")
+        done
+        pgb_haproxy "${fronts[@]}"
+        pgb_setup "HAProxy, $n front end$( ((n > 1)) && echo s)" pgb_count_db
+    done
+    cp "$PG_DIR/server.log" "$pg/" 2>/dev/null || true
+    pg_stop "$PG_DIR" >/dev/null 2>&1 || true
+
+    # The table: one row per concurrency.
+    pgb_rate() { awk -F'|' -v s="$1" -v c="$2" '$1==s && $2==c {print $3}' "$results"; }
+    pgb_field() { awk -F'|' -v s="$1" -v c="$2" -v f="$3" '$1==s && $2==c {print $f}' "$results"; }
+    pgb_ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a + 0 > 0 && b + 0 > 0) printf "%.2fx", a / b; else print "-"}'; }
+    echo
+    echo "postamt e2e postgres: $(uname -m), $(nproc) cores, $(date -u +%Y-%m-%d), PG_COUNT=$count messages per cell, 1 KiB, one per connection, to $rcpts mailbox(es)"
+    echo "PostgreSQL $(psql --version | awk '{print $3}') (fsync=$PG_FSYNC, synchronous_commit=$([[ $PG_FSYNC == on ]] && echo on || echo default)), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'); messages/s (smtp-source, wall clock)"
+    echo
+    printf '| %4s | %10s | %10s | %9s | %13s | %14s | %9s | %13s | %-16s |\n' \
+        c maildir postgres "pg/maild" "HAProxy+1 fe" "HAProxy+2 fe" "two/one" "HAProxy+1/pg" "sessions fe0/fe1"
+    printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------ ------------ ------------ ----------- --------------- ---------------- ----------- --------------- ------------------
+    local m p h1 h2 errs
+    for c in "${LEVELS[@]}"; do
+        m=$(pgb_rate "toy-server --maildir" "$c")
+        p=$(pgb_rate "toy-server --postgres" "$c")
+        h1=$(pgb_rate "HAProxy, 1 front end" "$c")
+        h2=$(pgb_rate "HAProxy, 2 front ends" "$c")
+        printf '| %4s | %10s | %10s | %9s | %13s | %14s | %9s | %13s | %-16s |\n' "$c" "${m:--}" "${p:--}" \
+            "$(pgb_ratio "$p" "$m")" "${h1:--}" "${h2:--}" "$(pgb_ratio "$h2" "$h1")" "$(pgb_ratio "$h1" "$p")" \
+            "$(pgb_field "HAProxy, 2 front ends" "$c" 5)"
+    done
+    echo
+    errs=$(awk -F'|' '$4 != 0 {print $1 " c=" $2 ": " $4}' "$results")
+    echo "smtp-source errors: ${errs:-none}"
+    printf 'stored: %s\n' "${STORED[@]}"
+}
+
+if [[ $MODE == postgres ]]; then
+    postgres_mode
     exit 0
 fi
 
