@@ -12,6 +12,10 @@
 #                                       # DURATION=5)
 #   sudo benches/e2e.sh smtp-source     # Postfix's smtp-source instead of
 #                                       # postamt-load (about 2 minutes)
+#   sudo benches/e2e.sh postgres        # smtp-source into Maildir and into
+#                                       # PostgreSQL (fsync on), directly and
+#                                       # through HAProxy with one and two
+#                                       # front ends
 #
 # Needs root on Debian (or alike): it installs postfix and dovecot-pop3d with
 # apt-get when they are missing, and runs them as private instances whose whole
@@ -55,12 +59,12 @@
 set -euo pipefail
 
 # load (the default): postamt-load and the soak; forward: relaying;
-# smtp-source: Postfix's load generator, one message per connection.
+# smtp-source: Postfix's load generator, one message per connection;
+# postgres: smtp-source into Maildir, PostgreSQL and HAProxy (postgres_mode).
 MODE=${1:-load}
 case $MODE in
-load | forward | smtp-source) ;;
-postgres) ;; # deliveries into PostgreSQL and through HAProxy: postgres_mode below
-*) echo "usage: e2e.sh [load | forward | smtp-source]" >&2; exit 2 ;;
+load | forward | smtp-source | postgres) ;;
+*) echo "usage: e2e.sh [load | forward | smtp-source | postgres]" >&2; exit 2 ;;
 esac
 SOAK=${SOAK:-300}
 DURATION=${DURATION:-5}
