@@ -189,8 +189,26 @@ impl std::error::Error for BindError {
     }
 }
 
+/// Connections the kernel may hold for us before we accept them. The
+/// standard library's 128 overflows when a few hundred clients connect at
+/// once (their SYNs are dropped and retried a second later); the kernel
+/// caps this at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listening socket as `TcpListener::bind` makes one (address reuse on
+/// Unix), with a deeper backlog.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 fn bind(ip: IpAddr, port: u16, what: &str, flag: &str) -> Result<TcpListener, BindError> {
-    TcpListener::bind((ip, port)).map_err(|source| {
+    listen(SocketAddr::new(ip, port)).map_err(|source| {
         let hint = match source.kind() {
             io::ErrorKind::PermissionDenied => format!(
                 "ports below 1024 need root or the capability CAP_NET_BIND_SERVICE \
