@@ -40,7 +40,8 @@
 # smtp-sink and the toy server --memory, and at 1, 10 and 50 against the
 # private Postfix and the toy server --maildir. The rate is messages per
 # second of wall-clock time for SRC_COUNT messages (SRC_COUNT_MAILDIR for
-# the two that write to disk). Beside the two 50-client Maildir cells,
+# the two that write to disk); each toy server cell runs right after its
+# reference's at the same concurrency. Beside the two 50-client Maildir cells,
 # postamt-noop is one more session on the same server sending NOOP every
 # 10 ms for as long as smtp-source runs; its reply times (p50, p99, max) are
 # printed in a second table, with the target for the toy server (p99 under
@@ -53,7 +54,7 @@
 # measurement, default 5), COUNT (transactions/sessions per measurement at most,
 # default 20000), PREFILL (messages per POP3 maildrop, default 20),
 # SRC_COUNT (messages per smtp-source cell, default 3000), SRC_COUNT_MAILDIR
-# (default 600),
+# (default 2000: a few seconds of load, a few hundred NOOPs beside it),
 # KEEP=1 keeps the temporary folder (logs) after the run.
 # Every process started here is stopped by its pid when the script ends.
 
@@ -72,7 +73,7 @@ COUNT=${COUNT:-20000}
 PREFILL=${PREFILL:-20}
 KEEP=${KEEP:-0}
 SRC_COUNT=${SRC_COUNT:-3000}
-SRC_COUNT_MAILDIR=${SRC_COUNT_MAILDIR:-600}
+SRC_COUNT_MAILDIR=${SRC_COUNT_MAILDIR:-2000}
 LEVELS=(1 10 50)
 SRC_LEVELS=(1 10 50 200)
 USERS=50 # load1..50 (POP3, pre-filled), bulk1..50 (SMTP targets), soak1..8
@@ -647,28 +648,20 @@ wait_listen "$TD_SMTP" "toy-server --maildir (SMTP)" "$T/toy-maildir.log"
 wait_listen "$TD_POP3" "toy-server --maildir (POP3)" "$T/toy-maildir.log"
 
 if [[ $MODE == smtp-source ]]; then
+    # Each server right after its reference at the same concurrency, so that
+    # a neighbour's burst on a shared machine falls on both alike.
     for c in "${SRC_LEVELS[@]}"; do
         measure_src smtp-sink "$c" "$SRC_COUNT" "$SINK_PORT"
-    done
-    for c in "${SRC_LEVELS[@]}"; do
         measure_src "toy-server --memory" "$c" "$SRC_COUNT" "$TM_SMTP"
     done
-    if ((PF_STARTED)); then
-        for c in "${LEVELS[@]}"; do
-            if ((c == 50)); then
-                measure_src_probed "postfix smtpd (Maildir)" "$c" "$SRC_COUNT_MAILDIR" "$PF_PORT"
-            else
-                measure_src "postfix smtpd (Maildir)" "$c" "$SRC_COUNT_MAILDIR" "$PF_PORT"
-            fi
-            pf_drain
-        done
-    fi
     for c in "${LEVELS[@]}"; do
-        if ((c == 50)); then
-            measure_src_probed "toy-server --maildir" "$c" "$SRC_COUNT_MAILDIR" "$TD_SMTP"
-        else
-            measure_src "toy-server --maildir" "$c" "$SRC_COUNT_MAILDIR" "$TD_SMTP"
+        src=measure_src
+        ((c == 50)) && src=measure_src_probed
+        if ((PF_STARTED)); then
+            "$src" "postfix smtpd (Maildir)" "$c" "$SRC_COUNT_MAILDIR" "$PF_PORT"
+            pf_drain
         fi
+        "$src" "toy-server --maildir" "$c" "$SRC_COUNT_MAILDIR" "$TD_SMTP"
     done
 else
     # The toy servers' POP3 maildrops get the same PREFILL messages per user as
