@@ -48,7 +48,10 @@
 # 5 ms: nothing waits behind an fsync). Dovecot is not started and there is
 # no soak.
 # The toy servers run without the per-client cap (every session comes from
-# 127.0.0.1), as smtp-sink and Postfix's mynetworks do.
+# 127.0.0.1), as smtp-sink and Postfix's mynetworks do; the one with the
+# memory store also without its mailbox and memory limits (smtp-sink keeps
+# nothing; one client's 10 KiB messages would fill a 50 MiB mailbox in
+# seconds). The Maildir one keeps its default mailbox limit.
 #
 # Knobs (environment): SOAK (s, default 300, 0 skips), DURATION (s per
 # measurement, default 5), COUNT (transactions/sessions per measurement at most,
@@ -630,11 +633,17 @@ fi
         echo "$u@kolleg.de pw-$u"
     done
 } >"$T/toy-users"
-# smtp-source's sessions all come from 127.0.0.1, up to 200 at a time.
-TOY_LIMITS=()
-[[ $MODE == smtp-source ]] && TOY_LIMITS=(--max-connections 1000 --max-connections-per-client 0)
+# Every session comes from 127.0.0.1 (smtp-source: up to 200 at a time).
+# (A POP3 client that reconnects right after QUIT can find its last session
+# still counted, so 50 clients against the cap of 50 would be refused now
+# and then.)
+TOY_LIMITS=(--max-connections 1000 --max-connections-per-client 0)
+# The memory store keeps every message, smtp-sink none: without these its
+# mailbox limit (50 MiB) refuses a single client's recipient after a few
+# seconds, and the cell measures refusals.
+TOY_MEMORY_LIMITS=(--mailbox-size-limit 0 --memory-limit 0)
 free_port TM_SMTP; free_port TM_POP3
-"$TOY" --memory --users "$T/toy-users" --smtp-port "$TM_SMTP" --pop3-port "$TM_POP3" "${TOY_LIMITS[@]}" \
+"$TOY" --memory --users "$T/toy-users" --smtp-port "$TM_SMTP" --pop3-port "$TM_POP3" "${TOY_LIMITS[@]}" "${TOY_MEMORY_LIMITS[@]}" \
     >"$T/toy-memory.log" 2>&1 &
 PIDS+=($!)
 free_port TD_SMTP; free_port TD_POP3
