@@ -44,15 +44,25 @@
 # smtp-sink and the toy server --memory, and at 1, 10 and 50 against the
 # private Postfix and the toy server --maildir. The rate is messages per
 # second of wall-clock time for SRC_COUNT messages (SRC_COUNT_MAILDIR for
-# the two that write to disk). Dovecot is not started and there is no soak.
+# the two that write to disk); each toy server cell runs right after its
+# reference's at the same concurrency. Beside the two 50-client Maildir cells,
+# postamt-noop is one more session on the same server sending NOOP every
+# 10 ms for as long as smtp-source runs; its reply times (p50, p99, max) are
+# printed in a second table, with the target for the toy server (p99 under
+# 5 ms: nothing waits behind an fsync). Dovecot is not started and there is
+# no soak.
 # The toy servers run without the per-client cap (every session comes from
-# 127.0.0.1), as smtp-sink and Postfix's mynetworks do.
+# 127.0.0.1), as smtp-sink and Postfix's mynetworks do; the one with the
+# memory store also without its mailbox and memory limits (smtp-sink keeps
+# nothing; one client's 10 KiB messages would fill a 50 MiB mailbox in
+# seconds); the Maildir one keeps its default mailbox limit in mode
+# smtp-source (1 KiB messages stay under it) and goes without it otherwise.
 #
 # Knobs (environment): SOAK (s, default 300, 0 skips), DURATION (s per
 # measurement, default 5), COUNT (transactions/sessions per measurement at most,
 # default 20000), PREFILL (messages per POP3 maildrop, default 20),
 # SRC_COUNT (messages per smtp-source cell, default 3000), SRC_COUNT_MAILDIR
-# (default 600),
+# (default 2000: a few seconds of load, a few hundred NOOPs beside it),
 # KEEP=1 keeps the temporary folder (logs) after the run.
 # Every process started here is stopped by its pid when the script ends.
 
@@ -72,7 +82,7 @@ COUNT=${COUNT:-20000}
 PREFILL=${PREFILL:-20}
 KEEP=${KEEP:-0}
 SRC_COUNT=${SRC_COUNT:-3000}
-SRC_COUNT_MAILDIR=${SRC_COUNT_MAILDIR:-600}
+SRC_COUNT_MAILDIR=${SRC_COUNT_MAILDIR:-2000}
 LEVELS=(1 10 50)
 SRC_LEVELS=(1 10 50 200)
 USERS=50 # load1..50 (POP3, pre-filled), bulk1..50 (SMTP targets), soak1..8
@@ -107,9 +117,10 @@ done
 say "building postamt-load and the toy server (release)"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 (cd "$REPO" &&
-    cargo build --quiet --release -p postamt-benches --bin postamt-load &&
+    cargo build --quiet --release -p postamt-benches --bin postamt-load --bin postamt-noop &&
     cargo build --quiet --release -p postamt-examples --example toy-server --example fetch-mail)
 LOAD=$CARGO_TARGET_DIR/release/postamt-load
+NOOP=$CARGO_TARGET_DIR/release/postamt-noop
 TOY=$CARGO_TARGET_DIR/release/examples/toy-server
 FETCH=$CARGO_TARGET_DIR/release/examples/fetch-mail
 
@@ -271,6 +282,38 @@ measure_src() {
     rate=$(awk -v n="$n" -v ns="$((end - start))" 'BEGIN {printf "%.1f", n * 1e9 / ns}')
     echo "$server|smtp-source|$c|$rate|-|-|$errs" >>"$RESULTS"
     say "$server smtp-source c=$c: $rate messages/s ($n in $(((end - start) / 1000000)) ms) errors $errs"
+}
+
+# measure_src_probed SERVER CONCURRENCY MESSAGES PORT: measure_src with
+# postamt-noop beside it, one more session on the same server sending NOOP
+# every 10 ms for as long as smtp-source runs; its reply times go to
+# $PROBES as SERVER|c|replies|p50|p99|max|errors.
+PROBES=$T/probes
+: >"$PROBES"
+measure_src_probed() {
+    local server=$1 c=$2 stop=$T/noop-stop out line n p50 p99 max errs
+    rm -f "$stop"
+    "$NOOP" --smtp "127.0.0.1:$4" --interval-ms 10 --duration 600 --stop-file "$stop" \
+        >"$T/noop.out" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    measure_src "$@"
+    touch "$stop"
+    wait "$pid" || true
+    out=$(cat "$T/noop.out")
+    line=$(grep -E '^noop: ' <<<"$out" | head -1 || true)
+    if [[ -z $line ]]; then
+        printf '%s\n' "$out" >&2
+        echo "$server|$c|0|-|-|-|failed" >>"$PROBES"
+        return
+    fi
+    n=$(sed -E 's/^noop: ([0-9]+) replies.*/\1/' <<<"$line")
+    p50=$(sed -E 's/.*p50 ([0-9.]+) ms.*/\1/' <<<"$line")
+    p99=$(sed -E 's/.*p99 ([0-9.]+) ms.*/\1/' <<<"$line")
+    max=$(sed -E 's/.*max ([0-9.]+) ms.*/\1/' <<<"$line")
+    errs=$(sed -E 's/.*errors ([0-9]+).*/\1/' <<<"$line")
+    echo "$server|$c|$n|$p50|$p99|$max|$errs" >>"$PROBES"
+    say "$server c=$c, NOOP beside it: $n replies, p50 $p50 ms, p99 $p99 ms, max $max ms, errors $errs"
 }
 
 # Postfix keeps delivering after smtpd said 250; let the queue drain so that
@@ -496,7 +539,7 @@ fi
 # messages sent.
 PGB_SRC=() # smtp-source processes running now (stopped at exit)
 postgres_mode() {
-    local count=${PG_COUNT:-$SRC_COUNT_MAILDIR} timeout=${PG_TIMEOUT:-120} rcpts=${PG_RCPTS:-1}
+    local count=${PG_COUNT:-600} timeout=${PG_TIMEOUT:-120} rcpts=${PG_RCPTS:-1}
     [[ $count =~ ^[1-9][0-9]*$ && $timeout =~ ^[1-9][0-9]*$ && $rcpts =~ ^[1-9][0-9]*$ ]] && ((rcpts <= USERS)) ||
         die "PG_COUNT, PG_TIMEOUT and PG_RCPTS must be whole numbers above 0 (PG_RCPTS at most $USERS)"
     command -v haproxy >/dev/null || die "haproxy missing (apt-get install haproxy)"
@@ -744,6 +787,9 @@ virtual_gid_maps = static:$(id -g nobody)
 virtual_minimum_uid = 100
 smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+# postamt-noop's session sends a NOOP every 10 ms: past 100 of them the
+# default counts each as an error and answers it after a 1 s pause.
+smtpd_junk_command_limit = 1000000
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
 maillog_file = $T/pf/maillog
@@ -835,16 +881,28 @@ fi
         echo "$u@kolleg.de pw-$u"
     done
 } >"$T/toy-users"
-# smtp-source's sessions all come from 127.0.0.1, up to 200 at a time.
-TOY_LIMITS=()
-[[ $MODE == smtp-source ]] && TOY_LIMITS=(--max-connections 1000 --max-connections-per-client 0)
+# Every session comes from 127.0.0.1 (smtp-source: up to 200 at a time).
+# (A POP3 client that reconnects right after QUIT can find its last session
+# still counted, so 50 clients against the cap of 50 would be refused now
+# and then.)
+TOY_LIMITS=(--max-connections 1000 --max-connections-per-client 0)
+# The memory store keeps every message, smtp-sink none: without these its
+# mailbox limit (50 MiB) refuses a single client's recipient after a few
+# seconds, and the cell measures refusals.
+TOY_MEMORY_LIMITS=(--mailbox-size-limit 0 --memory-limit 0)
+# postamt-load's 10 KiB messages fill the Maildir one's too once its size
+# check is quick (1000 a second to one mailbox: 50 MiB in 5 s); Postfix's
+# virtual(8) keeps no such limit here. smtp-source's 1 KiB messages stay
+# under it, so that mode keeps the limit and measures its check.
+TOY_MAILDIR_LIMITS=()
+[[ $MODE == smtp-source ]] || TOY_MAILDIR_LIMITS=(--mailbox-size-limit 0)
 free_port TM_SMTP; free_port TM_POP3
-"$TOY" --memory --users "$T/toy-users" --smtp-port "$TM_SMTP" --pop3-port "$TM_POP3" "${TOY_LIMITS[@]}" \
+"$TOY" --memory --users "$T/toy-users" --smtp-port "$TM_SMTP" --pop3-port "$TM_POP3" "${TOY_LIMITS[@]}" "${TOY_MEMORY_LIMITS[@]}" \
     >"$T/toy-memory.log" 2>&1 &
 PIDS+=($!)
 free_port TD_SMTP; free_port TD_POP3
 TD_MAIL=$T/toy-maildir
-"$TOY" --maildir "$TD_MAIL" --users "$T/toy-users" --smtp-port "$TD_SMTP" --pop3-port "$TD_POP3" "${TOY_LIMITS[@]}" \
+"$TOY" --maildir "$TD_MAIL" --users "$T/toy-users" --smtp-port "$TD_SMTP" --pop3-port "$TD_POP3" "${TOY_LIMITS[@]}" "${TOY_MAILDIR_LIMITS[@]}" \
     >"$T/toy-maildir.log" 2>&1 &
 PIDS+=($!)
 wait_listen "$TM_SMTP" "toy-server --memory (SMTP)" "$T/toy-memory.log"
@@ -853,20 +911,20 @@ wait_listen "$TD_SMTP" "toy-server --maildir (SMTP)" "$T/toy-maildir.log"
 wait_listen "$TD_POP3" "toy-server --maildir (POP3)" "$T/toy-maildir.log"
 
 if [[ $MODE == smtp-source ]]; then
+    # Each server right after its reference at the same concurrency, so that
+    # a neighbour's burst on a shared machine falls on both alike.
     for c in "${SRC_LEVELS[@]}"; do
         measure_src smtp-sink "$c" "$SRC_COUNT" "$SINK_PORT"
-    done
-    for c in "${SRC_LEVELS[@]}"; do
         measure_src "toy-server --memory" "$c" "$SRC_COUNT" "$TM_SMTP"
     done
-    if ((PF_STARTED)); then
-        for c in "${LEVELS[@]}"; do
-            measure_src "postfix smtpd (Maildir)" "$c" "$SRC_COUNT_MAILDIR" "$PF_PORT"
-            pf_drain
-        done
-    fi
     for c in "${LEVELS[@]}"; do
-        measure_src "toy-server --maildir" "$c" "$SRC_COUNT_MAILDIR" "$TD_SMTP"
+        src=measure_src
+        ((c == 50)) && src=measure_src_probed
+        if ((PF_STARTED)); then
+            "$src" "postfix smtpd (Maildir)" "$c" "$SRC_COUNT_MAILDIR" "$PF_PORT"
+            pf_drain
+        fi
+        "$src" "toy-server --maildir" "$c" "$SRC_COUNT_MAILDIR" "$TD_SMTP"
     done
 else
     # The toy servers' POP3 maildrops get the same PREFILL messages per user as
@@ -924,7 +982,7 @@ target() { # SERVER PROTO -> required ratio
     case "$1|$2" in
     "toy-server --memory|smtp") echo 1 ;;
     "toy-server --maildir|smtp") echo 2 ;;
-    "toy-server --maildir|pop3") echo 2 ;;
+    "toy-server --"*"|pop3") echo 15 ;;
     "toy-server --memory|smtp-source") echo 1 ;;
     "toy-server --maildir|smtp-source") echo 3 ;;
     esac
@@ -974,6 +1032,28 @@ while IFS='|' read -r server proto c rate p50 p99 errs; do
     printf '| %-23s | %-11s | %4s | %10s | %8s | %8s | %6s | %-58s |\n' \
         "$server" "$proto" "$c" "$rate" "$p50" "$p99" "$errs" "$ratio"
 done <"$RESULTS"
+if [[ $MODE == smtp-source ]]; then
+    # The NOOP probe beside the 50-client Maildir runs: a session that asks
+    # nothing of the store must not wait behind those that do.
+    echo
+    echo "NOOP every 10 ms from one more session beside the 50-client Maildir run (reply times in ms):"
+    echo
+    printf '| %-23s | %4s | %7s | %8s | %8s | %8s | %6s | %-24s |\n' server c replies "p50 ms" "p99 ms" "max ms" errors "target (toy: p99 < 5 ms)"
+    printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------- ------ --------- ---------- ---------- ---------- -------- --------------------------
+    while IFS='|' read -r server c n p50 p99 max errs; do
+        verdict=""
+        if [[ $server == toy-server* ]]; then
+            if [[ $errs == 0 ]] && awk -v p="$p99" 'BEGIN {exit !(p < 5)}'; then
+                verdict=met
+            else
+                verdict="NOT met"
+                ALL_MET=0
+                MISSED+=("$server NOOP p99 c=$c")
+            fi
+        fi
+        printf '| %-23s | %4s | %7s | %8s | %8s | %8s | %6s | %-24s |\n' "$server" "$c" "$n" "$p50" "$p99" "$max" "$errs" "$verdict"
+    done <"$PROBES"
+fi
 echo
 if ((ALL_MET)); then
     echo "targets: all met"

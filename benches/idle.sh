@@ -70,7 +70,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
-NEXT_PORT=$((20000 + RANDOM % 20000))
+# Below the ephemeral range (32768 and up), where a client socket (ours:
+# N of them) could take a port between the check and the bind.
+NEXT_PORT=$((20000 + RANDOM % 10000))
 free_port() {
     while ! port_free "$NEXT_PORT"; do NEXT_PORT=$((NEXT_PORT + 1)); done
     printf -v "$1" '%s' "$NEXT_PORT"
