@@ -529,8 +529,7 @@ fi
 #     toy-server --postgres URL --proxy-from 127.0.0.1/32
 #   the same in front of two such, each on its own ports (roundrobin)
 # Every toy server runs with --max-connections-per-client 0 (all sessions
-# come from 127.0.0.1). A cell is PG_COUNT messages (default
-# SRC_COUNT_MAILDIR); its rate is messages per second of its wall clock; a
+# come from 127.0.0.1). A cell is PG_COUNT messages (default 600); its rate is messages per second of its wall clock; a
 # cell running longer than PG_TIMEOUT seconds (default 120) is stopped and
 # counted as failed. PG_RCPTS (default 1, as mode smtp-source): the cell's
 # messages go to this many mailboxes, bulk1..N, one smtp-source per mailbox
