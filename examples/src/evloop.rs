@@ -322,21 +322,40 @@ pub(crate) struct Loops {
 impl Loops {
     /// Starts `config.threads` loops serving `listener`, with store work on
     /// `pool`.
+    #[cfg(test)]
     pub(crate) fn start<H: Handler>(
         listener: std::net::TcpListener,
         config: &LoopConfig,
         pool: Arc<Pool>,
         admit: Admitter<H>,
     ) -> io::Result<Self> {
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let listeners = (0..config.threads.max(1))
+            .map(|_| listener.try_clone())
+            .collect::<io::Result<Vec<_>>>()?;
+        Self::start_each(listeners, config, pool, admit)
+    }
+
+    /// Starts one loop for each of `listeners` (sockets bound to one
+    /// address with `SO_REUSEPORT`, between which the kernel spreads the
+    /// new connections, so that one arrival wakes one loop).
+    pub(crate) fn start_each<H: Handler>(
+        listeners: Vec<std::net::TcpListener>,
+        config: &LoopConfig,
+        pool: Arc<Pool>,
+        admit: Admitter<H>,
+    ) -> io::Result<Self> {
+        let first = listeners
+            .first()
+            .ok_or_else(|| io::Error::other("no listener to serve"))?;
+        let addr = first.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut wakers = Vec::new();
         let mut threads = Vec::new();
-        for n in 0..config.threads.max(1) {
+        for (n, listener) in listeners.into_iter().enumerate() {
+            listener.set_nonblocking(true)?;
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            let mut listener = TcpListener::from_std(listener.try_clone()?);
+            let mut listener = TcpListener::from_std(listener);
             poll.registry()
                 .register(&mut listener, LISTENER, Interest::READABLE)?;
             let mut lp = Loop {
@@ -531,6 +550,13 @@ impl<H: Handler> Loop<H> {
                     LISTENER => self.accept(),
                     WAKER => {}
                     Token(key) if self.preambles.contains_key(&key) => self.read_preamble(key),
+                    // Room to write where nothing waits to be written (as
+                    // right after the connection was registered): no turn.
+                    Token(key)
+                        if !event.is_readable()
+                            && !event.is_error()
+                            && !event.is_write_closed()
+                            && self.conns.get(&key).is_some_and(|c| !wants_room(c)) => {}
                     Token(key) => self.serve(key),
                 }
             }
@@ -823,11 +849,10 @@ impl<H: Handler> Loop<H> {
         }
     }
 
+    /// Drops the connection: closing its socket ends it and takes it out
+    /// of the poller.
     fn close(&mut self, key: usize) {
-        if let Some(mut c) = self.conns.remove(&key) {
-            let _ = self.poll.registry().deregister(&mut c.stream);
-            let _ = c.stream.shutdown(Shutdown::Both);
-        }
+        self.conns.remove(&key);
         self.timers.set(key, None);
     }
 }
@@ -1000,6 +1025,13 @@ fn read_input<H: Handler>(c: &mut Conn<H>, buf: &mut [u8]) -> io::Result<usize> 
         // Handshake replies go out now; application data waits its turn.
         write_tls(conn, &mut c.stream, &[], &mut 0)?;
     }
+}
+
+/// Whether the connection has a use for room to write: output waiting, an
+/// application that wants its turn when the output is out, or TLS (whose
+/// own records may wait).
+fn wants_room<H: Handler>(c: &Conn<H>) -> bool {
+    c.sent < c.out.len() || c.when_drained || c.starttls || c.tls.is_some()
 }
 
 /// Whether the session may not take input now.

@@ -196,40 +196,79 @@ impl std::error::Error for BindError {
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// A listening socket as `TcpListener::bind` makes one (address reuse on
-/// Unix), with a deeper backlog.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Unix), with a deeper backlog; with `shared`, one of a group bound to
+/// the same address (`SO_REUSEPORT`, Linux).
+fn listen(addr: SocketAddr, shared: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    #[cfg(target_os = "linux")]
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = shared;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
 
+/// `count` listening sockets on one address, one per loop thread, so that
+/// the kernel hands each new connection to one loop (without, every loop
+/// wakes for it and all but one find nothing to accept). The address is
+/// first bound alone, so that a port another server holds is refused as
+/// without the group (two servers of one user could otherwise share it).
+/// Elsewhere than Linux: one socket, which every loop watches.
+fn bind_each(
+    ip: IpAddr,
+    port: u16,
+    count: usize,
+    what: &str,
+    flag: &str,
+) -> Result<Vec<TcpListener>, BindError> {
+    let alone = bind(ip, port, what, flag)?;
+    if !cfg!(target_os = "linux") || count <= 1 {
+        return Ok(vec![alone]);
+    }
+    let addr = alone.local_addr().map_err(|source| BindError {
+        message: format!("cannot read the listening address: {source}"),
+        source,
+    })?;
+    drop(alone);
+    (0..count)
+        .map(|_| {
+            listen(addr, true)
+                .map_err(|source| bind_error(addr.ip(), addr.port(), what, flag, source))
+        })
+        .collect()
+}
+
 fn bind(ip: IpAddr, port: u16, what: &str, flag: &str) -> Result<TcpListener, BindError> {
-    listen(SocketAddr::new(ip, port)).map_err(|source| {
-        let hint = match source.kind() {
-            io::ErrorKind::PermissionDenied => format!(
-                "ports below 1024 need root or the capability CAP_NET_BIND_SERVICE \
-                 (sudo setcap cap_net_bind_service=+ep on the binary); or pick a port \
-                 above 1024 with {flag}"
-            ),
-            io::ErrorKind::AddrInUse => format!(
-                "another program already listens there (maybe another mail server, \
-                 or this one still running); stop it or choose another port with {flag}"
-            ),
-            io::ErrorKind::AddrNotAvailable => {
-                "this machine has no such address; use 127.0.0.1 or 0.0.0.0 with --listen"
-                    .to_string()
-            }
-            _ => "check the address and port".to_string(),
-        };
-        BindError {
-            message: format!("cannot listen for {what} on {ip}:{port}: {source}\n  {hint}"),
-            source,
+    listen(SocketAddr::new(ip, port), false)
+        .map_err(|source| bind_error(ip, port, what, flag, source))
+}
+
+fn bind_error(ip: IpAddr, port: u16, what: &str, flag: &str, source: io::Error) -> BindError {
+    let hint = match source.kind() {
+        io::ErrorKind::PermissionDenied => format!(
+            "ports below 1024 need root or the capability CAP_NET_BIND_SERVICE \
+             (sudo setcap cap_net_bind_service=+ep on the binary); or pick a port \
+             above 1024 with {flag}"
+        ),
+        io::ErrorKind::AddrInUse => format!(
+            "another program already listens there (maybe another mail server, \
+             or this one still running); stop it or choose another port with {flag}"
+        ),
+        io::ErrorKind::AddrNotAvailable => {
+            "this machine has no such address; use 127.0.0.1 or 0.0.0.0 with --listen".to_string()
         }
-    })
+        _ => "check the address and port".to_string(),
+    };
+    BindError {
+        message: format!("cannot listen for {what} on {ip}:{port}: {source}\n  {hint}"),
+        source,
+    }
 }
 
 impl Server {
@@ -247,16 +286,33 @@ impl Server {
         smtp: Option<postamt_smtp::ServerConfig>,
         pop3: Option<postamt_pop3::ServerConfig>,
     ) -> Result<Self, BindError> {
-        let smtp_listener = bind(options.listen, options.smtp_port, "SMTP", "--smtp-port")?;
-        let pop3_listener = bind(options.listen, options.pop3_port, "POP3", "--pop3-port")?;
-        let local = |l: &TcpListener| {
+        let threads = match options.loop_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let smtp_listeners = bind_each(
+            options.listen,
+            options.smtp_port,
+            threads,
+            "SMTP",
+            "--smtp-port",
+        )?;
+        let pop3_listeners = bind_each(
+            options.listen,
+            options.pop3_port,
+            threads,
+            "POP3",
+            "--pop3-port",
+        )?;
+        let local = |l: &[TcpListener]| {
+            let l = &l[0];
             l.local_addr().map_err(|source| BindError {
                 message: format!("cannot read the listening address: {source}"),
                 source,
             })
         };
-        let smtp_addr = local(&smtp_listener)?;
-        let pop3_addr = local(&pop3_listener)?;
+        let smtp_addr = local(&smtp_listeners)?;
+        let pop3_addr = local(&pop3_listeners)?;
 
         let tls = options.tls.is_some();
         let mut smtp =
@@ -321,10 +377,6 @@ impl Server {
             next_id,
         });
         raise_open_files(options.max_connections);
-        let threads = match options.loop_threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        };
         let config = LoopConfig {
             threads,
             stop_grace: STOP_GRACE,
@@ -336,13 +388,13 @@ impl Server {
         let pool = Arc::new(Pool::new(options.store_threads, options.store_threads * 64));
         let active = Arc::new(AtomicUsize::new(0));
         let smtp_loops = start_loops(
-            smtp_listener,
+            smtp_listeners,
             &config,
             &pool,
             admitter(Kind::Smtp, &shared, &active, SmtpConn::new),
         )?;
         let pop3_loops = start_loops(
-            pop3_listener,
+            pop3_listeners,
             &config,
             &pool,
             admitter(Kind::Pop3, &shared, &active, Pop3Conn::new),
@@ -441,12 +493,23 @@ fn raise_open_files(max_connections: usize) {
 }
 
 fn start_loops<H: Handler>(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     config: &LoopConfig,
     pool: &Arc<Pool>,
     admit: Admitter<H>,
 ) -> Result<Loops, BindError> {
-    Loops::start(listener, config, Arc::clone(pool), admit).map_err(|source| BindError {
+    // One listener for all (not Linux): every loop watches it.
+    let listeners = match <[TcpListener; 1]>::try_from(listeners) {
+        Ok([one]) => (0..config.threads.max(1))
+            .map(|_| one.try_clone())
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|source| BindError {
+                message: format!("cannot share the listening socket: {source}"),
+                source,
+            })?,
+        Err(many) => many,
+    };
+    Loops::start_each(listeners, config, Arc::clone(pool), admit).map_err(|source| BindError {
         message: format!("cannot start the event loops: {source}"),
         source,
     })
