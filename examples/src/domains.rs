@@ -1,7 +1,7 @@
 //! Extra local domains (`--domain`): mail to `user@extra` reaches the user
 //! of the same name in the directory's own domains.
 
-use postamt_store::{ApopSecret, Directory, MailboxName};
+use postamt_store::{ApopSecret, Directory, MailboxName, StoreError};
 
 /// A directory that also counts `extra` domains as local.
 pub struct ExtraDomains<D> {
@@ -40,21 +40,42 @@ impl<D: Directory> Directory for ExtraDomains<D> {
     }
 
     fn resolve(&self, address: &str) -> Option<MailboxName> {
-        if let Some(mailbox) = self.inner.resolve(address) {
-            return Some(mailbox);
-        }
-        let (local, domain) = address.rsplit_once('@')?;
-        if !self.extra.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
-            return None;
-        }
-        self.own
-            .iter()
-            .find_map(|own| self.inner.resolve(&format!("{local}@{own}")))
+        self.lookup(address).ok().flatten()
     }
 
     fn is_local_domain(&self, domain: &str) -> bool {
-        self.inner.is_local_domain(domain)
-            || self.extra.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        self.check_local_domain(domain).unwrap_or(false)
+    }
+
+    fn check_password(
+        &self,
+        user: &str,
+        password: &[u8],
+    ) -> Result<Option<MailboxName>, StoreError> {
+        self.inner.check_password(user, password)
+    }
+
+    fn lookup(&self, address: &str) -> Result<Option<MailboxName>, StoreError> {
+        if let Some(mailbox) = self.inner.lookup(address)? {
+            return Ok(Some(mailbox));
+        }
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return Ok(None);
+        };
+        if !self.extra.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+            return Ok(None);
+        }
+        for own in &self.own {
+            if let Some(mailbox) = self.inner.lookup(&format!("{local}@{own}"))? {
+                return Ok(Some(mailbox));
+            }
+        }
+        Ok(None)
+    }
+
+    fn check_local_domain(&self, domain: &str) -> Result<bool, StoreError> {
+        Ok(self.extra.iter().any(|d| d.eq_ignore_ascii_case(domain))
+            || self.inner.check_local_domain(domain)?)
     }
 }
 

@@ -41,8 +41,8 @@ pub(crate) struct Pop3Conn {
 }
 
 /// What a login found: the user's mailbox (when the password was right)
-/// and the maildrop opened for it.
-type Found = Option<(MailboxName, Result<Box<dyn Maildrop>, StoreError>)>;
+/// and the maildrop opened for it, or why the directory could not say.
+type Found = Result<Option<(MailboxName, Result<Box<dyn Maildrop>, StoreError>)>, StoreError>;
 
 impl Pop3Conn {
     pub(crate) fn new(client: Client, id: u64, shared: &Arc<Shared>, slot: Slot) -> Self {
@@ -83,7 +83,7 @@ impl Pop3Conn {
                 let verify = move |shared: &Shared| {
                     shared
                         .directory
-                        .verify_password(&user, password.expose().as_bytes())
+                        .check_password(&user, password.expose().as_bytes())
                 };
                 self.login(user_name, verify)
             }
@@ -92,7 +92,7 @@ impl Pop3Conn {
                 digest,
                 timestamp,
             } => self.login(user.clone(), move |shared: &Shared| {
-                shared
+                Ok(shared
                     .directory
                     .apop_secret(&user)
                     .filter(|s| {
@@ -102,14 +102,14 @@ impl Pop3Conn {
                             digest.expose(),
                         )
                     })
-                    .map(|s| s.mailbox().clone())
+                    .map(|s| s.mailbox().clone()))
             }),
             Event::Auth { credentials, .. } => {
                 self.login(credentials.username.clone(), move |shared: &Shared| {
                     let password = credentials.password.expose().as_bytes();
                     shared
                         .directory
-                        .verify_password(&credentials.username, password)
+                        .check_password(&credentials.username, password)
                 })
             }
             Event::Retrieve { message, .. } => {
@@ -186,7 +186,7 @@ impl Pop3Conn {
     fn login(
         &mut self,
         user: String,
-        verify: impl FnOnce(&Shared) -> Option<MailboxName> + Send + 'static,
+        verify: impl FnOnce(&Shared) -> Result<Option<MailboxName>, StoreError> + Send + 'static,
     ) -> Option<Ask<Then<Self>>> {
         let shared = Arc::clone(&self.shared);
         let blocks = shared.directory.blocks() || shared.store.blocks();
@@ -196,14 +196,29 @@ impl Pop3Conn {
             blocks,
             move |shared: &Shared| -> Found {
                 let mailbox = verify(shared)?;
-                let opened = shared.store.open_maildrop(&mailbox);
-                Some((mailbox, opened))
+                Ok(mailbox.map(|mailbox| {
+                    let opened = shared.store.open_maildrop(&mailbox);
+                    (mailbox, opened)
+                }))
             },
             move |c: &mut Self, found| c.logged_in(&user, found),
         )
     }
 
     fn logged_in(&mut self, user: &str, found: Found) -> Option<Ask<Then<Self>>> {
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                self.trace
+                    .error(&format!("cannot check the login of {user}: {e}"));
+                let refused = self.session.reject_login_with(Response::err_with(
+                    ResponseCode::SysTemp,
+                    "Cannot check the password now, try later",
+                ));
+                self.decided(refused);
+                return None;
+            }
+        };
         let Some((mailbox, opened)) = found else {
             self.resume = Some(Then::new(|c: &mut Self| {
                 let rejected = c.session.reject_login();

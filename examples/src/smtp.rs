@@ -264,17 +264,23 @@ impl SmtpConn {
                         let password = credentials.password.expose().as_bytes();
                         shared
                             .directory
-                            .verify_password(&credentials.username, password)
-                            .map(|_| credentials.username.clone())
+                            .check_password(&credentials.username, password)
+                            .map(|found| found.map(|_| credentials.username.clone()))
                     },
                     |c: &mut Self, user| match user {
-                        Some(user) => {
+                        Ok(Some(user)) => {
                             c.trace.note(&format!("authenticated as {user}"));
                             let accepted = c.session.accept();
                             c.decided(accepted);
                             None
                         }
-                        None => {
+                        Err(e) => {
+                            c.trace.error(&format!("cannot check a login: {e}"));
+                            let refused = c.session.reject(Reply::auth_unavailable());
+                            c.decided(refused);
+                            None
+                        }
+                        Ok(None) => {
                             c.resume = Some(Then::new(|c: &mut Self| {
                                 let rejected = c.session.reject(Reply::auth_failed());
                                 c.decided(rejected);
@@ -630,8 +636,22 @@ fn recipient_mailbox(
     let Some(mailbox) = to.mailbox() else {
         return postmaster();
     };
-    if shared.directory.is_local_domain(mailbox.domain()) {
-        if let Some(local) = shared.directory.resolve(mailbox.as_str()) {
+    // A directory that cannot answer now gets a "try again later", never
+    // a permanent refusal that would bounce the mail.
+    let unavailable = |e: StoreError| {
+        eprintln!("cannot look up <{mailbox}>: {e}");
+        Reply::local_error()
+    };
+    if shared
+        .directory
+        .check_local_domain(mailbox.domain())
+        .map_err(unavailable)?
+    {
+        if let Some(local) = shared
+            .directory
+            .lookup(mailbox.as_str())
+            .map_err(unavailable)?
+        {
             return Ok(Dest::Local(local));
         }
         if mailbox.local_part().eq_ignore_ascii_case("postmaster") {

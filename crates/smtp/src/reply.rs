@@ -234,6 +234,17 @@ impl Reply {
         )
     }
 
+    /// `454 4.7.0`: the credentials could not be checked now (the user
+    /// directory is unavailable); the client may try again later (RFC 4954
+    /// §6, "Temporary authentication failure").
+    pub fn auth_unavailable() -> Self {
+        Self::new(
+            454,
+            Some(EnhancedCode::TEMPORARY_SECURITY),
+            "Temporary authentication failure",
+        )
+    }
+
     /// `550 5.1.1`: no such local mailbox.
     pub fn unknown_user() -> Self {
         Self::new(550, Some(EnhancedCode::UNKNOWN_USER), "No such user here")

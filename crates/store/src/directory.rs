@@ -49,6 +49,33 @@ pub trait Directory: Send + Sync {
     /// Whether mail for `domain` is ours to deliver (case-insensitive).
     fn is_local_domain(&self, domain: &str) -> bool;
 
+    /// [`verify_password`](Self::verify_password), or why the directory
+    /// cannot answer now (a database that is down): a server then answers
+    /// "try again later" (SMTP 454 4.7.0, POP3 `-ERR [SYS/TEMP]`) instead
+    /// of "wrong password". The default, for directories that always
+    /// answer, never fails.
+    fn check_password(
+        &self,
+        user: &str,
+        password: &[u8],
+    ) -> Result<Option<MailboxName>, StoreError> {
+        Ok(self.verify_password(user, password))
+    }
+
+    /// [`resolve`](Self::resolve), or why the directory cannot answer now:
+    /// SMTP then answers 451 4.3.0 at RCPT instead of a permanent 550 that
+    /// would bounce the mail.
+    fn lookup(&self, address: &str) -> Result<Option<MailboxName>, StoreError> {
+        Ok(self.resolve(address))
+    }
+
+    /// [`is_local_domain`](Self::is_local_domain), or why the directory
+    /// cannot answer now (then a local recipient is not refused as a
+    /// relay attempt).
+    fn check_local_domain(&self, domain: &str) -> Result<bool, StoreError> {
+        Ok(self.is_local_domain(domain))
+    }
+
     /// Whether a call may wait on a disk or a network. An event loop asks
     /// a directory that does not right away and hands one that does to
     /// worker threads; the default says it may.

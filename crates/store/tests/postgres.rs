@@ -725,3 +725,45 @@ proptest::proptest! {
         proptest::prop_assert!(served == crlf_reference(&message), "served octets differ");
     }
 }
+
+#[test]
+fn a_database_that_is_gone_says_so_instead_of_no() {
+    let Some(db) = TestDb::new() else {
+        return;
+    };
+    // Each call on the gone database waits this long for a connection.
+    let mut options = pgtest::options();
+    options.connect_timeout = Duration::from_millis(500);
+    let store = db.store_with(options);
+    store
+        .import_users(&StaticDirectory::demo(), ApopSecrets::Discard)
+        .unwrap();
+    assert_eq!(
+        store.lookup("bob@kolleg.de").unwrap(),
+        Some(mailbox("bob@kolleg.de"))
+    );
+    assert_eq!(store.lookup("nobody@kolleg.de").unwrap(), None);
+    assert!(store.check_local_domain("kolleg.de").unwrap());
+    assert_eq!(
+        store.check_password("bob", b"topSecret").unwrap(),
+        Some(mailbox("bob@kolleg.de"))
+    );
+    assert_eq!(store.check_password("bob", b"wrong").unwrap(), None);
+    db.drop_now();
+    // The fallible forms say the database cannot answer; the plain ones
+    // answer "no", as a directory without errors must.
+    assert!(matches!(
+        store.lookup("bob@kolleg.de"),
+        Err(StoreError::Database(_))
+    ));
+    assert!(matches!(
+        store.check_local_domain("kolleg.de"),
+        Err(StoreError::Database(_))
+    ));
+    assert!(matches!(
+        store.check_password("bob", b"topSecret"),
+        Err(StoreError::Database(_))
+    ));
+    assert_eq!(store.resolve("bob@kolleg.de"), None);
+    assert!(!store.is_local_domain("kolleg.de"));
+}

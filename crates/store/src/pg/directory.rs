@@ -270,16 +270,7 @@ impl PgStore {
 impl Directory for PgStore {
     fn verify_password(&self, user: &str, password: &[u8]) -> Option<MailboxName> {
         // A database failure answers as a wrong password does: no login.
-        match self.login(user) {
-            Ok(Some(login)) => Argon2::default()
-                .verify_password(password, login.hash.as_str())
-                .is_ok()
-                .then_some(login.mailbox),
-            _ => {
-                let _ = Argon2::default().verify_password(password, self.dummy_hash());
-                None
-            }
-        }
+        self.check_password(user, password).ok().flatten()
     }
 
     fn apop_secret(&self, user: &str) -> Option<ApopSecret> {
@@ -294,11 +285,36 @@ impl Directory for PgStore {
     }
 
     fn resolve(&self, address: &str) -> Option<MailboxName> {
+        self.lookup(address).ok().flatten()
+    }
+
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.check_local_domain(domain).unwrap_or(false)
+    }
+
+    fn check_password(
+        &self,
+        user: &str,
+        password: &[u8],
+    ) -> Result<Option<MailboxName>, StoreError> {
+        match self.login(user) {
+            Ok(Some(login)) => Ok(Argon2::default()
+                .verify_password(password, login.hash.as_str())
+                .is_ok()
+                .then_some(login.mailbox)),
+            found => {
+                // Unknown users take as long as known ones.
+                let _ = Argon2::default().verify_password(password, self.dummy_hash());
+                found.map(|_| None)
+            }
+        }
+    }
+
+    fn lookup(&self, address: &str) -> Result<Option<MailboxName>, StoreError> {
         let address = address.to_lowercase();
         let row = self
             .shared()
-            .conn()
-            .ok()?
+            .conn()?
             .query_opt(
                 "SELECT mailbox FROM postamt_users WHERE address = $1 \
                  UNION ALL SELECT u.mailbox FROM postamt_aliases a \
@@ -306,18 +322,20 @@ impl Directory for PgStore {
                  LIMIT 1",
                 &[&address],
             )
-            .ok()??;
-        MailboxName::new(row.get::<_, String>(0)).ok()
+            .map_err(db)?;
+        row.map(|row| MailboxName::new(row.get::<_, String>(0)))
+            .transpose()
     }
 
-    fn is_local_domain(&self, domain: &str) -> bool {
-        let Ok(mut conn) = self.shared().conn() else {
-            return false;
-        };
-        conn.query_opt(
-            "SELECT 1 FROM postamt_domains WHERE domain = $1",
-            &[&domain.to_lowercase()],
-        )
-        .is_ok_and(|row| row.is_some())
+    fn check_local_domain(&self, domain: &str) -> Result<bool, StoreError> {
+        let row = self
+            .shared()
+            .conn()?
+            .query_opt(
+                "SELECT 1 FROM postamt_domains WHERE domain = $1",
+                &[&domain.to_lowercase()],
+            )
+            .map_err(db)?;
+        Ok(row.is_some())
     }
 }

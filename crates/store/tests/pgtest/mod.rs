@@ -62,6 +62,19 @@ impl TestDb {
         with_dbname(&self.server, &self.name)
     }
 
+    /// Drops the database now, with its connections (a database that
+    /// went away under a running store).
+    pub(crate) fn drop_now(&self) {
+        let mut admin =
+            Client::connect(&self.server, NoTls).expect("connect to POSTAMT_TEST_POSTGRES");
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .expect("drop the test database");
+    }
+
     /// A plain client on this database, to look at the tables.
     pub(crate) fn client(&self) -> Client {
         Client::connect(&self.url(), NoTls).unwrap()
