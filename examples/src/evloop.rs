@@ -182,9 +182,10 @@ pub(crate) enum Ask<D> {
     /// meanwhile: a message is being sent in pieces, each only when the
     /// client has taken the last, so it never waits in memory whole.
     WhenDrained,
-    /// Call `on_events` again after this long, reading nothing meanwhile
-    /// (the pause after a failed login): a timer, so the loop goes on.
-    Pause(Duration),
+    /// After this long, hand this to [`Handler::finish`], reading nothing
+    /// meanwhile (the pause before a failed login is refused): a timer, so
+    /// the loop goes on.
+    Pause(Duration, D),
 }
 
 /// The application side of one connection, as a loop drives it.
@@ -279,6 +280,17 @@ pub(crate) struct Client {
     pub(crate) peer: SocketAddr,
 }
 
+impl Client {
+    /// The trace's first line: who connected (and through which balancer).
+    pub(crate) fn connected(&self) -> String {
+        if self.addr == self.peer {
+            format!("connection from {}", self.addr)
+        } else {
+            format!("connection from {} via {}", self.addr, self.peer)
+        }
+    }
+}
+
 /// How long a trusted balancer may take to send its PROXY header (it sends
 /// it at once, before anything of the client's).
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -320,9 +332,8 @@ pub(crate) struct Loops {
 }
 
 impl Loops {
-    /// Starts `config.threads` loops serving `listener`, with store work on
-    /// `pool`.
-    #[cfg(test)]
+    /// Starts `config.threads` loops that all watch `listener`, with store
+    /// work on `pool` (where there is no `SO_REUSEPORT`, and in tests).
     pub(crate) fn start<H: Handler>(
         listener: std::net::TcpListener,
         config: &LoopConfig,
@@ -450,6 +461,8 @@ struct Conn<H: Handler> {
     when_drained: bool,
     /// The application wants its turn then.
     paused_until: Option<Instant>,
+    /// What the application gets when the pause is over.
+    after_pause: Option<H::Done>,
     /// Input read but not yet given to the session (trace or filter on).
     held: Vec<u8>,
     held_pos: usize,
@@ -596,6 +609,9 @@ impl<H: Handler> Loop<H> {
                 }
                 if c.paused_until.take().is_none() {
                     c.handler.session().handle_timeout(now);
+                } else if let Some(done) = c.after_pause.take() {
+                    let ask = c.handler.finish(done);
+                    take_ask(c, ask);
                 }
                 self.serve(key);
             }
@@ -764,6 +780,7 @@ impl<H: Handler> Loop<H> {
                 tls_closing: false,
                 when_drained: false,
                 paused_until: None,
+                after_pause: None,
                 held: Vec::new(),
                 held_pos: 0,
                 filter: (!self.strict_input).then(new_filter),
@@ -1138,7 +1155,10 @@ fn take_ask<H: Handler>(c: &mut Conn<H>, ask: Option<Ask<H::Done>>) {
         }
         Some(Ask::StartTls) => c.starttls = true,
         Some(Ask::WhenDrained) => c.when_drained = true,
-        Some(Ask::Pause(pause)) => c.paused_until = Some(Instant::now() + pause),
+        Some(Ask::Pause(pause, done)) => {
+            c.paused_until = Some(Instant::now() + pause);
+            c.after_pause = Some(done);
+        }
         None => {}
     }
 }
@@ -1287,25 +1307,28 @@ mod tests {
     struct Catcher {
         session: ServerSession,
         slow: bool,
-        /// A login failed: refuse it after the pause.
-        failed_login: bool,
         trace: Option<Trace>,
+    }
+
+    /// What the catcher's store work or pause comes back with.
+    enum Done {
+        /// The message is stored (after this long).
+        Stored,
+        /// The pause after a login is over: refuse it.
+        LoginRefused,
     }
 
     const SLOW: Duration = Duration::from_secs(1);
 
     impl Handler for Catcher {
         type Session = ServerSession;
-        type Done = Duration;
+        type Done = Done;
 
         fn session(&mut self) -> &mut ServerSession {
             &mut self.session
         }
 
-        fn on_events(&mut self) -> Option<Ask<Duration>> {
-            if std::mem::take(&mut self.failed_login) {
-                self.session.reject(Reply::auth_failed()).unwrap();
-            }
+        fn on_events(&mut self) -> Option<Ask<Done>> {
             while let Some(event) = self.session.poll_event() {
                 match event {
                     Event::Mail { .. } => {
@@ -1316,15 +1339,12 @@ mod tests {
                         self.slow |= to.to_string() == "<slow@kolleg.de>";
                         self.session.accept().unwrap();
                     }
-                    Event::Auth { .. } => {
-                        self.failed_login = true;
-                        return Some(Ask::Pause(SLOW));
-                    }
+                    Event::Auth { .. } => return Some(Ask::Pause(SLOW, Done::LoginRefused)),
                     Event::MessageEnd => {
                         let wait = if self.slow { SLOW } else { Duration::ZERO };
                         return Some(Ask::Work(Box::new(move || {
                             thread::sleep(wait);
-                            wait
+                            Done::Stored
                         })));
                     }
                     Event::StartTls => return Some(Ask::StartTls),
@@ -1334,8 +1354,11 @@ mod tests {
             None
         }
 
-        fn finish(&mut self, _: Duration) -> Option<Ask<Duration>> {
-            self.session.accept().unwrap();
+        fn finish(&mut self, done: Done) -> Option<Ask<Done>> {
+            match done {
+                Done::Stored => self.session.accept().unwrap(),
+                Done::LoginRefused => self.session.reject(Reply::auth_failed()).unwrap(),
+            }
             None
         }
 
@@ -1384,7 +1407,6 @@ mod tests {
             Admit::Serve(Catcher {
                 session: ServerSession::new(Arc::clone(&config), Instant::now()),
                 slow: false,
-                failed_login: false,
                 trace: trace
                     .clone()
                     .map(|sink| Trace::new(1, crate::trace::Protocol::Smtp, Some(sink))),

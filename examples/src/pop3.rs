@@ -14,16 +14,16 @@ use postamt_pop3::{Event, MessageFlow, Response, ResponseCode, ServerSession, ve
 use postamt_store::{MailboxName, Maildrop, StoreError};
 
 use crate::evloop::{Ask, Client, Handler, Reading, Then, offload};
-use crate::server::Shared;
-use crate::smtp::{FAILED_LOGIN_DELAY, Slot, connected};
+use crate::server::{Shared, Slot};
+use crate::smtp::FAILED_LOGIN_DELAY;
 use crate::trace::{Protocol, Trace};
 
 /// Bytes of a message read from the store at a time.
 const CHUNK: usize = 64 * 1024;
 
-/// A message being sent: its stream from the store (`None` while a read
-/// is out on the pool).
-type Stream = Option<Box<dyn Read + Send>>;
+/// A message being sent: its stream from the store and the buffer it is
+/// read into (`None` while a read is out on the pool).
+type Stream = Option<(Box<dyn Read + Send>, Vec<u8>)>;
 
 /// One POP3 connection as the event loop drives it.
 pub(crate) struct Pop3Conn {
@@ -34,8 +34,6 @@ pub(crate) struct Pop3Conn {
     maildrop: Option<Box<dyn Maildrop>>,
     /// The message being sent, if any.
     reading: Option<Stream>,
-    /// What to do when a pause is over (refuse a failed login).
-    resume: Option<Then<Self>>,
     /// Counted in the connection limits while it lives.
     _slot: Slot,
 }
@@ -47,7 +45,7 @@ type Found = Result<Option<(MailboxName, Result<Box<dyn Maildrop>, StoreError>)>
 impl Pop3Conn {
     pub(crate) fn new(client: Client, id: u64, shared: &Arc<Shared>, slot: Slot) -> Self {
         let trace = Trace::new(id, Protocol::Pop3, shared.trace.clone());
-        trace.note(&connected(client));
+        trace.note(&client.connected());
         let clock = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -62,7 +60,6 @@ impl Pop3Conn {
             trace,
             maildrop: None,
             reading: None,
-            resume: None,
             _slot: slot,
         }
     }
@@ -131,7 +128,7 @@ impl Pop3Conn {
                         c.maildrop = Some(maildrop);
                         match opened {
                             Ok(reader) => {
-                                c.reading = Some(Some(reader));
+                                c.reading = Some(Some((reader, vec![0; CHUNK])));
                                 c.stream()
                             }
                             Err(e) => {
@@ -220,12 +217,14 @@ impl Pop3Conn {
             }
         };
         let Some((mailbox, opened)) = found else {
-            self.resume = Some(Then::new(|c: &mut Self| {
-                let rejected = c.session.reject_login();
-                c.decided(rejected);
-                None
-            }));
-            return Some(Ask::Pause(FAILED_LOGIN_DELAY));
+            return Some(Ask::Pause(
+                FAILED_LOGIN_DELAY,
+                Then::new(|c: &mut Self| {
+                    let rejected = c.session.reject_login();
+                    c.decided(rejected);
+                    None
+                }),
+            ));
         };
         let decided = match opened {
             Ok(maildrop) => self.open(user, &mailbox, maildrop),
@@ -278,63 +277,64 @@ impl Pop3Conn {
     /// a piece at a time, each when the client has taken the last: read
     /// here from a store in memory, on the pool from one that blocks.
     fn stream(&mut self) -> Option<Ask<Then<Self>>> {
-        let reader = self.reading.as_mut().and_then(Option::take)?;
-        let shared = Arc::clone(&self.shared);
-        let blocks = shared.store.blocks();
-        offload(
-            self,
-            &shared,
-            blocks,
-            move |_: &Shared| {
-                let mut reader = reader;
-                let mut chunk = vec![0; CHUNK];
-                let read = loop {
-                    match reader.read(&mut chunk) {
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        read => break read.map(|n| chunk.truncate(n)),
-                    }
-                };
-                (reader, read.map(|()| chunk))
-            },
-            |c: &mut Self, (reader, read)| c.send_piece(reader, read),
-        )
+        loop {
+            let (reader, buf) = self.reading.as_mut().and_then(Option::take)?;
+            let shared = Arc::clone(&self.shared);
+            let blocks = shared.store.blocks();
+            let ask = offload(
+                self,
+                &shared,
+                blocks,
+                move |_: &Shared| {
+                    let (mut reader, mut buf) = (reader, buf);
+                    let read = loop {
+                        match reader.read(&mut buf) {
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            read => break read,
+                        }
+                    };
+                    (reader, buf, read)
+                },
+                |c: &mut Self, (reader, buf, read)| c.send_piece(reader, buf, read),
+            );
+            // Read here, and the session wants more at once: go on.
+            if ask.is_some() || !self.reading.as_ref().is_some_and(Option::is_some) {
+                return ask;
+            }
+        }
     }
 
-    /// Gives the session one piece of the message (empty: its end).
+    /// Gives the session the piece `read` put in `buf` (none: its end).
+    /// Asks to be called when the output is written, unless the session
+    /// wants more at once from a store that does not block.
     fn send_piece(
         &mut self,
         reader: Box<dyn Read + Send>,
-        read: std::io::Result<Vec<u8>>,
+        buf: Vec<u8>,
+        read: std::io::Result<usize>,
     ) -> Option<Ask<Then<Self>>> {
-        let done = |c: &mut Self| {
-            c.reading = None;
-            // Pipelined commands' events come next.
-            None
-        };
+        // Pipelined commands' events come next.
+        self.reading = None;
         match read {
-            Ok(piece) if piece.is_empty() => {
+            Ok(0) => {
                 if let Err(e) = self.session.message_end() {
                     self.trace.error(&format!("{e}"));
                 }
-                done(self)
             }
-            Ok(piece) => match self.session.message_chunk(&piece) {
-                Ok(MessageFlow::Continue) => {
-                    self.reading = Some(Some(reader));
-                    if self.session.wants_message_bytes() && !self.shared.store.blocks() {
-                        self.stream()
-                    } else {
-                        Some(Ask::WhenDrained)
+            Ok(n) => {
+                if let Ok(MessageFlow::Continue) = self.session.message_chunk(&buf[..n]) {
+                    self.reading = Some(Some((reader, buf)));
+                    if !self.session.wants_message_bytes() || self.shared.store.blocks() {
+                        return Some(Ask::WhenDrained);
                     }
                 }
-                Ok(MessageFlow::Finished) | Err(_) => done(self),
-            },
+            }
             Err(e) => {
                 self.trace.error(&format!("reading a message failed: {e}"));
                 let _ = self.session.message_unavailable();
-                done(self)
             }
         }
+        None
     }
 }
 
@@ -347,11 +347,6 @@ impl Handler for Pop3Conn {
     }
 
     fn on_events(&mut self) -> Option<Ask<Then<Self>>> {
-        if let Some(resume) = self.resume.take()
-            && let Some(ask) = resume.run(self)
-        {
-            return Some(ask);
-        }
         if self.reading.is_some() {
             if let Some(ask) = self.stream() {
                 return Some(ask);

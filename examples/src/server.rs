@@ -498,22 +498,19 @@ fn start_loops<H: Handler>(
     pool: &Arc<Pool>,
     admit: Admitter<H>,
 ) -> Result<Loops, BindError> {
-    // One listener for all (not Linux): every loop watches it.
-    let listeners = match <[TcpListener; 1]>::try_from(listeners) {
-        Ok([one]) => (0..config.threads.max(1))
-            .map(|_| one.try_clone())
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|source| BindError {
-                message: format!("cannot share the listening socket: {source}"),
-                source,
-            })?,
-        Err(many) => many,
+    let started = match <[TcpListener; 1]>::try_from(listeners) {
+        // One listener for all (not Linux): every loop watches it.
+        Ok([one]) => Loops::start(one, config, Arc::clone(pool), admit),
+        Err(each) => Loops::start_each(each, config, Arc::clone(pool), admit),
     };
-    Loops::start_each(listeners, config, Arc::clone(pool), admit).map_err(|source| BindError {
+    started.map_err(|source| BindError {
         message: format!("cannot start the event loops: {source}"),
         source,
     })
 }
+
+/// Counts a connection in the caps while it lives: its handler holds it.
+pub(crate) type Slot = Box<dyn Send>;
 
 /// Decides for each new connection of one protocol: served by a new
 /// handler (made by `new`), or turned away when the protocol's cap or its
@@ -523,7 +520,7 @@ fn admitter<H: Handler>(
     kind: Kind,
     shared: &Arc<Shared>,
     active: &Arc<AtomicUsize>,
-    new: fn(Client, u64, &Arc<Shared>, crate::smtp::Slot) -> H,
+    new: fn(Client, u64, &Arc<Shared>, Slot) -> H,
 ) -> Admitter<H> {
     let open = Arc::new(AtomicUsize::new(0));
     let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();

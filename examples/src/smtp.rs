@@ -16,7 +16,7 @@ use postamt_smtp::{
 use postamt_store::{Delivery, MailboxName, SpoolWriter, StoreError};
 
 use crate::evloop::{Ask, Client, Handler, Reading, Then, offload};
-use crate::server::Shared;
+use crate::server::{Shared, Slot};
 use crate::trace::{Protocol, Trace};
 
 /// Where mail to `<Postmaster>` goes when no user has that address.
@@ -34,8 +34,6 @@ pub(crate) struct SmtpConn {
     shared: Arc<Shared>,
     trace: Trace,
     tx: Transaction,
-    /// What to do when a pause is over (refuse a failed login).
-    resume: Option<Then<Self>>,
     /// Counted in the connection limits while it lives.
     _slot: Slot,
 }
@@ -152,22 +150,10 @@ impl Copies {
     }
 }
 
-/// The trace's first line: who connected (and through which balancer).
-pub(crate) fn connected(client: Client) -> String {
-    if client.addr == client.peer {
-        format!("connection from {}", client.addr)
-    } else {
-        format!("connection from {} via {}", client.addr, client.peer)
-    }
-}
-
-/// Counts a connection while it lives (the loop's caps).
-pub(crate) type Slot = Box<dyn Send>;
-
 impl SmtpConn {
     pub(crate) fn new(client: Client, id: u64, shared: &Arc<Shared>, slot: Slot) -> Self {
         let trace = Trace::new(id, Protocol::Smtp, shared.trace.clone());
-        trace.note(&connected(client));
+        trace.note(&client.connected());
         let peer = client.addr;
         let mut session = ServerSession::new(Arc::clone(&shared.smtp), Instant::now());
         let ip = client.peer.ip().to_canonical();
@@ -193,7 +179,6 @@ impl SmtpConn {
                 copies: None,
                 pending: Vec::new(),
             },
-            resume: None,
             _slot: slot,
         }
     }
@@ -280,14 +265,14 @@ impl SmtpConn {
                             c.decided(refused);
                             None
                         }
-                        Ok(None) => {
-                            c.resume = Some(Then::new(|c: &mut Self| {
+                        Ok(None) => Some(Ask::Pause(
+                            FAILED_LOGIN_DELAY,
+                            Then::new(|c: &mut Self| {
                                 let rejected = c.session.reject(Reply::auth_failed());
                                 c.decided(rejected);
                                 None
-                            }));
-                            Some(Ask::Pause(FAILED_LOGIN_DELAY))
-                        }
+                            }),
+                        )),
                     },
                 )
             }
@@ -509,11 +494,6 @@ impl Handler for SmtpConn {
     }
 
     fn on_events(&mut self) -> Option<Ask<Then<Self>>> {
-        if let Some(resume) = self.resume.take()
-            && let Some(ask) = resume.run(self)
-        {
-            return Some(ask);
-        }
         while let Some(event) = self.session.poll_event() {
             if let Event::StartTls = event {
                 return Some(Ask::StartTls);

@@ -215,24 +215,14 @@ impl StaticDirectory {
         password: &str,
         aliases: &[&str],
     ) -> Result<MailboxName, StoreError> {
-        let primary = normalize(address)?;
-        let mailbox = MailboxName::new(primary.clone()).map_err(|e| StoreError::InvalidUser {
-            address: address.to_owned(),
-            reason: e.to_string(),
-        })?;
-        if password.is_empty() {
-            return Err(StoreError::InvalidUser {
-                address: address.to_owned(),
-                reason: "empty password".to_owned(),
-            });
-        }
-        let mut all = vec![primary.clone()];
-        for alias in aliases {
-            let alias_norm = normalize(alias)?;
-            if all.contains(&alias_norm) || self.addresses.contains_key(&alias_norm) {
-                return Err(taken(alias));
-            }
-            all.push(alias_norm);
+        let (mailbox, all) = checked_user(address, password.as_bytes(), aliases)?;
+        let primary = all[0].clone();
+        if let Some(alias) = aliases
+            .iter()
+            .zip(&all[1..])
+            .find_map(|(alias, norm)| self.addresses.contains_key(norm).then_some(alias))
+        {
+            return Err(taken(alias));
         }
         if self.addresses.contains_key(&primary) {
             return Err(taken(address));
@@ -302,7 +292,37 @@ impl StaticDirectory {
     }
 }
 
-fn taken(address: &str) -> StoreError {
+/// A user as a directory may take it: its mailbox, and its addresses
+/// normalized (the user's own first, then the aliases, none twice), with
+/// a password that is not empty.
+pub(crate) fn checked_user(
+    address: &str,
+    password: &[u8],
+    aliases: &[&str],
+) -> Result<(MailboxName, Vec<String>), StoreError> {
+    let primary = normalize(address)?;
+    let mailbox = MailboxName::new(primary.clone()).map_err(|e| StoreError::InvalidUser {
+        address: address.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if password.is_empty() {
+        return Err(StoreError::InvalidUser {
+            address: address.to_owned(),
+            reason: "empty password".to_owned(),
+        });
+    }
+    let mut all = vec![primary];
+    for alias in aliases {
+        let norm = normalize(alias)?;
+        if all.contains(&norm) {
+            return Err(taken(alias));
+        }
+        all.push(norm);
+    }
+    Ok((mailbox, all))
+}
+
+pub(crate) fn taken(address: &str) -> StoreError {
     StoreError::InvalidUser {
         address: address.to_owned(),
         reason: "address is already taken".to_owned(),

@@ -9,7 +9,7 @@ use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use postgres::Transaction;
 
 use super::{Fail, PgStore, db};
-use crate::directory::{normalize, split_address};
+use crate::directory::{checked_user, split_address, taken};
 use crate::{ApopSecret, Directory, MailboxName, StaticDirectory, StoreError};
 
 /// Whether the database keeps users' plain secrets for POP3 APOP.
@@ -42,25 +42,8 @@ impl NewUser {
         aliases: &[&str],
         apop: ApopSecrets,
     ) -> Result<Self, StoreError> {
-        let primary = normalize(address)?;
-        let mailbox = MailboxName::new(primary.clone()).map_err(|e| StoreError::InvalidUser {
-            address: address.to_owned(),
-            reason: e.to_string(),
-        })?;
-        if password.is_empty() {
-            return Err(StoreError::InvalidUser {
-                address: address.to_owned(),
-                reason: "empty password".to_owned(),
-            });
-        }
-        let mut all = vec![primary.clone()];
-        for alias in aliases {
-            let alias = normalize(alias)?;
-            if all.contains(&alias) {
-                return Err(taken(&alias));
-            }
-            all.push(alias);
-        }
+        let (mailbox, mut all) = checked_user(address, password, aliases)?;
+        let primary = all[0].clone();
         let local_part = split_address(&primary).unwrap_or_default().0.to_owned();
         Ok(Self {
             address: primary,
@@ -131,13 +114,6 @@ struct Login {
     /// The password's PHC string.
     hash: String,
     apop: Option<Vec<u8>>,
-}
-
-fn taken(address: &str) -> StoreError {
-    StoreError::InvalidUser {
-        address: address.to_owned(),
-        reason: "address is already taken".to_owned(),
-    }
 }
 
 /// `password`'s Argon2id hash with a fresh salt, as a PHC string.
